@@ -1,0 +1,230 @@
+//! The local-directory backend: one file per object, `fdatasync` for durability, `flock` for the
+//! writer lease (released by the kernel if the holder dies, so a crash never leaves a stale lock).
+
+use super::{check_object_name, Backend, Lease, ObjectInfo, ObjectWriter};
+use crate::error::{Error, Result};
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+const LOCK_FILE: &str = "lock";
+
+/// A directory of objects.
+#[derive(Debug)]
+pub struct LocalBackend {
+    dir: PathBuf,
+    /// Open read handles, so that a read is one `pread`.
+    readers: Mutex<HashMap<String, Arc<File>>>,
+}
+
+impl LocalBackend {
+    /// Uses `dir` (created if missing) as the namespace.
+    pub fn new(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", dir.display().to_string(), e))?;
+        Ok(LocalBackend {
+            dir,
+            readers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The directory this backend stores its objects in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, name: &str) -> Result<PathBuf> {
+        check_object_name(name)?;
+        Ok(self.dir.join(name))
+    }
+
+    fn reader(&self, name: &str) -> Result<Arc<File>> {
+        let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = readers.get(name) {
+            return Ok(f.clone());
+        }
+        let path = self.path(name)?;
+        let f = File::open(&path).map_err(|e| {
+            if e.kind() == ErrorKind::NotFound {
+                Error::NotFound(format!("object {}", path.display()))
+            } else {
+                Error::io("open", path.display().to_string(), e)
+            }
+        })?;
+        let f = Arc::new(f);
+        readers.insert(name.to_string(), f.clone());
+        Ok(f)
+    }
+}
+
+struct LocalWriter {
+    file: File,
+    path: PathBuf,
+    dir: PathBuf,
+    dir_synced: bool,
+}
+
+impl ObjectWriter for LocalWriter {
+    fn append(&mut self, data: &[u8]) -> Result<()> {
+        self.file
+            .write_all(data)
+            .map_err(|e| Error::io("append", self.path.display().to_string(), e))
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io("fdatasync", self.path.display().to_string(), e))?;
+        if !self.dir_synced {
+            // The new name must be durable too, or a crash could lose the whole object.
+            sync_dir(&self.dir)?;
+            self.dir_synced = true;
+        }
+        Ok(())
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("fsync directory", dir.display().to_string(), e))
+}
+
+#[derive(Debug)]
+struct LocalLease {
+    _file: File,
+}
+
+impl Lease for LocalLease {}
+
+impl Backend for LocalBackend {
+    fn location(&self) -> String {
+        format!("local://{}", self.dir.display())
+    }
+
+    fn create(&self, name: &str) -> Result<Box<dyn ObjectWriter>> {
+        let path = self.path(name)?;
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| {
+                if e.kind() == ErrorKind::AlreadyExists {
+                    Error::Exists(format!("object {}", path.display()))
+                } else {
+                    Error::io("create", path.display().to_string(), e)
+                }
+            })?;
+        Ok(Box::new(LocalWriter {
+            file,
+            path,
+            dir: self.dir.clone(),
+            dir_synced: false,
+        }))
+    }
+
+    fn read_at(&self, name: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let f = self.reader(name)?;
+        f.read_exact_at(buf, offset).map_err(|e| {
+            Error::io(
+                "read",
+                format!("{} at offset {offset} length {}", self.dir.join(name).display(), buf.len()),
+                e,
+            )
+        })
+    }
+
+    fn read_all(&self, name: &str) -> Result<Vec<u8>> {
+        let path = self.path(name)?;
+        fs::read(&path).map_err(|e| {
+            if e.kind() == ErrorKind::NotFound {
+                Error::NotFound(format!("object {}", path.display()))
+            } else {
+                Error::io("read", path.display().to_string(), e)
+            }
+        })
+    }
+
+    fn list(&self) -> Result<Vec<ObjectInfo>> {
+        let mut out = Vec::new();
+        let rd = fs::read_dir(&self.dir)
+            .map_err(|e| Error::io("list", self.dir.display().to_string(), e))?;
+        for entry in rd {
+            let entry = entry.map_err(|e| Error::io("list", self.dir.display().to_string(), e))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if name == LOCK_FILE || check_object_name(&name).is_err() {
+                continue;
+            }
+            let md = entry
+                .metadata()
+                .map_err(|e| Error::io("stat", entry.path().display().to_string(), e))?;
+            if md.is_file() {
+                out.push(ObjectInfo { name, len: md.len() });
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn delete(&self, name: &str) -> Result<()> {
+        let path = self.path(name)?;
+        self.readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("delete", path.display().to_string(), e)),
+        }
+    }
+
+    fn lease(&self, holder: &str) -> Result<Box<dyn Lease>> {
+        let path = self.dir.join(LOCK_FILE);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io("open lock", path.display().to_string(), e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut who = String::new();
+                let _ = file.read_to_string(&mut who);
+                let who = who.trim();
+                return Err(Error::Locked {
+                    volume: self.location(),
+                    holder: if who.is_empty() { "another process".into() } else { who.to_string() },
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(Error::io("lock", path.display().to_string(), e))
+            }
+        }
+        let write = |file: &mut File| -> std::io::Result<()> {
+            file.set_len(0)?;
+            file.seek(SeekFrom::Start(0))?;
+            file.write_all(holder.as_bytes())?;
+            file.write_all(b"\n")
+        };
+        write(&mut file).map_err(|e| Error::io("write lock", path.display().to_string(), e))?;
+        Ok(Box::new(LocalLease { _file: file }))
+    }
+}
+
+/// Describes this process for lease files: `pid 123 (hlfsd) on host`.
+pub fn this_process() -> String {
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "?".into());
+    format!("pid {} ({exe}) on {}", std::process::id(), host.trim())
+}

@@ -1,0 +1,62 @@
+//! Backends: named, append-only objects. The engine never overwrites in place, so the same
+//! engine runs on a local directory and on HDFS.
+
+pub mod local;
+
+pub use local::LocalBackend;
+
+use crate::error::Result;
+use std::fmt::Debug;
+
+/// One stored object and its length as the backend knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub name: String,
+    pub len: u64,
+}
+
+/// An object open for appending. Bytes become durable only after `sync` returns.
+pub trait ObjectWriter: Send {
+    /// Appends bytes to the end of the object.
+    fn append(&mut self, data: &[u8]) -> Result<()>;
+    /// Makes every appended byte durable (fsync / hsync).
+    fn sync(&mut self) -> Result<()>;
+}
+
+/// Proof of the single-writer lease; dropping it releases the lease.
+pub trait Lease: Send + Debug {}
+
+/// A namespace of append-only objects (one per volume).
+pub trait Backend: Send + Sync + Debug {
+    /// Where this namespace lives, for messages (`local:///var/lib/hlfs/pool/vol`).
+    fn location(&self) -> String;
+    /// Creates a new, empty object; fails if it already exists.
+    fn create(&self, name: &str) -> Result<Box<dyn ObjectWriter>>;
+    /// Reads exactly `buf.len()` bytes at `offset`; a short object is an error, never a panic.
+    fn read_at(&self, name: &str, offset: u64, buf: &mut [u8]) -> Result<()>;
+    /// Reads a whole object (used for small metadata objects).
+    fn read_all(&self, name: &str) -> Result<Vec<u8>>;
+    /// Lists all objects with their lengths.
+    fn list(&self) -> Result<Vec<ObjectInfo>>;
+    /// Deletes an object.
+    fn delete(&self, name: &str) -> Result<()>;
+    /// Takes the exclusive writer lease, naming `holder` so that a refused opener can say who
+    /// holds it.
+    fn lease(&self, holder: &str) -> Result<Box<dyn Lease>>;
+}
+
+/// Object names are flat: no separators, no dot-dot, printable ASCII only.
+pub fn check_object_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(crate::Error::Invalid(format!("bad object name {name:?}")))
+    }
+}

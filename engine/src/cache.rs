@@ -1,0 +1,59 @@
+//! Read cache of decoded units keyed by physical location (segment, offset), so entries never
+//! go stale: an overwrite writes elsewhere. Two generations give LRU-like behaviour in O(1).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+type Key = (u32, u32);
+
+/// A bounded cache of decoded (decompressed, verified) units.
+#[derive(Debug)]
+pub struct ReadCache {
+    young: HashMap<Key, Arc<[u8]>>,
+    old: HashMap<Key, Arc<[u8]>>,
+    young_bytes: usize,
+    /// Bytes per generation.
+    limit: usize,
+    pub hits: u64,
+    pub misses: u64,
+}
+
+impl ReadCache {
+    /// A cache holding about `bytes` of data (0 disables it).
+    pub fn new(bytes: usize) -> Self {
+        ReadCache {
+            young: HashMap::new(),
+            old: HashMap::new(),
+            young_bytes: 0,
+            limit: bytes / 2,
+            hits: 0,
+            misses: 0,
+        }
+    }
+
+    pub fn get(&mut self, key: Key) -> Option<Arc<[u8]>> {
+        if let Some(v) = self.young.get(&key) {
+            self.hits += 1;
+            return Some(v.clone());
+        }
+        if let Some(v) = self.old.remove(&key) {
+            self.hits += 1;
+            self.put(key, v.clone());
+            return Some(v);
+        }
+        self.misses += 1;
+        None
+    }
+
+    pub fn put(&mut self, key: Key, v: Arc<[u8]>) {
+        if self.limit == 0 {
+            return;
+        }
+        self.young_bytes += v.len();
+        self.young.insert(key, v);
+        if self.young_bytes > self.limit {
+            self.old = std::mem::take(&mut self.young);
+            self.young_bytes = 0;
+        }
+    }
+}

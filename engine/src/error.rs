@@ -1,0 +1,80 @@
+//! The engine's one error type. Every variant names where it happened (object, offset, volume)
+//! so that an operator can find the damaged file without a debugger.
+
+use std::io;
+
+/// Result alias used throughout the engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, with the context needed to act on it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An operating-system or backend I/O failure.
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    /// Stored data failed a checksum or structural check. Never served.
+    #[error("volume {volume}: corruption in {object} at offset {offset}: {what}")]
+    Corrupt {
+        volume: String,
+        object: String,
+        offset: u64,
+        what: String,
+    },
+    /// Another process holds the volume's single-writer lease.
+    #[error("volume {volume} is already open for writing by {holder}")]
+    Locked { volume: String, holder: String },
+    /// A caller-supplied argument is unacceptable (bad size, bad name, ...).
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    /// A byte range does not fit inside the volume.
+    #[error("volume {volume}: range {offset}+{len} is beyond the volume size {size}")]
+    OutOfRange {
+        volume: String,
+        offset: u64,
+        len: u64,
+        size: u64,
+    },
+    /// The named thing does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The named thing already exists.
+    #[error("{0} already exists")]
+    Exists(String),
+    /// An earlier write-path I/O error left the volume's state uncertain; writes stop until reopen.
+    #[error("volume {volume} stopped accepting writes after an I/O error ({cause}); reopen it to recover")]
+    Failed { volume: String, cause: String },
+    /// The volume is open read-only (a snapshot, or opened for reading).
+    #[error("volume {0} is read-only")]
+    ReadOnly(String),
+}
+
+impl Error {
+    /// Wraps an `io::Error` with the operation and path it concerns.
+    pub fn io(op: &'static str, path: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Builds a corruption error.
+    pub fn corrupt(
+        volume: impl Into<String>,
+        object: impl Into<String>,
+        offset: u64,
+        what: impl Into<String>,
+    ) -> Self {
+        Error::Corrupt {
+            volume: volume.into(),
+            object: object.into(),
+            offset,
+            what: what.into(),
+        }
+    }
+}

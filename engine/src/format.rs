@@ -1,0 +1,284 @@
+//! On-disk encodings: the volume superblock, segment headers, records, segment footers and
+//! checkpoints. All integers are little-endian; every structure carries a CRC32C.
+//! `docs/format.md` describes the layout for humans.
+
+/// Superblock object name.
+pub const META_OBJECT: &str = "volume.meta";
+pub const META_MAGIC: &[u8; 8] = b"HLFSVOL1";
+pub const SEG_MAGIC: &[u8; 8] = b"HLFSSEG1";
+pub const FOOTER_MAGIC: &[u8; 8] = b"HLFSEND1";
+pub const CKPT_MAGIC: &[u8; 8] = b"HLFSCKP1";
+pub const RECORD_MAGIC: u32 = 0x3152_4c48; // "HLR1"
+
+pub const SEG_HEADER_LEN: usize = 32;
+pub const RECORD_HEADER_LEN: usize = 40;
+pub const UNIT_HEADER_LEN: usize = 8;
+pub const TRAILER_LEN: usize = 24;
+/// Bit 31 of a unit's stored length: the unit is LZ4-compressed.
+pub const UNIT_COMPRESSED: u32 = 1 << 31;
+
+/// Name of segment `seq`.
+pub fn segment_name(seq: u32) -> String {
+    format!("seg-{seq:08x}")
+}
+
+/// Name of the checkpoint from which replay starts at segment `next_seq`.
+pub fn checkpoint_name(next_seq: u32) -> String {
+    format!("ckpt-{next_seq:08x}")
+}
+
+/// Parses `seg-XXXXXXXX` / `ckpt-XXXXXXXX`.
+pub fn parse_name(name: &str, prefix: &str) -> Option<u32> {
+    let hex = name.strip_prefix(prefix)?;
+    if hex.len() != 8 {
+        return None;
+    }
+    u32::from_str_radix(hex, 16).ok()
+}
+
+/// A little-endian byte builder.
+#[derive(Default)]
+pub struct Enc(pub Vec<u8>);
+
+impl Enc {
+    pub fn u8(&mut self, v: u8) -> &mut Self {
+        self.0.push(v);
+        self
+    }
+    pub fn u16(&mut self, v: u16) -> &mut Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    pub fn u32(&mut self, v: u32) -> &mut Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    pub fn u64(&mut self, v: u64) -> &mut Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    pub fn bytes(&mut self, v: &[u8]) -> &mut Self {
+        self.0.extend_from_slice(v);
+        self
+    }
+    /// Appends the CRC32C of everything so far.
+    pub fn seal_crc(&mut self) -> &mut Self {
+        let c = crc32c::crc32c(&self.0);
+        self.u32(c)
+    }
+}
+
+/// A bounds-checked little-endian reader: running off the end yields `None`, never a panic.
+pub struct Dec<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Dec<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Dec { buf, pos: 0 }
+    }
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+    pub fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.pos.checked_add(n)?;
+        let s = self.buf.get(self.pos..end)?;
+        self.pos = end;
+        Some(s)
+    }
+    pub fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    pub fn u16(&mut self) -> Option<u16> {
+        self.take(2).and_then(|b| b.try_into().ok()).map(u16::from_le_bytes)
+    }
+    pub fn u32(&mut self) -> Option<u32> {
+        self.take(4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes)
+    }
+    pub fn u64(&mut self) -> Option<u64> {
+        self.take(8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes)
+    }
+}
+
+/// Checks that the last 4 bytes of `buf` are the CRC32C of the rest.
+pub fn crc_ok(buf: &[u8]) -> bool {
+    if buf.len() < 4 {
+        return false;
+    }
+    let (body, tail) = buf.split_at(buf.len() - 4);
+    tail.try_into().map(u32::from_le_bytes).ok() == Some(crc32c::crc32c(body))
+}
+
+/// The immutable volume superblock, written once at creation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    pub uuid: [u8; 16],
+    pub block_size: u32,
+    pub segment_size: u32,
+    pub unit_blocks: u32,
+    pub compression: bool,
+    pub created_unix: u64,
+    pub initial_size: u64,
+    pub checkpoint_interval: u64,
+}
+
+impl Meta {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::default();
+        e.bytes(META_MAGIC)
+            .bytes(&self.uuid)
+            .u32(self.block_size)
+            .u32(self.segment_size)
+            .u32(self.unit_blocks)
+            .u32(u32::from(self.compression))
+            .u64(self.created_unix)
+            .u64(self.initial_size)
+            .u64(self.checkpoint_interval)
+            .seal_crc();
+        e.0
+    }
+
+    pub fn decode(buf: &[u8]) -> Option<Meta> {
+        if !crc_ok(buf) {
+            return None;
+        }
+        let mut d = Dec::new(buf);
+        if d.take(8)? != META_MAGIC {
+            return None;
+        }
+        let uuid = d.take(16)?.try_into().ok()?;
+        Some(Meta {
+            uuid,
+            block_size: d.u32()?,
+            segment_size: d.u32()?,
+            unit_blocks: d.u32()?,
+            compression: d.u32()? != 0,
+            created_unix: d.u64()?,
+            initial_size: d.u64()?,
+            checkpoint_interval: d.u64()?,
+        })
+    }
+}
+
+/// The first bytes of every segment.
+pub fn encode_segment_header(uuid: &[u8; 16], seq: u32) -> Vec<u8> {
+    let mut e = Enc::default();
+    e.bytes(SEG_MAGIC).bytes(uuid).u32(seq).seal_crc();
+    e.0
+}
+
+/// Validates a segment header against the volume's uuid and the expected sequence number.
+pub fn segment_header_ok(buf: &[u8], uuid: &[u8; 16], seq: u32) -> bool {
+    buf.len() >= SEG_HEADER_LEN
+        && crc_ok(&buf[..SEG_HEADER_LEN])
+        && &buf[..8] == SEG_MAGIC
+        && &buf[8..24] == uuid
+        && buf[24..28] == seq.to_le_bytes()
+}
+
+/// What a record does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    /// Data for `nblocks` blocks at `lba`, as units.
+    Write = 1,
+    /// `nblocks` blocks at `lba` read as zeros from now on (trim and write-zeroes).
+    Zero = 2,
+    /// The volume's size becomes `arg` bytes.
+    Resize = 3,
+}
+
+impl RecordKind {
+    fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(RecordKind::Write),
+            2 => Some(RecordKind::Zero),
+            3 => Some(RecordKind::Resize),
+            _ => None,
+        }
+    }
+}
+
+/// A record header: one record is one atomic operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordHeader {
+    pub kind: RecordKind,
+    pub serial: u64,
+    /// LBA (in blocks) for Write/Zero, new size in bytes for Resize.
+    pub arg: u64,
+    pub nblocks: u32,
+    pub body_len: u32,
+    pub body_crc: u32,
+}
+
+impl RecordHeader {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
+        out.push(self.kind as u8);
+        out.extend_from_slice(&[0, 0, 0]);
+        out.extend_from_slice(&self.serial.to_le_bytes());
+        out.extend_from_slice(&self.arg.to_le_bytes());
+        out.extend_from_slice(&self.nblocks.to_le_bytes());
+        out.extend_from_slice(&self.body_len.to_le_bytes());
+        out.extend_from_slice(&self.body_crc.to_le_bytes());
+        let c = crc32c::crc32c(&out[start..]);
+        out.extend_from_slice(&c.to_le_bytes());
+    }
+
+    pub fn decode(buf: &[u8]) -> Option<RecordHeader> {
+        let h = buf.get(..RECORD_HEADER_LEN)?;
+        if !crc_ok(h) {
+            return None;
+        }
+        let mut d = Dec::new(h);
+        if d.u32()? != RECORD_MAGIC {
+            return None;
+        }
+        let kind = RecordKind::from_u8(d.u8()?)?;
+        d.take(3)?;
+        Some(RecordHeader {
+            kind,
+            serial: d.u64()?,
+            arg: d.u64()?,
+            nblocks: d.u32()?,
+            body_len: d.u32()?,
+            body_crc: d.u32()?,
+        })
+    }
+}
+
+/// The CRC of a unit covers its first LBA too, so data written to the wrong place is caught.
+pub fn unit_crc(lba: u64, data: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&lba.to_le_bytes()), data)
+}
+
+/// Encodes the segment footer: every record header and the unit lengths of writes, so replay
+/// of a sealed segment reads only this.
+pub fn encode_trailer(footer: &mut Vec<u8>, footer_start: u64, count: u32) {
+    let crc = crc32c::crc32c_append(
+        crc32c::crc32c(footer),
+        &[footer_start.to_le_bytes().as_slice(), &count.to_le_bytes()].concat(),
+    );
+    footer.extend_from_slice(&footer_start.to_le_bytes());
+    footer.extend_from_slice(&count.to_le_bytes());
+    footer.extend_from_slice(&crc.to_le_bytes());
+    footer.extend_from_slice(FOOTER_MAGIC);
+}
+
+/// Parses a trailer: `(footer_start, count, crc)`.
+pub fn decode_trailer(buf: &[u8]) -> Option<(u64, u32, u32)> {
+    if buf.len() != TRAILER_LEN || &buf[16..24] != FOOTER_MAGIC {
+        return None;
+    }
+    let mut d = Dec::new(buf);
+    Some((d.u64()?, d.u32()?, d.u32()?))
+}
+
+/// Checks a footer body against its trailer.
+pub fn footer_ok(body: &[u8], start: u64, count: u32, crc: u32) -> bool {
+    crc32c::crc32c_append(
+        crc32c::crc32c(body),
+        &[start.to_le_bytes().as_slice(), &count.to_le_bytes()].concat(),
+    ) == crc
+}

@@ -1,0 +1,16 @@
+//! HLFS volume engine: a log-structured block store. Every write is appended to a log of
+//! segments on an append-only backend; an in-memory extent map answers reads; checkpoints bound
+//! recovery. See `docs/format.md` for the on-disk format and the durability contract.
+
+pub mod backend;
+mod cache;
+mod checkpoint;
+pub mod error;
+pub mod extent_map;
+pub mod format;
+mod recovery;
+mod volume;
+
+pub use backend::{Backend, LocalBackend};
+pub use error::{Error, Result};
+pub use volume::{CreateOptions, OpenOptions, RecoveryReport, Stat, Volume, MAX_SIZE};

@@ -1,0 +1,717 @@
+//! A volume: the write path (records appended to the open segment), the read path (extent map,
+//! read cache, verified units), flush, trim, resize and statistics. Recovery is in `recovery.rs`.
+
+use crate::backend::{Backend, Lease, ObjectWriter};
+use crate::cache::ReadCache;
+use crate::checkpoint::{self, SegStat};
+use crate::error::{Error, Result};
+use crate::extent_map::{Extent, ExtentMap};
+use crate::format::{
+    self, segment_name, unit_crc, Meta, RecordHeader, RecordKind, RECORD_HEADER_LEN,
+    TRAILER_LEN, UNIT_COMPRESSED, UNIT_HEADER_LEN,
+};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest volume size accepted (1 EiB): keeps every block number far from overflow.
+pub const MAX_SIZE: u64 = 1 << 60;
+/// Largest record body: a write up to this size is atomic across a crash.
+const MAX_RECORD_BYTES: usize = 1024 * 1024;
+/// Buffered bytes that trigger an append to the backend without a flush.
+const APPEND_BATCH: usize = 512 * 1024;
+
+/// How to create a volume.
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    /// Capacity in bytes (any size up to 1 EiB).
+    pub size: u64,
+    /// Block size in bytes: a power of two from 512 to 64 KiB. Default 4 KiB.
+    pub block_size: u32,
+    /// Segment size in bytes, 64 KiB to 1 GiB. Default 32 MiB.
+    pub segment_size: u32,
+    /// LZ4 compression; a unit is stored compressed only when that saves space. Default on.
+    pub compression: bool,
+    /// Sealed-segment bytes between checkpoints. Default 256 MiB.
+    pub checkpoint_interval: u64,
+}
+
+impl Default for CreateOptions {
+    fn default() -> Self {
+        CreateOptions {
+            size: 0,
+            block_size: 4096,
+            segment_size: 32 << 20,
+            compression: true,
+            checkpoint_interval: 256 << 20,
+        }
+    }
+}
+
+/// How to open a volume.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// Bytes of decoded data kept by the read cache.
+    pub cache_bytes: usize,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            cache_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Space and layout figures, from kept counters (no scan).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stat {
+    pub capacity: u64,
+    /// Bytes of the volume that are mapped (have data).
+    pub allocated: u64,
+    /// Bytes of all segments in the log.
+    pub log_bytes: u64,
+    pub segments: u64,
+    /// Live blocks over blocks written, across segments (1.0 = no garbage).
+    pub live_ratio: f64,
+    pub extents: u64,
+    pub block_size: u32,
+    pub compression: bool,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+}
+
+/// What the last open had to do to recover.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RecoveryReport {
+    /// Segment number the checkpoint used started replay at (None: no valid checkpoint).
+    pub checkpoint: Option<u32>,
+    /// Checkpoints found damaged and skipped.
+    pub bad_checkpoints: u32,
+    pub segments_replayed: u32,
+    /// Segments replayed from their footer (sealed) rather than record by record.
+    pub segments_from_footer: u32,
+    pub bytes_read: u64,
+    pub records_replayed: u64,
+    pub elapsed: Duration,
+}
+
+pub(crate) struct OpenSeg {
+    pub seq: u32,
+    pub writer: Box<dyn ObjectWriter>,
+    /// The whole segment so far: unsealed data is served from here, never read back.
+    pub buf: Vec<u8>,
+    /// Bytes of `buf` already handed to the backend.
+    pub appended: usize,
+    /// Footer under construction: record headers and unit lengths.
+    pub footer: Vec<u8>,
+    pub records: u32,
+}
+
+/// An open, writable volume. One per volume across all processes (see the lease).
+pub struct Volume {
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) loc: String,
+    pub(crate) meta: Meta,
+    pub(crate) _lease: Box<dyn Lease>,
+    pub(crate) size: u64,
+    pub(crate) serial: u64,
+    pub(crate) map: ExtentMap,
+    pub(crate) segs: BTreeMap<u32, SegStat>,
+    pub(crate) open: Option<OpenSeg>,
+    pub(crate) next_seq: u32,
+    pub(crate) since_ckpt: u64,
+    pub(crate) checkpoints: Vec<u32>,
+    pub(crate) cache: ReadCache,
+    pub(crate) failed: Option<String>,
+    pub(crate) closed: bool,
+    pub(crate) recovery: RecoveryReport,
+}
+
+impl std::fmt::Debug for Volume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Volume")
+            .field("location", &self.loc)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Volume {
+    /// Where the volume lives (`local:///...`).
+    pub fn location(&self) -> &str {
+        &self.loc
+    }
+
+    /// Capacity in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn block_size(&self) -> u32 {
+        self.meta.block_size
+    }
+
+    /// The immutable settings chosen at creation.
+    pub fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    /// What recovery did when this volume was opened.
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    fn bs(&self) -> u64 {
+        u64::from(self.meta.block_size)
+    }
+
+    pub(crate) fn unit_blocks(&self) -> u64 {
+        u64::from(self.meta.unit_blocks)
+    }
+
+    fn max_record_blocks(&self) -> u64 {
+        let cap = MAX_RECORD_BYTES.min(self.meta.segment_size as usize / 4) as u64;
+        (cap / self.bs()).max(1)
+    }
+
+    fn check_range(&self, offset: u64, len: usize) -> Result<()> {
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= self.size => Ok(()),
+            _ => Err(Error::OutOfRange {
+                volume: self.loc.clone(),
+                offset,
+                len: len as u64,
+                size: self.size,
+            }),
+        }
+    }
+
+    fn writable(&self) -> Result<()> {
+        match &self.failed {
+            Some(cause) => Err(Error::Failed {
+                volume: self.loc.clone(),
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Records a write-path failure: after it nothing more is appended until reopen.
+    fn fail<T>(&mut self, r: Result<T>) -> Result<T> {
+        if let Err(e) = &r {
+            if self.failed.is_none() {
+                tracing::error!(volume = %self.loc, error = %e, "write path failed; volume stops accepting writes");
+                self.failed = Some(e.to_string());
+            }
+        }
+        r
+    }
+
+    // ---------------------------------------------------------------- reads
+
+    /// Reads `buf.len()` bytes at `offset`. Never-written ranges read as zeros; damaged data is
+    /// an error naming the segment and offset, never returned.
+    pub fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.check_range(offset, buf.len())?;
+        self.read_raw(offset, buf)
+    }
+
+    fn read_raw(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let bs = self.bs();
+        let end = offset + buf.len() as u64;
+        let first = offset / bs;
+        let last = end.div_ceil(bs);
+        for piece in self.map.lookup(first, last - first) {
+            let pstart = piece.lba * bs;
+            let pend = (piece.lba + piece.len) * bs;
+            let s = pstart.max(offset);
+            let e = pend.min(end);
+            let out = &mut buf[(s - offset) as usize..(e - offset) as usize];
+            match piece.ext {
+                None => out.fill(0),
+                Some(x) => {
+                    let unit = self.load_unit(piece.lba - u64::from(x.skip), x)?;
+                    let ustart = (u64::from(x.skip) * bs + (s - pstart)) as usize;
+                    let src = unit.get(ustart..ustart + out.len()).ok_or_else(|| {
+                        Error::corrupt(&self.loc, segment_name(x.seg), u64::from(x.off), "unit shorter than its extent")
+                    })?;
+                    out.copy_from_slice(src);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Fetches, verifies and decodes one unit (from memory if its segment is still open).
+    fn load_unit(&mut self, ulba: u64, x: Extent) -> Result<Arc<[u8]>> {
+        let key = (x.seg, x.off);
+        if let Some(v) = self.cache.get(key) {
+            return Ok(v);
+        }
+        let stored_len = (x.stored & !UNIT_COMPRESSED) as usize;
+        let total = UNIT_HEADER_LEN + stored_len;
+        let obj = segment_name(x.seg);
+        let corrupt = |what: &str| Error::corrupt(&self.loc, &obj, u64::from(x.off), what);
+        let mut owned;
+        let raw: &[u8] = match &self.open {
+            Some(o) if o.seq == x.seg => o
+                .buf
+                .get(x.off as usize..x.off as usize + total)
+                .ok_or_else(|| corrupt("extent points past the open segment"))?,
+            _ => {
+                owned = vec![0u8; total];
+                self.backend.read_at(&obj, u64::from(x.off), &mut owned)?;
+                &owned
+            }
+        };
+        let stored = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
+        let crc = u32::from_le_bytes([raw[4], raw[5], raw[6], raw[7]]);
+        let data = &raw[UNIT_HEADER_LEN..];
+        if stored != x.stored {
+            return Err(corrupt("unit header does not match the extent map"));
+        }
+        if crc != unit_crc(ulba, data) {
+            return Err(corrupt("unit checksum mismatch"));
+        }
+        let max = self.meta.unit_blocks as usize * self.meta.block_size as usize;
+        let decoded: Arc<[u8]> = if x.stored & UNIT_COMPRESSED != 0 {
+            let n = data
+                .get(..4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+                .ok_or_else(|| corrupt("compressed unit too short"))?;
+            if n > max {
+                return Err(corrupt("compressed unit claims an impossible size"));
+            }
+            lz4_flex::block::decompress_size_prepended(data)
+                .map_err(|e| corrupt(&format!("LZ4: {e}")))?
+                .into()
+        } else {
+            owned = data.to_vec();
+            owned.into()
+        };
+        self.cache.put(key, decoded.clone());
+        Ok(decoded)
+    }
+
+    /// Mapped and unmapped byte ranges covering `[offset, offset+len)` (for NBD block status).
+    pub fn allocation(&self, offset: u64, len: u64) -> Result<Vec<(u64, u64, bool)>> {
+        self.check_range(offset, len as usize)?;
+        let bs = self.bs();
+        let end = offset + len;
+        let mut out: Vec<(u64, u64, bool)> = Vec::new();
+        if len == 0 {
+            return Ok(out);
+        }
+        let first = offset / bs;
+        for p in self.map.lookup(first, end.div_ceil(bs) - first) {
+            let s = (p.lba * bs).max(offset);
+            let e = ((p.lba + p.len) * bs).min(end);
+            let mapped = p.ext.is_some();
+            match out.last_mut() {
+                Some(last) if last.2 == mapped && last.0 + last.1 == s => last.1 += e - s,
+                _ => out.push((s, e - s, mapped)),
+            }
+        }
+        Ok(out)
+    }
+
+    // ---------------------------------------------------------------- writes
+
+    /// Writes `data` at `offset` (any alignment). Acknowledged on return; durable after `flush`.
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        self.writable()?;
+        self.check_range(offset, data.len())?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        if is_zero(data) {
+            return self.zero_range(offset, data.len() as u64);
+        }
+        self.write_any(offset, data)
+    }
+
+    /// Writes without zero detection: partial blocks are read, patched and rewritten.
+    fn write_any(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        let bs = self.bs();
+        let end = offset + data.len() as u64;
+        if offset % bs == 0 && end % bs == 0 {
+            return self.write_blocks(offset / bs, data);
+        }
+        let start = offset / bs * bs;
+        let aend = end.div_ceil(bs) * bs;
+        let mut tmp = vec![0u8; (aend - start) as usize];
+        let bsu = bs as usize;
+        if offset != start {
+            self.read_raw(start, &mut tmp[..bsu])?;
+        }
+        if end != aend && (aend - bs != start || offset == start) {
+            let at = tmp.len() - bsu;
+            self.read_raw(aend - bs, &mut tmp[at..])?;
+        }
+        tmp[(offset - start) as usize..(end - start) as usize].copy_from_slice(data);
+        self.write_blocks(start / bs, &tmp)
+    }
+
+    fn write_blocks(&mut self, lba: u64, data: &[u8]) -> Result<()> {
+        let chunk = (self.max_record_blocks() * self.bs()) as usize;
+        for (i, part) in data.chunks(chunk).enumerate() {
+            let l = lba + (i * chunk) as u64 / self.bs();
+            let r = self.append_write_record(l, part);
+            self.fail(r)?;
+        }
+        Ok(())
+    }
+
+    fn append_write_record(&mut self, lba: u64, data: &[u8]) -> Result<()> {
+        let bs = self.bs() as usize;
+        let unit_bytes = self.meta.unit_blocks as usize * bs;
+        let nblocks = (data.len() / bs) as u32;
+        let mut body = Vec::with_capacity(data.len() + data.len() / unit_bytes * UNIT_HEADER_LEN + UNIT_HEADER_LEN);
+        let mut stored_lens = Vec::with_capacity(data.len().div_ceil(unit_bytes));
+        for (i, u) in data.chunks(unit_bytes).enumerate() {
+            let ulba = lba + (i * unit_bytes / bs) as u64;
+            let compressed = if self.meta.compression {
+                Some(lz4_flex::block::compress_prepend_size(u)).filter(|c| c.len() < u.len())
+            } else {
+                None
+            };
+            let (stored, bytes) = match &compressed {
+                Some(c) => (c.len() as u32 | UNIT_COMPRESSED, c.as_slice()),
+                None => (u.len() as u32, u),
+            };
+            body.extend_from_slice(&stored.to_le_bytes());
+            body.extend_from_slice(&unit_crc(ulba, bytes).to_le_bytes());
+            body.extend_from_slice(bytes);
+            stored_lens.push(stored);
+        }
+        self.serial += 1;
+        let hdr = RecordHeader {
+            kind: RecordKind::Write,
+            serial: self.serial,
+            arg: lba,
+            nblocks,
+            body_len: body.len() as u32,
+            body_crc: crc32c::crc32c(&body),
+        };
+        self.append_record(hdr, &body, &stored_lens)
+    }
+
+    fn append_simple_record(&mut self, kind: RecordKind, arg: u64, nblocks: u32) -> Result<()> {
+        self.serial += 1;
+        let hdr = RecordHeader {
+            kind,
+            serial: self.serial,
+            arg,
+            nblocks,
+            body_len: 0,
+            body_crc: crc32c::crc32c(&[]),
+        };
+        let r = self.append_record(hdr, &[], &[]);
+        self.fail(r)
+    }
+
+    /// Appends one record to the open segment (sealing and starting one as needed) and applies
+    /// it to the map, exactly as replay will.
+    fn append_record(&mut self, hdr: RecordHeader, body: &[u8], units: &[u32]) -> Result<()> {
+        let rec_len = RECORD_HEADER_LEN + body.len();
+        let footer_len = RECORD_HEADER_LEN + 4 * units.len();
+        let seg_size = self.meta.segment_size as usize;
+        if let Some(o) = &self.open {
+            if o.buf.len() + rec_len + o.footer.len() + footer_len + TRAILER_LEN > seg_size {
+                self.seal()?;
+            }
+        }
+        if self.open.is_none() {
+            self.start_segment()?;
+        }
+        let Some(o) = self.open.as_mut() else {
+            return Err(Error::Invalid("no open segment".into()));
+        };
+        let rec_off = o.buf.len();
+        hdr.encode(&mut o.buf);
+        o.buf.extend_from_slice(body);
+        o.footer.extend_from_slice(&o.buf[rec_off..rec_off + RECORD_HEADER_LEN]);
+        for u in units {
+            o.footer.extend_from_slice(&u.to_le_bytes());
+        }
+        o.records += 1;
+        let seq = o.seq;
+        let pending = o.buf.len() - o.appended;
+        self.apply_record(seq, rec_off as u64, &hdr, units)?;
+        if pending >= APPEND_BATCH {
+            self.append_pending()?;
+        }
+        Ok(())
+    }
+
+    /// Applies a record to the map and counters. Shared by the write path and replay, so that
+    /// what recovery rebuilds is exactly what was served.
+    pub(crate) fn apply_record(&mut self, seq: u32, rec_off: u64, hdr: &RecordHeader, units: &[u32]) -> Result<()> {
+        let bad = |what: &str| Error::corrupt(&self.loc, segment_name(seq), rec_off, what);
+        let bs = self.bs();
+        let segs = &mut self.segs;
+        let mut dead = |s: u32, n: u64| {
+            if let Some(st) = segs.get_mut(&s) {
+                st.live = st.live.saturating_sub(n);
+            }
+        };
+        match hdr.kind {
+            RecordKind::Write => {
+                let ub = u64::from(self.meta.unit_blocks);
+                let n = u64::from(hdr.nblocks);
+                if hdr.arg.checked_add(n).is_none_or(|e| e > MAX_SIZE) || units.len() as u64 != n.div_ceil(ub) {
+                    return Err(bad("write record with impossible extent"));
+                }
+                let mut off = rec_off + RECORD_HEADER_LEN as u64;
+                for (i, &stored) in units.iter().enumerate() {
+                    let ulba = hdr.arg + i as u64 * ub;
+                    let len = ub.min(hdr.arg + n - ulba) as u16;
+                    let ext = Extent {
+                        seg: seq,
+                        off: u32::try_from(off).map_err(|_| bad("unit offset beyond 4 GiB"))?,
+                        stored,
+                        len,
+                        skip: 0,
+                    };
+                    self.map.insert(ulba, ext, &mut dead);
+                    off += (UNIT_HEADER_LEN + (stored & !UNIT_COMPRESSED) as usize) as u64;
+                }
+                let st = self.segs.entry(seq).or_default();
+                st.written += n;
+                st.live += n;
+            }
+            RecordKind::Zero => {
+                self.map.remove(hdr.arg, u64::from(hdr.nblocks), dead);
+            }
+            RecordKind::Resize => {
+                if hdr.arg > MAX_SIZE {
+                    return Err(bad("resize beyond the maximum size"));
+                }
+                self.size = hdr.arg;
+                let from = hdr.arg.div_ceil(bs);
+                self.map.remove(from, u64::MAX - from, dead);
+            }
+        }
+        self.serial = self.serial.max(hdr.serial);
+        Ok(())
+    }
+
+    fn start_segment(&mut self) -> Result<()> {
+        let seq = self.next_seq;
+        let writer = self.backend.create(&segment_name(seq))?;
+        self.next_seq += 1;
+        let mut buf = Vec::with_capacity(self.meta.segment_size as usize);
+        buf.extend_from_slice(&format::encode_segment_header(&self.meta.uuid, seq));
+        self.segs.entry(seq).or_default();
+        self.open = Some(OpenSeg {
+            seq,
+            writer,
+            buf,
+            appended: 0,
+            footer: Vec::new(),
+            records: 0,
+        });
+        Ok(())
+    }
+
+    fn append_pending(&mut self) -> Result<()> {
+        if let Some(o) = self.open.as_mut() {
+            if o.appended < o.buf.len() {
+                o.writer.append(&o.buf[o.appended..])?;
+                o.appended = o.buf.len();
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the footer, makes the segment durable and closes it; checkpoints when due.
+    fn seal(&mut self) -> Result<()> {
+        let Some(o) = self.open.as_mut() else { return Ok(()) };
+        let start = o.buf.len() as u64;
+        let mut footer = std::mem::take(&mut o.footer);
+        format::encode_trailer(&mut footer, start, o.records);
+        o.buf.extend_from_slice(&footer);
+        self.append_pending()?;
+        let Some(mut o) = self.open.take() else { return Ok(()) };
+        o.writer.sync()?;
+        let bytes = o.buf.len() as u64;
+        self.segs.entry(o.seq).or_default().bytes = bytes;
+        self.since_ckpt += bytes;
+        tracing::debug!(volume = %self.loc, seq = o.seq, bytes, "sealed segment");
+        if self.since_ckpt >= self.meta.checkpoint_interval {
+            self.write_checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Saves the map at the current segment boundary (no segment may be open) and prunes all
+    /// but the previous checkpoint, which stays as a fallback should the new one be damaged.
+    pub(crate) fn write_checkpoint(&mut self) -> Result<()> {
+        debug_assert!(self.open.is_none());
+        let next = self.next_seq;
+        let bytes = checkpoint::encode(&self.meta.uuid, next, self.serial, self.size, &self.map, &self.segs);
+        let name = format::checkpoint_name(next);
+        if self.checkpoints.contains(&next) {
+            self.backend.delete(&name)?;
+            self.checkpoints.retain(|c| *c != next);
+        }
+        let mut w = self.backend.create(&name)?;
+        w.append(&bytes)?;
+        w.sync()?;
+        self.checkpoints.push(next);
+        self.checkpoints.sort_unstable();
+        while self.checkpoints.len() > 2 {
+            let old = self.checkpoints.remove(0);
+            self.backend.delete(&format::checkpoint_name(old))?;
+        }
+        self.since_ckpt = 0;
+        tracing::debug!(volume = %self.loc, next, bytes = bytes.len(), "checkpoint written");
+        Ok(())
+    }
+
+    /// Makes every acknowledged write durable.
+    pub fn flush(&mut self) -> Result<()> {
+        self.writable()?;
+        let r = self.append_pending().and_then(|()| match self.open.as_mut() {
+            Some(o) => o.writer.sync(),
+            None => Ok(()),
+        });
+        self.fail(r)
+    }
+
+    /// Discards a range: it reads as zeros and its space becomes reclaimable.
+    pub fn trim(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.writable()?;
+        self.check_range(offset, len as usize)?;
+        self.zero_range(offset, len)
+    }
+
+    /// Makes a range read as zeros without storing zeros (thin).
+    pub fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.trim(offset, len)
+    }
+
+    fn zero_range(&mut self, offset: u64, len: u64) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let bs = self.bs();
+        let end = offset + len;
+        let full_start = offset.div_ceil(bs) * bs;
+        let full_end = end / bs * bs;
+        if full_start >= full_end {
+            return self.zero_partial(offset, end);
+        }
+        self.zero_partial(offset, full_start)?;
+        let mut lba = full_start / bs;
+        let last = full_end / bs;
+        while lba < last {
+            let n = (last - lba).min(u64::from(u32::MAX));
+            self.append_simple_record(RecordKind::Zero, lba, n as u32)?;
+            lba += n;
+        }
+        self.zero_partial(full_end, end)
+    }
+
+    /// Zeroes bytes inside blocks that are only partly covered; holes stay holes.
+    fn zero_partial(&mut self, from: u64, to: u64) -> Result<()> {
+        if from >= to {
+            return Ok(());
+        }
+        let bs = self.bs();
+        let first = from / bs;
+        let mapped = self.map.lookup(first, to.div_ceil(bs) - first).iter().any(|p| p.ext.is_some());
+        if !mapped {
+            return Ok(());
+        }
+        self.write_any(from, &vec![0u8; (to - from) as usize])
+    }
+
+    /// Grows or shrinks the volume. Shrinking discards the data beyond the new end, so growing
+    /// again reads zeros there.
+    pub fn resize(&mut self, new_size: u64) -> Result<()> {
+        self.writable()?;
+        if new_size > MAX_SIZE {
+            return Err(Error::Invalid(format!("size {new_size} exceeds the maximum of {MAX_SIZE} bytes")));
+        }
+        if new_size == self.size {
+            return Ok(());
+        }
+        let bs = self.bs();
+        if new_size < self.size && new_size % bs != 0 {
+            let tail_end = (new_size.div_ceil(bs) * bs).min(self.size);
+            self.zero_partial(new_size, tail_end)?;
+        }
+        self.append_simple_record(RecordKind::Resize, new_size, 0)
+    }
+
+    /// Space and layout figures.
+    pub fn stat(&self) -> Stat {
+        let (written, live) = self.segs.values().fold((0u64, 0u64), |a, s| (a.0 + s.written, a.1 + s.live));
+        let open_bytes = self.open.as_ref().map_or(0, |o| o.buf.len() as u64);
+        let sealed: u64 = self
+            .segs
+            .iter()
+            .filter(|(seq, _)| self.open.as_ref().is_none_or(|o| o.seq != **seq))
+            .map(|(_, s)| s.bytes)
+            .sum();
+        Stat {
+            capacity: self.size,
+            allocated: (self.map.mapped_blocks() * self.bs()).min(self.size),
+            log_bytes: sealed + open_bytes,
+            segments: self.segs.len() as u64,
+            live_ratio: if written == 0 { 1.0 } else { live as f64 / written as f64 },
+            extents: self.map.len() as u64,
+            block_size: self.meta.block_size,
+            compression: self.meta.compression,
+            cache_hits: self.cache.hits,
+            cache_misses: self.cache.misses,
+        }
+    }
+
+    /// Seals the open segment and writes a checkpoint, so the next open replays nothing.
+    pub fn close(mut self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        self.writable()?;
+        let had_open = self.open.is_some();
+        let r = self.seal();
+        self.fail(r)?;
+        if had_open && self.since_ckpt > 0 {
+            let r = self.write_checkpoint();
+            self.fail(r)?;
+        }
+        self.closed = true;
+        Ok(())
+    }
+
+    /// Drops the volume as a crash would: nothing buffered reaches the backend. For tests.
+    #[doc(hidden)]
+    pub fn crash(mut self) {
+        self.closed = true;
+    }
+}
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        if !self.closed && self.failed.is_none() {
+            if let Err(e) = self.flush() {
+                tracing::error!(volume = %self.loc, error = %e, "flush on drop failed");
+            }
+        }
+    }
+}
+
+fn is_zero(data: &[u8]) -> bool {
+    let mut chunks = data.chunks_exact(64);
+    chunks.all(|c| c.iter().fold(0u8, |a, b| a | b) == 0) && chunks.remainder().iter().all(|b| *b == 0)
+}
