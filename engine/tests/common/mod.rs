@@ -1,0 +1,149 @@
+//! Shared helpers for the engine's integration tests.
+#![allow(dead_code)]
+
+use hlfs_engine::{CreateOptions, LocalBackend, OpenOptions, Volume};
+use std::path::Path;
+use std::sync::Arc;
+
+/// A small deterministic PRNG (xorshift64*), so failures replay from a seed.
+#[derive(Clone)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next() % n
+        }
+    }
+    /// Fills with either random bytes or a compressible pattern.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        if self.below(2) == 0 {
+            for c in buf.chunks_mut(8) {
+                let v = self.next().to_le_bytes();
+                c.copy_from_slice(&v[..c.len()]);
+            }
+        } else {
+            let b = self.next() as u8 | 1;
+            for (i, x) in buf.iter_mut().enumerate() {
+                *x = b.wrapping_add((i / 100) as u8);
+            }
+        }
+    }
+}
+
+pub fn backend(dir: &Path) -> Arc<LocalBackend> {
+    Arc::new(LocalBackend::new(dir).expect("backend"))
+}
+
+pub fn create(dir: &Path, size: u64, segment_size: u32, checkpoint_interval: u64) -> Volume {
+    let opts = CreateOptions {
+        size,
+        segment_size,
+        checkpoint_interval,
+        ..Default::default()
+    };
+    Volume::create(backend(dir), &opts, &OpenOptions::default()).expect("create")
+}
+
+pub fn open(dir: &Path) -> hlfs_engine::Result<Volume> {
+    Volume::open(backend(dir), &OpenOptions::default())
+}
+
+pub fn read_all(v: &mut Volume) -> Vec<u8> {
+    let mut buf = vec![0u8; v.size() as usize];
+    v.read(0, &mut buf).expect("read image");
+    buf
+}
+
+/// An operation applied both to a volume and to a plain in-memory image.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Write { off: u64, len: u64, seed: u64 },
+    Trim { off: u64, len: u64 },
+    Zero { off: u64, len: u64 },
+    Resize { size: u64 },
+    Flush,
+}
+
+impl Op {
+    /// A random operation inside an image of `size` bytes.
+    pub fn random(rng: &mut Rng, size: u64, max_len: u64) -> Op {
+        let pick = rng.below(100);
+        let off = rng.below(size.max(1));
+        let len = (1 + rng.below(max_len)).min(size - off.min(size));
+        match pick {
+            0..=64 => Op::Write { off, len, seed: rng.next() },
+            65..=74 => Op::Trim { off, len },
+            75..=82 => Op::Zero { off, len },
+            83..=85 => Op::Resize {
+                size: (size / 2 + rng.below(size)) / 512 * 512 + rng.below(2) * 100,
+            },
+            _ => Op::Flush,
+        }
+    }
+
+    pub fn data(seed: u64, len: u64) -> Vec<u8> {
+        let mut v = vec![0u8; len as usize];
+        Rng::new(seed).fill(&mut v);
+        v
+    }
+
+    pub fn apply_model(&self, img: &mut Vec<u8>) {
+        match *self {
+            Op::Write { off, len, seed } => {
+                let end = (off + len).min(img.len() as u64);
+                if off < end {
+                    let d = Op::data(seed, len);
+                    img[off as usize..end as usize].copy_from_slice(&d[..(end - off) as usize]);
+                }
+            }
+            Op::Trim { off, len } | Op::Zero { off, len } => {
+                let end = (off + len).min(img.len() as u64);
+                if off < end {
+                    img[off as usize..end as usize].fill(0);
+                }
+            }
+            Op::Resize { size } => img.resize(size as usize, 0),
+            Op::Flush => {}
+        }
+    }
+
+    /// Applies to the volume; ranges past the end are clipped exactly as in the model.
+    pub fn apply_volume(&self, v: &mut Volume) -> hlfs_engine::Result<()> {
+        let size = v.size();
+        let clip = |off: u64, len: u64| if off >= size { 0 } else { len.min(size - off) };
+        match *self {
+            Op::Write { off, len, seed } => {
+                let n = clip(off, len);
+                if n > 0 {
+                    v.write(off, &Op::data(seed, len)[..n as usize])?;
+                }
+                Ok(())
+            }
+            Op::Trim { off, len } => v.trim(off, clip(off, len)),
+            Op::Zero { off, len } => v.write_zeroes(off, clip(off, len)),
+            Op::Resize { size } => v.resize(size),
+            Op::Flush => v.flush(),
+        }
+    }
+}
+
+pub fn hash(img: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    img.hash(&mut h);
+    h.finish()
+}
