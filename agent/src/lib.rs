@@ -1,1 +1,14 @@
+//! HLFS host agent: owns pools and open volume engines and serves them to QEMU over NBD.
+//!
+//! `hlfsd` (see `bin/hlfsd.rs`) is a thin wrapper around [`daemon::run`].
 
+pub mod config;
+pub mod daemon;
+pub mod error;
+pub mod manager;
+pub mod names;
+pub mod nbd;
+pub mod paths;
+pub mod pools;
+
+pub use error::{Error, Result};

@@ -1,0 +1,201 @@
+//! hlfsd's life cycle: resolve settings, lock the data directory, open the pool registry (adding
+//! the embedded `default` pool), create requested volumes, listen, and on SIGTERM/SIGINT stop
+//! accepting, let connections finish, then flush and close every volume.
+
+use crate::config::{Cli, Settings};
+use crate::error::{Error, Result};
+use crate::manager::Manager;
+use crate::names::PoolUri;
+use crate::nbd;
+use crate::pools::Registry;
+use std::fs::File;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Name of the pool the embedded default creates in the data directory.
+pub const DEFAULT_POOL: &str = "default";
+/// How long connections get to finish in-flight requests at shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Logs to stderr; `RUST_LOG` overrides the `info` default.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Holds the data directory's lock file: one daemon per data directory.
+struct DataLock(#[allow(dead_code)] File);
+
+fn lock_data_dir(settings: &Settings) -> Result<DataLock> {
+    let dir = &settings.data_dir;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("create data directory", dir, e))?;
+    let path = dir.join("hlfsd.lock");
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io("open lock file", &path, e))?;
+    match f.try_lock() {
+        Ok(()) => Ok(DataLock(f)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Busy(format!(
+            "another hlfsd is running on data directory {}",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io("lock", &path, e)),
+    }
+}
+
+/// Runs the daemon until a termination signal. Blocking: builds its own runtime.
+pub fn run(cli: Cli) -> Result<()> {
+    let settings = Settings::resolve(&cli)?;
+    let _lock = lock_data_dir(&settings)?;
+    let mut registry = Registry::load(&settings.data_dir)?;
+    for (name, uri) in &settings.pools {
+        if registry.add(name, uri.clone())? {
+            tracing::info!(pool = %name, uri = %uri.to_uri(), "added pool from the configuration");
+        }
+    }
+    if registry.get(DEFAULT_POOL).is_none() {
+        let uri = PoolUri::Local(settings.data_dir.join("pools").join(DEFAULT_POOL));
+        registry.add(DEFAULT_POOL, uri)?;
+    }
+    let mgr = Arc::new(Manager::new(registry, settings.cache_bytes));
+    for spec in &settings.create_volumes {
+        if mgr.ensure_volume(spec)? {
+            tracing::info!(volume = %format!("{}/{}", spec.pool, spec.volume), size = spec.size, "created volume");
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("hlfsd")
+        .build()
+        .map_err(|e| Error::io("start runtime", "tokio", e))?;
+    let served = rt.block_on(serve(&settings, mgr.clone()));
+    let errors = mgr.close_all();
+    for e in &errors {
+        tracing::error!(error = %e, "closing failed");
+    }
+    if let Err(e) = std::fs::remove_file(&settings.nbd_unix) {
+        tracing::debug!(error = %e, "removing the socket");
+    }
+    served?;
+    match errors.into_iter().next() {
+        Some(e) => Err(e),
+        None => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
+}
+
+async fn serve(settings: &Settings, mgr: Arc<Manager>) -> Result<()> {
+    let unix = nbd::bind_unix(&settings.nbd_unix)?;
+    let tcp = match settings.nbd_tcp {
+        Some(a) => Some(nbd::bind_tcp(a).await?),
+        None => None,
+    };
+    let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut servers = tokio::task::JoinSet::new();
+    servers.spawn(nbd::serve(
+        nbd::Listener::Unix(unix),
+        mgr.clone(),
+        stop_rx.clone(),
+    ));
+    if let Some(l) = tcp {
+        servers.spawn(nbd::serve(
+            nbd::Listener::Tcp(l),
+            mgr.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    print_banner(settings, &mgr, tcp_addr);
+    tracing::info!(socket = %settings.nbd_unix.display(), tcp = ?tcp_addr, "serving NBD");
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down: no new connections, finishing in-flight requests");
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while servers.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("connections still busy after {DRAIN_TIMEOUT:?}; closing volumes anyway");
+        servers.abort_all();
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let io = |e| Error::io("install signal handler", "SIGTERM/SIGINT", e);
+    let mut term = signal(SignalKind::terminate()).map_err(io)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(io)?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+    Ok(())
+}
+
+/// Tells a person where everything is and what to paste to try it.
+fn print_banner(settings: &Settings, mgr: &Manager, tcp: Option<std::net::SocketAddr>) {
+    let mut out = String::new();
+    out.push_str(&format!("hlfsd {} ready\n", env!("CARGO_PKG_VERSION")));
+    out.push_str(&format!(
+        "  data directory:    {}\n",
+        settings.data_dir.display()
+    ));
+    out.push_str(&format!(
+        "  runtime directory: {}\n",
+        settings.runtime_dir.display()
+    ));
+    for (name, uri) in mgr.pools() {
+        out.push_str(&format!("  pool {name}: {uri}\n"));
+    }
+    let exports = mgr.exports();
+    out.push_str(&format!(
+        "  NBD socket:        {}\n",
+        settings.nbd_unix.display()
+    ));
+    if let Some(a) = tcp {
+        out.push_str(&format!("  NBD TCP:           {a}\n"));
+    }
+    out.push_str(&format!(
+        "  volumes:           {}\n",
+        if exports.is_empty() {
+            "(none)".to_string()
+        } else {
+            exports.join(", ")
+        }
+    ));
+    let example = exports
+        .first()
+        .cloned()
+        .unwrap_or_else(|| format!("{DEFAULT_POOL}/VOLUME"));
+    if exports.is_empty() {
+        out.push_str(
+            "Create a volume at start-up with: hlfsd --create-volume default/VOLUME:10G\n",
+        );
+    }
+    out.push_str("Try:\n");
+    out.push_str(&format!(
+        "  qemu-img info 'nbd+unix:///{example}?socket={}'\n",
+        settings.nbd_unix.display()
+    ));
+    if let Some(a) = tcp {
+        out.push_str(&format!("  qemu-img info 'nbd://{a}/{example}'\n"));
+    }
+    let mut stdout = std::io::stdout().lock();
+    // The banner is a courtesy: a closed stdout must not stop the daemon.
+    let _ = stdout.write_all(out.as_bytes());
+    let _ = stdout.flush();
+}

@@ -1,0 +1,176 @@
+//! The manager owns the pool registry and every open volume. A volume has one writer (the
+//! engine's lease), so the daemon opens each volume once and shares it among all NBD
+//! connections; this is also what makes NBD's MULTI_CONN promise true.
+
+use crate::error::{Error, Result};
+use crate::names::{PoolUri, VolumeSpec};
+use crate::pools::{Pool, Registry};
+use hlfs_engine::{OpenOptions, Volume};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Locks a mutex, ignoring poisoning: the engine keeps its own failure state.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One open volume shared by all its users. `None` once closed at shutdown.
+#[derive(Debug)]
+pub struct SharedVolume {
+    name: String,
+    inner: Mutex<Option<Volume>>,
+}
+
+impl SharedVolume {
+    /// `POOL/VOLUME`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `f` on the volume under its lock; `None` if the volume was closed. Engine calls are
+    /// blocking: call this from a blocking context.
+    pub fn with<T>(&self, f: impl FnOnce(&mut Volume) -> T) -> Option<T> {
+        lock(&self.inner).as_mut().map(f)
+    }
+
+    /// Flushes and closes the volume; later calls to `with` get `None`.
+    fn close(&self) -> Result<()> {
+        match lock(&self.inner).take() {
+            Some(v) => v
+                .close()
+                .map_err(|e| Error::engine(format!("close volume {}", self.name), e)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Pools and open volumes.
+#[derive(Debug)]
+pub struct Manager {
+    registry: Mutex<Registry>,
+    open: Mutex<BTreeMap<(String, String), Arc<SharedVolume>>>,
+    open_opts: OpenOptions,
+}
+
+impl Manager {
+    pub fn new(registry: Registry, cache_bytes: usize) -> Manager {
+        Manager {
+            registry: Mutex::new(registry),
+            open: Mutex::new(BTreeMap::new()),
+            open_opts: OpenOptions { cache_bytes },
+        }
+    }
+
+    fn pool(&self, name: &str) -> Result<Pool> {
+        lock(&self.registry)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("pool {name}")))
+    }
+
+    /// Adds (or confirms) a pool in the registry.
+    pub fn add_pool(&self, name: &str, uri: PoolUri) -> Result<bool> {
+        lock(&self.registry).add(name, uri)
+    }
+
+    /// `(name, URI)` of every pool.
+    pub fn pools(&self) -> Vec<(String, String)> {
+        lock(&self.registry)
+            .pools()
+            .map(|p| (p.name().to_string(), p.uri().to_uri()))
+            .collect()
+    }
+
+    /// Every volume as `POOL/VOLUME`, for NBD_OPT_LIST. Unreadable pools are skipped (logged).
+    pub fn exports(&self) -> Vec<String> {
+        let pools: Vec<Pool> = lock(&self.registry).pools().cloned().collect();
+        let mut out = Vec::new();
+        for p in pools {
+            match p.list_volumes() {
+                Ok(vols) => out.extend(vols.into_iter().map(|v| format!("{}/{v}", p.name()))),
+                Err(e) => tracing::warn!(pool = p.name(), error = %e, "cannot list pool"),
+            }
+        }
+        out
+    }
+
+    /// Creates a volume and keeps it open.
+    pub fn create_volume(&self, pool: &str, volume: &str, size: u64) -> Result<Arc<SharedVolume>> {
+        let p = self.pool(pool)?;
+        let mut open = lock(&self.open);
+        let v = p.create_volume(volume, size, &self.open_opts)?;
+        let shared = Arc::new(SharedVolume {
+            name: format!("{pool}/{volume}"),
+            inner: Mutex::new(Some(v)),
+        });
+        open.insert((pool.to_string(), volume.to_string()), shared.clone());
+        Ok(shared)
+    }
+
+    /// Creates the volume unless it exists; an existing one must have the requested size.
+    /// Returns whether it was created.
+    pub fn ensure_volume(&self, spec: &VolumeSpec) -> Result<bool> {
+        let p = self.pool(&spec.pool)?;
+        if !p.has_volume(&spec.volume)? {
+            self.create_volume(&spec.pool, &spec.volume, spec.size)?;
+            return Ok(true);
+        }
+        let v = self.volume(&spec.pool, &spec.volume)?;
+        let size = v.with(|v| v.size()).unwrap_or(0);
+        if size != spec.size {
+            return Err(Error::Exists(format!(
+                "volume {}/{} with size {size} (asked for {})",
+                spec.pool, spec.volume, spec.size
+            )));
+        }
+        Ok(false)
+    }
+
+    /// The open volume `pool/volume`, opening it on first use. Blocking (recovery may replay).
+    pub fn volume(&self, pool: &str, volume: &str) -> Result<Arc<SharedVolume>> {
+        let key = (pool.to_string(), volume.to_string());
+        let mut open = lock(&self.open);
+        if let Some(v) = open.get(&key) {
+            return Ok(v.clone());
+        }
+        let p = self.pool(pool)?;
+        let v = p.open_volume(volume, &self.open_opts)?;
+        let r = v.recovery();
+        if r.segments_replayed > 0 {
+            tracing::info!(volume = %format!("{pool}/{volume}"), segments = r.segments_replayed,
+                records = r.records_replayed, elapsed = ?r.elapsed, "recovered volume");
+        }
+        let shared = Arc::new(SharedVolume {
+            name: format!("{pool}/{volume}"),
+            inner: Mutex::new(Some(v)),
+        });
+        open.insert(key, shared.clone());
+        Ok(shared)
+    }
+
+    /// Deletes a volume; it must not be open in this daemon.
+    pub fn delete_volume(&self, pool: &str, volume: &str) -> Result<()> {
+        let p = self.pool(pool)?;
+        let open = lock(&self.open);
+        if open.contains_key(&(pool.to_string(), volume.to_string())) {
+            return Err(Error::Busy(format!("volume {pool}/{volume} is open")));
+        }
+        p.delete_volume(volume)
+    }
+
+    /// Flushes and closes every open volume (shutdown). Returns the failures, all of them
+    /// attempted.
+    pub fn close_all(&self) -> Vec<Error> {
+        let vols: Vec<Arc<SharedVolume>> = std::mem::take(&mut *lock(&self.open))
+            .into_values()
+            .collect();
+        let mut errors = Vec::new();
+        for v in vols {
+            match v.close() {
+                Ok(()) => tracing::info!(volume = v.name(), "closed volume"),
+                Err(e) => errors.push(e),
+            }
+        }
+        errors
+    }
+}

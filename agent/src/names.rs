@@ -1,0 +1,307 @@
+//! Parsing of what users type: pool and volume names, sizes, backend URIs, export names and
+//! `--create-volume` specs. Names become directory names, so they are checked strictly: a name
+//! can never escape its pool directory or collide with the URI and export syntax (`/`, `@`, `%`).
+
+use crate::error::{Error, Result};
+use std::path::PathBuf;
+
+/// Longest pool or volume name, in bytes.
+pub const MAX_NAME: usize = 128;
+
+/// Checks a pool or volume name: 1 to 128 characters from `A-Z a-z 0-9 _ - . +`, not starting
+/// with `.` or `-` (no hidden files, no option look-alikes, no `..`).
+pub fn check_name(kind: &'static str, name: &str) -> Result<()> {
+    let bad = |why: String| {
+        Err(Error::InvalidName {
+            kind,
+            name: name.to_string(),
+            why,
+        })
+    };
+    if name.is_empty() {
+        return bad("it is empty".into());
+    }
+    if name.len() > MAX_NAME {
+        return bad(format!("it is longer than {MAX_NAME} bytes"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '+')))
+    {
+        let why = match c {
+            '/' => "'/' would be a path separator".to_string(),
+            '@' => "'@' separates a snapshot in export names".to_string(),
+            '%' => "'%' separates a snapshot in HLFS URIs".to_string(),
+            c if c.is_control() => format!("control character {:?} is not allowed", c),
+            c => {
+                format!("character {c:?} is not allowed (use letters, digits, '_', '-', '.', '+')")
+            }
+        };
+        return bad(why);
+    }
+    if name.starts_with('.') || name.starts_with('-') {
+        return bad("it must not start with '.' or '-'".into());
+    }
+    Ok(())
+}
+
+/// Parses a size: bytes, or a number with a binary suffix `K`, `M`, `G`, `T`, `P`, `E`
+/// (optionally followed by `B` or `iB`, any case). `"10G"` = 10 GiB.
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return Err(Error::invalid(
+            "size",
+            s,
+            "expected a number such as 4096, 512M or 10G",
+        ));
+    }
+    let n: u64 = t[..digits]
+        .parse()
+        .map_err(|_| Error::invalid("size", s, "number too large"))?;
+    let suffix = t[digits..].trim().to_ascii_lowercase();
+    let shift = match suffix.as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        "p" | "pb" | "pib" => 50,
+        "e" | "eb" | "eib" => 60,
+        _ => {
+            return Err(Error::invalid(
+                "size",
+                s,
+                "unknown suffix (use K, M, G, T, P or E)",
+            ))
+        }
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| Error::invalid("size", s, "too large"))
+}
+
+/// A backend URI for a pool. Only `local:///absolute/path` exists so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolUri {
+    /// A directory on this host.
+    Local(PathBuf),
+}
+
+impl PoolUri {
+    /// Parses `local:///abs/path` (the path must be absolute and free of `..`).
+    pub fn parse(s: &str) -> Result<PoolUri> {
+        if let Some(rest) = s.strip_prefix("local://") {
+            if !rest.starts_with('/') {
+                return Err(Error::invalid(
+                    "pool URI",
+                    s,
+                    "expected local:///absolute/path",
+                ));
+            }
+            if rest.split('/').any(|c| c == "..") {
+                return Err(Error::invalid(
+                    "pool URI",
+                    s,
+                    "'..' is not allowed in a pool path",
+                ));
+            }
+            if rest.chars().any(char::is_control) {
+                return Err(Error::invalid(
+                    "pool URI",
+                    s,
+                    "control characters are not allowed",
+                ));
+            }
+            let trimmed = rest.trim_end_matches('/');
+            let path = if trimmed.is_empty() { "/" } else { trimmed };
+            return Ok(PoolUri::Local(PathBuf::from(path)));
+        }
+        if s.starts_with("hdfs://") {
+            return Err(Error::Unsupported(format!(
+                "pool URI {s:?}: the HDFS backend is not available yet"
+            )));
+        }
+        Err(Error::invalid(
+            "pool URI",
+            s,
+            "expected local:///absolute/path",
+        ))
+    }
+
+    /// The URI as text.
+    pub fn to_uri(&self) -> String {
+        match self {
+            PoolUri::Local(p) => format!("local://{}", p.display()),
+        }
+    }
+}
+
+/// What an NBD client asked for: `POOL/VOLUME` or `POOL/VOLUME@SNAPSHOT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportName {
+    pub pool: String,
+    pub volume: String,
+    pub snapshot: Option<String>,
+}
+
+impl ExportName {
+    /// Parses and validates an export name. A leading `/` is tolerated (some clients keep the
+    /// URI path's slash).
+    pub fn parse(s: &str) -> Result<ExportName> {
+        let s2 = s.strip_prefix('/').unwrap_or(s);
+        let Some((pool, rest)) = s2.split_once('/') else {
+            return Err(Error::InvalidName {
+                kind: "export",
+                name: s.to_string(),
+                why: "expected POOL/VOLUME or POOL/VOLUME@SNAPSHOT".into(),
+            });
+        };
+        let (volume, snapshot) = match rest.split_once('@') {
+            Some((v, snap)) => (v, Some(snap)),
+            None => (rest, None),
+        };
+        check_name("pool", pool)?;
+        check_name("volume", volume)?;
+        if let Some(snap) = snapshot {
+            check_name("snapshot", snap)?;
+        }
+        Ok(ExportName {
+            pool: pool.to_string(),
+            volume: volume.to_string(),
+            snapshot: snapshot.map(str::to_string),
+        })
+    }
+}
+
+impl std::fmt::Display for ExportName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.pool, self.volume)?;
+        if let Some(s) = &self.snapshot {
+            write!(f, "@{s}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A `--create-volume POOL/NAME:SIZE` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeSpec {
+    pub pool: String,
+    pub volume: String,
+    pub size: u64,
+}
+
+impl std::str::FromStr for VolumeSpec {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<VolumeSpec> {
+        let Some((path, size)) = s.rsplit_once(':') else {
+            return Err(Error::invalid(
+                "volume spec",
+                s,
+                "expected POOL/NAME:SIZE, e.g. default/vm1:10G",
+            ));
+        };
+        let Some((pool, volume)) = path.split_once('/') else {
+            return Err(Error::invalid(
+                "volume spec",
+                s,
+                "expected POOL/NAME:SIZE, e.g. default/vm1:10G",
+            ));
+        };
+        check_name("pool", pool)?;
+        check_name("volume", volume)?;
+        let size = parse_size(size)?;
+        Ok(VolumeSpec {
+            pool: pool.to_string(),
+            volume: volume.to_string(),
+            size,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["vm1", "a", "disk-0_1.img", "A+B"] {
+            check_name("volume", ok).unwrap();
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "-x",
+            "a/b",
+            "a@b",
+            "a%b",
+            "a\nb",
+            "a b",
+            "é",
+            &"x".repeat(129),
+        ] {
+            assert!(check_name("volume", bad).is_err(), "{bad:?} accepted");
+        }
+        let e = check_name("volume", "a/b").unwrap_err().to_string();
+        assert!(e.contains("path separator"), "{e}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_size("10G").unwrap(), 10 << 30);
+        assert_eq!(parse_size("1gib").unwrap(), 1 << 30);
+        assert_eq!(parse_size("2K").unwrap(), 2048);
+        for bad in ["", "G", "-1", "1.5G", "10X", "99999999999999999999", "16E"] {
+            assert!(parse_size(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn uris() {
+        assert_eq!(
+            PoolUri::parse("local:///var/lib/hlfs/p").unwrap(),
+            PoolUri::Local("/var/lib/hlfs/p".into())
+        );
+        assert_eq!(
+            PoolUri::parse("local:///x/").unwrap().to_uri(),
+            "local:///x"
+        );
+        for bad in ["local://rel", "local:///a/../b", "file:///x", "/x"] {
+            assert!(PoolUri::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(matches!(
+            PoolUri::parse("hdfs://h:9000/p"),
+            Err(Error::Unsupported(_))
+        ));
+    }
+
+    #[test]
+    fn exports_and_specs() {
+        let e = ExportName::parse("default/vm1@snap").unwrap();
+        assert_eq!(
+            (e.pool.as_str(), e.volume.as_str(), e.snapshot.as_deref()),
+            ("default", "vm1", Some("snap"))
+        );
+        assert_eq!(ExportName::parse("/p/v").unwrap().to_string(), "p/v");
+        for bad in ["", "vm1", "p/", "p/../x", "p/v/w", "../v"] {
+            assert!(ExportName::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        let s: VolumeSpec = "default/vm1:1G".parse().unwrap();
+        assert_eq!(
+            s,
+            VolumeSpec {
+                pool: "default".into(),
+                volume: "vm1".into(),
+                size: 1 << 30
+            }
+        );
+        assert!("default:1G".parse::<VolumeSpec>().is_err());
+        assert!("default/vm1".parse::<VolumeSpec>().is_err());
+    }
+}
