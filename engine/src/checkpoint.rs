@@ -39,7 +39,9 @@ pub fn encode(
     map: &ExtentMap,
     segs: &BTreeMap<u32, SegStat>,
 ) -> Vec<u8> {
-    let mut e = Enc(Vec::with_capacity(64 + map.len() * EXTENT_BYTES + segs.len() * 20));
+    let mut e = Enc(Vec::with_capacity(
+        64 + map.len() * EXTENT_BYTES + segs.len() * 20,
+    ));
     e.bytes(CKPT_MAGIC)
         .bytes(uuid)
         .u32(next_seq)
@@ -47,7 +49,12 @@ pub fn encode(
         .u64(size)
         .u64(map.len() as u64);
     for (lba, x) in map.iter() {
-        e.u64(lba).u32(x.seg).u32(x.off).u32(x.stored).u16(x.len).u16(x.skip);
+        e.u64(lba)
+            .u32(x.seg)
+            .u32(x.off)
+            .u32(x.stored)
+            .u16(x.len)
+            .u16(x.skip);
     }
     e.u32(segs.len() as u32);
     for (seq, s) in segs {

@@ -72,7 +72,9 @@ impl ExtentMap {
         }
         keys.extend(self.map.range(start..end).map(|(k, _)| *k));
         for k in keys {
-            let Some(e) = self.map.remove(&k) else { continue };
+            let Some(e) = self.map.remove(&k) else {
+                continue;
+            };
             let kend = k + u64::from(e.len);
             let cut_from = k.max(start);
             let cut_to = kend.min(end);
@@ -180,8 +182,14 @@ mod tests {
         assert_eq!(m.mapped_blocks(), 16);
         let p = m.lookup(0, 20);
         assert_eq!(p.len(), 4);
-        assert_eq!((p[0].lba, p[0].len, p[0].ext.map(|e| e.seg)), (0, 4, Some(1)));
-        assert_eq!((p[1].lba, p[1].len, p[1].ext.map(|e| e.seg)), (4, 4, Some(2)));
+        assert_eq!(
+            (p[0].lba, p[0].len, p[0].ext.map(|e| e.seg)),
+            (0, 4, Some(1))
+        );
+        assert_eq!(
+            (p[1].lba, p[1].len, p[1].ext.map(|e| e.seg)),
+            (4, 4, Some(2))
+        );
         assert_eq!(p[2].ext.map(|e| (e.seg, e.skip)), Some((1, 8)));
         assert_eq!((p[3].lba, p[3].len, p[3].ext), (16, 4, None));
         m.remove(2, 100, |_, n| freed += n);

@@ -91,13 +91,19 @@ impl<'a> Dec<'a> {
         self.take(1).map(|b| b[0])
     }
     pub fn u16(&mut self) -> Option<u16> {
-        self.take(2).and_then(|b| b.try_into().ok()).map(u16::from_le_bytes)
+        self.take(2)
+            .and_then(|b| b.try_into().ok())
+            .map(u16::from_le_bytes)
     }
     pub fn u32(&mut self) -> Option<u32> {
-        self.take(4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes)
+        self.take(4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
     }
     pub fn u64(&mut self) -> Option<u64> {
-        self.take(8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes)
+        self.take(8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
     }
 }
 
@@ -199,10 +205,15 @@ impl RecordKind {
     }
 }
 
-/// A record header: one record is one atomic operation.
+/// Record flag: more records of the same atomic group follow.
+pub const FLAG_CONTINUED: u8 = 1;
+
+/// A record header. An operation is a group of records applied all-or-nothing at recovery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordHeader {
     pub kind: RecordKind,
+    /// `FLAG_CONTINUED` on all but the last record of a group.
+    pub flags: u8,
     pub serial: u64,
     /// LBA (in blocks) for Write/Zero, new size in bytes for Resize.
     pub arg: u64,
@@ -216,7 +227,7 @@ impl RecordHeader {
         let start = out.len();
         out.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
         out.push(self.kind as u8);
-        out.extend_from_slice(&[0, 0, 0]);
+        out.extend_from_slice(&[self.flags, 0, 0]);
         out.extend_from_slice(&self.serial.to_le_bytes());
         out.extend_from_slice(&self.arg.to_le_bytes());
         out.extend_from_slice(&self.nblocks.to_le_bytes());
@@ -236,9 +247,11 @@ impl RecordHeader {
             return None;
         }
         let kind = RecordKind::from_u8(d.u8()?)?;
-        d.take(3)?;
+        let flags = d.u8()?;
+        d.take(2)?;
         Some(RecordHeader {
             kind,
+            flags,
             serial: d.u64()?,
             arg: d.u64()?,
             nblocks: d.u32()?,

@@ -8,8 +8,9 @@ use crate::cache::ReadCache;
 use crate::checkpoint::{self, Checkpoint};
 use crate::error::{Error, Result};
 use crate::format::{
-    self, decode_trailer, footer_ok, parse_name, segment_header_ok, segment_name, Dec, Meta, RecordHeader,
-    RecordKind, META_OBJECT, RECORD_HEADER_LEN, SEG_HEADER_LEN, TRAILER_LEN, UNIT_COMPRESSED,
+    self, decode_trailer, footer_ok, parse_name, segment_header_ok, segment_name, Dec, Meta,
+    RecordHeader, RecordKind, FLAG_CONTINUED, META_OBJECT, RECORD_HEADER_LEN, SEG_HEADER_LEN,
+    TRAILER_LEN, UNIT_COMPRESSED,
 };
 use crate::volume::{CreateOptions, OpenOptions, RecoveryReport, Volume, MAX_SIZE};
 use std::collections::BTreeMap;
@@ -19,7 +20,11 @@ use std::time::Instant;
 
 impl Volume {
     /// Creates a new volume in an empty backend namespace and opens it.
-    pub fn create(backend: Arc<dyn Backend>, opts: &CreateOptions, open: &OpenOptions) -> Result<Volume> {
+    pub fn create(
+        backend: Arc<dyn Backend>,
+        opts: &CreateOptions,
+        open: &OpenOptions,
+    ) -> Result<Volume> {
         validate(opts)?;
         let lease = backend.lease(&this_process())?;
         if !backend.list()?.is_empty() {
@@ -51,15 +56,25 @@ impl Volume {
         Self::open_leased(backend, lease, open)
     }
 
-    fn open_leased(backend: Arc<dyn Backend>, lease: Box<dyn Lease>, open: &OpenOptions) -> Result<Volume> {
+    fn open_leased(
+        backend: Arc<dyn Backend>,
+        lease: Box<dyn Lease>,
+        open: &OpenOptions,
+    ) -> Result<Volume> {
         let t0 = Instant::now();
         let loc = backend.location();
         let meta_buf = backend.read_all(META_OBJECT).map_err(|e| match e {
             Error::NotFound(_) => Error::NotFound(format!("volume {loc}")),
             e => e,
         })?;
-        let meta = Meta::decode(&meta_buf)
-            .ok_or_else(|| Error::corrupt(&loc, META_OBJECT, 0, "superblock damaged or not an HLFS volume"))?;
+        let meta = Meta::decode(&meta_buf).ok_or_else(|| {
+            Error::corrupt(
+                &loc,
+                META_OBJECT,
+                0,
+                "superblock damaged or not an HLFS volume",
+            )
+        })?;
         let mut segments: BTreeMap<u32, u64> = BTreeMap::new();
         let mut ckpts: Vec<u32> = Vec::new();
         for o in backend.list()? {
@@ -82,10 +97,14 @@ impl Volume {
                             state = Some(cp);
                             break;
                         }
-                        _ => tracing::warn!(volume = %loc, checkpoint = %name, "damaged checkpoint skipped"),
+                        _ => {
+                            tracing::warn!(volume = %loc, checkpoint = %name, "damaged checkpoint skipped")
+                        }
                     }
                 }
-                Err(e) => tracing::warn!(volume = %loc, checkpoint = %name, error = %e, "unreadable checkpoint skipped"),
+                Err(e) => {
+                    tracing::warn!(volume = %loc, checkpoint = %name, error = %e, "unreadable checkpoint skipped")
+                }
             }
             report.bad_checkpoints += 1;
         }
@@ -109,6 +128,7 @@ impl Volume {
             next_seq: start,
             since_ckpt: 0,
             checkpoints: ckpts,
+            staged: Vec::new(),
             failed: None,
             closed: false,
             recovery: RecoveryReport::default(),
@@ -131,7 +151,10 @@ impl Volume {
                 format!("segment missing while segment {later:08x} exists; the log has a gap"),
             ));
         }
-        vol.next_seq = segments.keys().next_back().map_or(start, |m| (m + 1).max(start));
+        vol.next_seq = segments
+            .keys()
+            .next_back()
+            .map_or(start, |m| (m + 1).max(start));
         if unsealed {
             // Cover the crashed segment with a checkpoint: later segments never follow an
             // unsealed one in the replay path, and its torn tail is never parsed again.
@@ -147,11 +170,17 @@ impl Volume {
     fn replay_segment(&mut self, seq: u32, len: u64, report: &mut RecoveryReport) -> Result<bool> {
         let name = segment_name(seq);
         if len > u64::from(self.meta.segment_size) * 2 {
-            return Err(Error::corrupt(&self.loc, &name, 0, format!("segment of {len} bytes is larger than possible")));
+            return Err(Error::corrupt(
+                &self.loc,
+                &name,
+                0,
+                format!("segment of {len} bytes is larger than possible"),
+            ));
         }
         if len >= (SEG_HEADER_LEN + TRAILER_LEN) as u64 {
             let mut t = [0u8; TRAILER_LEN];
-            self.backend.read_at(&name, len - TRAILER_LEN as u64, &mut t)?;
+            self.backend
+                .read_at(&name, len - TRAILER_LEN as u64, &mut t)?;
             if let Some((start, count, crc)) = decode_trailer(&t) {
                 let fend = len - TRAILER_LEN as u64;
                 if start >= SEG_HEADER_LEN as u64 && start <= fend {
@@ -178,17 +207,29 @@ impl Volume {
             return Ok(false);
         }
         let mut pos = SEG_HEADER_LEN;
-        let mut units = Vec::new();
+        // Records of a group are applied only once its last record is found intact.
+        let mut group: Vec<(usize, RecordHeader, Vec<u32>)> = Vec::new();
+        let mut applied_to = pos;
         while let Some(hdr) = RecordHeader::decode(&buf[pos..]) {
             let body_start = pos + RECORD_HEADER_LEN;
-            let Some(body) = buf.get(body_start..body_start + hdr.body_len as usize) else { break };
+            let Some(body) = buf.get(body_start..body_start + hdr.body_len as usize) else {
+                break;
+            };
+            let mut units = Vec::new();
             if crc32c::crc32c(body) != hdr.body_crc || !self.parse_units(&hdr, body, &mut units) {
                 break;
             }
-            self.apply_record(seq, pos as u64, &hdr, &units)?;
-            report.records_replayed += 1;
+            group.push((pos, hdr, units));
             pos = body_start + body.len();
+            if hdr.flags & FLAG_CONTINUED == 0 {
+                for (at, h, u) in group.drain(..) {
+                    self.apply_record(seq, at as u64, &h, &u)?;
+                    report.records_replayed += 1;
+                }
+                applied_to = pos;
+            }
         }
+        let pos = applied_to;
         if pos < buf.len() {
             tracing::info!(volume = %self.loc, segment = %name, offset = pos, dropped = buf.len() - pos, "torn tail cut at recovery");
         }
@@ -214,7 +255,13 @@ impl Volume {
         true
     }
 
-    fn replay_footer(&mut self, seq: u32, body: &[u8], count: u32, footer_start: u64) -> Result<()> {
+    fn replay_footer(
+        &mut self,
+        seq: u32,
+        body: &[u8],
+        count: u32,
+        footer_start: u64,
+    ) -> Result<()> {
         let name = segment_name(seq);
         let mut d = Dec::new(body);
         let mut rec_off = SEG_HEADER_LEN as u64;
@@ -223,19 +270,28 @@ impl Volume {
             let hdr = d
                 .take(RECORD_HEADER_LEN)
                 .and_then(RecordHeader::decode)
-                .ok_or_else(|| Error::corrupt(&self.loc, &name, footer_start, "footer entry damaged"))?;
+                .ok_or_else(|| {
+                    Error::corrupt(&self.loc, &name, footer_start, "footer entry damaged")
+                })?;
             units.clear();
             if hdr.kind == RecordKind::Write {
                 let n = u64::from(hdr.nblocks).div_ceil(self.unit_blocks());
                 for _ in 0..n {
-                    units.push(d.u32().ok_or_else(|| Error::corrupt(&self.loc, &name, footer_start, "footer truncated"))?);
+                    units.push(d.u32().ok_or_else(|| {
+                        Error::corrupt(&self.loc, &name, footer_start, "footer truncated")
+                    })?);
                 }
             }
             self.apply_record(seq, rec_off, &hdr, &units)?;
             rec_off += RECORD_HEADER_LEN as u64 + u64::from(hdr.body_len);
         }
         if rec_off != footer_start {
-            return Err(Error::corrupt(&self.loc, &name, footer_start, "footer does not describe the segment"));
+            return Err(Error::corrupt(
+                &self.loc,
+                &name,
+                footer_start,
+                "footer does not describe the segment",
+            ));
         }
         Ok(())
     }
@@ -255,10 +311,15 @@ fn validate(o: &CreateOptions) -> Result<()> {
         )));
     }
     if o.size > MAX_SIZE {
-        return Err(Error::Invalid(format!("size {} exceeds the maximum of {MAX_SIZE} bytes", o.size)));
+        return Err(Error::Invalid(format!(
+            "size {} exceeds the maximum of {MAX_SIZE} bytes",
+            o.size
+        )));
     }
     if o.checkpoint_interval == 0 {
-        return Err(Error::Invalid("checkpoint interval must be positive".into()));
+        return Err(Error::Invalid(
+            "checkpoint interval must be positive".into(),
+        ));
     }
     Ok(())
 }

@@ -7,8 +7,8 @@ use crate::checkpoint::{self, SegStat};
 use crate::error::{Error, Result};
 use crate::extent_map::{Extent, ExtentMap};
 use crate::format::{
-    self, segment_name, unit_crc, Meta, RecordHeader, RecordKind, RECORD_HEADER_LEN,
-    TRAILER_LEN, UNIT_COMPRESSED, UNIT_HEADER_LEN,
+    self, segment_name, unit_crc, Meta, RecordHeader, RecordKind, FLAG_CONTINUED,
+    RECORD_HEADER_LEN, TRAILER_LEN, UNIT_COMPRESSED, UNIT_HEADER_LEN,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -96,6 +96,13 @@ pub struct RecoveryReport {
     pub elapsed: Duration,
 }
 
+/// A record built by an operation and not yet appended.
+pub(crate) struct Staged {
+    hdr: RecordHeader,
+    body: Vec<u8>,
+    units: Vec<u32>,
+}
+
 pub(crate) struct OpenSeg {
     pub seq: u32,
     pub writer: Box<dyn ObjectWriter>,
@@ -123,6 +130,7 @@ pub struct Volume {
     pub(crate) since_ckpt: u64,
     pub(crate) checkpoints: Vec<u32>,
     pub(crate) cache: ReadCache,
+    pub(crate) staged: Vec<Staged>,
     pub(crate) failed: Option<String>,
     pub(crate) closed: bool,
     pub(crate) recovery: RecoveryReport,
@@ -237,7 +245,12 @@ impl Volume {
                     let unit = self.load_unit(piece.lba - u64::from(x.skip), x)?;
                     let ustart = (u64::from(x.skip) * bs + (s - pstart)) as usize;
                     let src = unit.get(ustart..ustart + out.len()).ok_or_else(|| {
-                        Error::corrupt(&self.loc, segment_name(x.seg), u64::from(x.off), "unit shorter than its extent")
+                        Error::corrupt(
+                            &self.loc,
+                            segment_name(x.seg),
+                            u64::from(x.off),
+                            "unit shorter than its extent",
+                        )
                     })?;
                     out.copy_from_slice(src);
                 }
@@ -322,6 +335,7 @@ impl Volume {
     // ---------------------------------------------------------------- writes
 
     /// Writes `data` at `offset` (any alignment). Acknowledged on return; durable after `flush`.
+    /// A write of up to half a segment is atomic across a crash; larger ones are split.
     pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         self.writable()?;
         self.check_range(offset, data.len())?;
@@ -331,15 +345,37 @@ impl Volume {
         if is_zero(data) {
             return self.zero_range(offset, data.len() as u64);
         }
-        self.write_any(offset, data)
+        let group = self.group_bytes();
+        let mut pos = offset;
+        let end = offset + data.len() as u64;
+        while pos < end {
+            // Small writes stay whole; large ones split at group-aligned offsets.
+            let next = if end - pos <= group {
+                end
+            } else {
+                ((pos / group + 1) * group).min(end)
+            };
+            let part = &data[(pos - offset) as usize..(next - offset) as usize];
+            self.staged.clear();
+            self.stage_write(pos, part)?;
+            self.commit()?;
+            pos = next;
+        }
+        Ok(())
     }
 
-    /// Writes without zero detection: partial blocks are read, patched and rewritten.
-    fn write_any(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+    /// Bytes of data one atomic group may carry: half a segment, whole blocks.
+    fn group_bytes(&self) -> u64 {
+        (u64::from(self.meta.segment_size) / 2 / self.bs()).max(1) * self.bs()
+    }
+
+    /// Stages a write of any alignment: partial blocks are read, patched and rewritten.
+    fn stage_write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         let bs = self.bs();
         let end = offset + data.len() as u64;
-        if offset % bs == 0 && end % bs == 0 {
-            return self.write_blocks(offset / bs, data);
+        if offset.is_multiple_of(bs) && end.is_multiple_of(bs) {
+            self.stage_blocks(offset / bs, data);
+            return Ok(());
         }
         let start = offset / bs * bs;
         let aend = end.div_ceil(bs) * bs;
@@ -353,25 +389,26 @@ impl Volume {
             self.read_raw(aend - bs, &mut tmp[at..])?;
         }
         tmp[(offset - start) as usize..(end - start) as usize].copy_from_slice(data);
-        self.write_blocks(start / bs, &tmp)
-    }
-
-    fn write_blocks(&mut self, lba: u64, data: &[u8]) -> Result<()> {
-        let chunk = (self.max_record_blocks() * self.bs()) as usize;
-        for (i, part) in data.chunks(chunk).enumerate() {
-            let l = lba + (i * chunk) as u64 / self.bs();
-            let r = self.append_write_record(l, part);
-            self.fail(r)?;
-        }
+        self.stage_blocks(start / bs, &tmp);
         Ok(())
     }
 
-    fn append_write_record(&mut self, lba: u64, data: &[u8]) -> Result<()> {
+    fn stage_blocks(&mut self, lba: u64, data: &[u8]) {
+        let chunk = (self.max_record_blocks() * self.bs()) as usize;
+        for (i, part) in data.chunks(chunk).enumerate() {
+            let l = lba + (i * chunk) as u64 / self.bs();
+            self.stage_write_record(l, part);
+        }
+    }
+
+    fn stage_write_record(&mut self, lba: u64, data: &[u8]) {
         let bs = self.bs() as usize;
         let unit_bytes = self.meta.unit_blocks as usize * bs;
         let nblocks = (data.len() / bs) as u32;
-        let mut body = Vec::with_capacity(data.len() + data.len() / unit_bytes * UNIT_HEADER_LEN + UNIT_HEADER_LEN);
-        let mut stored_lens = Vec::with_capacity(data.len().div_ceil(unit_bytes));
+        let mut body = Vec::with_capacity(
+            data.len() + data.len() / unit_bytes * UNIT_HEADER_LEN + UNIT_HEADER_LEN,
+        );
+        let mut units = Vec::with_capacity(data.len().div_ceil(unit_bytes));
         for (i, u) in data.chunks(unit_bytes).enumerate() {
             let ulba = lba + (i * unit_bytes / bs) as u64;
             let compressed = if self.meta.compression {
@@ -386,62 +423,72 @@ impl Volume {
             body.extend_from_slice(&stored.to_le_bytes());
             body.extend_from_slice(&unit_crc(ulba, bytes).to_le_bytes());
             body.extend_from_slice(bytes);
-            stored_lens.push(stored);
+            units.push(stored);
         }
+        self.stage(RecordKind::Write, lba, nblocks, body, units);
+    }
+
+    fn stage(&mut self, kind: RecordKind, arg: u64, nblocks: u32, body: Vec<u8>, units: Vec<u32>) {
         self.serial += 1;
         let hdr = RecordHeader {
-            kind: RecordKind::Write,
+            kind,
+            flags: 0,
             serial: self.serial,
-            arg: lba,
+            arg,
             nblocks,
             body_len: body.len() as u32,
             body_crc: crc32c::crc32c(&body),
         };
-        self.append_record(hdr, &body, &stored_lens)
+        self.staged.push(Staged { hdr, body, units });
     }
 
-    fn append_simple_record(&mut self, kind: RecordKind, arg: u64, nblocks: u32) -> Result<()> {
-        self.serial += 1;
-        let hdr = RecordHeader {
-            kind,
-            serial: self.serial,
-            arg,
-            nblocks,
-            body_len: 0,
-            body_crc: crc32c::crc32c(&[]),
-        };
-        let r = self.append_record(hdr, &[], &[]);
+    /// Appends the staged records as one group, all in one segment (sealing the open one and
+    /// starting another if they do not fit), and applies them to the map exactly as replay will.
+    /// Every record but the last carries `FLAG_CONTINUED`, so recovery applies all or none.
+    fn commit(&mut self) -> Result<()> {
+        let staged = std::mem::take(&mut self.staged);
+        if staged.is_empty() {
+            return Ok(());
+        }
+        let r = self.commit_group(staged);
         self.fail(r)
     }
 
-    /// Appends one record to the open segment (sealing and starting one as needed) and applies
-    /// it to the map, exactly as replay will.
-    fn append_record(&mut self, hdr: RecordHeader, body: &[u8], units: &[u32]) -> Result<()> {
-        let rec_len = RECORD_HEADER_LEN + body.len();
-        let footer_len = RECORD_HEADER_LEN + 4 * units.len();
+    fn commit_group(&mut self, mut staged: Vec<Staged>) -> Result<()> {
+        let need: usize = staged
+            .iter()
+            .map(|r| 2 * RECORD_HEADER_LEN + r.body.len() + 4 * r.units.len())
+            .sum();
         let seg_size = self.meta.segment_size as usize;
         if let Some(o) = &self.open {
-            if o.buf.len() + rec_len + o.footer.len() + footer_len + TRAILER_LEN > seg_size {
+            if o.records > 0 && o.buf.len() + o.footer.len() + need + TRAILER_LEN > seg_size {
                 self.seal()?;
             }
         }
         if self.open.is_none() {
             self.start_segment()?;
         }
-        let Some(o) = self.open.as_mut() else {
-            return Err(Error::Invalid("no open segment".into()));
-        };
-        let rec_off = o.buf.len();
-        hdr.encode(&mut o.buf);
-        o.buf.extend_from_slice(body);
-        o.footer.extend_from_slice(&o.buf[rec_off..rec_off + RECORD_HEADER_LEN]);
-        for u in units {
-            o.footer.extend_from_slice(&u.to_le_bytes());
+        let n = staged.len();
+        for (i, rec) in staged.iter_mut().enumerate() {
+            if i + 1 < n {
+                rec.hdr.flags |= FLAG_CONTINUED;
+            }
+            let Some(o) = self.open.as_mut() else {
+                return Err(Error::Invalid("no open segment".into()));
+            };
+            let rec_off = o.buf.len();
+            rec.hdr.encode(&mut o.buf);
+            o.buf.extend_from_slice(&rec.body);
+            o.footer
+                .extend_from_slice(&o.buf[rec_off..rec_off + RECORD_HEADER_LEN]);
+            for u in &rec.units {
+                o.footer.extend_from_slice(&u.to_le_bytes());
+            }
+            o.records += 1;
+            let seq = o.seq;
+            self.apply_record(seq, rec_off as u64, &rec.hdr, &rec.units)?;
         }
-        o.records += 1;
-        let seq = o.seq;
-        let pending = o.buf.len() - o.appended;
-        self.apply_record(seq, rec_off as u64, &hdr, units)?;
+        let pending = self.open.as_ref().map_or(0, |o| o.buf.len() - o.appended);
         if pending >= APPEND_BATCH {
             self.append_pending()?;
         }
@@ -450,7 +497,13 @@ impl Volume {
 
     /// Applies a record to the map and counters. Shared by the write path and replay, so that
     /// what recovery rebuilds is exactly what was served.
-    pub(crate) fn apply_record(&mut self, seq: u32, rec_off: u64, hdr: &RecordHeader, units: &[u32]) -> Result<()> {
+    pub(crate) fn apply_record(
+        &mut self,
+        seq: u32,
+        rec_off: u64,
+        hdr: &RecordHeader,
+        units: &[u32],
+    ) -> Result<()> {
         let bad = |what: &str| Error::corrupt(&self.loc, segment_name(seq), rec_off, what);
         let bs = self.bs();
         let segs = &mut self.segs;
@@ -463,7 +516,9 @@ impl Volume {
             RecordKind::Write => {
                 let ub = u64::from(self.meta.unit_blocks);
                 let n = u64::from(hdr.nblocks);
-                if hdr.arg.checked_add(n).is_none_or(|e| e > MAX_SIZE) || units.len() as u64 != n.div_ceil(ub) {
+                if hdr.arg.checked_add(n).is_none_or(|e| e > MAX_SIZE)
+                    || units.len() as u64 != n.div_ceil(ub)
+                {
                     return Err(bad("write record with impossible extent"));
                 }
                 let mut off = rec_off + RECORD_HEADER_LEN as u64;
@@ -530,13 +585,17 @@ impl Volume {
 
     /// Writes the footer, makes the segment durable and closes it; checkpoints when due.
     fn seal(&mut self) -> Result<()> {
-        let Some(o) = self.open.as_mut() else { return Ok(()) };
+        let Some(o) = self.open.as_mut() else {
+            return Ok(());
+        };
         let start = o.buf.len() as u64;
         let mut footer = std::mem::take(&mut o.footer);
         format::encode_trailer(&mut footer, start, o.records);
         o.buf.extend_from_slice(&footer);
         self.append_pending()?;
-        let Some(mut o) = self.open.take() else { return Ok(()) };
+        let Some(mut o) = self.open.take() else {
+            return Ok(());
+        };
         o.writer.sync()?;
         let bytes = o.buf.len() as u64;
         self.segs.entry(o.seq).or_default().bytes = bytes;
@@ -553,7 +612,14 @@ impl Volume {
     pub(crate) fn write_checkpoint(&mut self) -> Result<()> {
         debug_assert!(self.open.is_none());
         let next = self.next_seq;
-        let bytes = checkpoint::encode(&self.meta.uuid, next, self.serial, self.size, &self.map, &self.segs);
+        let bytes = checkpoint::encode(
+            &self.meta.uuid,
+            next,
+            self.serial,
+            self.size,
+            &self.map,
+            &self.segs,
+        );
         let name = format::checkpoint_name(next);
         if self.checkpoints.contains(&next) {
             self.backend.delete(&name)?;
@@ -576,10 +642,12 @@ impl Volume {
     /// Makes every acknowledged write durable.
     pub fn flush(&mut self) -> Result<()> {
         self.writable()?;
-        let r = self.append_pending().and_then(|()| match self.open.as_mut() {
-            Some(o) => o.writer.sync(),
-            None => Ok(()),
-        });
+        let r = self
+            .append_pending()
+            .and_then(|()| match self.open.as_mut() {
+                Some(o) => o.writer.sync(),
+                None => Ok(()),
+            });
         self.fail(r)
     }
 
@@ -603,32 +671,39 @@ impl Volume {
         let end = offset + len;
         let full_start = offset.div_ceil(bs) * bs;
         let full_end = end / bs * bs;
+        self.staged.clear();
         if full_start >= full_end {
-            return self.zero_partial(offset, end);
+            self.zero_partial(offset, end)?;
+            return self.commit();
         }
         self.zero_partial(offset, full_start)?;
         let mut lba = full_start / bs;
         let last = full_end / bs;
         while lba < last {
             let n = (last - lba).min(u64::from(u32::MAX));
-            self.append_simple_record(RecordKind::Zero, lba, n as u32)?;
+            self.stage(RecordKind::Zero, lba, n as u32, Vec::new(), Vec::new());
             lba += n;
         }
-        self.zero_partial(full_end, end)
+        self.zero_partial(full_end, end)?;
+        self.commit()
     }
 
-    /// Zeroes bytes inside blocks that are only partly covered; holes stay holes.
+    /// Stages zeroes for bytes inside blocks that are only partly covered; holes stay holes.
     fn zero_partial(&mut self, from: u64, to: u64) -> Result<()> {
         if from >= to {
             return Ok(());
         }
         let bs = self.bs();
         let first = from / bs;
-        let mapped = self.map.lookup(first, to.div_ceil(bs) - first).iter().any(|p| p.ext.is_some());
+        let mapped = self
+            .map
+            .lookup(first, to.div_ceil(bs) - first)
+            .iter()
+            .any(|p| p.ext.is_some());
         if !mapped {
             return Ok(());
         }
-        self.write_any(from, &vec![0u8; (to - from) as usize])
+        self.stage_write(from, &vec![0u8; (to - from) as usize])
     }
 
     /// Grows or shrinks the volume. Shrinking discards the data beyond the new end, so growing
@@ -636,22 +711,29 @@ impl Volume {
     pub fn resize(&mut self, new_size: u64) -> Result<()> {
         self.writable()?;
         if new_size > MAX_SIZE {
-            return Err(Error::Invalid(format!("size {new_size} exceeds the maximum of {MAX_SIZE} bytes")));
+            return Err(Error::Invalid(format!(
+                "size {new_size} exceeds the maximum of {MAX_SIZE} bytes"
+            )));
         }
         if new_size == self.size {
             return Ok(());
         }
         let bs = self.bs();
-        if new_size < self.size && new_size % bs != 0 {
+        self.staged.clear();
+        if new_size < self.size && !new_size.is_multiple_of(bs) {
             let tail_end = (new_size.div_ceil(bs) * bs).min(self.size);
             self.zero_partial(new_size, tail_end)?;
         }
-        self.append_simple_record(RecordKind::Resize, new_size, 0)
+        self.stage(RecordKind::Resize, new_size, 0, Vec::new(), Vec::new());
+        self.commit()
     }
 
     /// Space and layout figures.
     pub fn stat(&self) -> Stat {
-        let (written, live) = self.segs.values().fold((0u64, 0u64), |a, s| (a.0 + s.written, a.1 + s.live));
+        let (written, live) = self
+            .segs
+            .values()
+            .fold((0u64, 0u64), |a, s| (a.0 + s.written, a.1 + s.live));
         let open_bytes = self.open.as_ref().map_or(0, |o| o.buf.len() as u64);
         let sealed: u64 = self
             .segs
@@ -664,7 +746,11 @@ impl Volume {
             allocated: (self.map.mapped_blocks() * self.bs()).min(self.size),
             log_bytes: sealed + open_bytes,
             segments: self.segs.len() as u64,
-            live_ratio: if written == 0 { 1.0 } else { live as f64 / written as f64 },
+            live_ratio: if written == 0 {
+                1.0
+            } else {
+                live as f64 / written as f64
+            },
             extents: self.map.len() as u64,
             block_size: self.meta.block_size,
             compression: self.meta.compression,
@@ -713,5 +799,6 @@ impl Drop for Volume {
 
 fn is_zero(data: &[u8]) -> bool {
     let mut chunks = data.chunks_exact(64);
-    chunks.all(|c| c.iter().fold(0u8, |a, b| a | b) == 0) && chunks.remainder().iter().all(|b| *b == 0)
+    chunks.all(|c| c.iter().fold(0u8, |a, b| a | b) == 0)
+        && chunks.remainder().iter().all(|b| *b == 0)
 }

@@ -33,7 +33,9 @@ fn run(steps: Vec<Step>, compression: bool, block_size: u32) {
         compression,
         checkpoint_interval: 150_000,
     };
-    let mut v = hlfs_engine::Volume::create(common::backend(dir.path()), &opts, &Default::default()).expect("create");
+    let mut v =
+        hlfs_engine::Volume::create(common::backend(dir.path()), &opts, &Default::default())
+            .expect("create");
     let mut model = vec![0u8; size as usize];
     for s in steps {
         match s {
@@ -48,12 +50,19 @@ fn run(steps: Vec<Step>, compression: bool, block_size: u32) {
                 let l = l.min(model.len() as u64 - o);
                 let mut buf = vec![0u8; l as usize];
                 v.read(o, &mut buf).expect("read");
-                assert!(buf == model[o as usize..(o + l) as usize], "read {o}+{l} differs");
+                assert!(
+                    buf == model[o as usize..(o + l) as usize],
+                    "read {o}+{l} differs"
+                );
             }
             Step::Reopen => {
                 v.close().expect("close");
                 v = open(dir.path()).expect("reopen");
-                assert_eq!(v.recovery().segments_replayed, 0, "clean close must leave nothing to replay");
+                assert_eq!(
+                    v.recovery().segments_replayed,
+                    0,
+                    "clean close must leave nothing to replay"
+                );
             }
             Step::CrashAfterFlush => {
                 v.flush().expect("flush");
@@ -66,7 +75,10 @@ fn run(steps: Vec<Step>, compression: bool, block_size: u32) {
     assert!(read_all(&mut v) == model, "final image differs");
     v.close().expect("close");
     let mut v = open(dir.path()).expect("final reopen");
-    assert!(read_all(&mut v) == model, "image after final reopen differs");
+    assert!(
+        read_all(&mut v) == model,
+        "image after final reopen differs"
+    );
 }
 
 proptest! {
@@ -88,11 +100,24 @@ fn oob_and_bad_arguments_are_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut v = common::create(dir.path(), 1 << 20, 1 << 20, 1 << 30);
     let mut b = [0u8; 10];
-    assert!(matches!(v.read((1 << 20) - 5, &mut b), Err(hlfs_engine::Error::OutOfRange { .. })));
-    assert!(matches!(v.write(u64::MAX - 2, &b), Err(hlfs_engine::Error::OutOfRange { .. })));
-    assert!(matches!(v.trim(1 << 20, 1), Err(hlfs_engine::Error::OutOfRange { .. })));
+    assert!(matches!(
+        v.read((1 << 20) - 5, &mut b),
+        Err(hlfs_engine::Error::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        v.write(u64::MAX - 2, &b),
+        Err(hlfs_engine::Error::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        v.trim(1 << 20, 1),
+        Err(hlfs_engine::Error::OutOfRange { .. })
+    ));
     assert!(v.resize(u64::MAX).is_err());
-    let bad = hlfs_engine::CreateOptions { size: 1, block_size: 3000, ..Default::default() };
+    let bad = hlfs_engine::CreateOptions {
+        size: 1,
+        block_size: 3000,
+        ..Default::default()
+    };
     let d2 = tempfile::tempdir().expect("tempdir");
     assert!(matches!(
         hlfs_engine::Volume::create(common::backend(d2.path()), &bad, &Default::default()),
@@ -107,13 +132,17 @@ fn thin_terabyte_volume() {
     let mut b = vec![1u8; 8192];
     v.read(1 << 39, &mut b).expect("read");
     assert!(b.iter().all(|x| *x == 0));
-    v.write((1 << 40) - 4096, &[7u8; 4096]).expect("write at end");
+    v.write((1 << 40) - 4096, &[7u8; 4096])
+        .expect("write at end");
     v.close().expect("close");
     let on_disk: u64 = std::fs::read_dir(dir.path())
         .expect("ls")
         .map(|e| e.expect("entry").metadata().expect("md").len())
         .sum();
-    assert!(on_disk < 64 * 1024, "1 TiB thin volume takes {on_disk} bytes");
+    assert!(
+        on_disk < 64 * 1024,
+        "1 TiB thin volume takes {on_disk} bytes"
+    );
     let mut v = open(dir.path()).expect("open");
     let mut b = vec![0u8; 4096];
     v.read((1 << 40) - 4096, &mut b).expect("read");
@@ -128,7 +157,10 @@ fn second_writer_is_refused_naming_the_holder() {
     let err = open(dir.path()).expect_err("second open must fail");
     let msg = err.to_string();
     assert!(matches!(err, hlfs_engine::Error::Locked { .. }), "{msg}");
-    assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+    assert!(
+        msg.contains(&format!("pid {}", std::process::id())),
+        "{msg}"
+    );
     drop(v);
     open(dir.path()).expect("open after the holder is gone");
 }

@@ -24,7 +24,8 @@ impl LocalBackend {
     /// Uses `dir` (created if missing) as the namespace.
     pub fn new(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
-        fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", dir.display().to_string(), e))?;
+        fs::create_dir_all(&dir)
+            .map_err(|e| Error::io("create directory", dir.display().to_string(), e))?;
         Ok(LocalBackend {
             dir,
             readers: Mutex::new(HashMap::new()),
@@ -131,7 +132,11 @@ impl Backend for LocalBackend {
         f.read_exact_at(buf, offset).map_err(|e| {
             Error::io(
                 "read",
-                format!("{} at offset {offset} length {}", self.dir.join(name).display(), buf.len()),
+                format!(
+                    "{} at offset {offset} length {}",
+                    self.dir.join(name).display(),
+                    buf.len()
+                ),
                 e,
             )
         })
@@ -164,7 +169,10 @@ impl Backend for LocalBackend {
                 .metadata()
                 .map_err(|e| Error::io("stat", entry.path().display().to_string(), e))?;
             if md.is_file() {
-                out.push(ObjectInfo { name, len: md.len() });
+                out.push(ObjectInfo {
+                    name,
+                    len: md.len(),
+                });
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -201,7 +209,11 @@ impl Backend for LocalBackend {
                 let who = who.trim();
                 return Err(Error::Locked {
                     volume: self.location(),
-                    holder: if who.is_empty() { "another process".into() } else { who.to_string() },
+                    holder: if who.is_empty() {
+                        "another process".into()
+                    } else {
+                        who.to_string()
+                    },
                 });
             }
             Err(std::fs::TryLockError::Error(e)) => {

@@ -85,7 +85,11 @@ impl Op {
         let off = rng.below(size.max(1));
         let len = (1 + rng.below(max_len)).min(size - off.min(size));
         match pick {
-            0..=64 => Op::Write { off, len, seed: rng.next() },
+            0..=64 => Op::Write {
+                off,
+                len,
+                seed: rng.next(),
+            },
             65..=74 => Op::Trim { off, len },
             75..=82 => Op::Zero { off, len },
             83..=85 => Op::Resize {
