@@ -1,0 +1,262 @@
+//! Test harness: starts a real `hlfsd` child with private data and runtime directories and
+//! runs real NBD clients against it. A missing client tool fails the test with a clear message.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Panics unless `name` is on PATH: tests never skip silently.
+pub fn require_tool(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        let p = dir.join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!(
+        "required tool `{name}` is not installed (Debian: qemu-utils for qemu-img/qemu-io/qemu-nbd, \
+         libnbd-bin for nbdinfo/nbdcopy, fio for fio)"
+    );
+}
+
+/// Runs a tool and returns its output, panicking with its stderr if it fails.
+pub fn run(tool: &str, args: &[&str]) -> Output {
+    let out = try_run(tool, args);
+    assert!(
+        out.status.success(),
+        "{tool} {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs a tool and returns its output whatever its exit status.
+pub fn try_run(tool: &str, args: &[&str]) -> Output {
+    let exe = require_tool(tool);
+    Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {tool}: {e}"))
+}
+
+/// A private scratch directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("hlfs-agent-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running hlfsd.
+pub struct Daemon {
+    pub dir: TempDir,
+    pub child: Option<Child>,
+    pub extra: Vec<String>,
+    pub socket: PathBuf,
+    starts: u32,
+}
+
+impl Daemon {
+    /// Starts hlfsd with `extra` flags (e.g. `--create-volume default/vm1:64M`).
+    pub fn start(tag: &str, extra: &[&str]) -> Daemon {
+        let dir = TempDir::new(tag);
+        let socket = dir.path().join("run/nbd.sock");
+        let mut d = Daemon {
+            dir,
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            socket,
+            starts: 0,
+        };
+        d.spawn();
+        d
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn stdout_path(&self) -> PathBuf {
+        self.dir.path().join(format!("stdout-{}.log", self.starts))
+    }
+
+    pub fn stderr_path(&self) -> PathBuf {
+        self.dir.path().join(format!("stderr-{}.log", self.starts))
+    }
+
+    /// Starts (again) with the same directories and flags; waits until the socket answers.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        self.starts += 1;
+        let stdout = std::fs::File::create(self.stdout_path()).unwrap();
+        let stderr = std::fs::File::create(self.stderr_path()).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_hlfsd"))
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--runtime-dir")
+            .arg(self.dir.path().join("run"))
+            .args(&self.extra)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn hlfsd");
+        self.child = Some(child);
+        let t0 = Instant::now();
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "hlfsd exited during start-up ({status}):\n{}",
+                    self.stderr()
+                );
+            }
+            if UnixStream::connect(&self.socket).is_ok() && self.stdout().contains("ready") {
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "hlfsd did not start:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.stdout_path()).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.stderr_path()).unwrap_or_default()
+    }
+
+    /// `nbd+unix:///EXPORT?socket=...`
+    pub fn uri(&self, export: &str) -> String {
+        format!("nbd+unix:///{export}?socket={}", self.socket.display())
+    }
+
+    /// Whether the daemon process is still running.
+    pub fn alive(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().unwrap().is_none(),
+            None => false,
+        }
+    }
+
+    /// kill -9.
+    pub fn kill9(&mut self) {
+        let mut c = self.child.take().expect("running");
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal(libc_sigterm())
+    }
+
+    pub fn signal(&mut self, sig: i32) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(c.id().to_string())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let t0 = Instant::now();
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s;
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                let _ = c.kill();
+                panic!("hlfsd did not exit after signal {sig}:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn libc_sigterm() -> i32 {
+    15
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            let mut s = String::new();
+            if let Ok(mut f) = std::fs::File::open(self.stderr_path()) {
+                let _ = f.read_to_string(&mut s);
+            }
+            let tail: String = s
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
+            eprintln!("--- hlfsd stderr (tail) ---\n{tail}");
+        }
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so data is not trivially compressible.
+pub fn pattern_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Parses `nbdinfo --map` text output into `(offset, length, is_hole)`.
+pub fn nbd_map(uri: &str) -> Vec<(u64, u64, bool)> {
+    let out = run("nbdinfo", &["--map", uri]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            assert!(f.len() >= 3, "unexpected nbdinfo --map line {l:?}");
+            let flags: u32 = f[2].parse().unwrap();
+            (f[0].parse().unwrap(), f[1].parse().unwrap(), flags & 1 != 0)
+        })
+        .collect()
+}

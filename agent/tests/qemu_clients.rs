@@ -1,0 +1,330 @@
+//! hlfsd against real NBD clients: qemu-img, qemu-io, nbdinfo, nbdcopy, fio.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+
+#[test]
+fn qemu_img_info_reports_the_size() {
+    let d = Daemon::start("info", &["--create-volume", "default/vm1:64M"]);
+    let out = run(
+        "qemu-img",
+        &["info", "--output=json", &d.uri("default/vm1")],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("\"virtual-size\": 67108864"), "{text}");
+    // The banner names the socket and gives a ready-to-paste qemu-img line.
+    let banner = d.stdout();
+    assert!(banner.contains(&d.socket.display().to_string()), "{banner}");
+    assert!(
+        banner.contains(&format!("qemu-img info '{}'", d.uri("default/vm1"))),
+        "{banner}"
+    );
+}
+
+#[test]
+fn qemu_io_patterns_unaligned_and_flush() {
+    let d = Daemon::start("io", &["--create-volume", "default/vm1:64M"]);
+    let uri = d.uri("default/vm1");
+    run(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0xab 0 1M",
+            "-c",
+            "read -P 0xab 0 1M",
+            "-c",
+            "flush",
+            "-c",
+            "write -P 0x11 1000 3000",
+            "-c",
+            "write -P 0x22 1048575 2",
+            "-c",
+            "write -P 0x33 60M 5",
+            &uri,
+        ],
+    );
+    // A new connection sees everything, byte-exact around the unaligned edges.
+    let out = run(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "read -P 0xab 0 1000",
+            "-c",
+            "read -P 0x11 1000 3000",
+            "-c",
+            "read -P 0xab 4000 1044575",
+            "-c",
+            "read -P 0x22 1048575 2",
+            "-c",
+            "read -P 0 1048577 4096",
+            "-c",
+            "read -P 0x33 60M 5",
+            "-c",
+            "read -P 0 62914565 4091",
+            &uri,
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("Pattern verification failed"), "{text}");
+    assert_eq!(text.matches("read ").count(), 7, "{text}");
+    // Reading past the end is refused, not answered with garbage.
+    let out = try_run("qemu-io", &["-f", "raw", "-c", "read 64M 512", &uri]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!text.contains("read 512/512"), "{text}");
+}
+
+#[test]
+fn qemu_img_convert_in_and_out_and_compare() {
+    let d = Daemon::start("convert", &["--create-volume", "default/vm1:16M"]);
+    let uri = d.uri("default/vm1");
+    // A raw image with data, zeros and an unaligned tail of data.
+    let mut img = vec![0u8; 16 << 20];
+    img[..3 << 20].copy_from_slice(&pattern_bytes(7, 3 << 20));
+    img[8 << 20..(8 << 20) + 12345].copy_from_slice(&pattern_bytes(9, 12345));
+    img[(16 << 20) - 100..].fill(0x5a);
+    let src = d.dir.path().join("src.raw");
+    std::fs::write(&src, &img).unwrap();
+    let src = src.to_str().unwrap();
+    run(
+        "qemu-img",
+        &["convert", "-n", "-f", "raw", "-O", "raw", src, &uri],
+    );
+    let out = run(
+        "qemu-img",
+        &["compare", "-f", "raw", "-F", "raw", src, &uri],
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Images are identical"));
+    // And out again, through qemu-img and through nbdcopy.
+    let back = d.dir.path().join("back.raw");
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            &uri,
+            back.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        std::fs::read(&back).unwrap() == img,
+        "qemu-img convert out differs"
+    );
+    let back2 = d.dir.path().join("back2.raw");
+    run("nbdcopy", &[&uri, back2.to_str().unwrap()]);
+    assert!(std::fs::read(&back2).unwrap() == img, "nbdcopy out differs");
+    // A different image must compare as different.
+    img[5] ^= 1;
+    std::fs::write(d.dir.path().join("src.raw"), &img).unwrap();
+    let out = try_run(
+        "qemu-img",
+        &["compare", "-f", "raw", "-F", "raw", src, &uri],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn nbdinfo_map_shows_holes_until_written_and_after_discard() {
+    let d = Daemon::start("map", &["--create-volume", "default/vm1:8M"]);
+    let uri = d.uri("default/vm1");
+    assert_eq!(nbd_map(&uri), vec![(0, 8 << 20, true)]);
+    run("qemu-io", &["-f", "raw", "-c", "write -P 0x42 1M 2M", &uri]);
+    assert_eq!(
+        nbd_map(&uri),
+        vec![
+            (0, 1 << 20, true),
+            (1 << 20, 2 << 20, false),
+            (3 << 20, 5 << 20, true)
+        ]
+    );
+    run("qemu-io", &["-f", "raw", "-c", "discard 1536K 512K", &uri]);
+    assert_eq!(
+        nbd_map(&uri),
+        vec![
+            (0, 1 << 20, true),
+            (1 << 20, 512 << 10, false),
+            (1536 << 10, 512 << 10, true),
+            (2 << 20, 1 << 20, false),
+            (3 << 20, 5 << 20, true)
+        ]
+    );
+    // Discarded data reads as zeros; the rest is intact. write -z (WRITE_ZEROES) too.
+    run("qemu-io", &["-f", "raw", "-c", "write -z 2M 4K", &uri]);
+    let out = run(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "read -P 0 1536K 512K",
+            "-c",
+            "read -P 0x42 1M 512K",
+            "-c",
+            "read -P 0 2M 4K",
+            "-c",
+            "read -P 0x42 2052K 1020K",
+            &uri,
+        ],
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("verification failed"));
+    let info = run("nbdinfo", &[&uri]);
+    let text = String::from_utf8_lossy(&info.stdout);
+    for want in [
+        "export-size: 8388608",
+        "base:allocation",
+        "can_trim: true",
+        "can_fua: true",
+        "can_multi_conn: true",
+    ] {
+        assert!(text.contains(want), "nbdinfo lacks {want:?}:\n{text}");
+    }
+}
+
+#[test]
+fn nbd_list_and_unknown_or_snapshot_exports() {
+    let d = Daemon::start(
+        "list",
+        &[
+            "--create-volume",
+            "default/a:1M",
+            "--create-volume",
+            "default/b:2M",
+        ],
+    );
+    let out = run(
+        "nbdinfo",
+        &[
+            "--list",
+            "--json",
+            &format!("nbd+unix:///?socket={}", d.socket.display()),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("\"default/a\"") && text.contains("\"default/b\""),
+        "{text}"
+    );
+    let out = try_run("qemu-img", &["info", &d.uri("default/nope")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not found"), "{err}");
+    let out = try_run("qemu-img", &["info", &d.uri("default/a@snap1")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("snapshots are not supported yet"), "{err}");
+}
+
+#[test]
+fn fio_nbd_engine_with_verify() {
+    let d = Daemon::start("fio", &["--create-volume", "default/vm1:32M"]);
+    let uri = d.uri("default/vm1");
+    let out = run(
+        "fio",
+        &[
+            "--name=verify",
+            "--ioengine=nbd",
+            &format!("--uri={uri}"),
+            "--rw=randwrite",
+            "--bs=4k",
+            "--size=16M",
+            "--iodepth=16",
+            "--verify=crc32c",
+            "--do_verify=1",
+            "--verify_fatal=1",
+            "--output-format=terse",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    // terse v3: field 5 is total errors.
+    let fields: Vec<&str> = text.lines().last().unwrap_or("").split(';').collect();
+    assert!(
+        fields.len() > 5 && fields[4] == "0",
+        "fio reported errors: {text}"
+    );
+}
+
+/// kill -9 while clients write and flush; every write whose flush returned must survive.
+#[test]
+fn kill9_keeps_every_flushed_write() {
+    let mut d = Daemon::start("kill9", &["--create-volume", "default/vm1:64M"]);
+    let uri = d.uri("default/vm1");
+    const CHUNK: u64 = 64 << 10;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let writer = {
+        let (uri, done) = (uri.clone(), done.clone());
+        std::thread::spawn(move || {
+            // Round i writes pattern (i % 250) + 1 at i*64K and flushes; exit 0 = durable.
+            for i in 0..1000u64 {
+                let p = format!("write -P {} {} {CHUNK}", i % 250 + 1, i * CHUNK);
+                let out = try_run("qemu-io", &["-f", "raw", "-c", &p, "-c", "flush", &uri]);
+                if !out.status.success() || String::from_utf8_lossy(&out.stderr).contains("error") {
+                    return;
+                }
+                done.store(i + 1, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+    };
+    let t0 = Instant::now();
+    while done.load(std::sync::atomic::Ordering::SeqCst) < 40 {
+        assert!(t0.elapsed() < Duration::from_secs(120), "writes too slow");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    d.kill9();
+    let durable = done.load(std::sync::atomic::Ordering::SeqCst);
+    writer.join().unwrap();
+    d.spawn();
+    let mut args = vec!["-f".to_string(), "raw".to_string()];
+    for i in 0..durable {
+        args.push("-c".into());
+        args.push(format!("read -P {} {} {CHUNK}", i % 250 + 1, i * CHUNK));
+    }
+    args.push(uri.clone());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run("qemu-io", &args);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !text.contains("verification failed"),
+        "flushed data lost after kill -9:\n{text}"
+    );
+    assert_eq!(text.matches("read 65536/65536").count() as u64, durable);
+    // The round cut short by the kill is all old or all new, never a mix.
+    let i = durable;
+    let new = try_run(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            &format!("read -P {} {} {CHUNK}", i % 250 + 1, i * CHUNK),
+            &uri,
+        ],
+    );
+    let old = try_run(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            &format!("read -P 0 {} {CHUNK}", i * CHUNK),
+            &uri,
+        ],
+    );
+    let ok = |o: &std::process::Output| {
+        !String::from_utf8_lossy(&o.stdout).contains("verification failed")
+    };
+    assert!(ok(&new) || ok(&old), "torn write at round {i}");
+}
