@@ -393,11 +393,33 @@ impl Volume {
         Ok(())
     }
 
+    /// Stages whole blocks: all-zero units become zero records (thin), the rest write records.
     fn stage_blocks(&mut self, lba: u64, data: &[u8]) {
-        let chunk = (self.max_record_blocks() * self.bs()) as usize;
-        for (i, part) in data.chunks(chunk).enumerate() {
-            let l = lba + (i * chunk) as u64 / self.bs();
-            self.stage_write_record(l, part);
+        let bs = self.bs() as usize;
+        let unit = self.meta.unit_blocks as usize * bs;
+        let mut pos = 0;
+        while pos < data.len() {
+            let zero = is_zero(&data[pos..(pos + unit).min(data.len())]);
+            let mut end = pos;
+            while end < data.len() && is_zero(&data[end..(end + unit).min(data.len())]) == zero {
+                end = (end + unit).min(data.len());
+            }
+            let run_lba = lba + (pos / bs) as u64;
+            if zero {
+                self.stage(
+                    RecordKind::Zero,
+                    run_lba,
+                    ((end - pos) / bs) as u32,
+                    Vec::new(),
+                    Vec::new(),
+                );
+            } else {
+                let chunk = (self.max_record_blocks() as usize) * bs;
+                for (i, part) in data[pos..end].chunks(chunk).enumerate() {
+                    self.stage_write_record(run_lba + (i * chunk / bs) as u64, part);
+                }
+            }
+            pos = end;
         }
     }
 
