@@ -105,15 +105,18 @@ async fn serve(settings: &Settings, mgr: Arc<Manager>) -> Result<()> {
     let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
+    let limits = nbd::Limits::default();
     servers.spawn(nbd::serve(
         nbd::Listener::Unix(unix),
         mgr.clone(),
+        limits.clone(),
         stop_rx.clone(),
     ));
     if let Some(l) = tcp {
         servers.spawn(nbd::serve(
             nbd::Listener::Tcp(l),
             mgr.clone(),
+            limits,
             stop_rx.clone(),
         ));
     }

@@ -19,6 +19,27 @@ use tokio::task::JoinSet;
 
 /// A client must finish negotiating within this time (a silent client must not hold a task).
 const NEGOTIATION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Connections served at once, over all listeners; more are closed on accept.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Request payload bytes in flight over all connections (each connection also has its own cap).
+pub const MAX_TOTAL_IN_FLIGHT_BYTES: usize = 1 << 30;
+
+/// Budgets shared by every connection of every listener, so that the daemon's memory stays
+/// bounded whatever the number of clients.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    connections: Arc<tokio::sync::Semaphore>,
+    pub(crate) bytes: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+            bytes: Arc::new(tokio::sync::Semaphore::new(MAX_TOTAL_IN_FLIGHT_BYTES)),
+        }
+    }
+}
 
 /// Binds the Unix socket. A socket file left by a dead daemon is replaced; one that answers
 /// belongs to a running server and is an error.
@@ -53,7 +74,12 @@ pub enum Listener {
 
 /// Accepts connections until shutdown, then waits for open connections to finish their
 /// in-flight requests (they stop reading new ones when shutdown is signalled).
-pub async fn serve(listener: Listener, mgr: Arc<Manager>, shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: Listener,
+    mgr: Arc<Manager>,
+    limits: Limits,
+    shutdown: watch::Receiver<bool>,
+) {
     let mut conns = JoinSet::new();
     let mut stop = shutdown.clone();
     loop {
@@ -62,18 +88,24 @@ pub async fn serve(listener: Listener, mgr: Arc<Manager>, shutdown: watch::Recei
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             accepted = accept(&listener) => match accepted {
                 Ok((stream, peer)) => {
+                    let Ok(permit) = limits.connections.clone().try_acquire_owned() else {
+                        tracing::warn!(%peer, "too many connections ({MAX_CONNECTIONS}); refusing");
+                        continue;
+                    };
                     let mgr = mgr.clone();
                     let sd = shutdown.clone();
+                    let bytes = limits.bytes.clone();
                     conns.spawn(async move {
+                        let _permit = permit;
                         tracing::debug!(%peer, "NBD connection");
                         match stream {
                             Stream::Unix(s) => {
                                 let (r, w) = s.into_split();
-                                connection(r, w, &peer, mgr, sd).await
+                                connection(r, w, &peer, mgr, bytes, sd).await
                             }
                             Stream::Tcp(s) => {
                                 let (r, w) = s.into_split();
-                                connection(r, w, &peer, mgr, sd).await
+                                connection(r, w, &peer, mgr, bytes, sd).await
                             }
                         }
                     });
@@ -157,6 +189,7 @@ async fn connection<R, W>(
     w: W,
     peer: &str,
     mgr: Arc<Manager>,
+    global_bytes: Arc<tokio::sync::Semaphore>,
     mut shutdown: watch::Receiver<bool>,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
@@ -184,7 +217,7 @@ async fn connection<R, W>(
     tracing::info!(peer, export = %neg.export.name, structured = neg.structured, "client attached");
     let name = neg.export.name.clone();
     let Duplex { r, w } = io;
-    if let Err(e) = transmission::serve(r, w, neg, shutdown).await {
+    if let Err(e) = transmission::serve(r, w, neg, global_bytes, shutdown).await {
         tracing::info!(peer, export = %name, error = %e, "connection ended with an error");
     } else {
         tracing::info!(peer, export = %name, "client detached");

@@ -26,7 +26,7 @@ const MAX_DESCRIPTORS: usize = 16 * 1024;
 struct Outgoing {
     bytes: Vec<u8>,
     _slot: OwnedSemaphorePermit,
-    _bytes: Option<OwnedSemaphorePermit>,
+    _bytes: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
 }
 
 /// Per-connection facts every request needs.
@@ -71,6 +71,7 @@ pub async fn serve<R, W>(
     mut rd: R,
     wr: W,
     neg: Negotiated,
+    global_budget: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()>
 where
@@ -137,10 +138,13 @@ where
         let Ok(slot) = slots.clone().acquire_owned().await else {
             break Ok(());
         };
+        // Always the connection's budget first, then the global one: no lock-order cycle.
         let reserved = if payload_len > 0 && payload_len <= MAX_PAYLOAD {
-            match budget.clone().acquire_many_owned(payload_len).await {
-                Ok(p) => Some(p),
-                Err(_) => break Ok(()),
+            let mine = budget.clone().acquire_many_owned(payload_len).await;
+            let all = global_budget.clone().acquire_many_owned(payload_len).await;
+            match (mine, all) {
+                (Ok(a), Ok(b)) => Some((a, b)),
+                _ => break Ok(()),
             }
         } else {
             None
