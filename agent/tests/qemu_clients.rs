@@ -126,10 +126,32 @@ fn qemu_img_convert_in_and_out_and_compare() {
     let img2: Vec<u8> = pattern_bytes(11, 16 << 20);
     let src2 = d.dir.path().join("src2.raw");
     std::fs::write(&src2, &img2).unwrap();
-    run("nbdcopy", &["--connections=4", "--requests=16", src2.to_str().unwrap(), &uri]);
-    let out = run("qemu-img", &["compare", "-f", "raw", "-F", "raw", src2.to_str().unwrap(), &uri]);
+    run(
+        "nbdcopy",
+        &[
+            "--connections=4",
+            "--requests=16",
+            src2.to_str().unwrap(),
+            &uri,
+        ],
+    );
+    let out = run(
+        "qemu-img",
+        &[
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "raw",
+            src2.to_str().unwrap(),
+            &uri,
+        ],
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("Images are identical"));
-    run("qemu-img", &["convert", "-n", "-f", "raw", "-O", "raw", src, &uri]);
+    run(
+        "qemu-img",
+        &["convert", "-n", "-f", "raw", "-O", "raw", src, &uri],
+    );
     // A different image must compare as different.
     img[5] ^= 1;
     std::fs::write(d.dir.path().join("src.raw"), &img).unwrap();
