@@ -162,7 +162,7 @@ fn print_banner(settings: &Settings, mgr: &Manager, tcp: Option<std::net::Socket
         settings.runtime_dir.display()
     ));
     for (name, uri) in mgr.pools() {
-        out.push_str(&format!("  pool {name}: {uri}\n"));
+        out.push_str(&format!("  {:<19}{uri}\n", format!("pool {name}:")));
     }
     let exports = mgr.exports();
     out.push_str(&format!(

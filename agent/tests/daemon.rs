@@ -47,6 +47,40 @@ fn sigterm_flushes_closes_and_exits_zero_then_data_reopens() {
 }
 
 #[test]
+fn sigterm_with_attached_idle_client_exits_promptly() {
+    use std::io::{Read, Write};
+    let mut d = Daemon::start("idle", &["--create-volume", "default/vm1:1M"]);
+    // A client that negotiated (NBD_OPT_EXPORT_NAME) and then just sits there.
+    let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut hello = [0u8; 18];
+    s.read_exact(&mut hello).unwrap();
+    let mut b = Vec::new();
+    b.extend_from_slice(&3u32.to_be_bytes());
+    b.extend_from_slice(b"IHAVEOPT");
+    b.extend_from_slice(&1u32.to_be_bytes());
+    b.extend_from_slice(&11u32.to_be_bytes());
+    b.extend_from_slice(b"default/vm1");
+    s.write_all(&b).unwrap();
+    let mut export = [0u8; 10];
+    s.read_exact(&mut export).unwrap();
+    assert_eq!(u64::from_be_bytes(export[..8].try_into().unwrap()), 1 << 20);
+    let t0 = std::time::Instant::now();
+    let st = d.terminate();
+    assert!(st.success(), "exit status {st}:\n{}", d.stderr());
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(5),
+        "shutdown waited on an idle client"
+    );
+    let mut rest = [0u8; 1];
+    assert!(
+        matches!(s.read(&mut rest), Ok(0) | Err(_)),
+        "client not disconnected"
+    );
+}
+
+#[test]
 fn registry_and_pools_persist_across_restarts() {
     let mut d = Daemon::start("persist", &["--create-volume", "default/a:1M"]);
     let reg = std::fs::read_to_string(d.data_dir().join("pools.toml")).unwrap();
