@@ -80,7 +80,7 @@ pub fn decode(buf: &[u8], uuid: &[u8; 16]) -> Option<Checkpoint> {
     if n > (buf.len() / EXTENT_BYTES) as u64 {
         return None;
     }
-    let mut map = ExtentMap::new();
+    let mut extents = Vec::with_capacity(n as usize);
     let mut segs: BTreeMap<u32, SegStat> = BTreeMap::new();
     let mut prev_end = 0u64;
     for _ in 0..n {
@@ -97,8 +97,9 @@ pub fn decode(buf: &[u8], uuid: &[u8; 16]) -> Option<Checkpoint> {
         }
         prev_end = lba.checked_add(u64::from(x.len))?;
         segs.entry(x.seg).or_default().live += u64::from(x.len);
-        map.insert_unchecked(lba, x);
+        extents.push((lba, x));
     }
+    let map = ExtentMap::from_sorted(extents);
     let nsegs = d.u32()?;
     for _ in 0..nsegs {
         let seq = d.u32()?;

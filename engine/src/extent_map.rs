@@ -107,10 +107,21 @@ impl ExtentMap {
         }
     }
 
-    /// Inserts an extent known not to overlap anything (checkpoint loading).
-    pub fn insert_unchecked(&mut self, lba: u64, ext: Extent) {
-        self.mapped_blocks += u64::from(ext.len);
-        self.map.insert(lba, ext);
+    /// Builds a map from extents sorted by LBA and not overlapping (checkpoint loading). The
+    /// B-tree is bulk-built with full nodes: about 26 bytes per extent instead of ~45 after
+    /// one-by-one insertion, whose node splits leave nodes half full.
+    pub fn from_sorted(extents: Vec<(u64, Extent)>) -> Self {
+        let mapped_blocks = extents.iter().map(|(_, e)| u64::from(e.len)).sum();
+        ExtentMap {
+            map: extents.into_iter().collect(),
+            mapped_blocks,
+        }
+    }
+
+    /// Rebuilds the tree with full nodes (done at checkpoints, which touch every extent anyway).
+    pub fn compact(&mut self) {
+        let v: Vec<(u64, Extent)> = std::mem::take(&mut self.map).into_iter().collect();
+        self.map = v.into_iter().collect();
     }
 
     /// Covers `[start, start+n)` with mapped pieces and holes, in order.

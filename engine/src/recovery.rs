@@ -129,6 +129,7 @@ impl Volume {
             since_ckpt: 0,
             checkpoints: ckpts,
             staged: Vec::new(),
+            spare_buf: None,
             failed: None,
             closed: false,
             recovery: RecoveryReport::default(),

@@ -131,6 +131,7 @@ pub struct Volume {
     pub(crate) checkpoints: Vec<u32>,
     pub(crate) cache: ReadCache,
     pub(crate) staged: Vec<Staged>,
+    pub(crate) spare_buf: Option<Vec<u8>>,
     pub(crate) failed: Option<String>,
     pub(crate) closed: bool,
     pub(crate) recovery: RecoveryReport,
@@ -581,7 +582,10 @@ impl Volume {
         let seq = self.next_seq;
         let writer = self.backend.create(&segment_name(seq))?;
         self.next_seq += 1;
-        let mut buf = Vec::with_capacity(self.meta.segment_size as usize);
+        let mut buf = self
+            .spare_buf
+            .take()
+            .unwrap_or_else(|| Vec::with_capacity(self.meta.segment_size as usize));
         buf.extend_from_slice(&format::encode_segment_header(&self.meta.uuid, seq));
         self.segs.entry(seq).or_default();
         self.open = Some(OpenSeg {
