@@ -192,6 +192,16 @@ pub enum RecordKind {
     Zero = 2,
     /// The volume's size becomes `arg` bytes.
     Resize = 3,
+    /// Snapshot `arg` of the head is taken; body: created u64, frozen u8, name (u16 + bytes).
+    Snapshot = 4,
+    /// Snapshot `arg` is deleted.
+    SnapshotDelete = 5,
+    /// The head returns to snapshot `arg`.
+    Rollback = 6,
+    /// The cleaner copied a unit: body = old segment u32, old offset u32, then the unit as
+    /// stored; `arg` = the unit's first block, `nblocks` = its blocks. Every map that pointed at
+    /// the old place now points here.
+    Copy = 7,
 }
 
 impl RecordKind {
@@ -200,6 +210,10 @@ impl RecordKind {
             1 => Some(RecordKind::Write),
             2 => Some(RecordKind::Zero),
             3 => Some(RecordKind::Resize),
+            4 => Some(RecordKind::Snapshot),
+            5 => Some(RecordKind::SnapshotDelete),
+            6 => Some(RecordKind::Rollback),
+            7 => Some(RecordKind::Copy),
             _ => None,
         }
     }

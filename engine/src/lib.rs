@@ -9,8 +9,10 @@ pub mod error;
 pub mod extent_map;
 pub mod format;
 mod recovery;
+mod snapshot;
 mod volume;
 
 pub use backend::{Backend, LocalBackend};
 pub use error::{Error, Result};
 pub use volume::{CreateOptions, OpenOptions, RecoveryReport, Stat, Volume, MAX_SIZE};
+pub use snapshot::{check_snapshot_name, Consistency, SnapshotInfo};

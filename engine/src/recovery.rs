@@ -129,6 +129,9 @@ impl Volume {
             since_ckpt: 0,
             checkpoints: ckpts,
             staged: Vec::new(),
+            snaps: state.snaps,
+            head_parent: state.head_parent,
+            next_snap_id: state.next_snap_id,
             spare_buf: None,
             failed: None,
             closed: false,
@@ -209,18 +212,18 @@ impl Volume {
         }
         let mut pos = SEG_HEADER_LEN;
         // Records of a group are applied only once its last record is found intact.
-        let mut group: Vec<(usize, RecordHeader, Vec<u32>)> = Vec::new();
+        let mut group: Vec<(usize, RecordHeader, Vec<u8>)> = Vec::new();
         let mut applied_to = pos;
         while let Some(hdr) = RecordHeader::decode(&buf[pos..]) {
             let body_start = pos + RECORD_HEADER_LEN;
             let Some(body) = buf.get(body_start..body_start + hdr.body_len as usize) else {
                 break;
             };
-            let mut units = Vec::new();
-            if crc32c::crc32c(body) != hdr.body_crc || !self.parse_units(&hdr, body, &mut units) {
+            if crc32c::crc32c(body) != hdr.body_crc {
                 break;
             }
-            group.push((pos, hdr, units));
+            let Some(meta) = self.record_meta(&hdr, body) else { break };
+            group.push((pos, hdr, meta));
             pos = body_start + body.len();
             if hdr.flags & FLAG_CONTINUED == 0 {
                 for (at, h, u) in group.drain(..) {
@@ -237,23 +240,50 @@ impl Volume {
         Ok(false)
     }
 
-    /// Lists the stored lengths of a write record's units; false if the body is malformed.
-    fn parse_units(&self, hdr: &RecordHeader, body: &[u8], units: &mut Vec<u32>) -> bool {
-        units.clear();
-        if hdr.kind != RecordKind::Write {
-            return body.is_empty();
-        }
+    /// What the footer keeps of a record besides its header, derived from its body: unit
+    /// lengths for writes, the old location for copies, the body itself for the rest. `None` if
+    /// the body is malformed.
+    fn record_meta(&self, hdr: &RecordHeader, body: &[u8]) -> Option<Vec<u8>> {
         let max = self.meta.unit_blocks as usize * self.meta.block_size as usize + 16;
-        let mut d = Dec::new(body);
-        while d.pos() < body.len() {
-            let Some(stored) = d.u32() else { return false };
-            let n = (stored & !UNIT_COMPRESSED) as usize;
-            if n > max || d.u32().is_none() || d.take(n).is_none() {
-                return false;
+        match hdr.kind {
+            RecordKind::Write => {
+                let mut units = Vec::new();
+                let mut d = Dec::new(body);
+                while d.pos() < body.len() {
+                    let stored = d.u32()?;
+                    let n = (stored & !UNIT_COMPRESSED) as usize;
+                    if n > max {
+                        return None;
+                    }
+                    d.u32()?;
+                    d.take(n)?;
+                    units.extend_from_slice(&stored.to_le_bytes());
+                }
+                Some(units)
             }
-            units.push(stored);
+            RecordKind::Copy => {
+                let mut d = Dec::new(body);
+                let (old_seg, old_off, stored) = (d.u32()?, d.u32()?, d.u32()?);
+                d.u32()?;
+                let n = (stored & !UNIT_COMPRESSED) as usize;
+                if n > max || d.take(n).is_none() || d.pos() != body.len() {
+                    return None;
+                }
+                let mut e = format::Enc::default();
+                e.u32(old_seg).u32(old_off).u32(stored);
+                Some(e.0)
+            }
+            _ => Some(body.to_vec()),
         }
-        true
+    }
+
+    /// Length of a record's footer meta (see `record_meta`).
+    fn footer_meta_len(&self, hdr: &RecordHeader) -> usize {
+        match hdr.kind {
+            RecordKind::Write => 4 * u64::from(hdr.nblocks).div_ceil(self.unit_blocks()) as usize,
+            RecordKind::Copy => 12,
+            _ => hdr.body_len as usize,
+        }
     }
 
     fn replay_footer(
@@ -266,7 +296,6 @@ impl Volume {
         let name = segment_name(seq);
         let mut d = Dec::new(body);
         let mut rec_off = SEG_HEADER_LEN as u64;
-        let mut units = Vec::new();
         for _ in 0..count {
             let hdr = d
                 .take(RECORD_HEADER_LEN)
@@ -274,16 +303,10 @@ impl Volume {
                 .ok_or_else(|| {
                     Error::corrupt(&self.loc, &name, footer_start, "footer entry damaged")
                 })?;
-            units.clear();
-            if hdr.kind == RecordKind::Write {
-                let n = u64::from(hdr.nblocks).div_ceil(self.unit_blocks());
-                for _ in 0..n {
-                    units.push(d.u32().ok_or_else(|| {
-                        Error::corrupt(&self.loc, &name, footer_start, "footer truncated")
-                    })?);
-                }
-            }
-            self.apply_record(seq, rec_off, &hdr, &units)?;
+            let meta = d
+                .take(self.footer_meta_len(&hdr))
+                .ok_or_else(|| Error::corrupt(&self.loc, &name, footer_start, "footer truncated"))?;
+            self.apply_record(seq, rec_off, &hdr, meta)?;
             rec_off += RECORD_HEADER_LEN as u64 + u64::from(hdr.body_len);
         }
         if rec_off != footer_start {

@@ -100,7 +100,8 @@ pub struct RecoveryReport {
 pub(crate) struct Staged {
     hdr: RecordHeader,
     body: Vec<u8>,
-    units: Vec<u32>,
+    /// What the footer keeps besides the header (see `format::footer_meta_len`).
+    meta: Vec<u8>,
 }
 
 pub(crate) struct OpenSeg {
@@ -131,6 +132,10 @@ pub struct Volume {
     pub(crate) checkpoints: Vec<u32>,
     pub(crate) cache: ReadCache,
     pub(crate) staged: Vec<Staged>,
+    pub(crate) snaps: BTreeMap<u32, crate::snapshot::Snap>,
+    /// The snapshot the head descends from (the newest taken, or the one rolled back to).
+    pub(crate) head_parent: Option<u32>,
+    pub(crate) next_snap_id: u32,
     pub(crate) spare_buf: Option<Vec<u8>>,
     pub(crate) failed: Option<String>,
     pub(crate) closed: bool,
@@ -196,7 +201,7 @@ impl Volume {
         }
     }
 
-    fn writable(&self) -> Result<()> {
+    pub(crate) fn writable(&self) -> Result<()> {
         match &self.failed {
             Some(cause) => Err(Error::Failed {
                 volume: self.loc.clone(),
@@ -227,6 +232,12 @@ impl Volume {
     }
 
     fn read_raw(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let map = self.map.clone();
+        self.read_map(&map, offset, buf)
+    }
+
+    /// Reads through any map (the head's or a snapshot's); no size check.
+    pub(crate) fn read_map(&mut self, map: &ExtentMap, offset: u64, buf: &mut [u8]) -> Result<()> {
         if buf.is_empty() {
             return Ok(());
         }
@@ -234,7 +245,7 @@ impl Volume {
         let end = offset + buf.len() as u64;
         let first = offset / bs;
         let last = end.div_ceil(bs);
-        for piece in self.map.lookup(first, last - first) {
+        for piece in map.lookup(first, last - first) {
             let pstart = piece.lba * bs;
             let pend = (piece.lba + piece.len) * bs;
             let s = pstart.max(offset);
@@ -313,24 +324,7 @@ impl Volume {
 
     /// Mapped and unmapped byte ranges covering `[offset, offset+len)` (for NBD block status).
     pub fn allocation(&self, offset: u64, len: u64) -> Result<Vec<(u64, u64, bool)>> {
-        self.check_range(offset, len as usize)?;
-        let bs = self.bs();
-        let end = offset + len;
-        let mut out: Vec<(u64, u64, bool)> = Vec::new();
-        if len == 0 {
-            return Ok(out);
-        }
-        let first = offset / bs;
-        for p in self.map.lookup(first, end.div_ceil(bs) - first) {
-            let s = (p.lba * bs).max(offset);
-            let e = ((p.lba + p.len) * bs).min(end);
-            let mapped = p.ext.is_some();
-            match out.last_mut() {
-                Some(last) if last.2 == mapped && last.0 + last.1 == s => last.1 += e - s,
-                _ => out.push((s, e - s, mapped)),
-            }
-        }
-        Ok(out)
+        allocation_of(&self.map, self.bs(), self.size, offset, len, &self.loc)
     }
 
     // ---------------------------------------------------------------- writes
@@ -431,7 +425,7 @@ impl Volume {
         let mut body = Vec::with_capacity(
             data.len() + data.len() / unit_bytes * UNIT_HEADER_LEN + UNIT_HEADER_LEN,
         );
-        let mut units = Vec::with_capacity(data.len().div_ceil(unit_bytes));
+        let mut units = Vec::with_capacity(4 * data.len().div_ceil(unit_bytes));
         for (i, u) in data.chunks(unit_bytes).enumerate() {
             let ulba = lba + (i * unit_bytes / bs) as u64;
             let compressed = if self.meta.compression {
@@ -446,12 +440,12 @@ impl Volume {
             body.extend_from_slice(&stored.to_le_bytes());
             body.extend_from_slice(&unit_crc(ulba, bytes).to_le_bytes());
             body.extend_from_slice(bytes);
-            units.push(stored);
+            units.extend_from_slice(&stored.to_le_bytes());
         }
         self.stage(RecordKind::Write, lba, nblocks, body, units);
     }
 
-    fn stage(&mut self, kind: RecordKind, arg: u64, nblocks: u32, body: Vec<u8>, units: Vec<u32>) {
+    pub(crate) fn stage(&mut self, kind: RecordKind, arg: u64, nblocks: u32, body: Vec<u8>, meta: Vec<u8>) {
         self.serial += 1;
         let hdr = RecordHeader {
             kind,
@@ -462,13 +456,13 @@ impl Volume {
             body_len: body.len() as u32,
             body_crc: crc32c::crc32c(&body),
         };
-        self.staged.push(Staged { hdr, body, units });
+        self.staged.push(Staged { hdr, body, meta });
     }
 
     /// Appends the staged records as one group, all in one segment (sealing the open one and
     /// starting another if they do not fit), and applies them to the map exactly as replay will.
     /// Every record but the last carries `FLAG_CONTINUED`, so recovery applies all or none.
-    fn commit(&mut self) -> Result<()> {
+    pub(crate) fn commit(&mut self) -> Result<()> {
         let staged = std::mem::take(&mut self.staged);
         if staged.is_empty() {
             return Ok(());
@@ -480,7 +474,7 @@ impl Volume {
     fn commit_group(&mut self, mut staged: Vec<Staged>) -> Result<()> {
         let need: usize = staged
             .iter()
-            .map(|r| 2 * RECORD_HEADER_LEN + r.body.len() + 4 * r.units.len())
+            .map(|r| 2 * RECORD_HEADER_LEN + r.body.len() + r.meta.len())
             .sum();
         let seg_size = self.meta.segment_size as usize;
         if let Some(o) = &self.open {
@@ -504,12 +498,10 @@ impl Volume {
             o.buf.extend_from_slice(&rec.body);
             o.footer
                 .extend_from_slice(&o.buf[rec_off..rec_off + RECORD_HEADER_LEN]);
-            for u in &rec.units {
-                o.footer.extend_from_slice(&u.to_le_bytes());
-            }
+            o.footer.extend_from_slice(&rec.meta);
             o.records += 1;
             let seq = o.seq;
-            self.apply_record(seq, rec_off as u64, &rec.hdr, &rec.units)?;
+            self.apply_record(seq, rec_off as u64, &rec.hdr, &rec.meta)?;
         }
         let pending = self.open.as_ref().map_or(0, |o| o.buf.len() - o.appended);
         if pending >= APPEND_BATCH {
@@ -520,13 +512,7 @@ impl Volume {
 
     /// Applies a record to the map and counters. Shared by the write path and replay, so that
     /// what recovery rebuilds is exactly what was served.
-    pub(crate) fn apply_record(
-        &mut self,
-        seq: u32,
-        rec_off: u64,
-        hdr: &RecordHeader,
-        units: &[u32],
-    ) -> Result<()> {
+    pub(crate) fn apply_record(&mut self, seq: u32, rec_off: u64, hdr: &RecordHeader, meta: &[u8]) -> Result<()> {
         let bad = |what: &str| Error::corrupt(&self.loc, segment_name(seq), rec_off, what);
         let bs = self.bs();
         let segs = &mut self.segs;
@@ -539,13 +525,12 @@ impl Volume {
             RecordKind::Write => {
                 let ub = u64::from(self.meta.unit_blocks);
                 let n = u64::from(hdr.nblocks);
-                if hdr.arg.checked_add(n).is_none_or(|e| e > MAX_SIZE)
-                    || units.len() as u64 != n.div_ceil(ub)
-                {
+                if hdr.arg.checked_add(n).is_none_or(|e| e > MAX_SIZE) || meta.len() as u64 != 4 * n.div_ceil(ub) {
                     return Err(bad("write record with impossible extent"));
                 }
                 let mut off = rec_off + RECORD_HEADER_LEN as u64;
-                for (i, &stored) in units.iter().enumerate() {
+                for (i, st) in meta.chunks_exact(4).enumerate() {
+                    let stored = u32::from_le_bytes([st[0], st[1], st[2], st[3]]);
                     let ulba = hdr.arg + i as u64 * ub;
                     let len = ub.min(hdr.arg + n - ulba) as u16;
                     let ext = Extent {
@@ -572,6 +557,32 @@ impl Volume {
                 self.size = hdr.arg;
                 let from = hdr.arg.div_ceil(bs);
                 self.map.remove(from, u64::MAX - from, dead);
+            }
+            RecordKind::Snapshot => {
+                let (created, frozen, name) =
+                    crate::snapshot::decode_snapshot_body(meta).ok_or_else(|| bad("snapshot record malformed"))?;
+                let id = u32::try_from(hdr.arg).map_err(|_| bad("snapshot id out of range"))?;
+                self.add_snapshot(id, name, created, frozen, hdr.serial);
+            }
+            RecordKind::SnapshotDelete => {
+                let id = u32::try_from(hdr.arg).map_err(|_| bad("snapshot id out of range"))?;
+                self.remove_snapshot(id);
+            }
+            RecordKind::Rollback => {
+                let id = u32::try_from(hdr.arg).map_err(|_| bad("snapshot id out of range"))?;
+                if !self.rollback_to(id) {
+                    let what = format!("rollback to unknown snapshot #{id}");
+                    return Err(Error::corrupt(&self.loc, segment_name(seq), rec_off, what));
+                }
+            }
+            RecordKind::Copy => {
+                let mut d = format::Dec::new(meta);
+                let (Some(old_seg), Some(old_off), Some(stored)) = (d.u32(), d.u32(), d.u32()) else {
+                    return Err(bad("copy record malformed"));
+                };
+                let new_off = u32::try_from(rec_off + (RECORD_HEADER_LEN + 8 + UNIT_HEADER_LEN) as u64)
+                    .map_err(|_| bad("unit offset beyond 4 GiB"))?;
+                self.relocate_unit(old_seg, old_off, seq, new_off, stored, hdr.arg, u64::from(hdr.nblocks));
             }
         }
         self.serial = self.serial.max(hdr.serial);
@@ -638,14 +649,17 @@ impl Volume {
     pub(crate) fn write_checkpoint(&mut self) -> Result<()> {
         debug_assert!(self.open.is_none());
         let next = self.next_seq;
-        let bytes = checkpoint::encode(
-            &self.meta.uuid,
-            next,
-            self.serial,
-            self.size,
-            &self.map,
-            &self.segs,
-        );
+        let bytes = checkpoint::encode(&checkpoint::CheckpointRef {
+            uuid: &self.meta.uuid,
+            next_seq: next,
+            serial: self.serial,
+            size: self.size,
+            map: &self.map,
+            segs: &self.segs,
+            snaps: &self.snaps,
+            head_parent: self.head_parent,
+            next_snap_id: self.next_snap_id,
+        });
         let name = format::checkpoint_name(next);
         if self.checkpoints.contains(&next) {
             self.backend.delete(&name)?;
@@ -827,4 +841,39 @@ fn is_zero(data: &[u8]) -> bool {
     let mut chunks = data.chunks_exact(64);
     chunks.all(|c| c.iter().fold(0u8, |a, b| a | b) == 0)
         && chunks.remainder().iter().all(|b| *b == 0)
+}
+
+/// Mapped and unmapped byte ranges of `map` covering `[offset, offset+len)`.
+pub(crate) fn allocation_of(
+    map: &ExtentMap,
+    bs: u64,
+    size: u64,
+    offset: u64,
+    len: u64,
+    loc: &str,
+) -> Result<Vec<(u64, u64, bool)>> {
+    if offset.checked_add(len).is_none_or(|e| e > size) {
+        return Err(Error::OutOfRange {
+            volume: loc.to_string(),
+            offset,
+            len,
+            size,
+        });
+    }
+    let end = offset + len;
+    let mut out: Vec<(u64, u64, bool)> = Vec::new();
+    if len == 0 {
+        return Ok(out);
+    }
+    let first = offset / bs;
+    for p in map.lookup(first, end.div_ceil(bs) - first) {
+        let s = (p.lba * bs).max(offset);
+        let e = ((p.lba + p.len) * bs).min(end);
+        let mapped = p.ext.is_some();
+        match out.last_mut() {
+            Some(last) if last.2 == mapped && last.0 + last.1 == s => last.1 += e - s,
+            _ => out.push((s, e - s, mapped)),
+        }
+    }
+    Ok(out)
 }
