@@ -1,8 +1,14 @@
 //! Backends: named, append-only objects. The engine never overwrites in place, so the same
 //! engine runs on a local directory and on HDFS.
 
+#[cfg(feature = "hdfs")]
+pub mod hdfs;
+pub mod journal;
 pub mod local;
 
+#[cfg(feature = "hdfs")]
+pub use hdfs::{HdfsBackend, HdfsOptions};
+pub use journal::{AppendBackend, JournalOptions, JournaledBackend};
 pub use local::LocalBackend;
 
 use crate::error::Result;

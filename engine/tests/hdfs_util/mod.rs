@@ -1,0 +1,110 @@
+//! Helpers for the tests that need a real HDFS (started by `scripts/with-hdfs.sh`).
+#![allow(dead_code)]
+
+use hlfs_engine::backend::{HdfsBackend, HdfsOptions, JournalOptions, JournaledBackend};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The HDFS to test against. Without `HLFS_TEST_HDFS_URL`: fails under CI, else skips.
+pub fn hdfs_url(test: &str) -> Option<String> {
+    match std::env::var("HLFS_TEST_HDFS_URL") {
+        Ok(u) if !u.is_empty() => Some(u.trim_end_matches('/').to_string()),
+        _ => {
+            if std::env::var_os("CI").is_some() {
+                panic!(
+                    "{test}: HLFS_TEST_HDFS_URL is not set; HDFS tests must run under \
+                     scripts/with-hdfs.sh in CI"
+                );
+            }
+            eprintln!(
+                "SKIPPED {test}: HLFS_TEST_HDFS_URL is not set (run under scripts/with-hdfs.sh)"
+            );
+            None
+        }
+    }
+}
+
+/// A fresh volume directory URL on the test HDFS.
+pub fn volume_url(base: &str, test: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{base}/hlfs-test/{test}-{}-{nanos}", std::process::id())
+}
+
+/// Options for tests: short timeouts so that faults show quickly.
+pub fn test_options() -> HdfsOptions {
+    HdfsOptions {
+        op_timeout: Duration::from_secs(20),
+        connect_timeout: Duration::from_secs(5),
+        heartbeat: Duration::from_millis(500),
+        lease_stale_after: Duration::from_secs(3),
+        recovery_timeout: Duration::from_secs(60),
+        ..HdfsOptions::default()
+    }
+}
+
+pub fn hdfs(url: &str) -> Arc<HdfsBackend> {
+    Arc::new(HdfsBackend::connect_with(url, test_options()).expect("connect to HDFS"))
+}
+
+pub fn journal_options() -> JournalOptions {
+    JournalOptions {
+        max_bytes: 16 << 20,
+        stall_timeout: Duration::from_secs(60),
+        replay_timeout: Duration::from_secs(60),
+        drain_timeout: Duration::from_secs(60),
+    }
+}
+
+pub fn journaled(url: &str, journal: &Path) -> Arc<JournaledBackend> {
+    Arc::new(JournaledBackend::open(hdfs(url), journal, journal_options()).expect("open journal"))
+}
+
+/// Shared (normal tests) or exclusive (tests that stop HDFS nodes) hold on the test HDFS, so
+/// that a fault test never runs while another HDFS test does.
+pub struct HdfsGuard(File);
+
+fn guard_file() -> PathBuf {
+    std::env::temp_dir().join("hlfs-hdfs-tests.lock")
+}
+
+pub fn shared() -> HdfsGuard {
+    let f = File::create(guard_file()).expect("guard file");
+    // SAFETY: flock on a valid descriptor.
+    let rc = unsafe { libc_flock(&f, false) };
+    assert_eq!(rc, 0, "flock");
+    HdfsGuard(f)
+}
+
+pub fn exclusive() -> HdfsGuard {
+    let f = File::create(guard_file()).expect("guard file");
+    // SAFETY: flock on a valid descriptor.
+    let rc = unsafe { libc_flock(&f, true) };
+    assert_eq!(rc, 0, "flock");
+    HdfsGuard(f)
+}
+
+unsafe fn libc_flock(f: &File, exclusive: bool) -> i32 {
+    use std::os::fd::AsRawFd;
+    extern "C" {
+        fn flock(fd: i32, op: i32) -> i32;
+    }
+    const LOCK_SH: i32 = 1;
+    const LOCK_EX: i32 = 2;
+    flock(f.as_raw_fd(), if exclusive { LOCK_EX } else { LOCK_SH })
+}
+
+/// Runs `scripts/hdfs/node.sh ARGS` (stop/start one HDFS daemon of the test cluster).
+pub fn node(args: &[&str]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/hdfs/node.sh");
+    let st = Command::new("bash")
+        .arg(&script)
+        .args(args)
+        .status()
+        .expect("run node.sh");
+    assert!(st.success(), "node.sh {args:?} failed");
+}
