@@ -45,6 +45,15 @@ pub struct Cli {
     /// Create a volume at start-up unless it exists (repeatable), e.g. default/vm1:10G
     #[arg(long, value_name = "POOL/NAME:SIZE")]
     pub create_volume: Vec<String>,
+    /// Peer-to-peer D-Bus socket path [RUNTIME_DIR/dbus.sock]
+    #[arg(long, value_name = "PATH")]
+    pub dbus_socket: Option<PathBuf>,
+    /// Also serve the D-Bus API on the session bus as org.hlfs.Hlfs1
+    #[arg(long, conflicts_with = "system_bus")]
+    pub session_bus: bool,
+    /// Also serve the D-Bus API on the system bus as org.hlfs.Hlfs1 (needs the policy file)
+    #[arg(long)]
+    pub system_bus: bool,
 }
 
 /// The configuration file.
@@ -96,6 +105,8 @@ pub struct Settings {
     pub cache_bytes: usize,
     pub nbd_unix: PathBuf,
     pub nbd_tcp: Option<SocketAddr>,
+    pub dbus_socket: PathBuf,
+    pub bus: Option<crate::dbus::BusKind>,
     /// Pools named in the configuration file.
     pub pools: Vec<(String, PoolUri)>,
     pub create_volumes: Vec<VolumeSpec>,
@@ -171,6 +182,15 @@ impl Settings {
             .clone()
             .or(file.nbd.unix.clone())
             .unwrap_or_else(|| runtime_dir.join("nbd.sock"));
+        let dbus_socket = cli
+            .dbus_socket
+            .clone()
+            .unwrap_or_else(|| runtime_dir.join("dbus.sock"));
+        let bus = match (cli.session_bus, cli.system_bus) {
+            (true, _) => Some(crate::dbus::BusKind::Session),
+            (_, true) => Some(crate::dbus::BusKind::System),
+            _ => None,
+        };
         let nbd_tcp = match cli.nbd_tcp.as_deref().or(file.nbd.tcp.as_deref()) {
             Some(a) => Some(parse_tcp_addr(a)?),
             None => None,
@@ -206,6 +226,8 @@ impl Settings {
             cache_bytes,
             nbd_unix,
             nbd_tcp,
+            dbus_socket,
+            bus,
             pools,
             create_volumes,
         })

@@ -3,6 +3,7 @@
 //! accepting, let connections finish, then flush and close every volume.
 
 use crate::config::{Cli, Settings};
+use crate::dbus;
 use crate::error::{Error, Result};
 use crate::manager::Manager;
 use crate::names::PoolUri;
@@ -83,8 +84,10 @@ pub fn run(cli: Cli) -> Result<()> {
     for e in &errors {
         tracing::error!(error = %e, "closing failed");
     }
-    if let Err(e) = std::fs::remove_file(&settings.nbd_unix) {
-        tracing::debug!(error = %e, "removing the socket");
+    for sock in [&settings.nbd_unix, &settings.dbus_socket] {
+        if let Err(e) = std::fs::remove_file(sock) {
+            tracing::debug!(error = %e, "removing the socket");
+        }
     }
     served?;
     match errors.into_iter().next() {
@@ -120,12 +123,26 @@ async fn serve(settings: &Settings, mgr: Arc<Manager>) -> Result<()> {
             stop_rx.clone(),
         ));
     }
+    let svc = crate::service::Service::new(mgr.clone(), settings.nbd_unix.clone());
+    let publisher = dbus::Publisher::start(svc);
+    publisher.sync().await;
+    let p2p = dbus::bind_p2p(&settings.dbus_socket)?;
+    let p2p_task = tokio::spawn(dbus::serve_p2p(p2p, publisher.clone(), stop_rx.clone()));
+    let _bus = match settings.bus {
+        Some(kind) => {
+            let c = dbus::serve_bus(kind, publisher.clone()).await?;
+            tracing::info!(bus = ?kind, name = dbus::paths::SERVICE, "on the bus");
+            Some(c)
+        }
+        None => None,
+    };
     print_banner(settings, &mgr, tcp_addr);
     tracing::info!(socket = %settings.nbd_unix.display(), tcp = ?tcp_addr, "serving NBD");
 
     wait_for_signal().await?;
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
     let _ = stop_tx.send(true);
+    let _ = p2p_task.await;
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
         while servers.join_next().await.is_some() {}
     })
@@ -169,6 +186,10 @@ fn print_banner(settings: &Settings, mgr: &Manager, tcp: Option<std::net::Socket
         "  NBD socket:        {}\n",
         settings.nbd_unix.display()
     ));
+    out.push_str(&format!(
+        "  D-Bus socket:      {}\n",
+        settings.dbus_socket.display()
+    ));
     if let Some(a) = tcp {
         out.push_str(&format!("  NBD TCP:           {a}\n"));
     }
@@ -197,6 +218,10 @@ fn print_banner(settings: &Settings, mgr: &Manager, tcp: Option<std::net::Socket
     if let Some(a) = tcp {
         out.push_str(&format!("  qemu-img info 'nbd://{a}/{example}'\n"));
     }
+    out.push_str(&format!(
+        "  hlfs --socket {} volume list\n",
+        settings.dbus_socket.display()
+    ));
     let mut stdout = std::io::stdout().lock();
     // The banner is a courtesy: a closed stdout must not stop the daemon.
     let _ = stdout.write_all(out.as_bytes());

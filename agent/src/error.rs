@@ -54,6 +54,12 @@ pub enum Error {
     /// Something is not implemented yet (snapshots over NBD, ...).
     #[error("{0}")]
     Unsupported(String),
+    /// The caller may not do this (mutating calls need uid 0 or group `hlfs`).
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// An external tool (qemu-img) failed; `why` carries its own message.
+    #[error("{tool}: {why}")]
+    Tool { tool: &'static str, why: String },
 }
 
 impl Error {

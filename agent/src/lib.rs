@@ -4,11 +4,14 @@
 
 pub mod config;
 pub mod daemon;
+pub mod dbus;
 pub mod error;
+pub mod jobs;
 pub mod manager;
 pub mod names;
 pub mod nbd;
 pub mod paths;
 pub mod pools;
+pub mod service;
 
 pub use error::{Error, Result};

@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 use crate::names::{PoolUri, VolumeSpec};
 use crate::pools::{Pool, Registry};
-use hlfs_engine::{OpenOptions, Volume};
+use hlfs_engine::{CreateOptions, OpenOptions, Stat, Volume};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -94,11 +94,66 @@ impl Manager {
         out
     }
 
+    /// `(URI, volume names)` of pool `name`.
+    pub fn pool_info(&self, name: &str) -> Result<(String, Vec<String>)> {
+        let p = self.pool(name)?;
+        Ok((p.uri().to_uri(), p.list_volumes()?))
+    }
+
+    /// Forgets pool `name` and removes its directory. Refused while it has volumes, so that a
+    /// delete never destroys data by surprise.
+    pub fn delete_pool(&self, name: &str) -> Result<()> {
+        let mut reg = lock(&self.registry);
+        let p = reg
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("pool {name}")))?;
+        let vols = p.list_volumes()?;
+        if !vols.is_empty() {
+            return Err(Error::Busy(format!(
+                "pool {name} has {} volume(s) ({}); delete them first",
+                vols.len(),
+                vols.join(", ")
+            )));
+        }
+        reg.remove(name)?;
+        p.remove_dir_if_empty()
+    }
+
+    /// Volume names of pool `pool`.
+    pub fn volumes(&self, pool: &str) -> Result<Vec<String>> {
+        self.pool(pool)?.list_volumes()
+    }
+
+    /// Space and layout figures of `pool/volume` (opening it on first use).
+    pub fn stat(&self, pool: &str, volume: &str) -> Result<Stat> {
+        self.volume(pool, volume)?
+            .with(|v| v.stat())
+            .ok_or_else(|| Error::Busy(format!("volume {pool}/{volume} is closing")))
+    }
+
+    /// Resizes `pool/volume`; returns whether the size changed.
+    pub fn resize(&self, pool: &str, volume: &str, size: u64) -> Result<bool> {
+        let v = self.volume(pool, volume)?;
+        let ctx = || format!("resize volume {pool}/{volume}");
+        v.with(|v| {
+            let old = v.size();
+            v.resize(size).map(|()| old != size)
+        })
+        .ok_or_else(|| Error::Busy(format!("volume {pool}/{volume} is closing")))?
+        .map_err(|e| Error::engine(ctx(), e))
+    }
+
     /// Creates a volume and keeps it open.
-    pub fn create_volume(&self, pool: &str, volume: &str, size: u64) -> Result<Arc<SharedVolume>> {
+    pub fn create_volume(
+        &self,
+        pool: &str,
+        volume: &str,
+        opts: &CreateOptions,
+    ) -> Result<Arc<SharedVolume>> {
         let p = self.pool(pool)?;
         let mut open = lock(&self.open);
-        let v = p.create_volume(volume, size, &self.open_opts)?;
+        let v = p.create_volume(volume, opts, &self.open_opts)?;
         let shared = Arc::new(SharedVolume {
             name: format!("{pool}/{volume}"),
             inner: Mutex::new(Some(v)),
@@ -112,7 +167,11 @@ impl Manager {
     pub fn ensure_volume(&self, spec: &VolumeSpec) -> Result<bool> {
         let p = self.pool(&spec.pool)?;
         if !p.has_volume(&spec.volume)? {
-            self.create_volume(&spec.pool, &spec.volume, spec.size)?;
+            let opts = CreateOptions {
+                size: spec.size,
+                ..Default::default()
+            };
+            self.create_volume(&spec.pool, &spec.volume, &opts)?;
             return Ok(true);
         }
         let v = self.volume(&spec.pool, &spec.volume)?;
@@ -148,12 +207,23 @@ impl Manager {
         Ok(shared)
     }
 
-    /// Deletes a volume; it must not be open in this daemon.
+    /// Deletes a volume. A volume open in this daemon but used by no client (no NBD
+    /// connection holds it) is closed first; one in use is refused.
     pub fn delete_volume(&self, pool: &str, volume: &str) -> Result<()> {
         let p = self.pool(pool)?;
-        let open = lock(&self.open);
-        if open.contains_key(&(pool.to_string(), volume.to_string())) {
-            return Err(Error::Busy(format!("volume {pool}/{volume} is open")));
+        let mut open = lock(&self.open);
+        let key = (pool.to_string(), volume.to_string());
+        if let Some(v) = open.get(&key) {
+            // One reference is the map's own; any other is a client.
+            let users = Arc::strong_count(v) - 1;
+            if users > 0 {
+                return Err(Error::Busy(format!(
+                    "volume {pool}/{volume} is in use by {users} client connection(s)"
+                )));
+            }
+            if let Some(v) = open.remove(&key) {
+                v.close()?;
+            }
         }
         p.delete_volume(volume)
     }

@@ -81,9 +81,16 @@ impl Pool {
         Ok(out)
     }
 
-    /// Creates volume `name` of `size` bytes and returns it open. Fails if it exists.
-    pub fn create_volume(&self, name: &str, size: u64, open: &OpenOptions) -> Result<Volume> {
+    /// Creates volume `name` (size and layout from `opts`) and returns it open. Fails if it
+    /// exists.
+    pub fn create_volume(
+        &self,
+        name: &str,
+        opts: &CreateOptions,
+        open: &OpenOptions,
+    ) -> Result<Volume> {
         let dir = self.volume_dir(name)?;
+        let size = opts.size;
         if size == 0 {
             return Err(Error::invalid(
                 "size",
@@ -110,11 +117,7 @@ impl Pool {
                 LocalBackend::new(&dir)
                     .map_err(|e| Error::engine(format!("create {}", self.label(name)), e))?,
             );
-            let opts = CreateOptions {
-                size,
-                ..Default::default()
-            };
-            Volume::create(backend, &opts, open)
+            Volume::create(backend, opts, open)
                 .map_err(|e| Error::engine(format!("create {}", self.label(name)), e))
         })();
         if made.is_err() {
@@ -135,6 +138,20 @@ impl Pool {
         let backend: Arc<dyn Backend> =
             Arc::new(LocalBackend::new(&dir).map_err(|e| Error::engine(ctx(), e))?);
         Volume::open(backend, open).map_err(|e| Error::engine(ctx(), e))
+    }
+
+    /// Removes the pool's directory if it is empty (a pool with volumes is never removed).
+    pub fn remove_dir_if_empty(&self) -> Result<()> {
+        if !self.list_volumes()?.is_empty() {
+            return Err(Error::Busy(format!("pool {} has volumes", self.name)));
+        }
+        match fs::remove_dir(self.dir()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            // Stray files that are not volumes: keep the directory, forget the pool anyway.
+            Err(e) if e.kind() == ErrorKind::DirectoryNotEmpty => Ok(()),
+            Err(e) => Err(Error::io("remove pool directory", self.dir(), e)),
+        }
     }
 
     /// Deletes volume `name` and all its data. Takes the volume's writer lease first, so a
@@ -298,17 +315,21 @@ mod tests {
         assert_eq!(p.uri(), &uri);
 
         let o = OpenOptions::default();
-        let v = p.create_volume("vol", 1 << 20, &o).unwrap();
+        let sz = |size| CreateOptions {
+            size,
+            ..Default::default()
+        };
+        let v = p.create_volume("vol", &sz(1 << 20), &o).unwrap();
         assert_eq!(v.size(), 1 << 20);
         assert!(matches!(
-            p.create_volume("vol", 1 << 20, &o),
+            p.create_volume("vol", &sz(1 << 20), &o),
             Err(Error::Exists(_))
         ));
         assert!(matches!(
-            p.create_volume("../evil", 1 << 20, &o),
+            p.create_volume("../evil", &sz(1 << 20), &o),
             Err(Error::InvalidName { .. })
         ));
-        assert!(p.create_volume("zero", 0, &o).is_err());
+        assert!(p.create_volume("zero", &sz(0), &o).is_err());
         assert!(!p.has_volume("zero").unwrap());
         assert_eq!(p.list_volumes().unwrap(), vec!["vol".to_string()]);
         assert!(matches!(p.delete_volume("vol"), Err(Error::Busy(_))));

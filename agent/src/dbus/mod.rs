@@ -1,0 +1,418 @@
+//! The D-Bus API: service `org.hlfs.Hlfs1`, objects under `/org/hlfs/Hlfs1` (see
+//! docs/dbus.md). Served on a peer-to-peer socket (always) and on a bus (on request).
+//!
+//! Each p2p client has its own zbus connection and so its own object server; the
+//! [`Publisher`] keeps the object tree of every connection in step with the service (pools,
+//! volumes, snapshots and jobs come and go) and turns service events into PropertiesChanged.
+
+pub mod error;
+pub mod interfaces;
+pub mod paths;
+
+use crate::error::{Error, Result};
+use crate::service::{Caller, Event, Service};
+use interfaces::{Ctx, Job1, Manager1, Peer, Pool1, Snapshot1, Volume1};
+use std::collections::BTreeSet;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::net::UnixListener;
+use tokio::sync::{watch, Mutex};
+use zbus::Connection;
+
+/// An object of the tree.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Obj {
+    Pool(String),
+    Volume(String, String),
+    Snapshot(String, String, String),
+    Job(u32),
+}
+
+struct Inner {
+    /// `(id, connection, how to identify its callers)`.
+    conns: Vec<(u64, Connection, Peer)>,
+    next_id: u64,
+    published: BTreeSet<Obj>,
+}
+
+/// Keeps every connection's objects in step with the service.
+pub struct Publisher {
+    svc: Arc<Service>,
+    inner: Mutex<Inner>,
+}
+
+impl Publisher {
+    /// A publisher for `svc`, with a task that follows the service's events.
+    pub fn start(svc: Arc<Service>) -> Arc<Publisher> {
+        let p = Arc::new(Publisher {
+            svc: svc.clone(),
+            inner: Mutex::new(Inner {
+                conns: Vec::new(),
+                next_id: 0,
+                published: BTreeSet::new(),
+            }),
+        });
+        let mut events = svc.subscribe();
+        let weak = Arc::downgrade(&p);
+        tokio::spawn(async move {
+            loop {
+                let ev = match events.recv().await {
+                    Ok(ev) => ev,
+                    // Missed events: a full resync covers them.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Event::Tree,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                };
+                let Some(p) = weak.upgrade() else { break };
+                p.handle(ev).await;
+            }
+        });
+        p
+    }
+
+    async fn handle(&self, ev: Event) {
+        match ev {
+            Event::Tree => self.sync().await,
+            Event::Volume(pool, vol) => {
+                self.sync().await;
+                let path = paths::volume(&pool, &vol);
+                for (_, c, _) in self.inner.lock().await.conns.clone() {
+                    if let Err(e) = volume_changed(&c, &path).await {
+                        tracing::debug!(error = %e, "PropertiesChanged");
+                    }
+                }
+            }
+            Event::Job(id) => {
+                let path = paths::job(id);
+                for (_, c, _) in self.inner.lock().await.conns.clone() {
+                    if let Err(e) = job_changed(&c, &path).await {
+                        tracing::debug!(error = %e, "PropertiesChanged");
+                    }
+                }
+            }
+        }
+    }
+
+    /// What the tree should hold now. Unreadable pools and volumes are logged and skipped.
+    async fn desired(&self) -> BTreeSet<Obj> {
+        let mut out = BTreeSet::new();
+        for pool in self.svc.pool_names() {
+            out.insert(Obj::Pool(pool.clone()));
+            let vols = match self.svc.volumes(&pool).await {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(pool, error = %e, "cannot list volumes");
+                    continue;
+                }
+            };
+            for v in vols {
+                if let Ok(snaps) = self.svc.snapshots(&pool, &v).await {
+                    for s in snaps {
+                        out.insert(Obj::Snapshot(pool.clone(), v.clone(), s.name));
+                    }
+                }
+                out.insert(Obj::Volume(pool.clone(), v));
+            }
+        }
+        out.extend(self.svc.job_ids().into_iter().map(Obj::Job));
+        out
+    }
+
+    /// Adds and removes objects on every connection so that they match the service.
+    pub async fn sync(&self) {
+        let want = self.desired().await;
+        let mut inner = self.inner.lock().await;
+        let gone: Vec<Obj> = inner.published.difference(&want).cloned().collect();
+        let new: Vec<Obj> = want.difference(&inner.published).cloned().collect();
+        for (_, c, peer) in &inner.conns {
+            // Children go before parents and come after them (reverse order for removal).
+            for o in gone.iter().rev() {
+                if let Err(e) = remove(c, o).await {
+                    tracing::debug!(error = %e, "remove object");
+                }
+            }
+            for o in &new {
+                if let Err(e) = add(c, &self.ctx(peer), o).await {
+                    tracing::warn!(error = %e, "add object");
+                }
+            }
+        }
+        inner.published = want;
+    }
+
+    fn ctx(&self, peer: &Peer) -> Ctx {
+        Ctx {
+            svc: self.svc.clone(),
+            peer: peer.clone(),
+        }
+    }
+
+    /// Publishes the whole tree on a new connection; returns its id for [`Self::detach`].
+    pub async fn attach(&self, conn: Connection, peer: Peer) -> Result<u64> {
+        let mut inner = self.inner.lock().await;
+        let ctx = self.ctx(&peer);
+        let srv = conn.object_server();
+        let reg = |e: zbus::Error| Error::Busy(format!("D-Bus object registration: {e}"));
+        let direct = matches!(peer, Peer::Direct(_));
+        if direct {
+            srv.at("/org/freedesktop/DBus", HelloShim)
+                .await
+                .map_err(reg)?;
+        }
+        srv.at(paths::ROOT, Manager1 { ctx: ctx.clone() })
+            .await
+            .map_err(reg)?;
+        for o in &inner.published {
+            add(&conn, &ctx, o).await.map_err(reg)?;
+        }
+        if direct {
+            // Adding the ObjectManager announces every object (InterfacesAdded). A client
+            // written for a bus (sd-bus: busctl) sends Hello first and treats any message
+            // before its reply as a protocol error, so the ObjectManager comes right after the
+            // Hello reply, or after a moment for clients that send no Hello.
+            let c = conn.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                add_object_manager(&c).await;
+            });
+        } else {
+            add_object_manager(&conn).await;
+        }
+        inner.next_id += 1;
+        let id = inner.next_id;
+        inner.conns.push((id, conn, peer));
+        Ok(id)
+    }
+
+    /// Drops a closed connection.
+    async fn detach(&self, id: u64) {
+        self.inner.lock().await.conns.retain(|(i, _, _)| *i != id);
+    }
+}
+
+/// Registers the standard ObjectManager at the root (idempotent).
+async fn add_object_manager(c: &Connection) {
+    if let Err(e) = c
+        .object_server()
+        .at(paths::ROOT, zbus::fdo::ObjectManager)
+        .await
+    {
+        tracing::debug!(error = %e, "ObjectManager");
+    }
+}
+
+/// Answers `org.freedesktop.DBus.Hello` on p2p connections: clients written for a bus
+/// (busctl, sd-bus) send it first even on a direct connection.
+struct HelloShim;
+
+#[zbus::interface(name = "org.freedesktop.DBus")]
+impl HelloShim {
+    /// A unique name for the caller; there is no bus, so it is always the same. Once the
+    /// reply is out, the ObjectManager (and its signals) may follow.
+    async fn hello(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+    ) -> zbus::object_server::ResponseDispatchNotifier<String> {
+        let (reply, sent) = zbus::object_server::ResponseDispatchNotifier::new(":1.1".to_string());
+        let c = conn.clone();
+        tokio::spawn(async move {
+            sent.await;
+            add_object_manager(&c).await;
+        });
+        reply
+    }
+}
+
+async fn add(c: &Connection, ctx: &Ctx, o: &Obj) -> zbus::Result<bool> {
+    let srv = c.object_server();
+    let ctx = ctx.clone();
+    match o {
+        Obj::Pool(p) => {
+            srv.at(
+                paths::pool(p),
+                Pool1 {
+                    ctx,
+                    pool: p.clone(),
+                },
+            )
+            .await
+        }
+        Obj::Volume(p, v) => {
+            let i = Volume1 {
+                ctx,
+                pool: p.clone(),
+                volume: v.clone(),
+            };
+            srv.at(paths::volume(p, v), i).await
+        }
+        Obj::Snapshot(p, v, s) => {
+            let i = Snapshot1 {
+                ctx,
+                pool: p.clone(),
+                volume: v.clone(),
+                snapshot: s.clone(),
+            };
+            srv.at(paths::snapshot(p, v, s), i).await
+        }
+        Obj::Job(id) => srv.at(paths::job(*id), Job1 { ctx, id: *id }).await,
+    }
+}
+
+async fn remove(c: &Connection, o: &Obj) -> zbus::Result<bool> {
+    let srv = c.object_server();
+    match o {
+        Obj::Pool(p) => srv.remove::<Pool1, _>(paths::pool(p)).await,
+        Obj::Volume(p, v) => srv.remove::<Volume1, _>(paths::volume(p, v)).await,
+        Obj::Snapshot(p, v, s) => srv.remove::<Snapshot1, _>(paths::snapshot(p, v, s)).await,
+        Obj::Job(id) => srv.remove::<Job1, _>(paths::job(*id)).await,
+    }
+}
+
+async fn volume_changed(
+    c: &Connection,
+    path: &zbus::zvariant::OwnedObjectPath,
+) -> zbus::Result<()> {
+    let r = c.object_server().interface::<_, Volume1>(path).await?;
+    let e = r.signal_emitter();
+    let i = r.get().await;
+    i.size_changed(e).await?;
+    i.allocated_changed(e).await?;
+    i.physical_changed(e).await?;
+    i.segments_changed(e).await?;
+    i.live_ratio_changed(e).await?;
+    i.snapshots_changed(e).await
+}
+
+async fn job_changed(c: &Connection, path: &zbus::zvariant::OwnedObjectPath) -> zbus::Result<()> {
+    let r = c.object_server().interface::<_, Job1>(path).await?;
+    let e = r.signal_emitter();
+    let i = r.get().await;
+    i.progress_changed(e).await?;
+    i.state_changed(e).await?;
+    i.error_changed(e).await
+}
+
+/// Binds the p2p socket, open to every local user (reads are for everyone; mutations are
+/// checked per call).
+pub fn bind_p2p(path: &Path) -> Result<UnixListener> {
+    let l = crate::nbd::bind_unix(path)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+        .map_err(|e| Error::io("set permissions of", path, e))?;
+    Ok(l)
+}
+
+/// Credentials of the peer of a Unix socket: SO_PEERCRED, plus SO_PEERGROUPS for the
+/// supplementary groups.
+fn peer_caller(s: &tokio::net::UnixStream) -> std::io::Result<Caller> {
+    let cred = s.peer_cred()?;
+    let mut gids = vec![cred.gid()];
+    let mut buf = vec![0u32; 256];
+    let mut len = (buf.len() * 4) as libc::socklen_t;
+    // SAFETY: buf is valid for len bytes; the kernel writes at most len bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERGROUPS,
+            buf.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        gids.extend_from_slice(&buf[..len as usize / 4]);
+    }
+    Ok(Caller {
+        uid: cred.uid(),
+        gids,
+    })
+}
+
+/// Accepts p2p clients until `stop`: each gets a zbus server connection with the whole tree.
+pub async fn serve_p2p(
+    listener: UnixListener,
+    publisher: Arc<Publisher>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let guid = zbus::Guid::generate();
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "D-Bus accept");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let caller = match peer_caller(&stream) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "D-Bus peer credentials");
+                continue;
+            }
+        };
+        let publisher = publisher.clone();
+        let guid = guid.clone();
+        tokio::spawn(async move {
+            let built = async {
+                zbus::connection::Builder::unix_stream(stream)
+                    .server(guid)?
+                    .p2p()
+                    .build()
+                    .await
+            };
+            let conn = match built.await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(error = %e, "D-Bus handshake");
+                    return;
+                }
+            };
+            tracing::debug!(uid = caller.uid, "D-Bus client connected");
+            let id = match publisher.attach(conn.clone(), Peer::Direct(caller)).await {
+                Ok(id) => id,
+                Err(e) => {
+                    tracing::warn!(error = %e, "D-Bus client");
+                    return;
+                }
+            };
+            // The stream ends when the client goes away.
+            let mut msgs = zbus::MessageStream::from(&conn);
+            while next_message(&mut msgs).await {}
+            publisher.detach(id).await;
+        });
+    }
+}
+
+/// Whether the connection delivered another message (false once it is closed).
+async fn next_message(s: &mut zbus::MessageStream) -> bool {
+    use std::future::poll_fn;
+    use std::pin::Pin;
+    poll_fn(|cx| futures_core::Stream::poll_next(Pin::new(&mut *s), cx))
+        .await
+        .is_some_and(|m| m.is_ok())
+}
+
+/// Which bus to register on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusKind {
+    Session,
+    System,
+}
+
+/// Connects to a bus, publishes the tree and takes the name `org.hlfs.Hlfs1`.
+pub async fn serve_bus(kind: BusKind, publisher: Arc<Publisher>) -> Result<Connection> {
+    let err = |e: zbus::Error| Error::Busy(format!("{kind:?} bus: {e}"));
+    let b = match kind {
+        BusKind::Session => zbus::connection::Builder::session(),
+        BusKind::System => zbus::connection::Builder::system(),
+    }
+    .map_err(err)?;
+    let conn = b.build().await.map_err(err)?;
+    publisher.attach(conn.clone(), Peer::Bus).await?;
+    conn.request_name(paths::SERVICE).await.map_err(err)?;
+    Ok(conn)
+}

@@ -1,0 +1,488 @@
+//! The service layer behind the D-Bus API: every operation a client can ask for, as async
+//! functions over the blocking [`Manager`]. Mutating operations take an [`Admin`] token, which
+//! only [`Caller::authorize`] hands out, so an unchecked mutation does not type-check. Changes
+//! are announced on an [`Event`] channel; the D-Bus layer turns them into objects and signals.
+
+use crate::error::{Error, Result};
+use crate::jobs::{Job, JobKind};
+use crate::manager::Manager;
+use crate::names::{check_name, PoolUri};
+use hlfs_engine::CreateOptions;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::broadcast;
+
+/// Name of the group whose members may call mutating methods (besides root).
+pub const ADMIN_GROUP: &str = "hlfs";
+
+/// Something visible changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Objects appeared or went away (pools, volumes, snapshots, jobs).
+    Tree,
+    /// Properties of `pool/volume` changed.
+    Volume(String, String),
+    /// Properties of job `id` changed.
+    Job(u32),
+}
+
+/// Who is calling, from the transport's credentials (SO_PEERCRED or the bus daemon).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    /// Primary and supplementary groups, when known.
+    pub gids: Vec<u32>,
+}
+
+/// Proof that the caller may mutate. Private field: only [`Caller::authorize`] makes one.
+#[derive(Debug)]
+pub struct Admin(());
+
+impl Caller {
+    /// Root, or a member of group `hlfs` (by the caller's group list or the group's member
+    /// list), may mutate; anyone else may only read.
+    pub fn authorize(&self) -> Result<Admin> {
+        if self.uid == 0 {
+            return Ok(Admin(()));
+        }
+        if let Some((gid, members)) = group_info(ADMIN_GROUP) {
+            if self.gids.contains(&gid) || user_name(self.uid).is_some_and(|u| members.contains(&u))
+            {
+                return Ok(Admin(()));
+            }
+        }
+        Err(Error::PermissionDenied(format!(
+            "uid {} is neither root nor in group {ADMIN_GROUP}",
+            self.uid
+        )))
+    }
+}
+
+/// `(gid, member names)` of group `name` from the system's group database.
+fn group_info(name: &str) -> Option<(u32, Vec<String>)> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 64 * 1024];
+    let mut out: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; getgrnam_r writes only into grp and buf.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            cname.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut out,
+        )
+    };
+    if rc != 0 || out.is_null() {
+        return None;
+    }
+    let mut members = Vec::new();
+    let mut p = grp.gr_mem;
+    // SAFETY: gr_mem is a NULL-terminated array of C strings inside buf.
+    unsafe {
+        while !p.is_null() && !(*p).is_null() {
+            members.push(std::ffi::CStr::from_ptr(*p).to_string_lossy().into_owned());
+            p = p.add(1);
+        }
+    }
+    Some((grp.gr_gid, members))
+}
+
+/// Login name of `uid`.
+fn user_name(uid: u32) -> Option<String> {
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: as in group_info.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
+    if rc != 0 || out.is_null() {
+        return None;
+    }
+    // SAFETY: pw_name points into buf.
+    Some(
+        unsafe { std::ffi::CStr::from_ptr(pw.pw_name) }
+            .to_string_lossy()
+            .into_owned(),
+    )
+}
+
+/// A pool as clients see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolInfo {
+    pub name: String,
+    pub uri: String,
+    pub volumes: Vec<String>,
+}
+
+/// A volume as clients see it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VolumeInfo {
+    pub pool: String,
+    pub name: String,
+    pub size: u64,
+    pub allocated: u64,
+    /// Bytes of the volume's log (all segments).
+    pub physical: u64,
+    pub compression: bool,
+    pub block_size: u32,
+    /// `pool/volume%snapshot` this volume is a clone of; empty if none.
+    pub base: String,
+    pub segments: u64,
+    pub live_ratio: f64,
+    /// NBD export name.
+    pub export: String,
+}
+
+/// A snapshot as clients see it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SnapshotInfo {
+    pub name: String,
+    pub sequence: u64,
+    /// Seconds since the Unix epoch.
+    pub created: u64,
+    /// Parent snapshot's name; empty for a root.
+    pub parent: String,
+    pub consistency: String,
+}
+
+/// Layout choices for a new volume (absent = engine default).
+#[derive(Debug, Clone, Default)]
+pub struct VolumeOptions {
+    pub block_size: Option<u32>,
+    pub segment_size: Option<u32>,
+    pub compression: Option<bool>,
+}
+
+/// The operations, over a shared manager.
+#[derive(Debug)]
+pub struct Service {
+    mgr: Arc<Manager>,
+    nbd_socket: PathBuf,
+    jobs: Mutex<BTreeMap<u32, Arc<Job>>>,
+    next_job: AtomicU32,
+    events: broadcast::Sender<Event>,
+}
+
+/// Runs blocking manager code off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Busy(format!("internal task failed: {e}")))?
+}
+
+fn not_supported<T>(what: &str) -> Result<T> {
+    Err(Error::Unsupported(format!(
+        "{what} is not supported by this engine version yet"
+    )))
+}
+
+impl Service {
+    /// A service over `mgr`; jobs reach volumes through the NBD socket `nbd_socket`.
+    pub fn new(mgr: Arc<Manager>, nbd_socket: PathBuf) -> Arc<Service> {
+        let (events, _) = broadcast::channel(1024);
+        Arc::new(Service {
+            mgr,
+            nbd_socket,
+            jobs: Mutex::new(BTreeMap::new()),
+            next_job: AtomicU32::new(1),
+            events,
+        })
+    }
+
+    /// Change notifications.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    pub(crate) fn emit(&self, e: Event) {
+        // No subscriber (no D-Bus layer yet) is fine.
+        let _ = self.events.send(e);
+    }
+
+    // ---- reads ----
+
+    /// Pool names.
+    pub fn pool_names(&self) -> Vec<String> {
+        self.mgr.pools().into_iter().map(|(n, _)| n).collect()
+    }
+
+    pub async fn pool(&self, name: &str) -> Result<PoolInfo> {
+        let (mgr, n) = (self.mgr.clone(), name.to_string());
+        blocking(move || {
+            let (uri, volumes) = mgr.pool_info(&n)?;
+            Ok(PoolInfo {
+                name: n,
+                uri,
+                volumes,
+            })
+        })
+        .await
+    }
+
+    pub async fn volumes(&self, pool: &str) -> Result<Vec<String>> {
+        let (mgr, p) = (self.mgr.clone(), pool.to_string());
+        blocking(move || mgr.volumes(&p)).await
+    }
+
+    pub async fn volume(&self, pool: &str, volume: &str) -> Result<VolumeInfo> {
+        let (mgr, p, v) = (self.mgr.clone(), pool.to_string(), volume.to_string());
+        blocking(move || {
+            let st = mgr.stat(&p, &v)?;
+            Ok(VolumeInfo {
+                export: format!("{p}/{v}"),
+                pool: p,
+                name: v,
+                size: st.capacity,
+                allocated: st.allocated,
+                physical: st.log_bytes,
+                compression: st.compression,
+                block_size: st.block_size,
+                base: String::new(),
+                segments: st.segments,
+                live_ratio: st.live_ratio,
+            })
+        })
+        .await
+    }
+
+    /// Snapshots of a volume (none until the engine has them).
+    pub async fn snapshots(&self, _pool: &str, _volume: &str) -> Result<Vec<SnapshotInfo>> {
+        Ok(Vec::new())
+    }
+
+    pub async fn snapshot(&self, pool: &str, volume: &str, name: &str) -> Result<SnapshotInfo> {
+        self.snapshots(pool, volume)
+            .await?
+            .into_iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| Error::NotFound(format!("snapshot {pool}/{volume}%{name}")))
+    }
+
+    /// Ids of live jobs.
+    pub fn job_ids(&self) -> Vec<u32> {
+        lock(&self.jobs).keys().copied().collect()
+    }
+
+    pub fn job(&self, id: u32) -> Result<Arc<Job>> {
+        lock(&self.jobs)
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("job {id}")))
+    }
+
+    // ---- pools ----
+
+    /// Adds pool `name` on `uri`; returns whether it was new.
+    pub async fn create_pool(&self, _: Admin, name: &str, uri: &str) -> Result<bool> {
+        check_name("pool", name)?;
+        let (mgr, n, u) = (self.mgr.clone(), name.to_string(), PoolUri::parse(uri)?);
+        let added = blocking(move || mgr.add_pool(&n, u)).await?;
+        if added {
+            self.emit(Event::Tree);
+        }
+        Ok(added)
+    }
+
+    pub async fn delete_pool(&self, _: Admin, name: &str) -> Result<bool> {
+        let (mgr, n) = (self.mgr.clone(), name.to_string());
+        blocking(move || mgr.delete_pool(&n)).await?;
+        self.emit(Event::Tree);
+        Ok(true)
+    }
+
+    // ---- volumes ----
+
+    pub async fn create_volume(
+        &self,
+        _: Admin,
+        pool: &str,
+        name: &str,
+        size: u64,
+        o: VolumeOptions,
+    ) -> Result<()> {
+        let d = CreateOptions::default();
+        let opts = CreateOptions {
+            size,
+            block_size: o.block_size.unwrap_or(d.block_size),
+            segment_size: o.segment_size.unwrap_or(d.segment_size),
+            compression: o.compression.unwrap_or(d.compression),
+            ..d
+        };
+        let (mgr, p, v) = (self.mgr.clone(), pool.to_string(), name.to_string());
+        blocking(move || mgr.create_volume(&p, &v, &opts).map(drop)).await?;
+        self.emit(Event::Tree);
+        Ok(())
+    }
+
+    pub async fn delete_volume(&self, _: Admin, pool: &str, name: &str) -> Result<bool> {
+        let (mgr, p, v) = (self.mgr.clone(), pool.to_string(), name.to_string());
+        blocking(move || mgr.delete_volume(&p, &v)).await?;
+        self.emit(Event::Tree);
+        Ok(true)
+    }
+
+    pub async fn resize(&self, _: Admin, pool: &str, volume: &str, size: u64) -> Result<bool> {
+        let (mgr, p, v) = (self.mgr.clone(), pool.to_string(), volume.to_string());
+        let changed = blocking(move || mgr.resize(&p, &v, size)).await?;
+        if changed {
+            self.emit(Event::Volume(pool.into(), volume.into()));
+        }
+        Ok(changed)
+    }
+
+    // ---- snapshots, clones, cleaning: wired as the engine grows them ----
+
+    pub async fn create_snapshot(&self, _: Admin, _p: &str, _v: &str, _s: &str) -> Result<()> {
+        not_supported("snapshot create")
+    }
+
+    pub async fn delete_snapshot(&self, _: Admin, _p: &str, _v: &str, _s: &str) -> Result<bool> {
+        not_supported("snapshot delete")
+    }
+
+    pub async fn rollback(&self, _: Admin, _p: &str, _v: &str, _s: &str) -> Result<bool> {
+        not_supported("rollback")
+    }
+
+    pub async fn clone_volume(
+        &self,
+        _: Admin,
+        _src: (&str, &str, &str),
+        _pool: &str,
+        _name: &str,
+    ) -> Result<()> {
+        not_supported("clone")
+    }
+
+    pub async fn flatten(&self, _: Admin, _p: &str, _v: &str) -> Result<u32> {
+        not_supported("flatten")
+    }
+
+    pub async fn clean(&self, _: Admin, _p: &str, _v: &str) -> Result<u32> {
+        not_supported("clean")
+    }
+
+    // ---- import / export jobs ----
+
+    /// Creates `pool/name` with the virtual size of image `source` and starts a job copying
+    /// the image into it (qemu-img as an NBD client of this daemon). Returns the job id.
+    pub async fn import(
+        self: &Arc<Self>,
+        admin: Admin,
+        pool: &str,
+        name: &str,
+        source: &str,
+        format: &str,
+    ) -> Result<u32> {
+        let format = image_format(format, true)?;
+        let size = crate::jobs::image_size(source, format).await?;
+        self.create_volume(admin, pool, name, size, VolumeOptions::default())
+            .await?;
+        let target = self.nbd_uri(pool, name);
+        let mut args = vec![
+            "convert".to_string(),
+            "-p".into(),
+            "-n".into(),
+            "--target-is-zero".into(),
+        ];
+        if let Some(f) = format {
+            args.extend(["-f".into(), f.to_string()]);
+        }
+        args.extend(["-O".into(), "raw".into(), source.to_string(), target]);
+        let desc = format!("import {source} into {pool}/{name}");
+        Ok(self.start_job(JobKind::Import, pool, name, desc, args))
+    }
+
+    /// Starts a job copying `pool/volume` into a new image file `dest` (`raw` or `qcow2`).
+    pub async fn export(
+        self: &Arc<Self>,
+        _: Admin,
+        pool: &str,
+        volume: &str,
+        dest: &str,
+        format: &str,
+    ) -> Result<u32> {
+        let format = image_format(format, false)?.unwrap_or("raw");
+        let dest_path = std::path::Path::new(dest);
+        if !dest_path.is_absolute() {
+            return Err(Error::invalid(
+                "destination",
+                dest,
+                "must be an absolute path",
+            ));
+        }
+        if dest_path.exists() {
+            return Err(Error::Exists(format!("destination {dest}")));
+        }
+        // Fails early with NotFound for a missing volume.
+        self.volume(pool, volume).await?;
+        let src = self.nbd_uri(pool, volume);
+        let args = ["convert", "-p", "-f", "raw", "-O", format, &src, dest]
+            .map(String::from)
+            .to_vec();
+        let desc = format!("export {pool}/{volume} to {dest} ({format})");
+        Ok(self.start_job(JobKind::Export, pool, volume, desc, args))
+    }
+
+    /// Cancels a running job; returns whether it was running.
+    pub fn cancel_job(&self, _: Admin, id: u32) -> Result<bool> {
+        Ok(self.job(id)?.cancel())
+    }
+
+    fn nbd_uri(&self, pool: &str, volume: &str) -> String {
+        format!(
+            "nbd+unix:///{pool}/{volume}?socket={}",
+            self.nbd_socket.display()
+        )
+    }
+
+    fn start_job(
+        self: &Arc<Self>,
+        kind: JobKind,
+        pool: &str,
+        volume: &str,
+        description: String,
+        args: Vec<String>,
+    ) -> u32 {
+        let id = self.next_job.fetch_add(1, Ordering::Relaxed);
+        let job = Arc::new(Job::new(id, kind, pool, volume, description));
+        lock(&self.jobs).insert(id, job.clone());
+        self.emit(Event::Tree);
+        let svc = self.clone();
+        tokio::spawn(async move {
+            let ok = job.run_qemu_img(&svc, args).await;
+            if !ok && job.kind == JobKind::Import {
+                // A failed import leaves no half-filled volume behind.
+                let (mgr, p, v) = (svc.mgr.clone(), job.pool.clone(), job.volume.clone());
+                if let Err(e) = blocking(move || mgr.delete_volume(&p, &v)).await {
+                    tracing::warn!(error = %e, "could not remove the volume of a failed import");
+                }
+            }
+            svc.emit(Event::Volume(job.pool.clone(), job.volume.clone()));
+            svc.emit(Event::Tree);
+            // Finished jobs stay visible for a while so that clients can read the outcome.
+            tokio::time::sleep(crate::jobs::KEEP_FINISHED).await;
+            lock(&svc.jobs).remove(&job.id);
+            svc.emit(Event::Tree);
+        });
+        id
+    }
+}
+
+/// `raw`, `qcow2`, or (for sources) empty = let qemu-img probe.
+fn image_format(f: &str, allow_probe: bool) -> Result<Option<&'static str>> {
+    match f {
+        "raw" => Ok(Some("raw")),
+        "qcow2" => Ok(Some("qcow2")),
+        "" if allow_probe => Ok(None),
+        "" => Ok(None),
+        _ => Err(Error::invalid("image format", f, "expected raw or qcow2")),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
