@@ -2,18 +2,15 @@
 //! (refusal naming the holder, takeover after a crash), and clear errors for a wrong host, port
 //! or path. Needs `HLFS_TEST_HDFS_URL` (scripts/with-hdfs.sh).
 
+mod common;
 mod hdfs_util;
 
-use hdfs_engine_test::*;
 use hdfs_util::*;
 use hlfs_engine::backend::{AppendBackend, Backend, HdfsBackend, HdfsOptions};
 use hlfs_engine::Error;
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-mod hdfs_engine_test {
-    pub use std::io::{BufRead, BufReader};
-}
 
 #[test]
 fn objects_append_sync_read_list_delete() {

@@ -416,7 +416,12 @@ impl Inner {
             if now >= deadline {
                 let why = st.last_error.as_ref().map_or_else(
                     || "uploads are not keeping up".to_string(),
-                    |(e, t)| format!("uploads failing for {:.0} s: {e}", t.elapsed().as_secs_f64()),
+                    |(e, t)| {
+                        format!(
+                            "uploads failing for {:.0} s: {e}",
+                            t.elapsed().as_secs_f64()
+                        )
+                    },
                 );
                 return Err(Error::io(
                     "append to journal",
@@ -739,9 +744,12 @@ impl Inner {
                 if !up.open.contains_key(&name) {
                     let w = match self.remote.create(&name) {
                         Ok(w) => (w, 0),
-                        // Created before an interruption: resume it.
-                        Err(Error::Exists(_)) => self.remote.open_append(&name)?,
-                        Err(e) => return Err(e),
+                        // Created before an interruption (maybe still open): resume it.
+                        Err(e) => match self.remote.open_append(&name) {
+                            Ok(w) => w,
+                            Err(Error::NotFound(_)) => return Err(e),
+                            Err(e2) => return Err(e2),
+                        },
                     };
                     up.open.insert(name, UpObj::new(w, id));
                 }
@@ -1058,7 +1066,11 @@ impl Backend for JournaledBackend {
             }
             let from = offset.max(o.remote_len);
             let pieces: Vec<(u64, Chunk)> = if from < end {
-                let first = o.chunks.range(..=from).next_back().map_or(from, |(k, _)| *k);
+                let first = o
+                    .chunks
+                    .range(..=from)
+                    .next_back()
+                    .map_or(from, |(k, _)| *k);
                 o.chunks
                     .range(first..end)
                     .map(|(k, c)| (*k, c.clone()))
@@ -1217,10 +1229,7 @@ impl AppendBackend for LocalBackend {
                 io_err("open", &path, e)
             }
         })?;
-        let len = file
-            .metadata()
-            .map_err(|e| io_err("stat", &path, e))?
-            .len();
+        let len = file.metadata().map_err(|e| io_err("stat", &path, e))?.len();
         Ok((Box::new(LocalAppender { file, path }), len))
     }
 }

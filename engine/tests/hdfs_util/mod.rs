@@ -1,6 +1,8 @@
 //! Helpers for the tests that need a real HDFS (started by `scripts/with-hdfs.sh`).
 #![allow(dead_code)]
 
+pub mod kill;
+
 use hlfs_engine::backend::{HdfsBackend, HdfsOptions, JournalOptions, JournaledBackend};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -107,4 +109,32 @@ pub fn node(args: &[&str]) {
         .status()
         .expect("run node.sh");
     assert!(st.success(), "node.sh {args:?} failed");
+}
+
+/// A remote backend from a string: `hdfs://...` or a local directory path.
+pub fn remote(spec: &str) -> Arc<dyn hlfs_engine::backend::AppendBackend> {
+    if spec.starts_with("hdfs://") {
+        hdfs(spec)
+    } else {
+        Arc::new(hlfs_engine::LocalBackend::new(spec).expect("local backend"))
+    }
+}
+
+pub fn journaled_remote(spec: &str, journal: &Path) -> Arc<JournaledBackend> {
+    Arc::new(
+        JournaledBackend::open(remote(spec), journal, journal_options()).expect("open journal"),
+    )
+}
+
+/// Bytes in the journal files of `dir` (what a crash left to replay).
+pub fn journal_backlog(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with("journal-"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }
