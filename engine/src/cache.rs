@@ -56,4 +56,10 @@ impl ReadCache {
             self.young_bytes = 0;
         }
     }
+
+    /// Drops entries of a deleted segment.
+    pub fn forget_segment(&mut self, seg: u32) {
+        self.young.retain(|k, _| k.0 != seg);
+        self.old.retain(|k, _| k.0 != seg);
+    }
 }

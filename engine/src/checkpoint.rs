@@ -77,7 +77,9 @@ pub(crate) fn encode(c: &CheckpointRef) -> Vec<u8> {
         per_map.push(r);
     }
     let n_ext: usize = chunks.iter().map(|c| c.len()).sum();
-    let mut e = Enc(Vec::with_capacity(128 + n_ext * EXTENT_BYTES + c.segs.len() * 20));
+    let mut e = Enc(Vec::with_capacity(
+        128 + n_ext * EXTENT_BYTES + c.segs.len() * 20,
+    ));
     e.bytes(CKPT_MAGIC)
         .bytes(c.uuid)
         .u32(c.next_seq)
@@ -89,7 +91,12 @@ pub(crate) fn encode(c: &CheckpointRef) -> Vec<u8> {
     for ch in &chunks {
         e.u32(ch.len() as u32);
         for (lba, x) in ch.iter() {
-            e.u64(*lba).u32(x.seg).u32(x.off).u32(x.stored).u16(x.len).u16(x.skip);
+            e.u64(*lba)
+                .u32(x.seg)
+                .u32(x.off)
+                .u32(x.stored)
+                .u16(x.len)
+                .u16(x.skip);
         }
     }
     let put_refs = |e: &mut Enc, r: &[u32]| {

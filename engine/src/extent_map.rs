@@ -90,12 +90,16 @@ impl ExtentMap {
 
     /// Identity of each chunk with its extents, for checkpoints that store shared chunks once.
     pub fn chunks(&self) -> impl Iterator<Item = (usize, &[Entry])> + '_ {
-        self.chunks.iter().map(|c| (Arc::as_ptr(c) as usize, c.as_slice()))
+        self.chunks
+            .iter()
+            .map(|c| (Arc::as_ptr(c) as usize, c.as_slice()))
     }
 
     /// Index of the chunk that holds (or would hold) `lba`.
     fn chunk_for(&self, lba: u64) -> usize {
-        self.chunks.partition_point(|c| c.first().is_some_and(|e| e.0 <= lba)).saturating_sub(1)
+        self.chunks
+            .partition_point(|c| c.first().is_some_and(|e| e.0 <= lba))
+            .saturating_sub(1)
     }
 
     /// Builds a map from extents sorted by LBA and not overlapping (checkpoint loading), with
@@ -103,7 +107,10 @@ impl ExtentMap {
     pub fn from_sorted(extents: Vec<Entry>) -> Self {
         let mapped_blocks = extents.iter().map(|(_, e)| u64::from(e.len)).sum();
         let len = extents.len();
-        let chunks = extents.chunks(CHUNK_MAX).map(|c| Arc::new(c.to_vec())).collect();
+        let chunks = extents
+            .chunks(CHUNK_MAX)
+            .map(|c| Arc::new(c.to_vec()))
+            .collect();
         ExtentMap {
             chunks: Arc::new(chunks),
             len,
@@ -114,7 +121,11 @@ impl ExtentMap {
     /// Builds a map from shared chunks (checkpoint loading); the caller checked the order.
     pub fn from_chunks(chunks: Vec<Arc<Chunk>>) -> Self {
         let len = chunks.iter().map(|c| c.len()).sum();
-        let mapped_blocks = chunks.iter().flat_map(|c| c.iter()).map(|(_, e)| u64::from(e.len)).sum();
+        let mapped_blocks = chunks
+            .iter()
+            .flat_map(|c| c.iter())
+            .map(|(_, e)| u64::from(e.len))
+            .sum();
         ExtentMap {
             chunks: Arc::new(chunks),
             len,
@@ -206,7 +217,9 @@ impl ExtentMap {
         if chunks.is_empty() {
             chunks.push(Arc::new(Vec::with_capacity(CHUNK_GROW)));
         }
-        let ci = chunks.partition_point(|c| c.first().is_some_and(|e| e.0 <= lba)).saturating_sub(1);
+        let ci = chunks
+            .partition_point(|c| c.first().is_some_and(|e| e.0 <= lba))
+            .saturating_sub(1);
         let last = ci + 1 == chunks.len();
         let ch = Arc::make_mut(&mut chunks[ci]);
         let pos = ch.partition_point(|e| e.0 < lba);
@@ -279,7 +292,15 @@ impl ExtentMap {
 
     /// Replaces the location of blocks still pointing at `(seg, off)` (the cleaner moved that
     /// unit). Returns how many blocks were redirected.
-    pub fn relocate(&mut self, seg: u32, off: u32, new_seg: u32, new_off: u32, lba: u64, ublocks: u64) -> u64 {
+    pub fn relocate(
+        &mut self,
+        seg: u32,
+        off: u32,
+        new_seg: u32,
+        new_off: u32,
+        lba: u64,
+        ublocks: u64,
+    ) -> u64 {
         let mut moved = 0;
         let mut ci = self.chunk_for(lba);
         while ci < self.chunks.len() {
@@ -290,7 +311,9 @@ impl ExtentMap {
             let hits: Vec<usize> = ch
                 .iter()
                 .enumerate()
-                .filter(|(_, (k, e))| *k >= lba && *k < lba + ublocks && e.seg == seg && e.off == off)
+                .filter(|(_, (k, e))| {
+                    *k >= lba && *k < lba + ublocks && e.seg == seg && e.off == off
+                })
                 .map(|(i, _)| i)
                 .collect();
             if !hits.is_empty() {
@@ -332,8 +355,14 @@ mod tests {
         assert_eq!(m.mapped_blocks(), 16);
         let p = m.lookup(0, 20);
         assert_eq!(p.len(), 4);
-        assert_eq!((p[0].lba, p[0].len, p[0].ext.map(|e| e.seg)), (0, 4, Some(1)));
-        assert_eq!((p[1].lba, p[1].len, p[1].ext.map(|e| e.seg)), (4, 4, Some(2)));
+        assert_eq!(
+            (p[0].lba, p[0].len, p[0].ext.map(|e| e.seg)),
+            (0, 4, Some(1))
+        );
+        assert_eq!(
+            (p[1].lba, p[1].len, p[1].ext.map(|e| e.seg)),
+            (4, 4, Some(2))
+        );
         assert_eq!(p[2].ext.map(|e| (e.seg, e.skip)), Some((1, 8)));
         assert_eq!((p[3].lba, p[3].len, p[3].ext), (16, 4, None));
         m.remove(2, 100, |_, n| freed += n);
@@ -348,14 +377,15 @@ mod tests {
         let mut model: Vec<Option<(u32, u16)>> = vec![None; n as usize];
         let mut m = ExtentMap::new();
         let mut x = 12345u64;
-        let mut snaps: Vec<(ExtentMap, Vec<Option<(u32, u16)>>)> = Vec::new();
+        type Model = Vec<Option<(u32, u16)>>;
+        let mut snaps: Vec<(ExtentMap, Model)> = Vec::new();
         for i in 0..40_000u32 {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
             let lba = x % n;
             let len = (1 + (x >> 20) % 16).min(n - lba);
-            if (x >> 40) % 5 == 0 {
+            if (x >> 40).is_multiple_of(5) {
                 m.remove(lba, len, |_, _| {});
                 for b in lba..lba + len {
                     model[b as usize] = None;
@@ -379,7 +409,10 @@ mod tests {
                 }
             }
             assert!(got == *model);
-            assert_eq!(m.mapped_blocks(), model.iter().filter(|b| b.is_some()).count() as u64);
+            assert_eq!(
+                m.mapped_blocks(),
+                model.iter().filter(|b| b.is_some()).count() as u64
+            );
             assert_eq!(m.iter().count(), m.len());
         }
     }

@@ -22,9 +22,9 @@ pub fn segment_name(seq: u32) -> String {
     format!("seg-{seq:08x}")
 }
 
-/// Name of the checkpoint from which replay starts at segment `next_seq`.
-pub fn checkpoint_name(next_seq: u32) -> String {
-    format!("ckpt-{next_seq:08x}")
+/// Name of checkpoint number `id` (numbers only grow; the newest valid one wins).
+pub fn checkpoint_name(id: u32) -> String {
+    format!("ckpt-{id:08x}")
 }
 
 /// Parses `seg-XXXXXXXX` / `ckpt-XXXXXXXX`.

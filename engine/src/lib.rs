@@ -5,6 +5,7 @@
 pub mod backend;
 mod cache;
 mod checkpoint;
+mod cleaner;
 pub mod error;
 pub mod extent_map;
 pub mod format;
@@ -13,6 +14,7 @@ mod snapshot;
 mod volume;
 
 pub use backend::{Backend, LocalBackend};
+pub use cleaner::{CleanPolicy, CleanReport};
 pub use error::{Error, Result};
-pub use volume::{CreateOptions, OpenOptions, RecoveryReport, Stat, Volume, MAX_SIZE};
 pub use snapshot::{check_snapshot_name, Consistency, SnapshotInfo};
+pub use volume::{CreateOptions, OpenOptions, RecoveryReport, Stat, Volume, MAX_SIZE};

@@ -93,7 +93,7 @@ impl Volume {
                 Ok(buf) => {
                     report.bytes_read += buf.len() as u64;
                     match checkpoint::decode(&buf, &meta.uuid) {
-                        Some(cp) if cp.next_seq == c => {
+                        Some(cp) => {
                             state = Some(cp);
                             break;
                         }
@@ -132,6 +132,9 @@ impl Volume {
             snaps: state.snaps,
             head_parent: state.head_parent,
             next_snap_id: state.next_snap_id,
+            auto_clean: None,
+            cleaning: false,
+            clean_totals: (0,),
             spare_buf: None,
             failed: None,
             closed: false,
@@ -222,7 +225,9 @@ impl Volume {
             if crc32c::crc32c(body) != hdr.body_crc {
                 break;
             }
-            let Some(meta) = self.record_meta(&hdr, body) else { break };
+            let Some(meta) = self.record_meta(&hdr, body) else {
+                break;
+            };
             group.push((pos, hdr, meta));
             pos = body_start + body.len();
             if hdr.flags & FLAG_CONTINUED == 0 {
@@ -303,9 +308,9 @@ impl Volume {
                 .ok_or_else(|| {
                     Error::corrupt(&self.loc, &name, footer_start, "footer entry damaged")
                 })?;
-            let meta = d
-                .take(self.footer_meta_len(&hdr))
-                .ok_or_else(|| Error::corrupt(&self.loc, &name, footer_start, "footer truncated"))?;
+            let meta = d.take(self.footer_meta_len(&hdr)).ok_or_else(|| {
+                Error::corrupt(&self.loc, &name, footer_start, "footer truncated")
+            })?;
             self.apply_record(seq, rec_off, &hdr, meta)?;
             rec_off += RECORD_HEADER_LEN as u64 + u64::from(hdr.body_len);
         }

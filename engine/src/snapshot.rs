@@ -55,7 +55,9 @@ pub fn check_snapshot_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && !name.starts_with(['.', '-'])
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
     if ok {
         Ok(())
     } else {
@@ -67,7 +69,10 @@ pub fn check_snapshot_name(name: &str) -> Result<()> {
 
 pub(crate) fn encode_snapshot_body(created: u64, frozen: bool, name: &str) -> Vec<u8> {
     let mut e = Enc::default();
-    e.u64(created).u8(u8::from(frozen)).u16(name.len() as u16).bytes(name.as_bytes());
+    e.u64(created)
+        .u8(u8::from(frozen))
+        .u16(name.len() as u16)
+        .bytes(name.as_bytes());
     e.0
 }
 
@@ -101,7 +106,10 @@ impl Volume {
     pub fn snapshot_create(&mut self, name: &str, frozen: bool) -> Result<SnapshotInfo> {
         check_snapshot_name(name)?;
         if self.snaps.values().any(|s| s.name == name) {
-            return Err(Error::Exists(format!("snapshot {name} of volume {}", self.loc)));
+            return Err(Error::Exists(format!(
+                "snapshot {name} of volume {}",
+                self.loc
+            )));
         }
         self.writable()?;
         let id = self.next_snap_id;
@@ -120,7 +128,10 @@ impl Volume {
 
     /// Every snapshot, oldest first; `parent` links make the tree.
     pub fn snapshots(&self) -> Vec<SnapshotInfo> {
-        self.snaps.keys().filter_map(|id| self.snapshot_info(*id).ok()).collect()
+        self.snaps
+            .keys()
+            .filter_map(|id| self.snapshot_info(*id).ok())
+            .collect()
     }
 
     /// The newest snapshot created at or before `unix_time`.
@@ -141,8 +152,15 @@ impl Volume {
             name: s.name.clone(),
             sequence: s.serial,
             created_unix: s.created,
-            parent: s.parent.and_then(|p| self.snaps.get(&p)).map(|p| p.name.clone()),
-            consistency: if s.frozen { Consistency::Frozen } else { Consistency::Crash },
+            parent: s
+                .parent
+                .and_then(|p| self.snaps.get(&p))
+                .map(|p| p.name.clone()),
+            consistency: if s.frozen {
+                Consistency::Frozen
+            } else {
+                Consistency::Crash
+            },
             size: s.size,
             allocated: (s.map.mapped_blocks() * u64::from(self.meta.block_size)).min(s.size),
             is_head_parent: self.head_parent == Some(id),
@@ -154,7 +172,13 @@ impl Volume {
         let id = self.snap_id(name)?;
         self.writable()?;
         self.staged.clear();
-        self.stage(RecordKind::SnapshotDelete, u64::from(id), 0, Vec::new(), Vec::new());
+        self.stage(
+            RecordKind::SnapshotDelete,
+            u64::from(id),
+            0,
+            Vec::new(),
+            Vec::new(),
+        );
         self.commit()
     }
 
@@ -164,7 +188,13 @@ impl Volume {
         let id = self.snap_id(name)?;
         self.writable()?;
         self.staged.clear();
-        self.stage(RecordKind::Rollback, u64::from(id), 0, Vec::new(), Vec::new());
+        self.stage(
+            RecordKind::Rollback,
+            u64::from(id),
+            0,
+            Vec::new(),
+            Vec::new(),
+        );
         self.commit()
     }
 
@@ -177,7 +207,10 @@ impl Volume {
     pub fn read_snapshot(&mut self, name: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
         let s = &self.snaps[&self.snap_id(name)?];
         let (size, map) = (s.size, s.map.clone());
-        if offset.checked_add(buf.len() as u64).is_none_or(|e| e > size) {
+        if offset
+            .checked_add(buf.len() as u64)
+            .is_none_or(|e| e > size)
+        {
             return Err(Error::OutOfRange {
                 volume: format!("{}@{name}", self.loc),
                 offset,
@@ -189,15 +222,39 @@ impl Volume {
     }
 
     /// Mapped and unmapped ranges of a snapshot (NBD block status on a snapshot export).
-    pub fn snapshot_allocation(&self, name: &str, offset: u64, len: u64) -> Result<Vec<(u64, u64, bool)>> {
+    pub fn snapshot_allocation(
+        &self,
+        name: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<(u64, u64, bool)>> {
         let s = &self.snaps[&self.snap_id(name)?];
-        crate::volume::allocation_of(&s.map, u64::from(self.meta.block_size), s.size, offset, len, &self.loc)
+        crate::volume::allocation_of(
+            &s.map,
+            u64::from(self.meta.block_size),
+            s.size,
+            offset,
+            len,
+            &self.loc,
+        )
     }
 
     // ------------------------------------------------- applied by the write path and replay
 
-    pub(crate) fn add_snapshot(&mut self, id: u32, name: String, created: u64, frozen: bool, serial: u64) {
-        let live = self.segs.iter().filter(|(_, s)| s.live > 0).map(|(k, s)| (*k, s.live)).collect();
+    pub(crate) fn add_snapshot(
+        &mut self,
+        id: u32,
+        name: String,
+        created: u64,
+        frozen: bool,
+        serial: u64,
+    ) {
+        let live = self
+            .segs
+            .iter()
+            .filter(|(_, s)| s.live > 0)
+            .map(|(k, s)| (*k, s.live))
+            .collect();
         self.snaps.insert(
             id,
             Snap {
@@ -229,7 +286,9 @@ impl Volume {
     }
 
     pub(crate) fn rollback_to(&mut self, id: u32) -> bool {
-        let Some(s) = self.snaps.get(&id) else { return false };
+        let Some(s) = self.snaps.get(&id) else {
+            return false;
+        };
         self.map = s.map.clone();
         self.size = s.size;
         for (seq, st) in self.segs.iter_mut() {
@@ -273,6 +332,9 @@ impl Volume {
     /// True if the head or any snapshot still references a block in segment `seq`.
     pub(crate) fn segment_referenced(&self, seq: u32) -> bool {
         self.segs.get(&seq).is_some_and(|s| s.live > 0)
-            || self.snaps.values().any(|s| s.live.get(&seq).is_some_and(|l| *l > 0))
+            || self
+                .snaps
+                .values()
+                .any(|s| s.live.get(&seq).is_some_and(|l| *l > 0))
     }
 }

@@ -79,6 +79,9 @@ pub struct Stat {
     pub compression: bool,
     pub cache_hits: u64,
     pub cache_misses: u64,
+    /// Bytes the cleaner could reclaim (dead data in sealed segments).
+    pub reclaimable: u64,
+    pub snapshots: u64,
 }
 
 /// What the last open had to do to recover.
@@ -136,6 +139,9 @@ pub struct Volume {
     /// The snapshot the head descends from (the newest taken, or the one rolled back to).
     pub(crate) head_parent: Option<u32>,
     pub(crate) next_snap_id: u32,
+    pub(crate) auto_clean: Option<crate::cleaner::CleanPolicy>,
+    pub(crate) cleaning: bool,
+    pub(crate) clean_totals: (u64,),
     pub(crate) spare_buf: Option<Vec<u8>>,
     pub(crate) failed: Option<String>,
     pub(crate) closed: bool,
@@ -212,7 +218,7 @@ impl Volume {
     }
 
     /// Records a write-path failure: after it nothing more is appended until reopen.
-    fn fail<T>(&mut self, r: Result<T>) -> Result<T> {
+    pub(crate) fn fail<T>(&mut self, r: Result<T>) -> Result<T> {
         if let Err(e) = &r {
             if self.failed.is_none() {
                 tracing::error!(volume = %self.loc, error = %e, "write path failed; volume stops accepting writes");
@@ -388,6 +394,11 @@ impl Volume {
         Ok(())
     }
 
+    /// Stages whole blocks exactly as a write does (the cleaner rewrites live head data).
+    pub(crate) fn stage_write_blocks(&mut self, lba: u64, data: &[u8]) {
+        self.stage_blocks(lba, data);
+    }
+
     /// Stages whole blocks: all-zero units become zero records (thin), the rest write records.
     fn stage_blocks(&mut self, lba: u64, data: &[u8]) {
         let bs = self.bs() as usize;
@@ -445,7 +456,14 @@ impl Volume {
         self.stage(RecordKind::Write, lba, nblocks, body, units);
     }
 
-    pub(crate) fn stage(&mut self, kind: RecordKind, arg: u64, nblocks: u32, body: Vec<u8>, meta: Vec<u8>) {
+    pub(crate) fn stage(
+        &mut self,
+        kind: RecordKind,
+        arg: u64,
+        nblocks: u32,
+        body: Vec<u8>,
+        meta: Vec<u8>,
+    ) {
         self.serial += 1;
         let hdr = RecordHeader {
             kind,
@@ -512,7 +530,13 @@ impl Volume {
 
     /// Applies a record to the map and counters. Shared by the write path and replay, so that
     /// what recovery rebuilds is exactly what was served.
-    pub(crate) fn apply_record(&mut self, seq: u32, rec_off: u64, hdr: &RecordHeader, meta: &[u8]) -> Result<()> {
+    pub(crate) fn apply_record(
+        &mut self,
+        seq: u32,
+        rec_off: u64,
+        hdr: &RecordHeader,
+        meta: &[u8],
+    ) -> Result<()> {
         let bad = |what: &str| Error::corrupt(&self.loc, segment_name(seq), rec_off, what);
         let bs = self.bs();
         let segs = &mut self.segs;
@@ -525,7 +549,9 @@ impl Volume {
             RecordKind::Write => {
                 let ub = u64::from(self.meta.unit_blocks);
                 let n = u64::from(hdr.nblocks);
-                if hdr.arg.checked_add(n).is_none_or(|e| e > MAX_SIZE) || meta.len() as u64 != 4 * n.div_ceil(ub) {
+                if hdr.arg.checked_add(n).is_none_or(|e| e > MAX_SIZE)
+                    || meta.len() as u64 != 4 * n.div_ceil(ub)
+                {
                     return Err(bad("write record with impossible extent"));
                 }
                 let mut off = rec_off + RECORD_HEADER_LEN as u64;
@@ -559,8 +585,8 @@ impl Volume {
                 self.map.remove(from, u64::MAX - from, dead);
             }
             RecordKind::Snapshot => {
-                let (created, frozen, name) =
-                    crate::snapshot::decode_snapshot_body(meta).ok_or_else(|| bad("snapshot record malformed"))?;
+                let (created, frozen, name) = crate::snapshot::decode_snapshot_body(meta)
+                    .ok_or_else(|| bad("snapshot record malformed"))?;
                 let id = u32::try_from(hdr.arg).map_err(|_| bad("snapshot id out of range"))?;
                 self.add_snapshot(id, name, created, frozen, hdr.serial);
             }
@@ -577,12 +603,21 @@ impl Volume {
             }
             RecordKind::Copy => {
                 let mut d = format::Dec::new(meta);
-                let (Some(old_seg), Some(old_off), Some(stored)) = (d.u32(), d.u32(), d.u32()) else {
+                let (Some(old_seg), Some(old_off), Some(stored)) = (d.u32(), d.u32(), d.u32())
+                else {
                     return Err(bad("copy record malformed"));
                 };
-                let new_off = u32::try_from(rec_off + (RECORD_HEADER_LEN + 8 + UNIT_HEADER_LEN) as u64)
+                let new_off = u32::try_from(rec_off + (RECORD_HEADER_LEN + 8) as u64)
                     .map_err(|_| bad("unit offset beyond 4 GiB"))?;
-                self.relocate_unit(old_seg, old_off, seq, new_off, stored, hdr.arg, u64::from(hdr.nblocks));
+                self.relocate_unit(
+                    old_seg,
+                    old_off,
+                    seq,
+                    new_off,
+                    stored,
+                    hdr.arg,
+                    u64::from(hdr.nblocks),
+                );
             }
         }
         self.serial = self.serial.max(hdr.serial);
@@ -621,7 +656,7 @@ impl Volume {
     }
 
     /// Writes the footer, makes the segment durable and closes it; checkpoints when due.
-    fn seal(&mut self) -> Result<()> {
+    pub(crate) fn seal(&mut self) -> Result<()> {
         let Some(o) = self.open.as_mut() else {
             return Ok(());
         };
@@ -641,7 +676,7 @@ impl Volume {
         if self.since_ckpt >= self.meta.checkpoint_interval {
             self.write_checkpoint()?;
         }
-        Ok(())
+        self.maybe_clean()
     }
 
     /// Saves the map at the current segment boundary (no segment may be open) and prunes all
@@ -660,16 +695,14 @@ impl Volume {
             head_parent: self.head_parent,
             next_snap_id: self.next_snap_id,
         });
-        let name = format::checkpoint_name(next);
-        if self.checkpoints.contains(&next) {
-            self.backend.delete(&name)?;
-            self.checkpoints.retain(|c| *c != next);
-        }
+        // Checkpoints are numbered, not named after their segment, so that the cleaner can
+        // write two in a row (see cleaner.rs).
+        let id = self.checkpoints.last().map_or(0, |c| c + 1);
+        let name = format::checkpoint_name(id);
         let mut w = self.backend.create(&name)?;
         w.append(&bytes)?;
         w.sync()?;
-        self.checkpoints.push(next);
-        self.checkpoints.sort_unstable();
+        self.checkpoints.push(id);
         while self.checkpoints.len() > 2 {
             let old = self.checkpoints.remove(0);
             self.backend.delete(&format::checkpoint_name(old))?;
@@ -796,6 +829,8 @@ impl Volume {
             compression: self.meta.compression,
             cache_hits: self.cache.hits,
             cache_misses: self.cache.misses,
+            reclaimable: self.reclaimable_bytes(),
+            snapshots: self.snaps.len() as u64,
         }
     }
 

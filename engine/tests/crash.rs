@@ -52,9 +52,11 @@ fn lay_out(files: &Files, seq: u32, off: usize, dst: &Path) {
                 std::cmp::Ordering::Equal => Some(&data[..off]),
                 std::cmp::Ordering::Greater => None,
             }
-        } else if let Some(c) = format::parse_name(name, "ckpt-") {
-            // ckpt-N is written after segment N-1 is sealed, before segment N exists.
-            (c <= seq).then_some(data.as_slice())
+        } else if format::parse_name(name, "ckpt-").is_some() {
+            // A checkpoint replaying from segment N was written after segment N-1 was sealed,
+            // before segment N existed. Its next segment number follows magic and uuid.
+            let next = u32::from_le_bytes([data[24], data[25], data[26], data[27]]);
+            (next <= seq).then_some(data.as_slice())
         } else {
             Some(data)
         };
