@@ -85,7 +85,16 @@ pub struct HdfsBackend {
     root: String,
     opts: HdfsOptions,
     readers: Mutex<HashMap<String, Arc<hdfs_native::file::FileReader>>>,
+    /// Copies of small objects still open for writing here: hdfs-native cannot read a file's
+    /// unfinished last block, so a read of such an object (the engine reads the superblock
+    /// before dropping its writer) is served from this copy.
+    open_small: OpenSmall,
 }
+
+type OpenSmall = Arc<Mutex<HashMap<String, Vec<u8>>>>;
+
+/// Objects up to this size keep an in-memory copy while open for writing.
+const SMALL_COPY: usize = 1 << 20;
 
 impl std::fmt::Debug for HdfsBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -218,6 +227,7 @@ impl HdfsBackend {
             root,
             opts,
             readers: Mutex::new(HashMap::new()),
+            open_small: Arc::new(Mutex::new(HashMap::new())),
         };
         let root = b.root.clone();
         let client = b.client.clone();
@@ -300,6 +310,31 @@ impl HdfsBackend {
         let r = Arc::new(r);
         self.readers_lock().insert(name.to_string(), r.clone());
         Ok(r)
+    }
+
+    fn open_small_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<u8>>> {
+        self.open_small.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Serves a read of a small object still open for writing here.
+    fn read_open_small(&self, name: &str, offset: u64, buf: &mut [u8]) -> Option<Result<()>> {
+        let m = self.open_small_lock();
+        let data = m.get(name)?;
+        let end = offset as usize + buf.len();
+        Some(match data.get(offset as usize..end) {
+            Some(src) => {
+                buf.copy_from_slice(src);
+                Ok(())
+            }
+            None => Err(Error::io(
+                "read",
+                format!("{} at offset {offset} length {}", self.url_of(name), buf.len()),
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("the object is only {} bytes long", data.len()),
+                ),
+            )),
+        })
     }
 
     fn readers_lock(
@@ -488,6 +523,8 @@ struct HdfsWriter {
     timeout: Duration,
     /// A call failed or timed out: the writer's state is unknown, nothing more is accepted.
     broken: bool,
+    /// Where this writer keeps a copy of a small object (None: not kept).
+    small: Option<(OpenSmall, String)>,
 }
 
 impl HdfsWriter {
@@ -534,6 +571,16 @@ impl ObjectWriter for HdfsWriter {
             Box::pin(async move { w.write_bytes(bytes).await.map(|_| ()) })
         })?;
         self.written += data.len() as u64;
+        if let Some((map, name)) = &self.small {
+            let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
+            if self.written as usize <= SMALL_COPY {
+                m.entry(name.clone()).or_default().extend_from_slice(data);
+            } else {
+                m.remove(name);
+                drop(m);
+                self.small = None;
+            }
+        }
         Ok(())
     }
 
@@ -544,6 +591,9 @@ impl ObjectWriter for HdfsWriter {
 
 impl Drop for HdfsWriter {
     fn drop(&mut self) {
+        if let Some((map, name)) = self.small.take() {
+            map.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
+        }
         if self.broken {
             return;
         }
@@ -600,6 +650,7 @@ impl Backend for HdfsBackend {
         let client = &self.client;
         let opts = self.write_options();
         let w = self.run("create", || self.url_of(name), client.create(&path, opts))?;
+        self.open_small_lock().insert(name.to_string(), Vec::new());
         Ok(Box::new(HdfsWriter {
             rt: self.rt.clone(),
             w: Some(w),
@@ -607,6 +658,7 @@ impl Backend for HdfsBackend {
             written: 0,
             timeout: self.opts.op_timeout,
             broken: false,
+            small: Some((self.open_small.clone(), name.to_string())),
         }))
     }
 
@@ -614,16 +666,14 @@ impl Backend for HdfsBackend {
         if buf.is_empty() {
             return Ok(());
         }
-        let what = || {
-            format!(
-                "{} at offset {offset} length {}",
-                self.url_of(name),
-                buf.len()
-            )
-        };
+        let blen = buf.len();
+        let what = || format!("{} at offset {offset} length {blen}", self.url_of(name));
         let end = offset.checked_add(buf.len() as u64).ok_or_else(|| {
             Error::Invalid(format!("read of {} at offset {offset} overflows", name))
         })?;
+        if let Some(r) = self.read_open_small(name, offset, buf) {
+            return r;
+        }
         let r = self.reader(name, end)?;
         let len = r.file_length() as u64;
         if end > len {
@@ -654,6 +704,9 @@ impl Backend for HdfsBackend {
     }
 
     fn read_all(&self, name: &str) -> Result<Vec<u8>> {
+        if let Some(d) = self.open_small_lock().get(name) {
+            return Ok(d.clone());
+        }
         let r = self.reader(name, 0)?;
         let len = r.file_length();
         let mut buf = vec![0u8; len];
@@ -787,6 +840,7 @@ impl AppendBackend for HdfsBackend {
                 written: len,
                 timeout: self.opts.op_timeout,
                 broken: false,
+                small: None,
             }),
             len,
         ))
