@@ -31,6 +31,7 @@ pub struct Checkpoint {
     pub(crate) snaps: BTreeMap<u32, Snap>,
     pub head_parent: Option<u32>,
     pub next_snap_id: u32,
+    pub detached: bool,
 }
 
 /// What a checkpoint is made from (borrowed from the volume).
@@ -44,6 +45,7 @@ pub(crate) struct CheckpointRef<'a> {
     pub snaps: &'a BTreeMap<u32, Snap>,
     pub head_parent: Option<u32>,
     pub next_snap_id: u32,
+    pub detached: bool,
 }
 
 /// Bytes of one encoded extent.
@@ -87,6 +89,7 @@ pub(crate) fn encode(c: &CheckpointRef) -> Vec<u8> {
         .u64(c.size)
         .u32(opt(c.head_parent))
         .u32(c.next_snap_id)
+        .u32(u32::from(c.detached))
         .u32(chunks.len() as u32);
     for ch in &chunks {
         e.u32(ch.len() as u32);
@@ -119,7 +122,11 @@ pub(crate) fn encode(c: &CheckpointRef) -> Vec<u8> {
             .u64(s.serial)
             .u32(opt(s.parent))
             .u8(u8::from(s.frozen))
-            .u64(s.size);
+            .u64(s.size)
+            .u16(s.clones.len() as u16);
+        for c in &s.clones {
+            e.u16(c.len() as u16).bytes(c.as_bytes());
+        }
         put_refs(&mut e, r);
     }
     e.seal_crc();
@@ -128,7 +135,7 @@ pub(crate) fn encode(c: &CheckpointRef) -> Vec<u8> {
 
 fn live_of(m: &ExtentMap) -> BTreeMap<u32, u64> {
     let mut l = BTreeMap::new();
-    for (_, x) in m.iter() {
+    for (_, x) in m.iter().filter(|(_, x)| x.seg != crate::clone::ZERO_SEG) {
         *l.entry(x.seg).or_default() += u64::from(x.len);
     }
     l
@@ -148,6 +155,7 @@ pub fn decode(buf: &[u8], uuid: &[u8; 16]) -> Option<Checkpoint> {
     let size = d.u64()?;
     let head_parent = unopt(d.u32()?);
     let next_snap_id = d.u32()?;
+    let detached = d.u32()? & 1 != 0;
     let nchunks = d.u32()? as usize;
     if nchunks > buf.len() / 4 {
         return None;
@@ -218,6 +226,11 @@ pub fn decode(buf: &[u8], uuid: &[u8; 16]) -> Option<Checkpoint> {
         let parent = unopt(d.u32()?);
         let frozen = d.u8()? != 0;
         let size = d.u64()?;
+        let mut clones = Vec::new();
+        for _ in 0..d.u16()? {
+            let n = d.u16()? as usize;
+            clones.push(std::str::from_utf8(d.take(n)?).ok()?.to_string());
+        }
         let map = get_map(&mut d)?;
         let live = live_of(&map);
         snaps.insert(
@@ -231,6 +244,7 @@ pub fn decode(buf: &[u8], uuid: &[u8; 16]) -> Option<Checkpoint> {
                 size,
                 map,
                 live,
+                clones,
             },
         );
     }
@@ -246,5 +260,6 @@ pub fn decode(buf: &[u8], uuid: &[u8; 16]) -> Option<Checkpoint> {
         snaps,
         head_parent,
         next_snap_id,
+        detached,
     })
 }

@@ -48,6 +48,9 @@ pub enum Error {
     /// An earlier write-path I/O error left the volume's state uncertain; writes stop until reopen.
     #[error("volume {volume} stopped accepting writes after an I/O error ({cause}); reopen it to recover")]
     Failed { volume: String, cause: String },
+    /// The operation conflicts with something that depends on it (a protected snapshot).
+    #[error("{0}")]
+    Busy(String),
     /// The volume is open read-only (a snapshot, or opened for reading).
     #[error("volume {0} is read-only")]
     ReadOnly(String),

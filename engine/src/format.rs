@@ -127,6 +127,16 @@ pub struct Meta {
     pub created_unix: u64,
     pub initial_size: u64,
     pub checkpoint_interval: u64,
+    /// For a clone: where its base volume lives and which snapshot of it.
+    pub base: Option<BaseRef>,
+}
+
+/// A clone's base: a volume's location (a backend URI, possibly another pool or backend) and
+/// a snapshot name. A location, not an in-process pointer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseRef {
+    pub location: String,
+    pub snapshot: String,
 }
 
 impl Meta {
@@ -140,8 +150,20 @@ impl Meta {
             .u32(u32::from(self.compression))
             .u64(self.created_unix)
             .u64(self.initial_size)
-            .u64(self.checkpoint_interval)
-            .seal_crc();
+            .u64(self.checkpoint_interval);
+        match &self.base {
+            Some(b) => {
+                e.u8(1)
+                    .u16(b.location.len() as u16)
+                    .bytes(b.location.as_bytes())
+                    .u16(b.snapshot.len() as u16)
+                    .bytes(b.snapshot.as_bytes());
+            }
+            None => {
+                e.u8(0);
+            }
+        }
+        e.seal_crc();
         e.0
     }
 
@@ -154,7 +176,7 @@ impl Meta {
             return None;
         }
         let uuid = d.take(16)?.try_into().ok()?;
-        Some(Meta {
+        let mut m = Meta {
             uuid,
             block_size: d.u32()?,
             segment_size: d.u32()?,
@@ -163,7 +185,16 @@ impl Meta {
             created_unix: d.u64()?,
             initial_size: d.u64()?,
             checkpoint_interval: d.u64()?,
-        })
+            base: None,
+        };
+        if d.u8()? == 1 {
+            let n = d.u16()? as usize;
+            let location = String::from_utf8(d.take(n)?.to_vec()).ok()?;
+            let n = d.u16()? as usize;
+            let snapshot = String::from_utf8(d.take(n)?.to_vec()).ok()?;
+            m.base = Some(BaseRef { location, snapshot });
+        }
+        Some(m)
     }
 }
 
@@ -202,6 +233,12 @@ pub enum RecordKind {
     /// stored; `arg` = the unit's first block, `nblocks` = its blocks. Every map that pointed at
     /// the old place now points here.
     Copy = 7,
+    /// A clone stops reading from its base (flatten finished).
+    Detach = 8,
+    /// Snapshot `arg` gains a clone; body = the clone's location.
+    CloneAdd = 9,
+    /// Snapshot `arg` loses a clone; body = the clone's location.
+    CloneRemove = 10,
 }
 
 impl RecordKind {
@@ -214,6 +251,9 @@ impl RecordKind {
             5 => Some(RecordKind::SnapshotDelete),
             6 => Some(RecordKind::Rollback),
             7 => Some(RecordKind::Copy),
+            8 => Some(RecordKind::Detach),
+            9 => Some(RecordKind::CloneAdd),
+            10 => Some(RecordKind::CloneRemove),
             _ => None,
         }
     }

@@ -42,23 +42,30 @@ impl Volume {
                 .map_or(0, |d| d.as_secs()),
             initial_size: opts.size,
             checkpoint_interval: opts.checkpoint_interval,
+            base: opts.base.clone(),
         };
         let mut w = backend.create(META_OBJECT)?;
         w.append(&meta.encode())?;
         w.sync()?;
         tracing::info!(volume = %backend.location(), size = opts.size, "created volume");
-        Self::open_leased(backend, lease, open)
+        Self::open_leased(backend, Some(lease), open)
     }
 
     /// Opens an existing volume for writing, recovering after a crash if needed.
     pub fn open(backend: Arc<dyn Backend>, open: &OpenOptions) -> Result<Volume> {
         let lease = backend.lease(&this_process())?;
-        Self::open_leased(backend, lease, open)
+        Self::open_leased(backend, Some(lease), open)
+    }
+
+    /// Opens a volume read-only, beside its writer if it has one: only sealed segments are
+    /// read (snapshots seal the log, so every snapshot is visible). Used for clones' bases.
+    pub fn open_read_only(backend: Arc<dyn Backend>, open: &OpenOptions) -> Result<Volume> {
+        Self::open_leased(backend, None, open)
     }
 
     fn open_leased(
         backend: Arc<dyn Backend>,
-        lease: Box<dyn Lease>,
+        lease: Option<Box<dyn Lease>>,
         open: &OpenOptions,
     ) -> Result<Volume> {
         let t0 = Instant::now();
@@ -119,7 +126,11 @@ impl Volume {
             backend,
             loc,
             cache: ReadCache::new(open.cache_bytes),
+            read_only: lease.is_none(),
             _lease: lease,
+            base_view: None,
+            detached: state.detached,
+            zero_marked: 0,
             size: state.size,
             serial: state.serial,
             map: state.map,
@@ -144,13 +155,15 @@ impl Volume {
         let mut seq = start;
         let mut unsealed = false;
         while let Some(&len) = segments.get(&seq) {
-            let sealed = vol.replay_segment(seq, len, &mut report)?;
+            let Some(sealed) = vol.replay_segment(seq, len, &mut report)? else {
+                break;
+            };
             unsealed |= !sealed;
             report.segments_replayed += 1;
             vol.since_ckpt += len;
             seq += 1;
         }
-        if let Some((&later, _)) = segments.range(seq..).next() {
+        if let Some((&later, _)) = segments.range(seq..).next().filter(|_| !vol.read_only) {
             return Err(Error::corrupt(
                 &vol.loc,
                 segment_name(seq),
@@ -162,7 +175,18 @@ impl Volume {
             .keys()
             .next_back()
             .map_or(start, |m| (m + 1).max(start));
-        if unsealed {
+        vol.zero_marked = vol
+            .map
+            .iter()
+            .filter(|(_, x)| x.seg == crate::clone::ZERO_SEG)
+            .map(|(_, x)| u64::from(x.len))
+            .sum();
+        if vol.has_base() {
+            if let Some(b) = vol.meta.base.clone() {
+                vol.base_view = Some(crate::clone::BaseView::open(&b, open)?);
+            }
+        }
+        if unsealed && !vol.read_only {
             // Cover the crashed segment with a checkpoint: later segments never follow an
             // unsealed one in the replay path, and its torn tail is never parsed again.
             vol.write_checkpoint()?;
@@ -173,8 +197,14 @@ impl Volume {
         Ok(vol)
     }
 
-    /// Replays one segment; returns whether it was sealed (replayed from its footer).
-    fn replay_segment(&mut self, seq: u32, len: u64, report: &mut RecoveryReport) -> Result<bool> {
+    /// Replays one segment; returns whether it was sealed (replayed from its footer), or None
+    /// if it is unsealed and the volume is open read-only (its writer may still be appending).
+    fn replay_segment(
+        &mut self,
+        seq: u32,
+        len: u64,
+        report: &mut RecoveryReport,
+    ) -> Result<Option<bool>> {
         let name = segment_name(seq);
         if len > u64::from(self.meta.segment_size) * 2 {
             return Err(Error::corrupt(
@@ -199,11 +229,16 @@ impl Volume {
                         report.segments_from_footer += 1;
                         report.records_replayed += u64::from(count);
                         self.segs.entry(seq).or_default().bytes = len;
-                        return Ok(true);
+                        return Ok(Some(true));
                     }
                 }
             }
-            tracing::warn!(volume = %self.loc, segment = %name, "segment has no valid footer; replaying record by record");
+            if !self.read_only {
+                tracing::warn!(volume = %self.loc, segment = %name, "segment has no valid footer; replaying record by record");
+            }
+        }
+        if self.read_only {
+            return Ok(None);
         }
         let mut buf = vec![0u8; len as usize];
         self.backend.read_at(&name, 0, &mut buf)?;
@@ -211,7 +246,7 @@ impl Volume {
         self.segs.entry(seq).or_default().bytes = len;
         if !segment_header_ok(&buf, &self.meta.uuid, seq) {
             tracing::warn!(volume = %self.loc, segment = %name, "segment header torn or damaged; segment treated as empty");
-            return Ok(false);
+            return Ok(Some(false));
         }
         let mut pos = SEG_HEADER_LEN;
         // Records of a group are applied only once its last record is found intact.
@@ -242,7 +277,7 @@ impl Volume {
         if pos < buf.len() {
             tracing::info!(volume = %self.loc, segment = %name, offset = pos, dropped = buf.len() - pos, "torn tail cut at recovery");
         }
-        Ok(false)
+        Ok(Some(false))
     }
 
     /// What the footer keeps of a record besides its header, derived from its body: unit

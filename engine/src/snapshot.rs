@@ -20,6 +20,8 @@ pub(crate) struct Snap {
     pub map: ExtentMap,
     /// Blocks per segment this snapshot references.
     pub live: BTreeMap<u32, u64>,
+    /// Locations of clones made from this snapshot (it is protected while any exist).
+    pub clones: Vec<String>,
 }
 
 /// How consistent a snapshot's content is.
@@ -48,6 +50,8 @@ pub struct SnapshotInfo {
     pub allocated: u64,
     /// True if the head currently descends directly from this snapshot.
     pub is_head_parent: bool,
+    /// Clones made from this snapshot (it cannot be deleted while any exist).
+    pub clones: Vec<String>,
 }
 
 /// Snapshot names: 1-64 characters of `[A-Za-z0-9._-]`, not starting with `.` or `-`.
@@ -92,7 +96,7 @@ fn now_unix() -> u64 {
 }
 
 impl Volume {
-    fn snap_id(&self, name: &str) -> Result<u32> {
+    pub(crate) fn snap_id(&self, name: &str) -> Result<u32> {
         self.snaps
             .iter()
             .find(|(_, s)| s.name == name)
@@ -122,7 +126,10 @@ impl Volume {
             encode_snapshot_body(now_unix(), frozen, name),
         );
         self.commit()?;
-        self.flush()?;
+        // Seal: the snapshot and all it references become durable and readable by read-only
+        // openers (clones of it, in this process or another).
+        let r = self.seal();
+        self.fail(r)?;
         self.snapshot_info(id)
     }
 
@@ -164,12 +171,21 @@ impl Volume {
             size: s.size,
             allocated: (s.map.mapped_blocks() * u64::from(self.meta.block_size)).min(s.size),
             is_head_parent: self.head_parent == Some(id),
+            clones: s.clones.clone(),
         })
     }
 
     /// Deletes a snapshot; its space becomes reclaimable by the cleaner.
     pub fn snapshot_delete(&mut self, name: &str) -> Result<()> {
         let id = self.snap_id(name)?;
+        let clones = &self.snaps[&id].clones;
+        if !clones.is_empty() {
+            return Err(Error::Busy(format!(
+                "snapshot {name} of volume {} is protected: clones {} depend on it; flatten or delete them first",
+                self.loc,
+                clones.join(", ")
+            )));
+        }
         self.writable()?;
         self.staged.clear();
         self.stage(
@@ -266,6 +282,7 @@ impl Volume {
                 size: self.size,
                 map: self.map.clone(),
                 live,
+                clones: Vec::new(),
             },
         );
         self.head_parent = Some(id);

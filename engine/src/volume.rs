@@ -34,6 +34,8 @@ pub struct CreateOptions {
     pub compression: bool,
     /// Sealed-segment bytes between checkpoints. Default 256 MiB.
     pub checkpoint_interval: u64,
+    /// Set by `create_clone`: the clone's base.
+    pub base: Option<crate::format::BaseRef>,
 }
 
 impl Default for CreateOptions {
@@ -44,6 +46,7 @@ impl Default for CreateOptions {
             segment_size: 32 << 20,
             compression: true,
             checkpoint_interval: 256 << 20,
+            base: None,
         }
     }
 }
@@ -124,7 +127,14 @@ pub struct Volume {
     pub(crate) backend: Arc<dyn Backend>,
     pub(crate) loc: String,
     pub(crate) meta: Meta,
-    pub(crate) _lease: Box<dyn Lease>,
+    /// None when open read-only (a clone's view of its base).
+    pub(crate) _lease: Option<Box<dyn Lease>>,
+    pub(crate) read_only: bool,
+    /// A clone's base, open read-only (None: not a clone, or detached).
+    pub(crate) base_view: Option<crate::clone::BaseView>,
+    pub(crate) detached: bool,
+    /// Blocks covered by "reads as zeros" markers (clones).
+    pub(crate) zero_marked: u64,
     pub(crate) size: u64,
     pub(crate) serial: u64,
     pub(crate) map: ExtentMap,
@@ -208,6 +218,9 @@ impl Volume {
     }
 
     pub(crate) fn writable(&self) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly(self.loc.clone()));
+        }
         match &self.failed {
             Some(cause) => Err(Error::Failed {
                 volume: self.loc.clone(),
@@ -258,7 +271,11 @@ impl Volume {
             let e = pend.min(end);
             let out = &mut buf[(s - offset) as usize..(e - offset) as usize];
             match piece.ext {
-                None => out.fill(0),
+                None => match self.base_view.as_mut() {
+                    Some(b) if !self.detached => b.read(s, out)?,
+                    _ => out.fill(0),
+                },
+                Some(x) if x.seg == crate::clone::ZERO_SEG => out.fill(0),
                 Some(x) => {
                     let unit = self.load_unit(piece.lba - u64::from(x.skip), x)?;
                     let ustart = (u64::from(x.skip) * bs + (s - pstart)) as usize;
@@ -574,15 +591,64 @@ impl Volume {
                 st.live += n;
             }
             RecordKind::Zero => {
-                self.map.remove(hdr.arg, u64::from(hdr.nblocks), dead);
+                if self.meta.base.is_some() && !self.detached {
+                    Volume::mark_zero(
+                        &mut self.map,
+                        &mut self.zero_marked,
+                        hdr.arg,
+                        u64::from(hdr.nblocks),
+                        &mut dead,
+                    );
+                } else {
+                    let zm = &mut self.zero_marked;
+                    self.map.remove(hdr.arg, u64::from(hdr.nblocks), |s, n| {
+                        if s == crate::clone::ZERO_SEG {
+                            *zm -= n;
+                        } else {
+                            dead(s, n);
+                        }
+                    });
+                }
             }
             RecordKind::Resize => {
                 if hdr.arg > MAX_SIZE {
                     return Err(bad("resize beyond the maximum size"));
                 }
+                let old_blocks = self.size.div_ceil(bs);
                 self.size = hdr.arg;
                 let from = hdr.arg.div_ceil(bs);
-                self.map.remove(from, u64::MAX - from, dead);
+                let zm = &mut self.zero_marked;
+                self.map.remove(from, u64::MAX - from, |s, n| {
+                    if s == crate::clone::ZERO_SEG {
+                        *zm -= n;
+                    } else {
+                        dead(s, n);
+                    }
+                });
+                if self.meta.base.is_some() && !self.detached && old_blocks > from {
+                    // Shrunk away: growing again must read zeros, not the base.
+                    Volume::mark_zero(
+                        &mut self.map,
+                        &mut self.zero_marked,
+                        from,
+                        old_blocks - from,
+                        &mut dead,
+                    );
+                }
+            }
+            RecordKind::Detach => {
+                self.detached = true;
+                self.base_view = None;
+            }
+            RecordKind::CloneAdd | RecordKind::CloneRemove => {
+                let id = u32::try_from(hdr.arg).map_err(|_| bad("snapshot id out of range"))?;
+                let who = String::from_utf8_lossy(meta).into_owned();
+                if let Some(s) = self.snaps.get_mut(&id) {
+                    s.clones.retain(|c| *c != who);
+                    if hdr.kind == RecordKind::CloneAdd {
+                        s.clones.push(who);
+                    }
+                }
             }
             RecordKind::Snapshot => {
                 let (created, frozen, name) = crate::snapshot::decode_snapshot_body(meta)
@@ -694,6 +760,7 @@ impl Volume {
             snaps: &self.snaps,
             head_parent: self.head_parent,
             next_snap_id: self.next_snap_id,
+            detached: self.detached,
         });
         // Checkpoints are numbered, not named after their segment, so that the cleaner can
         // write two in a row (see cleaner.rs).
@@ -773,7 +840,8 @@ impl Volume {
             .lookup(first, to.div_ceil(bs) - first)
             .iter()
             .any(|p| p.ext.is_some());
-        if !mapped {
+        // A hole of a clone reads its base: it must be zeroed for real.
+        if !mapped && !self.has_base() {
             return Ok(());
         }
         self.stage_write(from, &vec![0u8; (to - from) as usize])
@@ -816,7 +884,7 @@ impl Volume {
             .sum();
         Stat {
             capacity: self.size,
-            allocated: (self.map.mapped_blocks() * self.bs()).min(self.size),
+            allocated: ((self.map.mapped_blocks() - self.zero_marked) * self.bs()).min(self.size),
             log_bytes: sealed + open_bytes,
             segments: self.segs.len() as u64,
             live_ratio: if written == 0 {
@@ -840,7 +908,8 @@ impl Volume {
     }
 
     fn shutdown(&mut self) -> Result<()> {
-        if self.closed {
+        if self.closed || self.read_only {
+            self.closed = true;
             return Ok(());
         }
         self.writable()?;
@@ -864,7 +933,7 @@ impl Volume {
 
 impl Drop for Volume {
     fn drop(&mut self) {
-        if !self.closed && self.failed.is_none() {
+        if !self.closed && !self.read_only && self.failed.is_none() {
             if let Err(e) = self.flush() {
                 tracing::error!(volume = %self.loc, error = %e, "flush on drop failed");
             }
@@ -904,7 +973,7 @@ pub(crate) fn allocation_of(
     for p in map.lookup(first, end.div_ceil(bs) - first) {
         let s = (p.lba * bs).max(offset);
         let e = ((p.lba + p.len) * bs).min(end);
-        let mapped = p.ext.is_some();
+        let mapped = p.ext.is_some_and(|x| x.seg != crate::clone::ZERO_SEG);
         match out.last_mut() {
             Some(last) if last.2 == mapped && last.0 + last.1 == s => last.1 += e - s,
             _ => out.push((s, e - s, mapped)),

@@ -38,6 +38,7 @@ fn run(steps: Vec<Step>, open_backend: &dyn Fn() -> Arc<dyn Backend>) {
         segment_size: 64 * 1024,
         compression: true,
         checkpoint_interval: 150_000,
+        base: None,
     };
     let mut v = Volume::create(open_backend(), &opts, &OpenOptions::default()).expect("create");
     let mut model = vec![0u8; size as usize];

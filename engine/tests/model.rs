@@ -32,6 +32,7 @@ fn run(steps: Vec<Step>, compression: bool, block_size: u32) {
         segment_size: 64 * 1024,
         compression,
         checkpoint_interval: 150_000,
+        base: None,
     };
     let mut v =
         hlfs_engine::Volume::create(common::backend(dir.path()), &opts, &Default::default())

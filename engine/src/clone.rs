@@ -1,0 +1,213 @@
+//! Clones: volumes whose never-written ranges read from a snapshot of a base volume. The clone
+//! records where its base lives (a backend URI: another pool, another backend), not an
+//! in-process pointer, and opens the base read-only. A snapshot with clones is protected until
+//! they are flattened (base data copied in, base detached) or deleted.
+
+use crate::backend::{open_location, Backend};
+use crate::error::{Error, Result};
+use crate::extent_map::{Extent, ExtentMap};
+use crate::format::{BaseRef, RecordKind};
+use crate::volume::{CreateOptions, OpenOptions, Volume};
+use std::sync::Arc;
+
+/// Extent marker: "reads as zeros" in a clone (a hole would read the base).
+pub(crate) const ZERO_SEG: u32 = u32::MAX;
+
+/// A clone's open view of its base snapshot.
+pub(crate) struct BaseView {
+    pub base: BaseRef,
+    pub vol: Box<Volume>,
+    pub size: u64,
+    pub opts: OpenOptions,
+}
+
+impl BaseView {
+    pub(crate) fn open(base: &BaseRef, opts: &OpenOptions) -> Result<BaseView> {
+        let backend = open_location(&base.location)?;
+        let vol = Volume::open_read_only(backend, opts)?;
+        let size = vol.snapshot_size(&base.snapshot).map_err(|e| match e {
+            Error::NotFound(_) => Error::NotFound(format!(
+                "base snapshot {} of volume {}",
+                base.snapshot, base.location
+            )),
+            e => e,
+        })?;
+        Ok(BaseView {
+            base: base.clone(),
+            vol: Box::new(vol),
+            size,
+            opts: opts.clone(),
+        })
+    }
+
+    /// Reads base data; if the base's cleaner moved it meanwhile (segment gone), reloads the
+    /// base's state once and retries.
+    pub(crate) fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let avail = self.size.saturating_sub(offset).min(buf.len() as u64) as usize;
+        buf[avail..].fill(0);
+        if avail == 0 {
+            return Ok(());
+        }
+        match self
+            .vol
+            .read_snapshot(&self.base.snapshot, offset, &mut buf[..avail])
+        {
+            Ok(()) => Ok(()),
+            Err(Error::NotFound(_) | Error::Io { .. }) => {
+                *self = BaseView::open(&self.base, &self.opts)?;
+                self.vol
+                    .read_snapshot(&self.base.snapshot, offset, &mut buf[..avail])
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Volume {
+    /// Creates a clone of `base`'s snapshot `snapshot` in an empty namespace, instantly: no
+    /// data is copied. The snapshot becomes protected.
+    pub fn create_clone(
+        base: &mut Volume,
+        snapshot: &str,
+        backend: Arc<dyn Backend>,
+        opts: &CreateOptions,
+        open: &OpenOptions,
+    ) -> Result<Volume> {
+        let size = base.snapshot_size(snapshot)?;
+        let location = backend.location();
+        base.register_clone(snapshot, &location)?;
+        let copts = CreateOptions {
+            size,
+            base: Some(BaseRef {
+                location: base.location().to_string(),
+                snapshot: snapshot.to_string(),
+            }),
+            ..opts.clone()
+        };
+        match Volume::create(backend, &copts, open) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let _ = base.unregister_clone(snapshot, &location);
+                Err(e)
+            }
+        }
+    }
+
+    /// The base this clone reads from (None: not a clone, or flattened).
+    pub fn base(&self) -> Option<&BaseRef> {
+        if self.detached {
+            None
+        } else {
+            self.meta.base.as_ref()
+        }
+    }
+
+    pub(crate) fn has_base(&self) -> bool {
+        self.meta.base.is_some() && !self.detached
+    }
+
+    /// Records that `clone` depends on `snapshot`: deleting the snapshot now fails.
+    pub fn register_clone(&mut self, snapshot: &str, clone: &str) -> Result<()> {
+        self.clone_record(RecordKind::CloneAdd, snapshot, clone)
+    }
+
+    /// Drops a clone from `snapshot`'s dependants (after it was flattened or deleted).
+    pub fn unregister_clone(&mut self, snapshot: &str, clone: &str) -> Result<()> {
+        self.clone_record(RecordKind::CloneRemove, snapshot, clone)
+    }
+
+    fn clone_record(&mut self, kind: RecordKind, snapshot: &str, clone: &str) -> Result<()> {
+        let id = self.snap_id(snapshot)?;
+        self.writable()?;
+        self.staged.clear();
+        self.stage(
+            kind,
+            u64::from(id),
+            0,
+            clone.as_bytes().to_vec(),
+            clone.as_bytes().to_vec(),
+        );
+        self.commit()?;
+        self.flush()
+    }
+
+    /// Copies every range the clone never wrote from the base, then detaches the base.
+    /// `progress(done, total)` is called in bytes. Returns the former base, whose snapshot the
+    /// caller should `unregister_clone` from.
+    pub fn flatten(&mut self, mut progress: impl FnMut(u64, u64)) -> Result<Option<BaseRef>> {
+        self.writable()?;
+        if !self.has_base() {
+            return Ok(None);
+        }
+        if !self.snaps.is_empty() {
+            return Err(Error::Busy(format!(
+                "volume {} has snapshots that read from its base; delete them before flattening",
+                self.loc
+            )));
+        }
+        let bs = u64::from(self.meta.block_size);
+        let base_size = self.base_view.as_ref().map_or(0, |b| b.size);
+        let end_block = self.size.min(base_size).div_ceil(bs);
+        let chunk = 256u64; // blocks per step (1 MiB at 4 KiB blocks)
+        let mut lba = 0;
+        while lba < end_block {
+            let n = chunk.min(end_block - lba);
+            for p in self.map.lookup(lba, n) {
+                if p.ext.is_some() {
+                    continue;
+                }
+                let mut data = vec![0u8; (p.len * bs) as usize];
+                if let Some(b) = self.base_view.as_mut() {
+                    b.read(p.lba * bs, &mut data)?;
+                }
+                self.staged.clear();
+                self.stage_write_blocks(p.lba, &data);
+                self.commit()?;
+            }
+            lba += n;
+            progress(lba * bs, end_block * bs);
+        }
+        self.staged.clear();
+        self.stage(RecordKind::Detach, 0, 0, Vec::new(), Vec::new());
+        self.commit()?;
+        self.flush()?;
+        let base = self.meta.base.clone();
+        self.base_view = None;
+        Ok(base)
+    }
+
+    /// Inserts "reads as zeros" markers over `[lba, lba+n)` (clones only).
+    pub(crate) fn mark_zero(
+        map: &mut ExtentMap,
+        zero_marked: &mut u64,
+        lba: u64,
+        n: u64,
+        dead: &mut impl FnMut(u32, u64),
+    ) {
+        let mut at = lba;
+        let end = lba + n;
+        while at < end {
+            let len = (end - at).min(u64::from(u16::MAX));
+            let mut freed_markers = 0;
+            map.insert(
+                at,
+                Extent {
+                    seg: ZERO_SEG,
+                    off: 0,
+                    stored: 0,
+                    len: len as u16,
+                    skip: 0,
+                },
+                |s, k| {
+                    if s == ZERO_SEG {
+                        freed_markers += k;
+                    } else {
+                        dead(s, k);
+                    }
+                },
+            );
+            *zero_marked = *zero_marked + len - freed_markers;
+            at += len;
+        }
+    }
+}
