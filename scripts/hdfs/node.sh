@@ -2,7 +2,8 @@
 # Stops or starts one daemon of the HDFS that start-hdfs.sh started (for fault tests).
 #   node.sh kill NAME      SIGKILL it (NAME: namenode, datanode0, datanode1, ...)
 #   node.sh start NAME     start it again with the same configuration and data
-#   node.sh wait-ready     wait until the NameNode answers and is out of safe mode
+#   node.sh wait-ready     wait until the NameNode answers, is out of safe mode and sees
+#                          HDFS_NUM_DATANODES live DataNodes (default 3)
 set -euo pipefail
 HDFS_HOME=${HDFS_HOME:-${TMPDIR:-/tmp}/hlfs-hdfs}
 NN_HTTP_PORT=${HDFS_NN_HTTP_PORT:-9870}
@@ -31,20 +32,23 @@ case "$cmd" in
     ;;
   wait-ready)
     for _ in $(seq 1 240); do
-      if python3 - "$NN_HTTP_PORT" <<'PY'
+      if python3 - "$NN_HTTP_PORT" "${HDFS_NUM_DATANODES:-3}" <<'PY'
 import json, sys, urllib.request
-port = sys.argv[1]
+port, want = sys.argv[1], int(sys.argv[2])
+def bean(q):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/jmx?qry=Hadoop:service=NameNode,name={q}", timeout=2) as r:
+        return json.load(r)["beans"][0]
 try:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/jmx?qry=Hadoop:service=NameNode,name=NameNodeInfo", timeout=2) as r:
-        info = json.load(r)["beans"][0]
-    sys.exit(0 if info.get("Safemode", "") == "" else 1)
+    info = bean("NameNodeInfo")
+    st = bean("FSNamesystemState")
+    sys.exit(0 if info.get("Safemode", "") == "" and st["NumLiveDataNodes"] >= want else 1)
 except Exception:
     sys.exit(1)
 PY
       then exit 0; fi
       sleep 0.25
     done
-    echo "NameNode not ready after 60 s" >&2; exit 1
+    echo "NameNode not ready (or DataNodes missing) after 60 s" >&2; exit 1
     ;;
   *) echo "unknown command $cmd" >&2; exit 2 ;;
 esac

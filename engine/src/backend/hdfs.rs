@@ -213,7 +213,15 @@ impl HdfsBackend {
             ClientBuilder::new()
                 .with_url(base.clone())
                 .with_io_runtime(rt.handle().clone())
-                .with_config([("dfs.client.socket-timeout", timeout_ms.clone())])
+                .with_config([
+                    ("dfs.client.socket-timeout", timeout_ms.clone()),
+                    // When a DataNode of the write pipeline dies and no spare one can be
+                    // added (a small cluster), go on with the remaining ones rather than fail.
+                    (
+                        "dfs.client.block.write.replace-datanode-on-failure.best-effort",
+                        "true".to_string(),
+                    ),
+                ])
                 .build()
                 .map_err(|e| Error::io("connect to", url, io::Error::other(e.to_string())))
         };
@@ -328,7 +336,11 @@ impl HdfsBackend {
             }
             None => Err(Error::io(
                 "read",
-                format!("{} at offset {offset} length {}", self.url_of(name), buf.len()),
+                format!(
+                    "{} at offset {offset} length {}",
+                    self.url_of(name),
+                    buf.len()
+                ),
                 io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     format!("the object is only {} bytes long", data.len()),
@@ -787,12 +799,14 @@ impl Backend for HdfsBackend {
                     }
                     last = tokio::time::Instant::now();
                     // hsync fails once our lease on the lock file was recovered by a taker.
+                    // A NameNode that does not answer (restart) is not a lost lease: retry.
                     match tokio::time::timeout(t, writer.hsync()).await {
                         Ok(Ok(())) => {}
-                        other => {
-                            tracing::error!(volume = %url, result = ?other.err(), "lost the HDFS writer lease; heartbeat stopped");
+                        Ok(Err(e)) if rpc_class(&e).is_some() || is_not_found(&e) => {
+                            tracing::error!(volume = %url, error = %e, "lost the HDFS writer lease; heartbeat stopped");
                             return;
                         }
+                        _ => continue,
                     }
                     let now = now_ms();
                     let _ = tokio::time::timeout(t, client.set_times(&holder_path, now, now)).await;

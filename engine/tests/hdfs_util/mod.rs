@@ -138,3 +138,35 @@ pub fn journal_backlog(dir: &Path) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// A daemon of the test HDFS killed with SIGKILL; started again when dropped (even when the
+/// test fails), so that later tests find the cluster whole.
+pub struct NodeDown(&'static str, bool);
+
+pub fn kill_node(name: &'static str) -> NodeDown {
+    node(&["kill", name]);
+    NodeDown(name, false)
+}
+
+impl NodeDown {
+    /// Starts the daemon again now (and waits for the NameNode to be ready).
+    pub fn restart(mut self) {
+        self.start();
+    }
+
+    fn start(&mut self) {
+        if !self.1 {
+            self.1 = true;
+            node(&["start", self.0]);
+            if self.0 == "namenode" {
+                node(&["wait-ready"]);
+            }
+        }
+    }
+}
+
+impl Drop for NodeDown {
+    fn drop(&mut self) {
+        self.start();
+    }
+}

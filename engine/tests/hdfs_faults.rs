@@ -1,0 +1,200 @@
+//! Faults of a real HDFS (3 DataNodes, replication 3) under a journaled volume: a DataNode
+//! killed does not stop the volume; a NameNode restart stalls uploads, then they resume with
+//! nothing lost; a NameNode down for long gives clear errors within bounded time, not hangs.
+//! These tests stop HDFS daemons, so each holds the test HDFS exclusively.
+
+mod common;
+mod hdfs_util;
+
+use common::{read_all, Rng};
+use hdfs_util::*;
+use hlfs_engine::backend::{Backend, HdfsBackend, HdfsOptions, JournalOptions, JournaledBackend};
+use hlfs_engine::{CreateOptions, OpenOptions, Volume};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const SIZE: u64 = 32 << 20;
+
+fn create(url: &str, journal: &std::path::Path) -> Volume {
+    let opts = CreateOptions {
+        size: SIZE,
+        segment_size: 1 << 20,
+        checkpoint_interval: 8 << 20,
+        ..Default::default()
+    };
+    Volume::create(journaled(url, journal), &opts, &OpenOptions::default()).expect("create")
+}
+
+/// Writes `n` random 4-64 KiB blocks (flushing every 16) into both the volume and the model.
+fn write_some(v: &mut Volume, model: &mut [u8], rng: &mut Rng, n: usize) {
+    for i in 0..n {
+        let len = 4096 * (1 + rng.below(16)) as usize;
+        let off = rng.below(SIZE - len as u64) / 4096 * 4096;
+        let mut d = vec![0u8; len];
+        rng.fill(&mut d);
+        v.write(off, &d).expect("write");
+        model[off as usize..off as usize + len].copy_from_slice(&d);
+        if i % 16 == 15 {
+            v.flush().expect("flush");
+        }
+    }
+    v.flush().expect("flush");
+}
+
+/// Checks the image on the remote alone (no journal): everything was uploaded.
+fn check_remote(url: &str, model: &[u8]) {
+    let mut v = Volume::open(hdfs(url), &OpenOptions::default()).expect("open the remote alone");
+    assert!(
+        read_all(&mut v) == model,
+        "remote image differs from the model"
+    );
+    v.close().expect("close");
+}
+
+#[test]
+fn datanode_killed_does_not_stop_the_volume() {
+    let Some(base) = hdfs_url("datanode_killed_does_not_stop_the_volume") else {
+        return;
+    };
+    let _g = exclusive();
+    let url = volume_url(&base, "dnkill");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = dir.path().join("journal");
+    let mut v = create(&url, &journal);
+    let mut model = vec![0u8; SIZE as usize];
+    let mut rng = Rng::new(11);
+    write_some(&mut v, &mut model, &mut rng, 300);
+    let down = kill_node("datanode1");
+    let t0 = Instant::now();
+    write_some(&mut v, &mut model, &mut rng, 1500);
+    eprintln!(
+        "wrote 1500 blocks with a DataNode down in {:?}",
+        t0.elapsed()
+    );
+    // Reads of sealed, uploaded segments still work (from the remaining replicas).
+    let mut buf = vec![0u8; SIZE as usize];
+    v.read(0, &mut buf).expect("read with a DataNode down");
+    assert!(buf == model);
+    v.close().expect("close");
+    // Dropping the journaled backend drains every upload to HDFS.
+    check_remote(&url, &model);
+    down.restart();
+}
+
+#[test]
+fn namenode_restart_stalls_then_resumes_with_nothing_lost() {
+    let Some(base) = hdfs_url("namenode_restart_stalls_then_resumes_with_nothing_lost") else {
+        return;
+    };
+    let _g = exclusive();
+    let url = volume_url(&base, "nnrestart");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = dir.path().join("journal");
+    let mut v = create(&url, &journal);
+    let mut model = vec![0u8; SIZE as usize];
+    let mut rng = Rng::new(12);
+    write_some(&mut v, &mut model, &mut rng, 200);
+    let down = kill_node("namenode");
+    // Writes and flushes go on against the local journal while the NameNode is away.
+    let t0 = Instant::now();
+    write_some(&mut v, &mut model, &mut rng, 300);
+    eprintln!(
+        "wrote 300 blocks with the NameNode down in {:?}",
+        t0.elapsed()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    down.restart();
+    write_some(&mut v, &mut model, &mut rng, 200);
+    let mut buf = vec![0u8; SIZE as usize];
+    v.read(0, &mut buf).expect("read after the restart");
+    assert!(buf == model);
+    v.close().expect("close");
+    check_remote(&url, &model);
+}
+
+#[test]
+fn namenode_down_for_long_gives_clear_errors() {
+    let Some(base) = hdfs_url("namenode_down_for_long_gives_clear_errors") else {
+        return;
+    };
+    let _g = exclusive();
+    let url = volume_url(&base, "nndown");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = dir.path().join("journal");
+    let jopts = JournalOptions {
+        max_bytes: 16 << 20,
+        stall_timeout: Duration::from_secs(3),
+        replay_timeout: Duration::from_secs(3),
+        drain_timeout: Duration::from_secs(2),
+    };
+    let hopts = HdfsOptions {
+        op_timeout: Duration::from_secs(4),
+        connect_timeout: Duration::from_secs(3),
+        ..test_options()
+    };
+    let opts = CreateOptions {
+        size: SIZE,
+        segment_size: 1 << 20,
+        checkpoint_interval: 8 << 20,
+        ..Default::default()
+    };
+    let raw = Arc::new(HdfsBackend::connect_with(&url, hopts.clone()).expect("connect"));
+    let jb =
+        Arc::new(JournaledBackend::open(raw.clone(), &journal, jopts.clone()).expect("journal"));
+    let mut v = Volume::create(jb, &opts, &OpenOptions::default()).expect("create");
+    let mut model = vec![0u8; SIZE as usize];
+    let mut rng = Rng::new(13);
+    write_some(&mut v, &mut model, &mut rng, 100);
+    let down = kill_node("namenode");
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // The raw backend: an error within its timeout, naming the volume.
+        let t0 = Instant::now();
+        let e = raw.list().expect_err("list with the NameNode down");
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+        assert!(e.to_string().contains(&url), "{e}");
+        eprintln!("raw backend error: {e}");
+        // The journaled volume: writes go on until the journal is full, then fail after the
+        // stall timeout with an error that says why.
+        let t0 = Instant::now();
+        let mut err = None;
+        let mut flushed = model.clone();
+        for _ in 0..2000 {
+            let len = 64 * 1024;
+            let off = rng.below(SIZE - len as u64) / 4096 * 4096;
+            let mut d = vec![0u8; len];
+            rng.fill(&mut d);
+            match v.write(off, &d).and_then(|()| v.flush()) {
+                Ok(()) => {
+                    model[off as usize..off as usize + len].copy_from_slice(&d);
+                    flushed.copy_from_slice(&model);
+                }
+                Err(e) => {
+                    err = Some(e);
+                    break;
+                }
+            }
+        }
+        let e = err.expect("writes must fail once the journal is full");
+        assert!(t0.elapsed() < Duration::from_secs(60), "{:?}", t0.elapsed());
+        let msg = e.to_string();
+        eprintln!("journaled volume error after {:?}: {msg}", t0.elapsed());
+        assert!(msg.contains("journal full"), "{msg}");
+        flushed
+    }));
+    // Opening another volume while the NameNode is down: a clear error, quickly.
+    let t0 = Instant::now();
+    let e = HdfsBackend::connect_with(&volume_url(&base, "nndown2"), hopts.clone())
+        .expect_err("connect with the NameNode down");
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    eprintln!("connect error: {e}");
+    drop(v);
+    down.restart();
+    let flushed = result.unwrap_or_else(|p| std::panic::resume_unwind(p));
+    // Everything flushed before the failure is there after reopening (journal replayed).
+    let raw = Arc::new(HdfsBackend::connect_with(&url, hopts).expect("connect"));
+    let jb: Arc<dyn Backend> =
+        Arc::new(JournaledBackend::open(raw, &journal, journal_options()).expect("replay"));
+    let mut v = Volume::open(jb, &OpenOptions::default()).expect("reopen");
+    assert!(read_all(&mut v) == flushed, "flushed data lost");
+    v.close().expect("close");
+}
