@@ -57,6 +57,12 @@ pub enum Error {
     /// The caller may not do this (mutating calls need uid 0 or group `hlfs`).
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    /// The agent answered a D-Bus call with an error (seen by clients such as `hlfs`).
+    #[error("{message}")]
+    Remote { name: String, message: String },
+    /// The agent cannot be reached or spoke nonsense.
+    #[error("{context}: {why}")]
+    Connect { context: String, why: String },
     /// An external tool (qemu-img) failed; `why` carries its own message.
     #[error("{tool}: {why}")]
     Tool { tool: &'static str, why: String },

@@ -16,6 +16,7 @@ pub const KEEP_FINISHED: Duration = Duration::from_secs(300);
 pub enum JobKind {
     Import,
     Export,
+    Clean,
 }
 
 impl JobKind {
@@ -23,6 +24,7 @@ impl JobKind {
         match self {
             JobKind::Import => "import",
             JobKind::Export => "export",
+            JobKind::Clean => "clean",
         }
     }
 }
@@ -103,6 +105,21 @@ impl Job {
             self.cancel.send_replace(true);
         }
         running
+    }
+
+    /// Records the outcome of a job run in-process (`Ok(summary)` or the error).
+    pub fn finish(&self, r: Result<String>) {
+        self.update(|s| match r {
+            Ok(summary) => {
+                s.state = JobState::Done;
+                s.progress = 100.0;
+                tracing::info!(job = self.id, %summary, "{}", self.description);
+            }
+            Err(e) => {
+                s.state = JobState::Failed;
+                s.error = e.to_string();
+            }
+        });
     }
 
     /// Runs `qemu-img ARGS` to completion, following its progress; returns success.

@@ -132,6 +132,28 @@ impl Manager {
             .ok_or_else(|| Error::Busy(format!("volume {pool}/{volume} is closing")))
     }
 
+    /// Runs an engine operation on `pool/volume` (opening it on first use); `what` names the
+    /// operation in errors.
+    pub fn with_volume<T>(
+        &self,
+        pool: &str,
+        volume: &str,
+        what: &str,
+        f: impl FnOnce(&mut Volume) -> hlfs_engine::Result<T>,
+    ) -> Result<T> {
+        self.volume(pool, volume)?
+            .with(f)
+            .ok_or_else(|| Error::Busy(format!("volume {pool}/{volume} is closing")))?
+            .map_err(|e| Error::engine(format!("{what} {pool}/{volume}"), e))
+    }
+
+    /// Client connections (NBD) using `pool/volume` now.
+    pub fn users(&self, pool: &str, volume: &str) -> usize {
+        lock(&self.open)
+            .get(&(pool.to_string(), volume.to_string()))
+            .map_or(0, |v| Arc::strong_count(v) - 1)
+    }
+
     /// Resizes `pool/volume`; returns whether the size changed.
     pub fn resize(&self, pool: &str, volume: &str, size: u64) -> Result<bool> {
         let v = self.volume(pool, volume)?;

@@ -248,9 +248,23 @@ impl Service {
         .await
     }
 
-    /// Snapshots of a volume (none until the engine has them).
-    pub async fn snapshots(&self, _pool: &str, _volume: &str) -> Result<Vec<SnapshotInfo>> {
-        Ok(Vec::new())
+    /// Snapshots of a volume, oldest first.
+    pub async fn snapshots(&self, pool: &str, volume: &str) -> Result<Vec<SnapshotInfo>> {
+        let (mgr, p, v) = (self.mgr.clone(), pool.to_string(), volume.to_string());
+        blocking(move || {
+            let list = mgr.with_volume(&p, &v, "list snapshots of", |v| Ok(v.snapshots()))?;
+            Ok(list
+                .into_iter()
+                .map(|s| SnapshotInfo {
+                    name: s.name,
+                    sequence: s.sequence,
+                    created: s.created_unix,
+                    parent: s.parent.unwrap_or_default(),
+                    consistency: format!("{:?}", s.consistency).to_lowercase(),
+                })
+                .collect())
+        })
+        .await
     }
 
     pub async fn snapshot(&self, pool: &str, volume: &str, name: &str) -> Result<SnapshotInfo> {
@@ -333,18 +347,66 @@ impl Service {
         Ok(changed)
     }
 
-    // ---- snapshots, clones, cleaning: wired as the engine grows them ----
+    // ---- snapshots, clones, cleaning ----
 
-    pub async fn create_snapshot(&self, _: Admin, _p: &str, _v: &str, _s: &str) -> Result<()> {
-        not_supported("snapshot create")
+    /// Runs `f` on the volume off the async threads, then announces a change of the volume.
+    async fn volume_op<T: Send + 'static>(
+        &self,
+        pool: &str,
+        volume: &str,
+        what: &'static str,
+        f: impl FnOnce(&mut hlfs_engine::Volume) -> hlfs_engine::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (mgr, p, v) = (self.mgr.clone(), pool.to_string(), volume.to_string());
+        let r = blocking(move || mgr.with_volume(&p, &v, what, f)).await?;
+        self.emit(Event::Volume(pool.into(), volume.into()));
+        Ok(r)
     }
 
-    pub async fn delete_snapshot(&self, _: Admin, _p: &str, _v: &str, _s: &str) -> Result<bool> {
-        not_supported("snapshot delete")
+    pub async fn create_snapshot(
+        &self,
+        _: Admin,
+        pool: &str,
+        volume: &str,
+        name: &str,
+    ) -> Result<()> {
+        hlfs_engine::check_snapshot_name(name)
+            .map_err(|e| Error::engine(format!("snapshot {pool}/{volume}%{name}"), e))?;
+        check_name("snapshot", name)?;
+        let n = name.to_string();
+        self.volume_op(pool, volume, "snapshot", move |v| {
+            v.snapshot_create(&n, false).map(drop)
+        })
+        .await
     }
 
-    pub async fn rollback(&self, _: Admin, _p: &str, _v: &str, _s: &str) -> Result<bool> {
-        not_supported("rollback")
+    pub async fn delete_snapshot(
+        &self,
+        _: Admin,
+        pool: &str,
+        volume: &str,
+        name: &str,
+    ) -> Result<bool> {
+        let n = name.to_string();
+        self.volume_op(pool, volume, "delete snapshot of", move |v| {
+            v.snapshot_delete(&n)
+        })
+        .await?;
+        Ok(true)
+    }
+
+    /// Rolls back; refused while a client has the volume open (its cached view would lie).
+    pub async fn rollback(&self, _: Admin, pool: &str, volume: &str, name: &str) -> Result<bool> {
+        let users = self.mgr.users(pool, volume);
+        if users > 0 {
+            return Err(Error::Busy(format!(
+                "volume {pool}/{volume} is in use by {users} client connection(s); disconnect them before a rollback"
+            )));
+        }
+        let n = name.to_string();
+        self.volume_op(pool, volume, "roll back", move |v| v.rollback(&n))
+            .await?;
+        Ok(true)
     }
 
     pub async fn clone_volume(
@@ -361,8 +423,30 @@ impl Service {
         not_supported("flatten")
     }
 
-    pub async fn clean(&self, _: Admin, _p: &str, _v: &str) -> Result<u32> {
-        not_supported("clean")
+    /// Starts a cleaning pass on the volume as a job.
+    pub async fn clean(self: &Arc<Self>, _: Admin, pool: &str, volume: &str) -> Result<u32> {
+        let mgr = self.mgr.clone();
+        let (p, v) = (pool.to_string(), volume.to_string());
+        // Fails early with NotFound for a missing volume.
+        self.volume(pool, volume).await?;
+        let job = self.new_job(
+            JobKind::Clean,
+            pool,
+            volume,
+            format!("clean {pool}/{volume}"),
+        );
+        let svc = self.clone();
+        tokio::spawn(async move {
+            let r = blocking(move || {
+                mgr.with_volume(&p, &v, "clean", |vol| {
+                    vol.clean(&hlfs_engine::CleanPolicy::default())
+                })
+            })
+            .await;
+            job.finish(r.map(|rep| format!("{rep:?}")));
+            svc.job_ended(job).await;
+        });
+        Ok(self.last_job_id())
     }
 
     // ---- import / export jobs ----
@@ -439,6 +523,28 @@ impl Service {
         )
     }
 
+    fn new_job(&self, kind: JobKind, pool: &str, volume: &str, description: String) -> Arc<Job> {
+        let id = self.next_job.fetch_add(1, Ordering::Relaxed);
+        let job = Arc::new(Job::new(id, kind, pool, volume, description));
+        lock(&self.jobs).insert(id, job.clone());
+        self.emit(Event::Tree);
+        job
+    }
+
+    fn last_job_id(&self) -> u32 {
+        self.next_job.load(Ordering::Relaxed) - 1
+    }
+
+    /// Announces a finished job and drops it after a while.
+    async fn job_ended(&self, job: Arc<Job>) {
+        self.emit(Event::Job(job.id));
+        self.emit(Event::Volume(job.pool.clone(), job.volume.clone()));
+        // Finished jobs stay visible for a while so that clients can read the outcome.
+        tokio::time::sleep(crate::jobs::KEEP_FINISHED).await;
+        lock(&self.jobs).remove(&job.id);
+        self.emit(Event::Tree);
+    }
+
     fn start_job(
         self: &Arc<Self>,
         kind: JobKind,
@@ -447,10 +553,8 @@ impl Service {
         description: String,
         args: Vec<String>,
     ) -> u32 {
-        let id = self.next_job.fetch_add(1, Ordering::Relaxed);
-        let job = Arc::new(Job::new(id, kind, pool, volume, description));
-        lock(&self.jobs).insert(id, job.clone());
-        self.emit(Event::Tree);
+        let job = self.new_job(kind, pool, volume, description);
+        let id = job.id;
         let svc = self.clone();
         tokio::spawn(async move {
             let ok = job.run_qemu_img(&svc, args).await;
@@ -461,12 +565,8 @@ impl Service {
                     tracing::warn!(error = %e, "could not remove the volume of a failed import");
                 }
             }
-            svc.emit(Event::Volume(job.pool.clone(), job.volume.clone()));
             svc.emit(Event::Tree);
-            // Finished jobs stay visible for a while so that clients can read the outcome.
-            tokio::time::sleep(crate::jobs::KEEP_FINISHED).await;
-            lock(&svc.jobs).remove(&job.id);
-            svc.emit(Event::Tree);
+            svc.job_ended(job).await;
         });
         id
     }

@@ -1,1 +1,599 @@
-fn main() {}
+//! hlfs: the HLFS admin CLI. Talks to hlfsd over its peer-to-peer D-Bus socket (default) or a
+//! bus; every command is one or a few D-Bus calls (see docs/cli.md and docs/dbus.md).
+
+use clap::{Parser, Subcommand};
+use hlfs_agent::client::{
+    prop_bool, prop_f64, prop_str, prop_u32, prop_u64, Client, Props, VolRef,
+};
+use hlfs_agent::names::parse_size;
+use hlfs_agent::{Error, Result};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use zbus::zvariant::{OwnedObjectPath, Value as ZValue};
+
+const POOL: &str = "org.hlfs.Pool1";
+const VOLUME: &str = "org.hlfs.Volume1";
+const MANAGER: &str = "org.hlfs.Manager1";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hlfs",
+    version,
+    about = "HLFS admin CLI: pools, volumes, snapshots, import and export"
+)]
+struct Cli {
+    /// hlfsd's peer-to-peer D-Bus socket [$HLFS_SOCKET, else RUNTIME_DIR/dbus.sock]
+    #[arg(long, value_name = "PATH", global = true)]
+    socket: Option<PathBuf>,
+    /// Reach hlfsd through a bus instead: session or system
+    #[arg(long, value_name = "BUS", global = true, conflicts_with = "socket")]
+    bus: Option<String>,
+    /// Machine-readable output
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Pools: create, list, info, delete
+    #[command(subcommand)]
+    Pool(PoolCmd),
+    /// Volumes: create, list, info, resize, delete
+    #[command(subcommand)]
+    Volume(VolumeCmd),
+    /// Snapshots: create, list (tree), delete, rollback
+    #[command(subcommand)]
+    Snapshot(SnapCmd),
+    /// Create volume NEW from snapshot VOLUME%SNAP
+    Clone { source: String, new: String },
+    /// Copy everything a clone reads from its base into it
+    Flatten { volume: String },
+    /// Create volume VOLUME from a raw or qcow2 image
+    Import {
+        image: PathBuf,
+        volume: String,
+        /// Image format (raw or qcow2) [probed]
+        #[arg(long, short = 'f')]
+        format: Option<String>,
+    },
+    /// Copy VOLUME into a new raw or qcow2 image
+    Export {
+        volume: String,
+        image: PathBuf,
+        /// Output format (raw or qcow2)
+        #[arg(long, short = 'O', default_value = "raw")]
+        format: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PoolCmd {
+    /// Add pool NAME on URI (local:///DIR)
+    Create {
+        name: String,
+        uri: String,
+    },
+    List,
+    Info {
+        name: String,
+    },
+    /// Remove an empty pool
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum VolumeCmd {
+    /// Create VOLUME (pool/name, name, or local:///dir/name) of SIZE (e.g. 10G)
+    Create {
+        volume: String,
+        size: String,
+        /// Block size in bytes (512 to 65536)
+        #[arg(long)]
+        block_size: Option<u32>,
+        /// Segment size, e.g. 32M
+        #[arg(long)]
+        segment_size: Option<String>,
+        /// Store blocks uncompressed
+        #[arg(long)]
+        no_compression: bool,
+    },
+    /// List volumes (of POOL, or of every pool)
+    List {
+        pool: Option<String>,
+    },
+    Info {
+        volume: String,
+    },
+    Resize {
+        volume: String,
+        size: String,
+    },
+    Delete {
+        volume: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SnapCmd {
+    /// Take snapshot VOLUME%SNAP
+    Create {
+        snapshot: String,
+    },
+    /// Show the snapshots of VOLUME as a tree
+    List {
+        volume: String,
+    },
+    Delete {
+        snapshot: String,
+    },
+    /// Make VOLUME's contents those of VOLUME%SNAP
+    Rollback {
+        snapshot: String,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hlfs: cannot start: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            match &e {
+                Error::Remote { name, .. } => eprintln!("hlfs: {e} [{name}]"),
+                _ => eprintln!("hlfs: {e}"),
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn connect(cli: &Cli) -> Result<Client> {
+    match cli.bus.as_deref() {
+        Some("session") => Client::bus(false).await,
+        Some("system") => Client::bus(true).await,
+        Some(other) => Err(Error::invalid("bus", other, "expected session or system")),
+        None => {
+            let sock = cli
+                .socket
+                .clone()
+                .or_else(|| std::env::var_os("HLFS_SOCKET").map(PathBuf::from))
+                .unwrap_or_else(|| hlfs_agent::paths::default_runtime_dir().join("dbus.sock"));
+            Client::p2p(&sock).await
+        }
+    }
+}
+
+/// Prints JSON, or the human text.
+fn out(json: bool, v: Value, human: impl FnOnce() -> String) {
+    let text = if json {
+        serde_json::to_string_pretty(&v).unwrap_or_default()
+    } else {
+        human()
+    };
+    if !text.is_empty() {
+        println!("{}", text.trim_end());
+    }
+}
+
+fn human_size(n: u64) -> String {
+    const U: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}
+
+fn need_snapshot(r: &VolRef, spec: &str) -> Result<String> {
+    r.snapshot
+        .clone()
+        .ok_or_else(|| Error::invalid("snapshot", spec, "expected VOLUME%SNAPSHOT"))
+}
+
+fn volume_json(p: &Props) -> Value {
+    json!({
+        "pool": prop_str(p, "Pool"), "name": prop_str(p, "Name"), "size": prop_u64(p, "Size"),
+        "allocated": prop_u64(p, "Allocated"), "physical": prop_u64(p, "Physical"),
+        "compression": prop_bool(p, "Compression"), "block_size": prop_u32(p, "BlockSize"),
+        "base": prop_str(p, "Base"), "segments": prop_u64(p, "Segments"),
+        "live_ratio": prop_f64(p, "LiveRatio"), "export": prop_str(p, "ExportName"),
+    })
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let c = connect(&cli).await?;
+    let json = cli.json;
+    match &cli.cmd {
+        Cmd::Pool(PoolCmd::Create { name, uri }) => {
+            let (path, new): (OwnedObjectPath, bool) = c
+                .call(
+                    hlfs_agent::dbus::paths::ROOT,
+                    MANAGER,
+                    "CreatePool",
+                    &(name, uri),
+                )
+                .await?;
+            out(
+                json,
+                json!({"pool": name, "object": path.as_str(), "changed": new}),
+                || {
+                    if new {
+                        format!("created pool {name} on {uri}")
+                    } else {
+                        format!("pool {name} already exists on {uri}")
+                    }
+                },
+            );
+        }
+        Cmd::Pool(PoolCmd::List) => {
+            let mut rows = Vec::new();
+            for (name, path) in c.pools().await? {
+                let p = c.props(path.as_str(), POOL).await?;
+                let n = p
+                    .get("Volumes")
+                    .and_then(|v| <Vec<OwnedObjectPath>>::try_from(v.try_clone().ok()?).ok())
+                    .map_or(0, |v| v.len());
+                rows.push(json!({"name": name, "uri": prop_str(&p, "Uri"), "volumes": n}));
+            }
+            out(json, Value::Array(rows.clone()), || {
+                let mut s = format!("{:<16} {:>7}  {}\n", "POOL", "VOLUMES", "URI");
+                for r in &rows {
+                    s += &format!(
+                        "{:<16} {:>7}  {}\n",
+                        r["name"].as_str().unwrap_or(""),
+                        r["volumes"],
+                        r["uri"].as_str().unwrap_or("")
+                    );
+                }
+                s
+            });
+        }
+        Cmd::Pool(PoolCmd::Info { name }) => {
+            let path = hlfs_agent::dbus::paths::pool(name);
+            let p = c.props(path.as_str(), POOL).await?;
+            let vols: Vec<(String, OwnedObjectPath)> =
+                c.call(path.as_str(), POOL, "ListVolumes", &()).await?;
+            let names: Vec<&str> = vols.iter().map(|(n, _)| n.as_str()).collect();
+            out(
+                json,
+                json!({"name": name, "uri": prop_str(&p, "Uri"), "volumes": names}),
+                || {
+                    format!(
+                        "pool:    {name}\nuri:     {}\nvolumes: {}\n",
+                        prop_str(&p, "Uri"),
+                        if names.is_empty() {
+                            "(none)".into()
+                        } else {
+                            names.join(", ")
+                        }
+                    )
+                },
+            );
+        }
+        Cmd::Pool(PoolCmd::Delete { name }) => {
+            let _: bool = c
+                .call(
+                    hlfs_agent::dbus::paths::ROOT,
+                    MANAGER,
+                    "DeletePool",
+                    &(name,),
+                )
+                .await?;
+            out(json, json!({"pool": name, "deleted": true}), || {
+                format!("deleted pool {name}")
+            });
+        }
+        Cmd::Volume(VolumeCmd::Create {
+            volume,
+            size,
+            block_size,
+            segment_size,
+            no_compression,
+        }) => {
+            let r = c.resolve(volume).await?;
+            let size = parse_size(size)?;
+            let mut opts: HashMap<&str, ZValue> = HashMap::new();
+            if let Some(b) = block_size {
+                opts.insert("block_size", ZValue::U32(*b));
+            }
+            if let Some(s) = segment_size {
+                let s = u32::try_from(parse_size(s)?)
+                    .map_err(|_| Error::invalid("segment size", s, "too large"))?;
+                opts.insert("segment_size", ZValue::U32(s));
+            }
+            if *no_compression {
+                opts.insert("compression", ZValue::Bool(false));
+            }
+            let pool_path = hlfs_agent::dbus::paths::pool(&r.pool);
+            let _: OwnedObjectPath = c
+                .call(
+                    pool_path.as_str(),
+                    POOL,
+                    "CreateVolume",
+                    &(&r.volume, size, opts),
+                )
+                .await?;
+            out(
+                json,
+                json!({"volume": r.to_string(), "size": size, "export": r.to_string()}),
+                || format!("created volume {r} ({})", human_size(size)),
+            );
+        }
+        Cmd::Volume(VolumeCmd::List { pool }) => {
+            let pools: Vec<String> = match pool {
+                Some(p) => vec![p.clone()],
+                None => c.pools().await?.into_iter().map(|(n, _)| n).collect(),
+            };
+            let mut rows = Vec::new();
+            for p in pools {
+                let path = hlfs_agent::dbus::paths::pool(&p);
+                let vols: Vec<(String, OwnedObjectPath)> =
+                    c.call(path.as_str(), POOL, "ListVolumes", &()).await?;
+                for (_, vp) in vols {
+                    rows.push(volume_json(&c.props(vp.as_str(), VOLUME).await?));
+                }
+            }
+            out(json, Value::Array(rows.clone()), || {
+                let mut s = format!(
+                    "{:<28} {:>10} {:>10} {:>10}  {}\n",
+                    "VOLUME", "SIZE", "ALLOCATED", "PHYSICAL", "COMPRESSION"
+                );
+                for r in &rows {
+                    s += &format!(
+                        "{:<28} {:>10} {:>10} {:>10}  {}\n",
+                        format!(
+                            "{}/{}",
+                            r["pool"].as_str().unwrap_or(""),
+                            r["name"].as_str().unwrap_or("")
+                        ),
+                        human_size(r["size"].as_u64().unwrap_or(0)),
+                        human_size(r["allocated"].as_u64().unwrap_or(0)),
+                        human_size(r["physical"].as_u64().unwrap_or(0)),
+                        if r["compression"].as_bool().unwrap_or(false) {
+                            "lz4"
+                        } else {
+                            "off"
+                        }
+                    );
+                }
+                s
+            });
+        }
+        Cmd::Volume(VolumeCmd::Info { volume }) => {
+            let r = c.resolve(volume).await?;
+            let p = c.props(&r.path(), VOLUME).await?;
+            let v = volume_json(&p);
+            out(json, v.clone(), || {
+                format!(
+                    "volume:      {r}\nsize:        {} ({} bytes)\nallocated:   {}\nphysical:    {} (log)\nsegments:    {}\nlive ratio:  {:.2}\nblock size:  {}\ncompression: {}\nbase:        {}\nexport:      {}\n",
+                    human_size(prop_u64(&p, "Size")), prop_u64(&p, "Size"), human_size(prop_u64(&p, "Allocated")),
+                    human_size(prop_u64(&p, "Physical")), prop_u64(&p, "Segments"), prop_f64(&p, "LiveRatio"),
+                    prop_u32(&p, "BlockSize"), if prop_bool(&p, "Compression") { "lz4" } else { "off" },
+                    if prop_str(&p, "Base").is_empty() { "(none)".into() } else { prop_str(&p, "Base") },
+                    prop_str(&p, "ExportName")
+                )
+            });
+        }
+        Cmd::Volume(VolumeCmd::Resize { volume, size }) => {
+            let r = c.resolve(volume).await?;
+            let size = parse_size(size)?;
+            let changed: bool = c.call(&r.path(), VOLUME, "Resize", &(size,)).await?;
+            out(
+                json,
+                json!({"volume": r.to_string(), "size": size, "changed": changed}),
+                || {
+                    format!(
+                        "volume {r} is {} ({size} bytes){}",
+                        human_size(size),
+                        if changed { "" } else { ", unchanged" }
+                    )
+                },
+            );
+        }
+        Cmd::Volume(VolumeCmd::Delete { volume }) => {
+            let r = c.resolve(volume).await?;
+            let pool_path = hlfs_agent::dbus::paths::pool(&r.pool);
+            let _: bool = c
+                .call(pool_path.as_str(), POOL, "DeleteVolume", &(&r.volume,))
+                .await?;
+            out(
+                json,
+                json!({"volume": r.to_string(), "deleted": true}),
+                || format!("deleted volume {r}"),
+            );
+        }
+        Cmd::Snapshot(SnapCmd::Create { snapshot }) => {
+            let r = c.resolve(snapshot).await?;
+            let s = need_snapshot(&r, snapshot)?;
+            let _: OwnedObjectPath = c.call(&r.path(), VOLUME, "CreateSnapshot", &(&s,)).await?;
+            out(json, json!({"snapshot": r.to_string()}), || {
+                format!("created snapshot {r}")
+            });
+        }
+        Cmd::Snapshot(SnapCmd::Delete { snapshot }) => {
+            let r = c.resolve(snapshot).await?;
+            let s = need_snapshot(&r, snapshot)?;
+            let _: bool = c.call(&r.path(), VOLUME, "DeleteSnapshot", &(&s,)).await?;
+            out(
+                json,
+                json!({"snapshot": r.to_string(), "deleted": true}),
+                || format!("deleted snapshot {r}"),
+            );
+        }
+        Cmd::Snapshot(SnapCmd::Rollback { snapshot }) => {
+            let r = c.resolve(snapshot).await?;
+            let s = need_snapshot(&r, snapshot)?;
+            let _: bool = c.call(&r.path(), VOLUME, "Rollback", &(&s,)).await?;
+            out(
+                json,
+                json!({"volume": r.to_string(), "rolled_back_to": s}),
+                || format!("rolled {}/{} back to {s}", r.pool, r.volume),
+            );
+        }
+        Cmd::Snapshot(SnapCmd::List { volume }) => snapshot_tree(&c, json, volume).await?,
+        Cmd::Clone { source, new } => {
+            let src = c.resolve(source).await?;
+            let s = need_snapshot(&src, source)?;
+            let dst = c.resolve(new).await?;
+            let _: OwnedObjectPath = c
+                .call(&src.path(), VOLUME, "Clone", &(&s, &dst.pool, &dst.volume))
+                .await?;
+            out(
+                json,
+                json!({"volume": dst.to_string(), "base": src.to_string()}),
+                || format!("created clone {dst} of {src}"),
+            );
+        }
+        Cmd::Flatten { volume } => {
+            let r = c.resolve(volume).await?;
+            let job: OwnedObjectPath = c.call(&r.path(), VOLUME, "Flatten", &()).await?;
+            follow_job(&c, json, job.as_str(), &format!("flatten {r}")).await?;
+        }
+        Cmd::Import {
+            image,
+            volume,
+            format,
+        } => {
+            let r = c.resolve(volume).await?;
+            let img = std::path::absolute(image).map_err(|e| Error::io("resolve", image, e))?;
+            let src = img.to_str().ok_or_else(|| {
+                Error::invalid("image path", img.display().to_string(), "not UTF-8")
+            })?;
+            let pool_path = hlfs_agent::dbus::paths::pool(&r.pool);
+            let (_, job): (OwnedObjectPath, OwnedObjectPath) = c
+                .call(
+                    pool_path.as_str(),
+                    POOL,
+                    "ImportVolume",
+                    &(&r.volume, src, format.as_deref().unwrap_or("")),
+                )
+                .await?;
+            follow_job(
+                &c,
+                json,
+                job.as_str(),
+                &format!("import {} -> {r}", img.display()),
+            )
+            .await?;
+        }
+        Cmd::Export {
+            volume,
+            image,
+            format,
+        } => {
+            let r = c.resolve(volume).await?;
+            let img = std::path::absolute(image).map_err(|e| Error::io("resolve", image, e))?;
+            let dest = img.to_str().ok_or_else(|| {
+                Error::invalid("image path", img.display().to_string(), "not UTF-8")
+            })?;
+            let job: OwnedObjectPath = c.call(&r.path(), VOLUME, "Export", &(dest, format)).await?;
+            follow_job(&c, json, job.as_str(), &format!("export {r} -> {dest}")).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Polls a job until it ends, drawing a progress bar on a terminal.
+async fn follow_job(c: &Client, json: bool, job: &str, what: &str) -> Result<()> {
+    let bar = !json && std::io::stderr().is_terminal();
+    loop {
+        let p = c.props(job, "org.hlfs.Job1").await?;
+        let state = prop_str(&p, "State");
+        let pct = prop_f64(&p, "Progress");
+        if bar {
+            let filled = (pct / 100.0 * 40.0).round() as usize;
+            eprint!(
+                "\r{what} [{}{}] {pct:5.1}%",
+                "#".repeat(filled.min(40)),
+                ".".repeat(40 - filled.min(40))
+            );
+            let _ = std::io::stderr().flush();
+        }
+        if state != "running" {
+            if bar {
+                eprintln!();
+            }
+            return match state.as_str() {
+                "done" => {
+                    out(
+                        json,
+                        json!({"job": job, "state": state, "what": what}),
+                        || format!("{what}: done"),
+                    );
+                    Ok(())
+                }
+                _ => Err(Error::Remote {
+                    name: format!("job {state}"),
+                    message: format!("{what}: {state}: {}", prop_str(&p, "Error")),
+                }),
+            };
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Prints the snapshots as a tree (children under their parent, by sequence).
+async fn snapshot_tree(c: &Client, json: bool, volume: &str) -> Result<()> {
+    let r = c.resolve(volume).await?;
+    let snaps: Vec<(String, OwnedObjectPath)> =
+        c.call(&r.path(), VOLUME, "ListSnapshots", &()).await?;
+    let mut rows = Vec::new();
+    for (name, path) in snaps {
+        let p = c.props(path.as_str(), "org.hlfs.Snapshot1").await?;
+        rows.push(json!({"name": name, "sequence": prop_u64(&p, "Sequence"), "created": prop_u64(&p, "Created"),
+            "parent": prop_str(&p, "Parent"), "consistency": prop_str(&p, "Consistency")}));
+    }
+    rows.sort_by_key(|r| r["sequence"].as_u64().unwrap_or(0));
+    out(json, Value::Array(rows.clone()), || {
+        let mut s = format!("{r}\n");
+        fn walk(rows: &[Value], parent: &str, indent: &str, s: &mut String) {
+            let kids: Vec<&Value> = rows
+                .iter()
+                .filter(|r| r["parent"].as_str() == Some(parent))
+                .collect();
+            for (i, k) in kids.iter().enumerate() {
+                let last = i + 1 == kids.len();
+                let name = k["name"].as_str().unwrap_or("");
+                *s += &format!(
+                    "{indent}{}{name} (seq {}, {})\n",
+                    if last { "└─" } else { "├─" },
+                    k["sequence"],
+                    k["consistency"].as_str().unwrap_or("")
+                );
+                walk(
+                    rows,
+                    name,
+                    &format!("{indent}{}", if last { "  " } else { "│ " }),
+                    s,
+                );
+            }
+        }
+        walk(&rows, "", "", &mut s);
+        if rows.is_empty() {
+            s += "(no snapshots)\n";
+        }
+        s
+    });
+    Ok(())
+}

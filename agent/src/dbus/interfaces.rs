@@ -26,9 +26,19 @@ pub enum Peer {
 pub struct Ctx {
     pub svc: Arc<Service>,
     pub peer: Peer,
+    pub publisher: std::sync::Weak<super::Publisher>,
 }
 
 impl Ctx {
+    /// Returns `path` once the object tree is up to date, so that a client can use the
+    /// object a method just created as soon as it has the reply.
+    async fn published(&self, path: OwnedObjectPath) -> OwnedObjectPath {
+        if let Some(p) = self.publisher.upgrade() {
+            p.sync().await;
+        }
+        path
+    }
+
     /// The caller's identity.
     async fn caller(&self, hdr: &Header<'_>, conn: &Connection) -> DResult<Caller> {
         match &self.peer {
@@ -159,7 +169,7 @@ impl Pool1 {
             .svc
             .create_volume(self.ctx.admin(&hdr, conn).await?, &self.pool, name, size, o)
             .await?;
-        Ok(paths::volume(&self.pool, name))
+        Ok(self.ctx.published(paths::volume(&self.pool, name)).await)
     }
 
     /// Deletes a volume and its data (refused while an NBD client uses it).
@@ -210,6 +220,7 @@ impl Pool1 {
                 format,
             )
             .await?;
+        self.ctx.published(paths::job(job)).await;
         Ok((paths::volume(&self.pool, name), paths::job(job)))
     }
 
@@ -288,7 +299,10 @@ impl Volume1 {
                 name,
             )
             .await?;
-        Ok(paths::snapshot(&self.pool, &self.volume, name))
+        Ok(self
+            .ctx
+            .published(paths::snapshot(&self.pool, &self.volume, name))
+            .await)
     }
 
     async fn delete_snapshot(
@@ -346,7 +360,7 @@ impl Volume1 {
                 name,
             )
             .await?;
-        Ok(paths::volume(pool, name))
+        Ok(self.ctx.published(paths::volume(pool, name)).await)
     }
 
     /// Copies everything the volume reads from its base into it; returns the job.
@@ -355,12 +369,15 @@ impl Volume1 {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<OwnedObjectPath> {
-        Ok(paths::job(
-            self.ctx
-                .svc
-                .flatten(self.ctx.admin(&hdr, conn).await?, &self.pool, &self.volume)
-                .await?,
-        ))
+        Ok(self
+            .ctx
+            .published(paths::job(
+                self.ctx
+                    .svc
+                    .flatten(self.ctx.admin(&hdr, conn).await?, &self.pool, &self.volume)
+                    .await?,
+            ))
+            .await)
     }
 
     /// Runs the cleaner on the volume now; returns the job.
@@ -369,12 +386,15 @@ impl Volume1 {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<OwnedObjectPath> {
-        Ok(paths::job(
-            self.ctx
-                .svc
-                .clean(self.ctx.admin(&hdr, conn).await?, &self.pool, &self.volume)
-                .await?,
-        ))
+        Ok(self
+            .ctx
+            .published(paths::job(
+                self.ctx
+                    .svc
+                    .clean(self.ctx.admin(&hdr, conn).await?, &self.pool, &self.volume)
+                    .await?,
+            ))
+            .await)
     }
 
     /// Copies the volume into a new image file `dest` (absolute path, `raw` or `qcow2`).
@@ -385,18 +405,21 @@ impl Volume1 {
         dest: &str,
         format: &str,
     ) -> Result<OwnedObjectPath> {
-        Ok(paths::job(
-            self.ctx
-                .svc
-                .export(
-                    self.ctx.admin(&hdr, conn).await?,
-                    &self.pool,
-                    &self.volume,
-                    dest,
-                    format,
-                )
-                .await?,
-        ))
+        Ok(self
+            .ctx
+            .published(paths::job(
+                self.ctx
+                    .svc
+                    .export(
+                        self.ctx.admin(&hdr, conn).await?,
+                        &self.pool,
+                        &self.volume,
+                        dest,
+                        format,
+                    )
+                    .await?,
+            ))
+            .await)
     }
 
     /// `(name, object)` of every snapshot.

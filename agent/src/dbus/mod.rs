@@ -38,6 +38,7 @@ struct Inner {
 
 /// Keeps every connection's objects in step with the service.
 pub struct Publisher {
+    me: std::sync::Weak<Publisher>,
     svc: Arc<Service>,
     inner: Mutex<Inner>,
 }
@@ -45,7 +46,8 @@ pub struct Publisher {
 impl Publisher {
     /// A publisher for `svc`, with a task that follows the service's events.
     pub fn start(svc: Arc<Service>) -> Arc<Publisher> {
-        let p = Arc::new(Publisher {
+        let p = Arc::new_cyclic(|me| Publisher {
+            me: me.clone(),
             svc: svc.clone(),
             inner: Mutex::new(Inner {
                 conns: Vec::new(),
@@ -144,44 +146,77 @@ impl Publisher {
         Ctx {
             svc: self.svc.clone(),
             peer: peer.clone(),
+            publisher: self.me.clone(),
         }
     }
 
-    /// Publishes the whole tree on a new connection; returns its id for [`Self::detach`].
-    pub async fn attach(&self, conn: Connection, peer: Peer) -> Result<u64> {
+    /// Publishes the whole tree on a bus connection; returns its id for [`Self::detach`].
+    pub async fn attach_bus(&self, conn: Connection) -> Result<u64> {
         let mut inner = self.inner.lock().await;
-        let ctx = self.ctx(&peer);
+        let ctx = self.ctx(&Peer::Bus);
         let srv = conn.object_server();
-        let reg = |e: zbus::Error| Error::Busy(format!("D-Bus object registration: {e}"));
-        let direct = matches!(peer, Peer::Direct(_));
-        if direct {
-            srv.at("/org/freedesktop/DBus", HelloShim)
-                .await
-                .map_err(reg)?;
-        }
         srv.at(paths::ROOT, Manager1 { ctx: ctx.clone() })
             .await
-            .map_err(reg)?;
+            .map_err(reg_err)?;
         for o in &inner.published {
-            add(&conn, &ctx, o).await.map_err(reg)?;
+            add(&conn, &ctx, o).await.map_err(reg_err)?;
         }
-        if direct {
-            // Adding the ObjectManager announces every object (InterfacesAdded). A client
-            // written for a bus (sd-bus: busctl) sends Hello first and treats any message
-            // before its reply as a protocol error, so the ObjectManager comes right after the
-            // Hello reply, or after a moment for clients that send no Hello.
-            let c = conn.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                add_object_manager(&c).await;
-            });
-        } else {
-            add_object_manager(&conn).await;
-        }
+        add_object_manager(&conn).await;
         inner.next_id += 1;
         let id = inner.next_id;
-        inner.conns.push((id, conn, peer));
+        inner.conns.push((id, conn, Peer::Bus));
         Ok(id)
+    }
+
+    /// Runs the server side of a p2p connection's handshake with every object already in
+    /// place (a client's first call must find them), then catches up with changes made
+    /// meanwhile and joins the connection to the set kept in step.
+    async fn attach_p2p(
+        &self,
+        stream: tokio::net::UnixStream,
+        guid: zbus::OwnedGuid,
+        caller: Caller,
+    ) -> Result<(u64, Connection)> {
+        let peer = Peer::Direct(caller);
+        let ctx = self.ctx(&peer);
+        let snapshot = self.inner.lock().await.published.clone();
+        let mut b = zbus::connection::Builder::unix_stream(stream)
+            .server(guid)
+            .map_err(reg_err)?
+            .p2p()
+            .serve_at("/org/freedesktop/DBus", HelloShim)
+            .map_err(reg_err)?
+            .serve_at(paths::ROOT, Manager1 { ctx: ctx.clone() })
+            .map_err(reg_err)?;
+        for o in &snapshot {
+            b = serve_obj(b, &ctx, o).map_err(reg_err)?;
+        }
+        let conn = b.build().await.map_err(reg_err)?;
+        let mut inner = self.inner.lock().await;
+        for o in snapshot
+            .difference(&inner.published)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+        {
+            let _ = remove(&conn, o).await;
+        }
+        for o in inner.published.difference(&snapshot) {
+            add(&conn, &ctx, o).await.map_err(reg_err)?;
+        }
+        // Adding the ObjectManager announces every object (InterfacesAdded). A client
+        // written for a bus (sd-bus: busctl) sends Hello first and treats any message
+        // before its reply as a protocol error, so the ObjectManager comes right after the
+        // Hello reply (see HelloShim), or after a moment for clients that send no Hello.
+        let c = conn.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            add_object_manager(&c).await;
+        });
+        inner.next_id += 1;
+        let id = inner.next_id;
+        inner.conns.push((id, conn.clone(), peer));
+        Ok((id, conn))
     }
 
     /// Drops a closed connection.
@@ -220,6 +255,46 @@ impl HelloShim {
             add_object_manager(&c).await;
         });
         reply
+    }
+}
+
+fn reg_err(e: zbus::Error) -> Error {
+    Error::Busy(format!("D-Bus connection set-up: {e}"))
+}
+
+/// [`add`] for a connection being built.
+fn serve_obj(
+    b: zbus::connection::Builder<'static>,
+    ctx: &Ctx,
+    o: &Obj,
+) -> zbus::Result<zbus::connection::Builder<'static>> {
+    let ctx = ctx.clone();
+    match o {
+        Obj::Pool(p) => b.serve_at(
+            paths::pool(p).into_inner(),
+            Pool1 {
+                ctx,
+                pool: p.clone(),
+            },
+        ),
+        Obj::Volume(p, v) => b.serve_at(
+            paths::volume(p, v).into_inner(),
+            Volume1 {
+                ctx,
+                pool: p.clone(),
+                volume: v.clone(),
+            },
+        ),
+        Obj::Snapshot(p, v, s) => b.serve_at(
+            paths::snapshot(p, v, s).into_inner(),
+            Snapshot1 {
+                ctx,
+                pool: p.clone(),
+                volume: v.clone(),
+                snapshot: s.clone(),
+            },
+        ),
+        Obj::Job(id) => b.serve_at(paths::job(*id).into_inner(), Job1 { ctx, id: *id }),
     }
 }
 
@@ -334,7 +409,7 @@ pub async fn serve_p2p(
     publisher: Arc<Publisher>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let guid = zbus::Guid::generate();
+    let guid: zbus::OwnedGuid = zbus::Guid::generate().into();
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r {
@@ -357,28 +432,15 @@ pub async fn serve_p2p(
         let publisher = publisher.clone();
         let guid = guid.clone();
         tokio::spawn(async move {
-            let built = async {
-                zbus::connection::Builder::unix_stream(stream)
-                    .server(guid)?
-                    .p2p()
-                    .build()
-                    .await
-            };
-            let conn = match built.await {
+            let uid = caller.uid;
+            let (id, conn) = match publisher.attach_p2p(stream, guid, caller).await {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::debug!(error = %e, "D-Bus handshake");
+                    tracing::debug!(error = %e, "D-Bus client");
                     return;
                 }
             };
-            tracing::debug!(uid = caller.uid, "D-Bus client connected");
-            let id = match publisher.attach(conn.clone(), Peer::Direct(caller)).await {
-                Ok(id) => id,
-                Err(e) => {
-                    tracing::warn!(error = %e, "D-Bus client");
-                    return;
-                }
-            };
+            tracing::debug!(uid, "D-Bus client connected");
             // The stream ends when the client goes away.
             let mut msgs = zbus::MessageStream::from(&conn);
             while next_message(&mut msgs).await {}
@@ -412,7 +474,7 @@ pub async fn serve_bus(kind: BusKind, publisher: Arc<Publisher>) -> Result<Conne
     }
     .map_err(err)?;
     let conn = b.build().await.map_err(err)?;
-    publisher.attach(conn.clone(), Peer::Bus).await?;
+    publisher.attach_bus(conn.clone()).await?;
     conn.request_name(paths::SERVICE).await.map_err(err)?;
     Ok(conn)
 }
