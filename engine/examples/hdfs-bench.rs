@@ -77,7 +77,10 @@ mod bench {
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|_| std::env::temp_dir().join(format!("hlfs-bench-{stamp}")));
         std::fs::create_dir_all(&jroot)?;
-        println!("HDFS backend benchmark: {base}, {mib} MiB per phase, journal in {}", jroot.display());
+        println!(
+            "HDFS backend benchmark: {base}, {mib} MiB per phase, journal in {}",
+            jroot.display()
+        );
         let hopts = HdfsOptions::default();
 
         // 1. Raw sequential append with hdfs-native.
@@ -114,7 +117,10 @@ mod bench {
         let mut hs = Vec::new();
         rt.block_on(async {
             let mut w = client
-                .create(&format!("{raw_path}-hsync"), hdfs_native::WriteOptions::default())
+                .create(
+                    &format!("{raw_path}-hsync"),
+                    hdfs_native::WriteOptions::default(),
+                )
                 .await?;
             for _ in 0..200 {
                 let t = Instant::now();
@@ -140,7 +146,11 @@ mod bench {
             size,
             ..Default::default()
         };
-        let mut v = Volume::create(jb.clone() as Arc<dyn Backend>, &copts, &OpenOptions::default())?;
+        let mut v = Volume::create(
+            jb.clone() as Arc<dyn Backend>,
+            &copts,
+            &OpenOptions::default(),
+        )?;
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
 
         // 2. Random 4 KiB writes (incompressible), flush at the end.

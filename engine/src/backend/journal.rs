@@ -741,17 +741,18 @@ impl Inner {
         };
         match item {
             Item::Create { name, id } => {
-                if !up.open.contains_key(&name) {
-                    let w = match self.remote.create(&name) {
+                if let std::collections::hash_map::Entry::Vacant(slot) = up.open.entry(name) {
+                    let name = slot.key();
+                    let w = match self.remote.create(name) {
                         Ok(w) => (w, 0),
                         // Created before an interruption (maybe still open): resume it.
-                        Err(e) => match self.remote.open_append(&name) {
+                        Err(e) => match self.remote.open_append(name) {
                             Ok(w) => w,
                             Err(Error::NotFound(_)) => return Err(e),
                             Err(e2) => return Err(e2),
                         },
                     };
-                    up.open.insert(name, UpObj::new(w, id));
+                    slot.insert(UpObj::new(w, id));
                 }
             }
             Item::Append {
