@@ -52,6 +52,8 @@ pub struct SnapshotInfo {
     pub is_head_parent: bool,
     /// Clones made from this snapshot (it cannot be deleted while any exist).
     pub clones: Vec<String>,
+    /// Bytes only this snapshot references: what deleting it would free (before compression).
+    pub exclusive_bytes: u64,
 }
 
 /// Snapshot names: 1-64 characters of `[A-Za-z0-9._-]`, not starting with `.` or `-`.
@@ -172,7 +174,54 @@ impl Volume {
             allocated: (s.map.mapped_blocks() * u64::from(self.meta.block_size)).min(s.size),
             is_head_parent: self.head_parent == Some(id),
             clones: s.clones.clone(),
+            exclusive_bytes: self.exclusive_blocks(id) * u64::from(self.meta.block_size),
         })
+    }
+
+    /// Blocks of snapshot `id` that neither the head nor another snapshot references. Chunks
+    /// shared with another map are skipped whole; only chunks this snapshot owns are looked up.
+    fn exclusive_blocks(&self, id: u32) -> u64 {
+        let Some(s) = self.snaps.get(&id) else {
+            return 0;
+        };
+        let others: Vec<&ExtentMap> = std::iter::once(&self.map)
+            .chain(
+                self.snaps
+                    .iter()
+                    .filter(|(k, _)| **k != id)
+                    .map(|(_, o)| &o.map),
+            )
+            .collect();
+        let shared: std::collections::HashSet<usize> = others
+            .iter()
+            .flat_map(|m| m.chunks().map(|(p, _)| p))
+            .collect();
+        let mut n = 0;
+        for (ptr, chunk) in s.map.chunks() {
+            if shared.contains(&ptr) {
+                continue;
+            }
+            for (lba, x) in chunk {
+                if x.seg == crate::clone::ZERO_SEG {
+                    continue;
+                }
+                for p in 0..u64::from(x.len) {
+                    let b = lba + p;
+                    let used = others.iter().any(|m| {
+                        m.lookup(b, 1)
+                            .first()
+                            .and_then(|pc| pc.ext)
+                            .is_some_and(|e| {
+                                e.seg == x.seg && e.off == x.off && e.skip == x.skip + p as u16
+                            })
+                    });
+                    if !used {
+                        n += 1;
+                    }
+                }
+            }
+        }
+        n
     }
 
     /// Deletes a snapshot; its space becomes reclaimable by the cleaner.

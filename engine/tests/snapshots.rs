@@ -149,9 +149,32 @@ fn snapshot_tree_and_protection_of_names() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut v = common::create(dir.path(), 1 << 20, 1 << 20, 1 << 30);
     v.write(0, &[1u8; 4096]).expect("write");
+    v.write(65536, &[7u8; 8192]).expect("write");
     v.snapshot_create("a", false).expect("a");
     v.write(0, &[2u8; 4096]).expect("write");
     v.snapshot_create("b", false).expect("b");
+    // Block 0 as of "a" is referenced by "a" alone once the head moved on; the rest is shared.
+    let excl = |v: &hlfs_engine::Volume, n: &str| {
+        v.snapshots()
+            .into_iter()
+            .find(|s| s.name == n)
+            .map(|s| s.exclusive_bytes)
+    };
+    assert_eq!(excl(&v, "a"), Some(4096));
+    assert_eq!(excl(&v, "b"), Some(0));
+    v.write(65536, &[8u8; 4096]).expect("write");
+    assert_eq!(
+        excl(&v, "a"),
+        Some(4096),
+        "block 16 is still shared by a and b"
+    );
+    assert_eq!(
+        excl(&v, "b"),
+        Some(0),
+        "b shares block 0 with the head, block 16 with a"
+    );
+    v.write(0, &[3u8; 4096]).expect("write");
+    assert_eq!(excl(&v, "b"), Some(4096), "now b alone holds block 0 = 2");
     v.rollback("a").expect("rollback");
     let mut b = [0u8; 4096];
     v.read(0, &mut b).expect("read");
