@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-cargo nextest run --workspace --no-fail-fast
+# The HDFS tests run against a real HDFS that this starts (and stops) around the test run.
+bash scripts/with-hdfs.sh cargo nextest run --workspace --no-fail-fast
