@@ -248,3 +248,54 @@ fn snapshot_creation_time_does_not_depend_on_volume_size() {
         "snapshot cost grows with the volume: {times:?}"
     );
 }
+
+#[test]
+fn physical_near_allocated_after_deleting_snapshots_and_cleaning() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let size = 8u64 << 20;
+    let opts = hlfs_engine::CreateOptions {
+        size,
+        segment_size: 1 << 20,
+        compression: false,
+        checkpoint_interval: 4 << 20,
+        ..Default::default()
+    };
+    let mut v =
+        Volume::create(common::backend(dir.path()), &opts, &Default::default()).expect("create");
+    let mut rng = Rng::new(77);
+    let mut b = vec![0u8; 4096];
+    for round in 0..4 {
+        for _ in 0..1500 {
+            rng.fill(&mut b);
+            v.write(rng.below(size / 4096) * 4096, &b).expect("write");
+        }
+        v.snapshot_create(&format!("r{round}"), false)
+            .expect("snapshot");
+    }
+    let before = v.stat();
+    assert!(
+        before.log_bytes > before.allocated * 2,
+        "snapshots should hold old data: {before:?}"
+    );
+    for round in 0..4 {
+        v.snapshot_delete(&format!("r{round}")).expect("delete");
+    }
+    assert!(v.stat().reclaimable > 0);
+    let all = CleanPolicy {
+        max_live_ratio: 0.999,
+        max_segments: 10_000,
+        space_budget: 0,
+    };
+    v.clean(&all).expect("clean");
+    let st = v.stat();
+    assert!(
+        (st.log_bytes as f64) <= st.allocated as f64 * 1.10,
+        "physical {} vs allocated {}: more than 10% over",
+        st.log_bytes,
+        st.allocated
+    );
+    let model = read_all(&mut v);
+    v.close().expect("close");
+    let mut v = open(dir.path()).expect("reopen");
+    assert!(read_all(&mut v) == model);
+}
