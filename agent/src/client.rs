@@ -90,7 +90,14 @@ impl Client {
             .conn
             .call_method(Some(paths::SERVICE), path, Some(iface), method, body)
             .await
-            .map_err(remote)?;
+            .map_err(|e| match e {
+                zbus::Error::MethodError(name, _, _)
+                    if name.as_str() == "org.freedesktop.DBus.Error.UnknownObject" =>
+                {
+                    Error::NotFound(describe(path))
+                }
+                e => remote(e),
+            })?;
         msg.body().deserialize::<R>().map_err(|e| Error::Connect {
             context: format!("reply to {method}"),
             why: e.to_string(),
@@ -144,6 +151,23 @@ impl Client {
             volume,
             snapshot: snap,
         })
+    }
+}
+
+/// What an object path names, for "not found" messages: `volume pool/vol`, `pool p`, ...
+fn describe(path: &str) -> String {
+    let rest = path.strip_prefix(paths::ROOT).unwrap_or(path);
+    let parts: Vec<String> = rest
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|e| paths::unescape(e).unwrap_or_else(|| e.to_string()))
+        .collect();
+    match parts.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["pool", p] => format!("pool {p}"),
+        ["pool", p, v] => format!("volume {p}/{v}"),
+        ["pool", p, v, s] => format!("snapshot {p}/{v}%{s}"),
+        ["job", j] => format!("job {j}"),
+        _ => format!("object {path}"),
     }
 }
 
@@ -205,6 +229,19 @@ pub fn prop_bool(p: &Props, k: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn describes_paths() {
+        assert_eq!(
+            super::describe("/org/hlfs/Hlfs1/pool/a/disk_2d1"),
+            "volume a/disk-1"
+        );
+        assert_eq!(super::describe("/org/hlfs/Hlfs1/pool/a"), "pool a");
+        assert_eq!(
+            super::describe("/org/hlfs/Hlfs1/pool/a/v/s"),
+            "snapshot a/v%s"
+        );
+    }
+
     #[test]
     fn snapshot_suffixes() {
         assert_eq!(super::split_snapshot("p/v%s"), ("p/v", Some("s".into())));

@@ -167,8 +167,7 @@ impl Job {
         let mut buf = [0u8; 256];
         let mut pending = String::new();
         let mut last_sent = 0.0f64;
-        loop {
-            let Some(out) = stdout.as_mut() else { break };
+        while let Some(out) = stdout.as_mut() {
             tokio::select! {
                 n = out.read(&mut buf) => {
                     let n = n.unwrap_or(0);

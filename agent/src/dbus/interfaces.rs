@@ -95,6 +95,7 @@ pub struct Manager1 {
 impl Manager1 {
     /// Adds a pool on a backend URI (`local:///dir`). Returns the pool's object and whether
     /// it was new (re-adding the same pool on the same URI is a no-op).
+    #[zbus(out_args("pool", "changed"))]
     async fn create_pool(
         &self,
         #[zbus(header)] hdr: Header<'_>,
@@ -136,7 +137,7 @@ impl Manager1 {
             .collect()
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "const"))]
     async fn version(&self) -> String {
         env!("CARGO_PKG_VERSION").to_string()
     }
@@ -201,6 +202,7 @@ impl Pool1 {
 
     /// Creates volume `name` from image `source` (an absolute path; `format` `raw`, `qcow2`
     /// or empty to probe) and returns the volume and the copying job.
+    #[zbus(out_args("volume", "job"))]
     async fn import_volume(
         &self,
         #[zbus(header)] hdr: Header<'_>,
@@ -224,7 +226,7 @@ impl Pool1 {
         Ok((paths::volume(&self.pool, name), paths::job(job)))
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "const"))]
     async fn name(&self) -> String {
         self.pool.clone()
     }
@@ -435,11 +437,11 @@ impl Volume1 {
             .collect())
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "const"))]
     async fn name(&self) -> String {
         self.volume.clone()
     }
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "const"))]
     async fn pool(&self) -> String {
         self.pool.clone()
     }
@@ -476,7 +478,7 @@ impl Volume1 {
     async fn live_ratio(&self) -> f64 {
         self.info().await.live_ratio
     }
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "const"))]
     async fn export_name(&self) -> String {
         format!("{}/{}", self.pool, self.volume)
     }
@@ -514,7 +516,7 @@ impl Snapshot1 {
 
 #[interface(name = "org.hlfs.Snapshot1")]
 impl Snapshot1 {
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "const"))]
     async fn name(&self) -> String {
         self.snapshot.clone()
     }
@@ -568,7 +570,7 @@ impl Job1 {
     }
 
     /// `import` or `export`.
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "const"))]
     async fn kind(&self) -> String {
         self.ctx
             .svc
@@ -576,7 +578,7 @@ impl Job1 {
             .map(|j| j.kind.as_str().to_string())
             .unwrap_or_default()
     }
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "const"))]
     async fn description(&self) -> String {
         self.ctx
             .svc

@@ -237,24 +237,93 @@ async fn add_object_manager(c: &Connection) {
 }
 
 /// Answers `org.freedesktop.DBus.Hello` on p2p connections: clients written for a bus
-/// (busctl, sd-bus) send it first even on a direct connection.
+/// (sd-bus, so busctl) send it first even on a direct connection, and treat any message that
+/// arrives before its reply as a protocol error. So the ObjectManager, whose registration
+/// announces every object (InterfacesAdded), is added only once the reply is out; and since
+/// this interface runs inline (no task per call), the client's next call is dispatched only
+/// after that, so it finds the ObjectManager. Written by hand rather than with
+/// `#[interface]` because the reply must be sent before the method's work is done.
 struct HelloShim;
 
-#[zbus::interface(name = "org.freedesktop.DBus")]
-impl HelloShim {
-    /// A unique name for the caller; there is no bus, so it is always the same. Once the
-    /// reply is out, the ObjectManager (and its signals) may follow.
-    async fn hello(
+#[async_trait::async_trait]
+impl zbus::object_server::Interface for HelloShim {
+    fn name() -> zbus::names::InterfaceName<'static> {
+        zbus::names::InterfaceName::from_static_str_unchecked("org.freedesktop.DBus")
+    }
+
+    fn spawn_tasks_for_methods(&self) -> bool {
+        false
+    }
+
+    async fn get(
         &self,
-        #[zbus(connection)] conn: &Connection,
-    ) -> zbus::object_server::ResponseDispatchNotifier<String> {
-        let (reply, sent) = zbus::object_server::ResponseDispatchNotifier::new(":1.1".to_string());
-        let c = conn.clone();
-        tokio::spawn(async move {
-            sent.await;
-            add_object_manager(&c).await;
-        });
-        reply
+        _: &str,
+        _: &zbus::ObjectServer,
+        _: &Connection,
+        _: Option<&zbus::message::Header<'_>>,
+        _: &zbus::object_server::SignalEmitter<'_>,
+    ) -> Option<zbus::fdo::Result<zbus::zvariant::OwnedValue>> {
+        None
+    }
+
+    async fn get_all(
+        &self,
+        _: &zbus::ObjectServer,
+        _: &Connection,
+        _: Option<&zbus::message::Header<'_>>,
+        _: &zbus::object_server::SignalEmitter<'_>,
+    ) -> zbus::fdo::Result<std::collections::HashMap<String, zbus::zvariant::OwnedValue>> {
+        Ok(Default::default())
+    }
+
+    async fn set_mut(
+        &mut self,
+        _: &str,
+        _: &zbus::zvariant::Value<'_>,
+        _: &zbus::ObjectServer,
+        _: &Connection,
+        _: Option<&zbus::message::Header<'_>>,
+        _: &zbus::object_server::SignalEmitter<'_>,
+    ) -> Option<zbus::fdo::Result<()>> {
+        None
+    }
+
+    fn call<'call>(
+        &'call self,
+        _: &'call zbus::ObjectServer,
+        conn: &'call Connection,
+        msg: &'call zbus::Message,
+        name: zbus::names::MemberName<'call>,
+    ) -> zbus::object_server::DispatchResult2<'call> {
+        if name.as_str() != "Hello" {
+            return zbus::object_server::DispatchResult2::NotFound;
+        }
+        zbus::object_server::DispatchResult2::Async(Box::pin(async move {
+            // There is no bus: every client gets the same unique name.
+            conn.reply(&msg.header(), &(":1.1",))
+                .await
+                .map_err(|e| zbus::fdo::Error::Failed(e.to_string()))?;
+            add_object_manager(conn).await;
+            Ok(())
+        }))
+    }
+
+    fn call_mut<'call>(
+        &'call mut self,
+        _: &'call zbus::ObjectServer,
+        _: &'call Connection,
+        _: &'call zbus::Message,
+        _: zbus::names::MemberName<'call>,
+    ) -> zbus::object_server::DispatchResult2<'call> {
+        zbus::object_server::DispatchResult2::NotFound
+    }
+
+    fn introspect_to_writer(&self, w: &mut dyn std::fmt::Write, level: usize) {
+        let pad = " ".repeat(level);
+        let _ = write!(
+            w,
+            "{pad}<interface name=\"org.freedesktop.DBus\">\n{pad}  <method name=\"Hello\">\n{pad}    <arg type=\"s\" direction=\"out\"/>\n{pad}  </method>\n{pad}</interface>\n"
+        );
     }
 }
 

@@ -77,6 +77,8 @@ pub struct Daemon {
     pub dir: TempDir,
     pub child: Option<Child>,
     pub extra: Vec<String>,
+    /// Extra environment for the daemon (e.g. DBUS_SESSION_BUS_ADDRESS).
+    pub env: Vec<(String, String)>,
     pub socket: PathBuf,
     starts: u32,
 }
@@ -84,17 +86,36 @@ pub struct Daemon {
 impl Daemon {
     /// Starts hlfsd with `extra` flags (e.g. `--create-volume default/vm1:64M`).
     pub fn start(tag: &str, extra: &[&str]) -> Daemon {
+        Daemon::start_with_env(tag, extra, &[])
+    }
+
+    /// As [`Daemon::start`], with extra environment variables.
+    pub fn start_with_env(tag: &str, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let dir = TempDir::new(tag);
         let socket = dir.path().join("run/nbd.sock");
         let mut d = Daemon {
             dir,
             child: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             socket,
             starts: 0,
         };
         d.spawn();
         d
+    }
+
+    /// The peer-to-peer D-Bus socket.
+    pub fn dbus_socket(&self) -> PathBuf {
+        self.dir.path().join("run/dbus.sock")
+    }
+
+    /// `unix:path=...` of the D-Bus socket, for busctl --address.
+    pub fn dbus_address(&self) -> String {
+        format!("unix:path={}", self.dbus_socket().display())
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -121,6 +142,7 @@ impl Daemon {
             .arg("--runtime-dir")
             .arg(self.dir.path().join("run"))
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(stdout)

@@ -1,0 +1,996 @@
+//! The D-Bus API and the `hlfs` CLI against a real hlfsd: busctl on the peer-to-peer socket
+//! and through a dbus-daemon started here, named errors, PropertiesChanged, permission checks
+//! for an unprivileged caller, the introspection XML kept in the repo, and a CLI round trip of
+//! a qcow2 image made by qemu-img (import, export, qemu-img compare).
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+const XML: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/dbus/org.hlfs.Hlfs1.xml");
+
+fn busctl(addr: &str, args: &[&str]) -> Output {
+    let mut a = vec![format!("--address={addr}")];
+    a.extend(args.iter().map(|s| s.to_string()));
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    try_run("busctl", &a)
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err(o: &Output) -> String {
+    assert!(
+        !o.status.success(),
+        "unexpectedly succeeded:\n{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs `hlfs ARGS` against the daemon's p2p socket, optionally as an unprivileged user.
+fn hlfs(d: &Daemon, nobody: bool, args: &[&str]) -> Output {
+    let exe = env!("CARGO_BIN_EXE_hlfs");
+    let mut c = if nobody {
+        require_tool("setpriv");
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", exe]);
+        c
+    } else {
+        Command::new(exe)
+    };
+    c.arg("--socket")
+        .arg(d.dbus_socket())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run hlfs")
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_str(&ok(o)).expect("hlfs --json output is JSON")
+}
+
+#[test]
+fn busctl_on_the_p2p_socket_introspects_calls_and_gets_named_errors() {
+    let d = Daemon::start("dbus-p2p", &["--create-volume", "default/vm1:8M"]);
+    let a = d.dbus_address();
+    let tree = ok(&busctl(&a, &["tree", "org.hlfs.Hlfs1"]));
+    assert!(tree.contains("/org/hlfs/Hlfs1/pool/default/vm1"), "{tree}");
+    let intro = ok(&busctl(
+        &a,
+        &[
+            "introspect",
+            "org.hlfs.Hlfs1",
+            "/org/hlfs/Hlfs1/pool/default/vm1",
+        ],
+    ));
+    for m in [
+        ".Resize",
+        ".CreateSnapshot",
+        ".Export",
+        ".Size",
+        ".LiveRatio",
+    ] {
+        assert!(intro.contains(m), "{m} missing:\n{intro}");
+    }
+    let size = ok(&busctl(
+        &a,
+        &[
+            "get-property",
+            "org.hlfs.Hlfs1",
+            "/org/hlfs/Hlfs1/pool/default/vm1",
+            "org.hlfs.Volume1",
+            "Size",
+        ],
+    ));
+    assert_eq!(size.trim(), "t 8388608");
+
+    let pool_dir = d.dir.path().join("p2");
+    let uri = format!("local://{}", pool_dir.display());
+    let r = ok(&busctl(
+        &a,
+        &[
+            "call",
+            "org.hlfs.Hlfs1",
+            "/org/hlfs/Hlfs1",
+            "org.hlfs.Manager1",
+            "CreatePool",
+            "ss",
+            "p2",
+            &uri,
+        ],
+    ));
+    assert_eq!(r.trim(), "ob \"/org/hlfs/Hlfs1/pool/p2\" true");
+    assert!(pool_dir.is_dir());
+    let r = ok(&busctl(
+        &a,
+        &[
+            "call",
+            "org.hlfs.Hlfs1",
+            "/org/hlfs/Hlfs1/pool/p2",
+            "org.hlfs.Pool1",
+            "CreateVolume",
+            "sta{sv}",
+            "disk-1",
+            "1048576",
+            "2",
+            "compression",
+            "b",
+            "false",
+            "block_size",
+            "u",
+            "512",
+        ],
+    ));
+    assert_eq!(r.trim(), "o \"/org/hlfs/Hlfs1/pool/p2/disk_2d1\"");
+    let p = "/org/hlfs/Hlfs1/pool/p2/disk_2d1";
+    let bs = ok(&busctl(
+        &a,
+        &[
+            "get-property",
+            "org.hlfs.Hlfs1",
+            p,
+            "org.hlfs.Volume1",
+            "BlockSize",
+            "Compression",
+        ],
+    ));
+    assert_eq!(
+        bs.split_whitespace().collect::<Vec<_>>(),
+        ["u", "512", "b", "false"]
+    );
+    let r = ok(&busctl(
+        &a,
+        &[
+            "call",
+            "org.hlfs.Hlfs1",
+            p,
+            "org.hlfs.Volume1",
+            "Resize",
+            "t",
+            "2097152",
+        ],
+    ));
+    assert_eq!(r.trim(), "b true");
+    let r = ok(&busctl(
+        &a,
+        &[
+            "call",
+            "org.hlfs.Hlfs1",
+            p,
+            "org.hlfs.Volume1",
+            "Resize",
+            "t",
+            "2097152",
+        ],
+    ));
+    assert_eq!(r.trim(), "b false", "an unchanged size reports no change");
+    let size = ok(&busctl(
+        &a,
+        &[
+            "get-property",
+            "org.hlfs.Hlfs1",
+            p,
+            "org.hlfs.Volume1",
+            "Size",
+        ],
+    ));
+    assert_eq!(size.trim(), "t 2097152");
+    ok(&busctl(
+        &a,
+        &[
+            "call",
+            "org.hlfs.Hlfs1",
+            p,
+            "org.hlfs.Volume1",
+            "CreateSnapshot",
+            "s",
+            "before",
+        ],
+    ));
+    let snaps = ok(&busctl(
+        &a,
+        &[
+            "call",
+            "org.hlfs.Hlfs1",
+            p,
+            "org.hlfs.Volume1",
+            "ListSnapshots",
+        ],
+    ));
+    assert!(
+        snaps.contains("\"before\" \"/org/hlfs/Hlfs1/pool/p2/disk_2d1/before\""),
+        "{snaps}"
+    );
+    let seq = ok(&busctl(
+        &a,
+        &[
+            "get-property",
+            "org.hlfs.Hlfs1",
+            "/org/hlfs/Hlfs1/pool/p2/disk_2d1/before",
+            "org.hlfs.Snapshot1",
+            "Sequence",
+        ],
+    ));
+    assert!(seq.starts_with("t "), "{seq}");
+    // GetManagedObjects lists pools, volumes and snapshots with their properties.
+    let objs = ok(&busctl(
+        &a,
+        &[
+            "call",
+            "org.hlfs.Hlfs1",
+            "/org/hlfs/Hlfs1",
+            "org.freedesktop.DBus.ObjectManager",
+            "GetManagedObjects",
+            "--json=short",
+        ],
+    ));
+    for needle in [
+        "/org/hlfs/Hlfs1/pool/p2/disk_2d1/before",
+        "org.hlfs.Snapshot1",
+        "\"ExportName\"",
+        "p2/disk-1",
+    ] {
+        assert!(
+            objs.contains(needle),
+            "{needle} missing from GetManagedObjects:\n{objs}"
+        );
+    }
+    // Errors carry their message through busctl.
+    let e = err(&busctl(
+        &a,
+        &[
+            "call",
+            "org.hlfs.Hlfs1",
+            "/org/hlfs/Hlfs1/pool/p2",
+            "org.hlfs.Pool1",
+            "DeleteVolume",
+            "s",
+            "nope",
+        ],
+    ));
+    assert!(e.contains("not found"), "{e}");
+    // Deleting a pool with volumes is refused; once empty it goes.
+    let e = err(&busctl(
+        &a,
+        &[
+            "call",
+            "org.hlfs.Hlfs1",
+            "/org/hlfs/Hlfs1",
+            "org.hlfs.Manager1",
+            "DeletePool",
+            "s",
+            "p2",
+        ],
+    ));
+    assert!(e.contains("has 1 volume"), "{e}");
+    ok(&busctl(
+        &a,
+        &[
+            "call",
+            "org.hlfs.Hlfs1",
+            "/org/hlfs/Hlfs1/pool/p2",
+            "org.hlfs.Pool1",
+            "DeleteVolume",
+            "s",
+            "disk-1",
+        ],
+    ));
+    ok(&busctl(
+        &a,
+        &[
+            "call",
+            "org.hlfs.Hlfs1",
+            "/org/hlfs/Hlfs1",
+            "org.hlfs.Manager1",
+            "DeletePool",
+            "s",
+            "p2",
+        ],
+    ));
+    assert!(!pool_dir.exists());
+    let tree = ok(&busctl(&a, &["tree", "org.hlfs.Hlfs1"]));
+    assert!(!tree.contains("p2"), "{tree}");
+}
+
+#[test]
+fn named_errors_and_properties_changed_over_zbus() {
+    use hlfs_agent::client::Client;
+    let d = Daemon::start("dbus-errors", &["--create-volume", "default/vm1:8M"]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = Client::p2p(&d.dbus_socket()).await.unwrap();
+        let name = |r: hlfs_agent::Result<zbus::zvariant::OwnedObjectPath>| match r {
+            Err(hlfs_agent::Error::Remote { name, .. }) => name,
+            other => panic!("expected a D-Bus error, got {other:?}"),
+        };
+        let vol = "/org/hlfs/Hlfs1/pool/default/vm1";
+        let pool = "/org/hlfs/Hlfs1/pool/default";
+        let no_opts = std::collections::HashMap::<String, zbus::zvariant::Value>::new();
+        assert_eq!(
+            name(
+                c.call(
+                    pool,
+                    "org.hlfs.Pool1",
+                    "CreateVolume",
+                    &("vm1", 1u64 << 20, &no_opts)
+                )
+                .await
+            ),
+            "org.hlfs.Error.Exists"
+        );
+        assert_eq!(
+            name(
+                c.call(
+                    pool,
+                    "org.hlfs.Pool1",
+                    "CreateVolume",
+                    &("../x", 1u64 << 20, &no_opts)
+                )
+                .await
+            ),
+            "org.hlfs.Error.Invalid"
+        );
+        assert_eq!(
+            name(
+                c.call(
+                    pool,
+                    "org.hlfs.Pool1",
+                    "CreateVolume",
+                    &("z", 0u64, &no_opts)
+                )
+                .await
+            ),
+            "org.hlfs.Error.Invalid"
+        );
+        assert_eq!(
+            name(
+                c.call(vol, "org.hlfs.Volume1", "Clone", &("s", "default", "c1"))
+                    .await
+            ),
+            "org.hlfs.Error.NotSupported"
+        );
+        assert_eq!(
+            name(
+                c.call(vol, "org.hlfs.Volume1", "Rollback", &("nosuch",))
+                    .await
+                    .map(|_: bool| Default::default())
+            ),
+            "org.hlfs.Error.NotFound"
+        );
+        assert_eq!(
+            name(
+                c.call(vol, "org.hlfs.Volume1", "Export", &("relative.img", "raw"))
+                    .await
+            ),
+            "org.hlfs.Error.Invalid"
+        );
+        assert_eq!(
+            name(
+                c.call(
+                    pool,
+                    "org.hlfs.Pool1",
+                    "ImportVolume",
+                    &("v2", "/nonexistent.qcow2", "")
+                )
+                .await
+                .map(
+                    |(v, _): (
+                        zbus::zvariant::OwnedObjectPath,
+                        zbus::zvariant::OwnedObjectPath
+                    )| v
+                )
+            ),
+            "org.hlfs.Error.NotFound"
+        );
+
+        // A second client watches PropertiesChanged while the first resizes.
+        let watcher = zbus::connection::Builder::unix_stream(
+            tokio::net::UnixStream::connect(d.dbus_socket())
+                .await
+                .unwrap(),
+        )
+        .p2p()
+        .build()
+        .await
+        .unwrap();
+        let mut stream = zbus::MessageStream::from(&watcher);
+        let changed: bool = c
+            .call(vol, "org.hlfs.Volume1", "Resize", &(16u64 << 20,))
+            .await
+            .unwrap();
+        assert!(changed);
+        let got = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            use std::future::poll_fn;
+            use std::pin::Pin;
+            loop {
+                let m = poll_fn(|cx| futures_core::Stream::poll_next(Pin::new(&mut stream), cx))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                let h = m.header();
+                if h.member().map(|m| m.as_str()) == Some("PropertiesChanged")
+                    && h.path().map(|p| p.as_str()) == Some(vol)
+                {
+                    let (iface, props, _): (
+                        String,
+                        std::collections::HashMap<String, zbus::zvariant::OwnedValue>,
+                        Vec<String>,
+                    ) = m.body().deserialize().unwrap();
+                    if let Some(v) = props.get("Size") {
+                        return (iface, u64::try_from(v).unwrap());
+                    }
+                }
+            }
+        })
+        .await
+        .expect("no PropertiesChanged for Size");
+        assert_eq!(got, ("org.hlfs.Volume1".to_string(), 16 << 20));
+    });
+}
+
+#[test]
+fn unprivileged_caller_may_read_but_not_mutate() {
+    let d = Daemon::start("dbus-perm", &["--create-volume", "default/vm1:8M"]);
+    // The socket lets everyone connect; the daemon decides per call.
+    let list = hlfs(&d, true, &["volume", "list", "--json"]);
+    let v = json(&list);
+    assert_eq!(v[0]["name"], "vm1");
+    assert_eq!(v[0]["size"], 8 << 20);
+    let info = json(&hlfs(&d, true, &["volume", "info", "vm1", "--json"]));
+    assert_eq!(info["export"], "default/vm1");
+    for args in [
+        &["volume", "create", "evil", "1M"][..],
+        &["volume", "resize", "vm1", "16M"],
+        &["volume", "delete", "vm1"],
+        &["snapshot", "create", "vm1%s"],
+        &["pool", "create", "p", "local:///tmp/hlfs-evil-pool"],
+    ] {
+        let e = err(&hlfs(&d, true, args));
+        assert!(
+            e.contains("org.hlfs.Error.PermissionDenied") && e.contains("uid 65534"),
+            "{args:?}: {e}"
+        );
+    }
+    // Nothing changed.
+    let v = json(&hlfs(&d, false, &["volume", "list", "--json"]));
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["size"], 8 << 20);
+    assert!(!Path::new("/tmp/hlfs-evil-pool").exists());
+    // busctl as nobody: reads work, calls are refused.
+    let a = d.dbus_address();
+    let nobody_busctl = |args: &[&str]| {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "busctl"])
+            .arg(format!("--address={a}"))
+            .args(args);
+        c.output().unwrap()
+    };
+    let size = ok(&nobody_busctl(&[
+        "get-property",
+        "org.hlfs.Hlfs1",
+        "/org/hlfs/Hlfs1/pool/default/vm1",
+        "org.hlfs.Volume1",
+        "Size",
+    ]));
+    assert_eq!(size.trim(), "t 8388608");
+    let e = err(&nobody_busctl(&[
+        "call",
+        "org.hlfs.Hlfs1",
+        "/org/hlfs/Hlfs1/pool/default/vm1",
+        "org.hlfs.Volume1",
+        "Resize",
+        "t",
+        "1024",
+    ]));
+    assert!(e.contains("permission denied"), "{e}");
+    // Root may.
+    let r = json(&hlfs(
+        &d,
+        false,
+        &["volume", "resize", "vm1", "16M", "--json"],
+    ));
+    assert_eq!(r["changed"], true);
+}
+
+/// A dbus-daemon for the test, open to every user (the production policy file is checked
+/// separately), removed on drop.
+struct Bus {
+    pid: u32,
+    address: String,
+    _dir: TempDir,
+}
+
+impl Bus {
+    fn start() -> Bus {
+        require_tool("dbus-daemon");
+        let dir = TempDir::new("bus");
+        let sock = dir.path().join("bus.sock");
+        let conf = dir.path().join("bus.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:path={}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>
+"#,
+                sock.display()
+            ),
+        )
+        .unwrap();
+        let out = run(
+            "dbus-daemon",
+            &[
+                &format!("--config-file={}", conf.display()),
+                "--fork",
+                "--print-address=1",
+                "--print-pid=1",
+            ],
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let mut lines = text.lines();
+        let address = lines.next().unwrap().trim().to_string();
+        let pid: u32 = lines.next().unwrap().trim().parse().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o777)).unwrap();
+        Bus {
+            pid,
+            address,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.pid.to_string()).status();
+    }
+}
+
+#[test]
+fn session_bus_serves_the_api_and_checks_callers_through_the_bus() {
+    let bus = Bus::start();
+    let d = Daemon::start_with_env(
+        "dbus-bus",
+        &["--create-volume", "default/vm1:8M", "--session-bus"],
+        &[("DBUS_SESSION_BUS_ADDRESS", &bus.address)],
+    );
+    assert!(d.stderr().contains("on the bus"), "{}", d.stderr());
+    let a = &bus.address;
+    let names = ok(&busctl(a, &["list", "--no-pager"]));
+    assert!(names.contains("org.hlfs.Hlfs1"), "{names}");
+    let intro = ok(&busctl(
+        a,
+        &["introspect", "org.hlfs.Hlfs1", "/org/hlfs/Hlfs1"],
+    ));
+    assert!(
+        intro.contains("org.hlfs.Manager1") && intro.contains("org.freedesktop.DBus.ObjectManager"),
+        "{intro}"
+    );
+    let objs = ok(&busctl(
+        a,
+        &[
+            "call",
+            "org.hlfs.Hlfs1",
+            "/org/hlfs/Hlfs1",
+            "org.freedesktop.DBus.ObjectManager",
+            "GetManagedObjects",
+            "--json=short",
+        ],
+    ));
+    assert!(objs.contains("/org/hlfs/Hlfs1/pool/default/vm1"), "{objs}");
+    // Root through the bus may mutate.
+    let r = ok(&busctl(
+        a,
+        &[
+            "call",
+            "org.hlfs.Hlfs1",
+            "/org/hlfs/Hlfs1/pool/default",
+            "org.hlfs.Pool1",
+            "CreateVolume",
+            "sta{sv}",
+            "vm2",
+            "4194304",
+            "0",
+        ],
+    ));
+    assert_eq!(r.trim(), "o \"/org/hlfs/Hlfs1/pool/default/vm2\"");
+    // The CLI over the bus, as root and as nobody (credentials from the bus daemon).
+    let cli = |nobody: bool, args: &[&str]| {
+        let exe = env!("CARGO_BIN_EXE_hlfs");
+        let mut c = if nobody {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", exe]);
+            c
+        } else {
+            Command::new(exe)
+        };
+        c.args(["--bus", "session"])
+            .args(args)
+            .env("DBUS_SESSION_BUS_ADDRESS", a)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let v = json(&cli(true, &["volume", "list", "--json"]));
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["vm1", "vm2"]);
+    let e = err(&cli(true, &["volume", "delete", "vm2"]));
+    assert!(e.contains("org.hlfs.Error.PermissionDenied"), "{e}");
+    let r = json(&cli(false, &["volume", "delete", "vm2", "--json"]));
+    assert_eq!(r["deleted"], true);
+    let v = json(&cli(false, &["volume", "list", "--json"]));
+    assert_eq!(v.as_array().unwrap().len(), 1);
+}
+
+/// `<interface name="org.hlfs.…">…</interface>` blocks, whitespace-normalised, by name.
+fn hlfs_interfaces(xml: &str) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut rest = xml;
+    while let Some(i) = rest.find("<interface name=\"org.hlfs.") {
+        let block = &rest[i..];
+        let end =
+            block.find("</interface>").expect("unterminated interface") + "</interface>".len();
+        let b = &block[..end];
+        // Comments (doc text) are not part of the API.
+        let mut clean = String::new();
+        let mut s = b;
+        while let Some(c) = s.find("<!--") {
+            clean.push_str(&s[..c]);
+            let e = s[c..].find("-->").expect("unterminated comment") + c + 3;
+            s = &s[e..];
+        }
+        clean.push_str(s);
+        let name = clean["<interface name=\"".len()..]
+            .split('"')
+            .next()
+            .unwrap()
+            .to_string();
+        out.insert(name, clean.split_whitespace().collect::<Vec<_>>().join(" "));
+        rest = &block[end..];
+    }
+    out
+}
+
+#[test]
+fn introspection_matches_the_xml_in_the_repo() {
+    let d = Daemon::start("dbus-xml", &["--create-volume", "default/vm1:1M"]);
+    let a = d.dbus_address();
+    ok(&busctl(
+        &a,
+        &[
+            "call",
+            "org.hlfs.Hlfs1",
+            "/org/hlfs/Hlfs1/pool/default/vm1",
+            "org.hlfs.Volume1",
+            "CreateSnapshot",
+            "s",
+            "s1",
+        ],
+    ));
+    let dest = d.dir.path().join("out.raw");
+    let job = ok(&busctl(
+        &a,
+        &[
+            "call",
+            "org.hlfs.Hlfs1",
+            "/org/hlfs/Hlfs1/pool/default/vm1",
+            "org.hlfs.Volume1",
+            "Export",
+            "ss",
+            dest.to_str().unwrap(),
+            "raw",
+        ],
+    ));
+    let job = job
+        .trim()
+        .trim_start_matches("o ")
+        .trim_matches('"')
+        .to_string();
+    let mut live = String::new();
+    for p in [
+        "/org/hlfs/Hlfs1",
+        "/org/hlfs/Hlfs1/pool/default",
+        "/org/hlfs/Hlfs1/pool/default/vm1",
+        "/org/hlfs/Hlfs1/pool/default/vm1/s1",
+        &job,
+    ] {
+        let o = ok(&busctl(
+            &a,
+            &[
+                "call",
+                "org.hlfs.Hlfs1",
+                p,
+                "org.freedesktop.DBus.Introspectable",
+                "Introspect",
+                "--json=short",
+            ],
+        ));
+        let v: serde_json::Value = serde_json::from_str(&o).unwrap();
+        live.push_str(v["data"][0].as_str().unwrap());
+    }
+    let live_ifaces = hlfs_interfaces(&live);
+    assert_eq!(
+        live_ifaces.keys().collect::<Vec<_>>(),
+        [
+            "org.hlfs.Job1",
+            "org.hlfs.Manager1",
+            "org.hlfs.Pool1",
+            "org.hlfs.Snapshot1",
+            "org.hlfs.Volume1"
+        ]
+    );
+    if std::env::var_os("HLFS_UPDATE_XML").is_some() {
+        let mut x = String::from("<!DOCTYPE node PUBLIC \"-//freedesktop//DTD D-BUS Object Introspection 1.0//EN\"\n \"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd\">\n<!-- The D-Bus API of hlfsd (service org.hlfs.Hlfs1), as introspected. See docs/dbus.md.\n     Regenerate: HLFS_UPDATE_XML=1 cargo test -p hlfs-agent --test dbus_cli introspection -->\n<node>\n");
+        let mut rest = live.as_str();
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some(i) = rest.find("  <interface name=\"org.hlfs.") {
+            let block = &rest[i..];
+            let end = block.find("</interface>").unwrap() + "</interface>".len();
+            let name = block["  <interface name=\"".len()..]
+                .split('"')
+                .next()
+                .unwrap()
+                .to_string();
+            if seen.insert(name) {
+                x.push_str(&block[..end]);
+                x.push('\n');
+            }
+            rest = &block[end..];
+        }
+        x.push_str("</node>\n");
+        std::fs::write(XML, x).unwrap();
+    }
+    let repo = std::fs::read_to_string(XML).expect("read the repo's introspection XML");
+    let repo_ifaces = hlfs_interfaces(&repo);
+    for (name, live_xml) in &live_ifaces {
+        assert_eq!(
+            repo_ifaces.get(name),
+            Some(live_xml),
+            "{name} differs from {XML}; if the change is intended, regenerate it with HLFS_UPDATE_XML=1"
+        );
+    }
+    assert_eq!(
+        repo_ifaces.len(),
+        live_ifaces.len(),
+        "the repo XML has interfaces the service lacks"
+    );
+}
+
+#[test]
+fn cli_round_trips_a_qcow2_image_and_manages_volumes_and_snapshots() {
+    let d = Daemon::start("cli", &[]);
+    let tmp = d.dir.path();
+    // Pool on a URI, volume by local:/// URI.
+    let pool_dir = tmp.join("pool-a");
+    let r = json(&hlfs(
+        &d,
+        false,
+        &[
+            "pool",
+            "create",
+            "a",
+            &format!("local://{}", pool_dir.display()),
+            "--json",
+        ],
+    ));
+    assert_eq!(r["changed"], true);
+    let r = json(&hlfs(
+        &d,
+        false,
+        &[
+            "volume",
+            "create",
+            &format!("local://{}/v1", pool_dir.display()),
+            "64M",
+            "--json",
+        ],
+    ));
+    assert_eq!(r["volume"], "a/v1");
+    let pools = json(&hlfs(&d, false, &["pool", "list", "--json"]));
+    let names: Vec<&str> = pools
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "default"]);
+    let human = ok(&hlfs(&d, false, &["pool", "info", "a"]));
+    assert!(human.contains("v1"), "{human}");
+
+    // An image made by qemu-img with data and holes.
+    let src = tmp.join("src.qcow2");
+    run(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", src.to_str().unwrap(), "20M"],
+    );
+    run(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0xa5 0 1M",
+            "-c",
+            "write -P 0x3c 7M 2M",
+            "-c",
+            "write -P 0x11 19M 4k",
+            src.to_str().unwrap(),
+        ],
+    );
+    let r = json(&hlfs(
+        &d,
+        false,
+        &["import", src.to_str().unwrap(), "a/imported", "--json"],
+    ));
+    assert_eq!(r["state"], "done");
+    let info = json(&hlfs(
+        &d,
+        false,
+        &["volume", "info", "a/imported", "--json"],
+    ));
+    assert_eq!(info["size"], 20 << 20);
+    let alloc = info["allocated"].as_u64().unwrap();
+    assert!(
+        ((3 << 20)..(4 << 20)).contains(&alloc),
+        "allocated {alloc}: holes must stay holes"
+    );
+    // The data is in the volume (read over NBD by qemu-io).
+    let out = run(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "read -P 0x3c 7M 2M",
+            "-c",
+            "read -P 0 2M 1M",
+            &d.uri("a/imported"),
+        ],
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("fail"));
+    // Export to qcow2 and raw; both compare equal to the source.
+    for (fmt, name) in [("qcow2", "out.qcow2"), ("raw", "out.raw")] {
+        let dest = tmp.join(name);
+        let r = json(&hlfs(
+            &d,
+            false,
+            &[
+                "export",
+                "a/imported",
+                dest.to_str().unwrap(),
+                "-O",
+                fmt,
+                "--json",
+            ],
+        ));
+        assert_eq!(r["state"], "done");
+        run(
+            "qemu-img",
+            &[
+                "compare",
+                "-f",
+                "qcow2",
+                "-F",
+                fmt,
+                src.to_str().unwrap(),
+                dest.to_str().unwrap(),
+            ],
+        );
+    }
+    // Exporting onto an existing file is refused.
+    let e = err(&hlfs(
+        &d,
+        false,
+        &[
+            "export",
+            "a/imported",
+            tmp.join("out.raw").to_str().unwrap(),
+        ],
+    ));
+    assert!(e.contains("org.hlfs.Error.Exists"), "{e}");
+    // A failed import leaves no volume behind.
+    let bad = tmp.join("garbage.qcow2");
+    std::fs::write(&bad, b"QFI\xfbnot really a qcow2 image").unwrap();
+    let e = err(&hlfs(
+        &d,
+        false,
+        &["import", bad.to_str().unwrap(), "a/bad", "-f", "qcow2"],
+    ));
+    assert!(e.contains("qemu-img"), "{e}");
+    let vols = json(&hlfs(&d, false, &["volume", "list", "a", "--json"]));
+    assert!(
+        vols.as_array().unwrap().iter().all(|v| v["name"] != "bad"),
+        "{vols}"
+    );
+
+    // Snapshots: tree, rollback restores data.
+    let uri = d.uri("a/v1");
+    run("qemu-io", &["-f", "raw", "-c", "write -P 0x01 0 64k", &uri]);
+    ok(&hlfs(&d, false, &["snapshot", "create", "a/v1%one"]));
+    run("qemu-io", &["-f", "raw", "-c", "write -P 0x02 0 64k", &uri]);
+    ok(&hlfs(&d, false, &["snapshot", "create", "a/v1@two"]));
+    ok(&hlfs(&d, false, &["snapshot", "rollback", "a/v1%one"]));
+    let out = run("qemu-io", &["-f", "raw", "-c", "read -P 0x01 0 64k", &uri]);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("fail"),
+        "rollback did not restore the data"
+    );
+    ok(&hlfs(&d, false, &["snapshot", "create", "a/v1%three"]));
+    let tree = ok(&hlfs(&d, false, &["snapshot", "list", "a/v1"]));
+    let lines: Vec<&str> = tree.lines().collect();
+    assert_eq!(lines.len(), 4, "{tree}");
+    assert_eq!(lines[0], "a/v1");
+    assert!(lines[1].starts_with("└─one (seq "), "{tree}");
+    assert!(lines[2].starts_with("  ├─two (seq "), "{tree}");
+    assert!(lines[3].starts_with("  └─three (seq "), "{tree}");
+    let snaps = json(&hlfs(&d, false, &["snapshot", "list", "a/v1", "--json"]));
+    let parents: Vec<(&str, &str)> = snaps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["parent"].as_str().unwrap()))
+        .collect();
+    assert_eq!(parents, [("one", ""), ("two", "one"), ("three", "one")]);
+    ok(&hlfs(&d, false, &["snapshot", "delete", "a/v1%two"]));
+    let snaps = json(&hlfs(&d, false, &["snapshot", "list", "a/v1", "--json"]));
+    assert_eq!(snaps.as_array().unwrap().len(), 2);
+
+    // Resize, delete; clear errors.
+    let r = json(&hlfs(
+        &d,
+        false,
+        &["volume", "resize", "a/v1", "128M", "--json"],
+    ));
+    assert_eq!(r["changed"], true);
+    let e = err(&hlfs(&d, false, &["volume", "info", "a/nothere"]));
+    assert!(e.contains("not found"), "{e}");
+    let e = err(&hlfs(&d, false, &["volume", "create", "a/x", "12Q"]));
+    assert!(e.contains("invalid size"), "{e}");
+    let e = err(&hlfs(&d, false, &["pool", "delete", "a"]));
+    assert!(e.contains("org.hlfs.Error.Busy"), "{e}");
+    for v in ["a/v1", "a/imported"] {
+        ok(&hlfs(&d, false, &["volume", "delete", v]));
+    }
+    ok(&hlfs(&d, false, &["pool", "delete", "a"]));
+    assert!(!pool_dir.exists());
+    // Without a daemon: a clear error.
+    let o = Command::new(env!("CARGO_BIN_EXE_hlfs"))
+        .args(["--socket", "/nonexistent/dbus.sock", "pool", "list"])
+        .output()
+        .unwrap();
+    let e = err(&o);
+    assert!(
+        e.contains("cannot reach hlfsd at /nonexistent/dbus.sock"),
+        "{e}"
+    );
+}
