@@ -65,7 +65,13 @@ install_jars() {
   local t0=$SECONDS tmp
   tmp=$(mktemp -d "${TMPDIR:-/tmp}/hdfs-install.XXXXXX")
   log "downloading pyspark==$PYSPARK_VERSION sdist (~220 MB) from PyPI for its Hadoop 2.7.3 jars"
-  python3 -m venv "$tmp/venv"
+  if ! python3 -m venv "$tmp/venv" >/dev/null 2>&1; then
+    log "python3 venv unavailable: installing python3-venv from Debian"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+    rm -rf "$tmp/venv"
+    python3 -m venv "$tmp/venv"
+  fi
   # The sdist's setup.py needs wheel+setuptools and breaks under build isolation (new pypandoc), hence
   # --no-build-isolation in a venv that has them. --require-hashes pins the exact file.
   "$tmp/venv/bin/pip" install -q --disable-pip-version-check wheel setuptools

@@ -149,7 +149,8 @@ pub fn kill_node(name: &'static str) -> NodeDown {
 }
 
 impl NodeDown {
-    /// Starts the daemon again now (and waits for the NameNode to be ready).
+    /// Starts the daemon again now, and waits until the NameNode is ready and sees every
+    /// DataNode.
     pub fn restart(mut self) {
         self.start();
     }
@@ -158,9 +159,7 @@ impl NodeDown {
         if !self.1 {
             self.1 = true;
             node(&["start", self.0]);
-            if self.0 == "namenode" {
-                node(&["wait-ready"]);
-            }
+            node(&["wait-ready"]);
         }
     }
 }
