@@ -1,6 +1,7 @@
 //! The HDFS backend against a real HDFS: the object contract, guarded reads, the writer lease
 //! (refusal naming the holder, takeover after a crash), and clear errors for a wrong host, port
 //! or path. Needs `HLFS_TEST_HDFS_URL` (scripts/with-hdfs.sh).
+#![cfg(feature = "hdfs")]
 
 mod common;
 mod hdfs_util;

@@ -3,6 +3,7 @@
 //! replays the journal first) every flushed write is there and the image is a prefix state.
 //! On a local remote always; on the real HDFS when `HLFS_TEST_HDFS_URL` is set.
 //! (Own test binary: children are forked from it.)
+#![cfg(feature = "hdfs")]
 
 mod common;
 mod hdfs_util;

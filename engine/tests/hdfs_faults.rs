@@ -2,6 +2,7 @@
 //! killed does not stop the volume; a NameNode restart stalls uploads, then they resume with
 //! nothing lost; a NameNode down for long gives clear errors within bounded time, not hangs.
 //! These tests stop HDFS daemons, so each holds the test HDFS exclusively.
+#![cfg(feature = "hdfs")]
 
 mod common;
 mod hdfs_util;
