@@ -17,6 +17,7 @@ pub enum JobKind {
     Import,
     Export,
     Clean,
+    Flatten,
 }
 
 impl JobKind {
@@ -25,6 +26,7 @@ impl JobKind {
             JobKind::Import => "import",
             JobKind::Export => "export",
             JobKind::Clean => "clean",
+            JobKind::Flatten => "flatten",
         }
     }
 }
@@ -105,6 +107,11 @@ impl Job {
             self.cancel.send_replace(true);
         }
         running
+    }
+
+    /// Sets the progress (percent) of a job run in-process.
+    pub fn set_progress(&self, pct: f64) {
+        self.update(|s| s.progress = pct.clamp(0.0, 100.0));
     }
 
     /// Records the outcome of a job run in-process (`Ok(summary)` or the error).

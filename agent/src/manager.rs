@@ -147,6 +147,36 @@ impl Manager {
             .map_err(|e| Error::engine(format!("{what} {pool}/{volume}"), e))
     }
 
+    /// Creates `dst_pool/dst` as a clone of `pool/volume%snapshot` and keeps it open.
+    pub fn create_clone(
+        &self,
+        (pool, volume, snapshot): (&str, &str, &str),
+        dst_pool: &str,
+        dst: &str,
+    ) -> Result<()> {
+        let target = self.pool(dst_pool)?;
+        let base = self.volume(pool, volume)?;
+        let clone = base
+            .with(|b| target.create_clone(dst, b, snapshot, &self.open_opts))
+            .ok_or_else(|| Error::Busy(format!("volume {pool}/{volume} is closing")))??;
+        let shared = Arc::new(SharedVolume {
+            name: format!("{dst_pool}/{dst}"),
+            inner: Mutex::new(Some(clone)),
+        });
+        lock(&self.open).insert((dst_pool.to_string(), dst.to_string()), shared);
+        Ok(())
+    }
+
+    /// `(pool, volume)` of this daemon stored at backend location `loc` (`local:///dir/vol`).
+    pub fn find_location(&self, loc: &str) -> Option<(String, String)> {
+        let path = std::path::Path::new(loc.strip_prefix("local://")?);
+        let (dir, vol) = (path.parent()?, path.file_name()?.to_str()?);
+        lock(&self.registry)
+            .pools()
+            .find(|p| p.dir() == dir)
+            .map(|p| (p.name().to_string(), vol.to_string()))
+    }
+
     /// Client connections (NBD) using `pool/volume` now.
     pub fn users(&self, pool: &str, volume: &str) -> usize {
         lock(&self.open)

@@ -128,6 +128,44 @@ impl Pool {
         made
     }
 
+    /// Creates volume `name` as a clone of `base`'s snapshot `snapshot` (no data copied; the
+    /// snapshot becomes protected) and returns it open. Fails if it exists.
+    pub fn create_clone(
+        &self,
+        name: &str,
+        base: &mut Volume,
+        snapshot: &str,
+        open: &OpenOptions,
+    ) -> Result<Volume> {
+        let dir = self.volume_dir(name)?;
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                return Err(Error::Exists(self.label(name)))
+            }
+            Err(e) => return Err(Error::io("create volume directory", &dir, e)),
+        }
+        let what = format!(
+            "clone {}%{snapshot} as {}",
+            base.location(),
+            self.label(name)
+        );
+        let ctx = || what.clone();
+        let made = LocalBackend::new(&dir)
+            .map_err(|e| Error::engine(ctx(), e))
+            .and_then(|b| {
+                let backend: Arc<dyn Backend> = Arc::new(b);
+                Volume::create_clone(base, snapshot, backend, &CreateOptions::default(), open)
+                    .map_err(|e| Error::engine(ctx(), e))
+            });
+        if made.is_err() {
+            if let Err(e) = fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not remove a half-created clone");
+            }
+        }
+        made
+    }
+
     /// Opens volume `name` for writing (recovering it if the last run crashed).
     pub fn open_volume(&self, name: &str, open: &OpenOptions) -> Result<Volume> {
         let dir = self.volume_dir(name)?;

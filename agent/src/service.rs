@@ -173,12 +173,6 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
         .map_err(|e| Error::Busy(format!("internal task failed: {e}")))?
 }
 
-fn not_supported<T>(what: &str) -> Result<T> {
-    Err(Error::Unsupported(format!(
-        "{what} is not supported by this engine version yet"
-    )))
-}
-
 impl Service {
     /// A service over `mgr`; jobs reach volumes through the NBD socket `nbd_socket`.
     pub fn new(mgr: Arc<Manager>, nbd_socket: PathBuf) -> Arc<Service> {
@@ -231,6 +225,9 @@ impl Service {
         let (mgr, p, v) = (self.mgr.clone(), pool.to_string(), volume.to_string());
         blocking(move || {
             let st = mgr.stat(&p, &v)?;
+            let base = mgr.with_volume(&p, &v, "read", |v| {
+                Ok(v.base().map(|b| format!("{}%{}", b.location, b.snapshot)))
+            })?;
             Ok(VolumeInfo {
                 export: format!("{p}/{v}"),
                 pool: p,
@@ -240,7 +237,7 @@ impl Service {
                 physical: st.log_bytes,
                 compression: st.compression,
                 block_size: st.block_size,
-                base: String::new(),
+                base: base.unwrap_or_default(),
                 segments: st.segments,
                 live_ratio: st.live_ratio,
             })
@@ -331,11 +328,44 @@ impl Service {
         Ok(())
     }
 
+    /// Deletes a volume; a clone is also dropped from its base snapshot's dependants, so
+    /// that the snapshot is no longer protected.
     pub async fn delete_volume(&self, _: Admin, pool: &str, name: &str) -> Result<bool> {
         let (mgr, p, v) = (self.mgr.clone(), pool.to_string(), name.to_string());
-        blocking(move || mgr.delete_volume(&p, &v)).await?;
+        let base = blocking(move || {
+            let base = mgr.with_volume(&p, &v, "delete", |v| {
+                Ok(v.base().cloned().map(|b| (b, v.location().to_string())))
+            });
+            mgr.delete_volume(&p, &v)?;
+            Ok(base.ok().flatten())
+        })
+        .await?;
+        if let Some((b, loc)) = base {
+            self.unregister_clone(b, loc).await;
+        }
         self.emit(Event::Tree);
         Ok(true)
+    }
+
+    /// Drops clone `clone_loc` from the dependants of its base snapshot, when the base is a
+    /// volume of this daemon (otherwise the base's owner has to; logged).
+    async fn unregister_clone(&self, base: hlfs_engine::BaseRef, clone_loc: String) {
+        let Some((p, v)) = self.mgr.find_location(&base.location) else {
+            tracing::warn!(base = %base.location, "base volume is not in a pool of this daemon; its snapshot stays protected");
+            return;
+        };
+        let mgr = self.mgr.clone();
+        let (p2, v2) = (p.clone(), v.clone());
+        let r = blocking(move || {
+            mgr.with_volume(&p2, &v2, "unregister clone from", |b| {
+                b.unregister_clone(&base.snapshot, &clone_loc)
+            })
+        })
+        .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "could not unprotect the base snapshot");
+        }
+        self.emit(Event::Volume(p, v));
     }
 
     pub async fn resize(&self, _: Admin, pool: &str, volume: &str, size: u64) -> Result<bool> {
@@ -409,18 +439,73 @@ impl Service {
         Ok(true)
     }
 
+    /// Creates `pool/name` as a clone of snapshot `src` = `(pool, volume, snapshot)`.
     pub async fn clone_volume(
         &self,
         _: Admin,
-        _src: (&str, &str, &str),
-        _pool: &str,
-        _name: &str,
+        src: (&str, &str, &str),
+        pool: &str,
+        name: &str,
     ) -> Result<()> {
-        not_supported("clone")
+        check_name("volume", name)?;
+        let mgr = self.mgr.clone();
+        let (sp, sv, ss) = (src.0.to_string(), src.1.to_string(), src.2.to_string());
+        let (dp, dn) = (pool.to_string(), name.to_string());
+        blocking(move || mgr.create_clone((&sp, &sv, &ss), &dp, &dn)).await?;
+        self.emit(Event::Volume(src.0.into(), src.1.into()));
+        self.emit(Event::Tree);
+        Ok(())
     }
 
-    pub async fn flatten(&self, _: Admin, _p: &str, _v: &str) -> Result<u32> {
-        not_supported("flatten")
+    /// Starts a job copying everything the clone reads from its base into it; then the base
+    /// snapshot is no longer protected by this clone.
+    pub async fn flatten(self: &Arc<Self>, _: Admin, pool: &str, volume: &str) -> Result<u32> {
+        self.volume(pool, volume).await?;
+        let job = self.new_job(
+            JobKind::Flatten,
+            pool,
+            volume,
+            format!("flatten {pool}/{volume}"),
+        );
+        let id = job.id;
+        let (svc, mgr) = (self.clone(), self.mgr.clone());
+        let (p, v) = (pool.to_string(), volume.to_string());
+        tokio::spawn(async move {
+            let j = job.clone();
+            let s2 = svc.clone();
+            let r = blocking(move || {
+                let mut last = 0.0;
+                mgr.with_volume(&p, &v, "flatten", |vol| {
+                    let loc = vol.location().to_string();
+                    let base = vol.flatten(|done, total| {
+                        let pct = if total == 0 {
+                            100.0
+                        } else {
+                            done as f64 * 100.0 / total as f64
+                        };
+                        j.set_progress(pct);
+                        if pct - last >= 1.0 {
+                            last = pct;
+                            s2.emit(Event::Job(j.id));
+                        }
+                    })?;
+                    Ok(base.map(|b| (b, loc)))
+                })
+            })
+            .await;
+            let summary = match r {
+                Ok(Some((b, loc))) => {
+                    let s = format!("detached from {}%{}", b.location, b.snapshot);
+                    svc.unregister_clone(b, loc).await;
+                    Ok(s)
+                }
+                Ok(None) => Ok("not a clone: nothing to do".to_string()),
+                Err(e) => Err(e),
+            };
+            job.finish(summary);
+            svc.job_ended(job).await;
+        });
+        Ok(id)
     }
 
     /// Starts a cleaning pass on the volume as a job.
@@ -435,6 +520,7 @@ impl Service {
             volume,
             format!("clean {pool}/{volume}"),
         );
+        let id = job.id;
         let svc = self.clone();
         tokio::spawn(async move {
             let r = blocking(move || {
@@ -446,7 +532,7 @@ impl Service {
             job.finish(r.map(|rep| format!("{rep:?}")));
             svc.job_ended(job).await;
         });
-        Ok(self.last_job_id())
+        Ok(id)
     }
 
     // ---- import / export jobs ----
@@ -529,10 +615,6 @@ impl Service {
         lock(&self.jobs).insert(id, job.clone());
         self.emit(Event::Tree);
         job
-    }
-
-    fn last_job_id(&self) -> u32 {
-        self.next_job.load(Ordering::Relaxed) - 1
     }
 
     /// Announces a finished job and drops it after a while.

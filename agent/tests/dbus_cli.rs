@@ -362,7 +362,20 @@ fn named_errors_and_properties_changed_over_zbus() {
                 c.call(vol, "org.hlfs.Volume1", "Clone", &("s", "default", "c1"))
                     .await
             ),
-            "org.hlfs.Error.NotSupported"
+            "org.hlfs.Error.NotFound"
+        );
+        let hdfs: hlfs_agent::Result<(zbus::zvariant::OwnedObjectPath, bool)> = c
+            .call(
+                "/org/hlfs/Hlfs1",
+                "org.hlfs.Manager1",
+                "CreatePool",
+                &("h", "hdfs://127.0.0.1:9000/p"),
+            )
+            .await;
+        assert_eq!(
+            name(hdfs.map(|(p, _)| p)),
+            "org.hlfs.Error.NotSupported",
+            "pools on HDFS are not wired in the agent yet"
         );
         assert_eq!(
             name(
@@ -408,6 +421,29 @@ fn named_errors_and_properties_changed_over_zbus() {
         .build()
         .await
         .unwrap();
+        // Hello (as bus clients send) makes the connection ready for signals at once.
+        let hello = watcher
+            .call_method(
+                Some("org.freedesktop.DBus"),
+                "/org/freedesktop/DBus",
+                Some("org.freedesktop.DBus"),
+                "Hello",
+                &(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(hello.body().deserialize::<String>().unwrap(), ":1.1");
+        // Hello runs inline: once a later call is answered, the connection is ready.
+        watcher
+            .call_method(
+                Some("org.hlfs.Hlfs1"),
+                "/org/hlfs/Hlfs1",
+                Some("org.freedesktop.DBus.Peer"),
+                "Ping",
+                &(),
+            )
+            .await
+            .unwrap();
         let mut stream = zbus::MessageStream::from(&watcher);
         let changed: bool = c
             .call(vol, "org.hlfs.Volume1", "Resize", &(16u64 << 20,))
@@ -964,6 +1000,62 @@ fn cli_round_trips_a_qcow2_image_and_manages_volumes_and_snapshots() {
     ok(&hlfs(&d, false, &["snapshot", "delete", "a/v1%two"]));
     let snaps = json(&hlfs(&d, false, &["snapshot", "list", "a/v1", "--json"]));
     assert_eq!(snaps.as_array().unwrap().len(), 2);
+
+    // Clones: instant, read the snapshot, protect it until flattened; flatten is a job.
+    run(
+        "qemu-io",
+        &["-f", "raw", "-c", "write -P 0x07 64k 64k", &uri],
+    );
+    ok(&hlfs(&d, false, &["snapshot", "create", "a/v1%gold"]));
+    run(
+        "qemu-io",
+        &["-f", "raw", "-c", "write -P 0x08 64k 64k", &uri],
+    );
+    let r = json(&hlfs(&d, false, &["clone", "a/v1%gold", "a/c1", "--json"]));
+    assert_eq!(r["volume"], "a/c1");
+    let info = json(&hlfs(&d, false, &["volume", "info", "a/c1", "--json"]));
+    assert!(
+        info["base"].as_str().unwrap().ends_with("/pool-a/v1%gold"),
+        "{info}"
+    );
+    let curi = d.uri("a/c1");
+    let out = run(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "read -P 0x01 0 64k",
+            "-c",
+            "read -P 0x07 64k 64k",
+            &curi,
+        ],
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("fail"),
+        "clone does not read its base snapshot"
+    );
+    let e = err(&hlfs(&d, false, &["snapshot", "delete", "a/v1%gold"]));
+    assert!(
+        e.contains("org.hlfs.Error.Busy") && e.contains("protected"),
+        "{e}"
+    );
+    let r = json(&hlfs(&d, false, &["flatten", "a/c1", "--json"]));
+    assert_eq!(r["state"], "done");
+    let info = json(&hlfs(&d, false, &["volume", "info", "a/c1", "--json"]));
+    assert_eq!(info["base"], "");
+    let out = run(
+        "qemu-io",
+        &["-f", "raw", "-c", "read -P 0x07 64k 64k", &curi],
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("fail"),
+        "flatten lost data"
+    );
+    ok(&hlfs(&d, false, &["snapshot", "delete", "a/v1%gold"]));
+    let r = json(&hlfs(&d, false, &["volume", "clean", "a/v1", "--json"]));
+    assert_eq!(r["state"], "done");
+    ok(&hlfs(&d, false, &["volume", "delete", "a/c1"]));
 
     // Resize, delete; clear errors.
     let r = json(&hlfs(

@@ -48,7 +48,7 @@ enum Cmd {
     /// Snapshots: create, list (tree), delete, rollback
     #[command(subcommand)]
     Snapshot(SnapCmd),
-    /// Create volume NEW from snapshot VOLUME%SNAP
+    /// Create volume NEW (pool/name or name) from snapshot VOLUME%SNAP, instantly
     Clone { source: String, new: String },
     /// Copy everything a clone reads from its base into it
     Flatten { volume: String },
@@ -115,6 +115,10 @@ enum VolumeCmd {
         size: String,
     },
     Delete {
+        volume: String,
+    },
+    /// Run a cleaner pass now (reclaims space of overwritten data)
+    Clean {
         volume: String,
     },
 }
@@ -464,6 +468,11 @@ async fn run(cli: Cli) -> Result<()> {
                 json!({"volume": dst.to_string(), "base": src.to_string()}),
                 || format!("created clone {dst} of {src}"),
             );
+        }
+        Cmd::Volume(VolumeCmd::Clean { volume }) => {
+            let r = c.resolve(volume).await?;
+            let job: OwnedObjectPath = c.call(&r.path(), VOLUME, "Clean", &()).await?;
+            follow_job(&c, json, job.as_str(), &format!("clean {r}")).await?;
         }
         Cmd::Flatten { volume } => {
             let r = c.resolve(volume).await?;

@@ -37,7 +37,7 @@ impl From<Error> for HlfsError {
                 use hlfs_engine::Error as E;
                 match source {
                     E::Corrupt { .. } => HlfsError::Corrupt(msg),
-                    E::Locked { .. } => HlfsError::Busy(msg),
+                    E::Locked { .. } | E::Busy(_) => HlfsError::Busy(msg),
                     E::Invalid(_) | E::OutOfRange { .. } | E::ReadOnly(_) => {
                         HlfsError::Invalid(msg)
                     }

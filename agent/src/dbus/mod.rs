@@ -29,9 +29,25 @@ enum Obj {
     Job(u32),
 }
 
+/// Whether a connection may receive signals yet.
+type Ready = Arc<std::sync::atomic::AtomicBool>;
+
+fn is_ready(r: &Ready) -> bool {
+    r.load(std::sync::atomic::Ordering::Acquire)
+}
+
+/// Makes a connection ready: adds the ObjectManager (which announces every object) and lets
+/// signals through.
+async fn make_ready(c: &Connection, r: &Ready) {
+    if !r.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        add_object_manager(c).await;
+    }
+}
+
 struct Inner {
     /// `(id, connection, how to identify its callers)`.
-    conns: Vec<(u64, Connection, Peer)>,
+    /// `ready`: the client may receive signals (see [`HelloShim`]).
+    conns: Vec<(u64, Connection, Peer, Ready)>,
     next_id: u64,
     published: BTreeSet<Obj>,
 }
@@ -78,7 +94,10 @@ impl Publisher {
             Event::Volume(pool, vol) => {
                 self.sync().await;
                 let path = paths::volume(&pool, &vol);
-                for (_, c, _) in self.inner.lock().await.conns.clone() {
+                for (_, c, _, r) in self.inner.lock().await.conns.clone() {
+                    if !is_ready(&r) {
+                        continue;
+                    }
                     if let Err(e) = volume_changed(&c, &path).await {
                         tracing::debug!(error = %e, "PropertiesChanged");
                     }
@@ -86,7 +105,10 @@ impl Publisher {
             }
             Event::Job(id) => {
                 let path = paths::job(id);
-                for (_, c, _) in self.inner.lock().await.conns.clone() {
+                for (_, c, _, r) in self.inner.lock().await.conns.clone() {
+                    if !is_ready(&r) {
+                        continue;
+                    }
                     if let Err(e) = job_changed(&c, &path).await {
                         tracing::debug!(error = %e, "PropertiesChanged");
                     }
@@ -126,7 +148,7 @@ impl Publisher {
         let mut inner = self.inner.lock().await;
         let gone: Vec<Obj> = inner.published.difference(&want).cloned().collect();
         let new: Vec<Obj> = want.difference(&inner.published).cloned().collect();
-        for (_, c, peer) in &inner.conns {
+        for (_, c, peer, _) in &inner.conns {
             // Children go before parents and come after them (reverse order for removal).
             for o in gone.iter().rev() {
                 if let Err(e) = remove(c, o).await {
@@ -164,7 +186,9 @@ impl Publisher {
         add_object_manager(&conn).await;
         inner.next_id += 1;
         let id = inner.next_id;
-        inner.conns.push((id, conn, Peer::Bus));
+        inner
+            .conns
+            .push((id, conn, Peer::Bus, Arc::new(true.into())));
         Ok(id)
     }
 
@@ -176,15 +200,23 @@ impl Publisher {
         stream: tokio::net::UnixStream,
         guid: zbus::OwnedGuid,
         caller: Caller,
-    ) -> Result<(u64, Connection)> {
+    ) -> Result<(u64, Connection, Ready)> {
         let peer = Peer::Direct(caller);
+        let ready: Ready = Arc::new(false.into());
+        let (attached_tx, attached) = watch::channel(false);
         let ctx = self.ctx(&peer);
         let snapshot = self.inner.lock().await.published.clone();
         let mut b = zbus::connection::Builder::unix_stream(stream)
             .server(guid)
             .map_err(reg_err)?
             .p2p()
-            .serve_at("/org/freedesktop/DBus", HelloShim)
+            .serve_at(
+                "/org/freedesktop/DBus",
+                HelloShim {
+                    ready: ready.clone(),
+                    attached,
+                },
+            )
             .map_err(reg_err)?
             .serve_at(paths::ROOT, Manager1 { ctx: ctx.clone() })
             .map_err(reg_err)?;
@@ -204,24 +236,28 @@ impl Publisher {
         for o in inner.published.difference(&snapshot) {
             add(&conn, &ctx, o).await.map_err(reg_err)?;
         }
-        // Adding the ObjectManager announces every object (InterfacesAdded). A client
-        // written for a bus (sd-bus: busctl) sends Hello first and treats any message
-        // before its reply as a protocol error, so the ObjectManager comes right after the
-        // Hello reply (see HelloShim), or after a moment for clients that send no Hello.
-        let c = conn.clone();
+        // No signal (nor the ObjectManager, whose registration announces every object) until
+        // the client is ready for them: see HelloShim. Clients that send no Hello are ready
+        // at their first message, or after a moment.
+        let (c, r) = (conn.clone(), ready.clone());
         tokio::spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            add_object_manager(&c).await;
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            make_ready(&c, &r).await;
         });
         inner.next_id += 1;
         let id = inner.next_id;
-        inner.conns.push((id, conn.clone(), peer));
-        Ok((id, conn))
+        inner.conns.push((id, conn.clone(), peer, ready.clone()));
+        attached_tx.send_replace(true);
+        Ok((id, conn, ready))
     }
 
     /// Drops a closed connection.
     async fn detach(&self, id: u64) {
-        self.inner.lock().await.conns.retain(|(i, _, _)| *i != id);
+        self.inner
+            .lock()
+            .await
+            .conns
+            .retain(|(i, _, _, _)| *i != id);
     }
 }
 
@@ -243,7 +279,12 @@ async fn add_object_manager(c: &Connection) {
 /// this interface runs inline (no task per call), the client's next call is dispatched only
 /// after that, so it finds the ObjectManager. Written by hand rather than with
 /// `#[interface]` because the reply must be sent before the method's work is done.
-struct HelloShim;
+struct HelloShim {
+    ready: Ready,
+    /// Becomes true once the connection is in the publisher's set (so it gets every signal
+    /// from the moment Hello is answered).
+    attached: watch::Receiver<bool>,
+}
 
 #[async_trait::async_trait]
 impl zbus::object_server::Interface for HelloShim {
@@ -299,11 +340,15 @@ impl zbus::object_server::Interface for HelloShim {
             return zbus::object_server::DispatchResult2::NotFound;
         }
         zbus::object_server::DispatchResult2::Async(Box::pin(async move {
+            let mut attached = self.attached.clone();
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(5), attached.wait_for(|a| *a))
+                    .await;
             // There is no bus: every client gets the same unique name.
             conn.reply(&msg.header(), &(":1.1",))
                 .await
                 .map_err(|e| zbus::fdo::Error::Failed(e.to_string()))?;
-            add_object_manager(conn).await;
+            make_ready(conn, &self.ready).await;
             Ok(())
         }))
     }
@@ -502,7 +547,7 @@ pub async fn serve_p2p(
         let guid = guid.clone();
         tokio::spawn(async move {
             let uid = caller.uid;
-            let (id, conn) = match publisher.attach_p2p(stream, guid, caller).await {
+            let (id, conn, ready) = match publisher.attach_p2p(stream, guid, caller).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::debug!(error = %e, "D-Bus client");
@@ -512,19 +557,26 @@ pub async fn serve_p2p(
             tracing::debug!(uid, "D-Bus client connected");
             // The stream ends when the client goes away.
             let mut msgs = zbus::MessageStream::from(&conn);
-            while next_message(&mut msgs).await {}
+            let mut first = true;
+            while let Some(m) = next_message(&mut msgs).await {
+                if std::mem::take(&mut first)
+                    && m.header().member().map(|m| m.as_str()) != Some("Hello")
+                {
+                    make_ready(&conn, &ready).await;
+                }
+            }
             publisher.detach(id).await;
         });
     }
 }
 
-/// Whether the connection delivered another message (false once it is closed).
-async fn next_message(s: &mut zbus::MessageStream) -> bool {
+/// The connection's next message (None once it is closed).
+async fn next_message(s: &mut zbus::MessageStream) -> Option<zbus::Message> {
     use std::future::poll_fn;
     use std::pin::Pin;
     poll_fn(|cx| futures_core::Stream::poll_next(Pin::new(&mut *s), cx))
         .await
-        .is_some_and(|m| m.is_ok())
+        .and_then(|m| m.ok())
 }
 
 /// Which bus to register on.
