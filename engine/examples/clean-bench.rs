@@ -72,7 +72,11 @@ fn overwrite_run(
         let blocks = live / 4096;
         let r = rng.next();
         // Skewed: 90% of writes go to 10% of the volume (hot and cold data, as on real disks).
-        let block = if skewed && r % 10 != 0 { (r >> 8) % (blocks / 10) } else { (r >> 8) % blocks };
+        let block = if skewed && !r.is_multiple_of(10) {
+            (r >> 8) % (blocks / 10)
+        } else {
+            (r >> 8) % blocks
+        };
         v.write(block * 4096, &b4)?;
         if i % 64 == 63 {
             v.flush()?;
@@ -122,9 +126,11 @@ fn main() -> R<()> {
     let live = live_mib << 20;
     let over = over_mib << 20;
     let budget = live * 5 / 4;
-    let (on_mibs, on_log, copied) = overwrite_run(&dir, "clean-on", live, over, Some(budget), false)?;
+    let (on_mibs, on_log, copied) =
+        overwrite_run(&dir, "clean-on", live, over, Some(budget), false)?;
     let (off_mibs, off_log, _) = overwrite_run(&dir, "clean-off", live, over, None, false)?;
-    let (sk_mibs, _, sk_copied) = overwrite_run(&dir, "clean-skewed", live, over, Some(budget), true)?;
+    let (sk_mibs, _, sk_copied) =
+        overwrite_run(&dir, "clean-skewed", live, over, Some(budget), true)?;
     let wa = (over + copied) as f64 / over as f64;
     let sk_wa = (over + sk_copied) as f64 / over as f64;
     println!("Live data {live_mib} MiB = 80% of a {} MiB budget; {over_mib} MiB of random 4 KiB overwrites, flush every 64\n", budget >> 20);

@@ -47,6 +47,8 @@ impl Volume {
         let mut w = backend.create(META_OBJECT)?;
         w.append(&meta.encode())?;
         w.sync()?;
+        // Closed before it is read back: HDFS cannot read an object still open for writing.
+        drop(w);
         tracing::info!(volume = %backend.location(), size = opts.size, "created volume");
         Self::open_leased(backend, Some(lease), open)
     }

@@ -127,8 +127,6 @@ pub struct Volume {
     pub(crate) backend: Arc<dyn Backend>,
     pub(crate) loc: String,
     pub(crate) meta: Meta,
-    /// None when open read-only (a clone's view of its base).
-    pub(crate) _lease: Option<Box<dyn Lease>>,
     pub(crate) read_only: bool,
     /// A clone's base, open read-only (None: not a clone, or detached).
     pub(crate) base_view: Option<crate::clone::BaseView>,
@@ -156,6 +154,9 @@ pub struct Volume {
     pub(crate) failed: Option<String>,
     pub(crate) closed: bool,
     pub(crate) recovery: RecoveryReport,
+    /// None when open read-only (a clone's view of its base). Last, so that it is released
+    /// only after the open segment's writer is closed (fields drop in order).
+    pub(crate) _lease: Option<Box<dyn Lease>>,
 }
 
 impl std::fmt::Debug for Volume {
