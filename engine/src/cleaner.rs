@@ -6,7 +6,7 @@
 //! only then are the victims deleted. A kill at any moment loses nothing: before the deletion,
 //! the old copies are still there; after it, nothing references them.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::format::{segment_name, RecordKind, UNIT_COMPRESSED, UNIT_HEADER_LEN};
 use crate::volume::Volume;
 use std::collections::{BTreeMap, BTreeSet};
@@ -59,6 +59,23 @@ impl Volume {
             .map(|s| s.live.get(&seq).copied().unwrap_or(0))
             .fold(st.live, u64::max);
         (live as f64 / st.written as f64).min(1.0)
+    }
+
+    /// Per segment: (number, bytes, blocks written, head live, largest snapshot live). For tests.
+    #[doc(hidden)]
+    pub fn debug_segments(&self) -> Vec<(u32, u64, u64, u64, u64)> {
+        self.segs
+            .iter()
+            .map(|(k, s)| {
+                let sl = self
+                    .snaps
+                    .values()
+                    .map(|x| x.live.get(k).copied().unwrap_or(0))
+                    .max()
+                    .unwrap_or(0);
+                (*k, s.bytes, s.written, s.live, sl)
+            })
+            .collect()
     }
 
     /// Bytes the cleaner could give back (estimated from the kept counters).
@@ -240,15 +257,8 @@ impl Volume {
         if dead.is_empty() {
             return Ok(());
         }
-        self.write_checkpoint()?;
-        self.write_checkpoint()?;
-        for seq in dead {
-            self.backend
-                .delete(&segment_name(seq))
-                .map_err(|e| match e {
-                    Error::NotFound(_) => Error::NotFound(segment_name(seq)),
-                    e => e,
-                })?;
+        // Forget them first, so that the checkpoints no longer list them.
+        for &seq in &dead {
             if let Some(st) = self.segs.remove(&seq) {
                 report.bytes_freed += st.bytes;
             }
@@ -256,6 +266,11 @@ impl Volume {
                 s.live.remove(&seq);
             }
             self.cache.forget_segment(seq);
+        }
+        self.write_checkpoint()?;
+        self.write_checkpoint()?;
+        for seq in dead {
+            self.backend.delete(&segment_name(seq))?;
             report.segments_deleted += 1;
         }
         tracing::info!(volume = %self.loc, ?report, "cleaning pass done");

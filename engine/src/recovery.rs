@@ -177,6 +177,18 @@ impl Volume {
             .keys()
             .next_back()
             .map_or(start, |m| (m + 1).max(start));
+        // Segments the checkpoint no longer lists are the cleaner's victims whose deletion a
+        // crash interrupted: nothing references them. Listed ones that are gone were deleted.
+        vol.segs
+            .retain(|s, _| *s >= start || segments.contains_key(s));
+        if !vol.read_only && report.bad_checkpoints == 0 {
+            for (&s, _) in segments.range(..start) {
+                if !vol.segs.contains_key(&s) {
+                    tracing::info!(volume = %vol.loc, segment = s, "deleting a cleaned segment left by a crash");
+                    vol.backend.delete(&segment_name(s))?;
+                }
+            }
+        }
         vol.zero_marked = vol
             .map
             .iter()

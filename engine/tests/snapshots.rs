@@ -129,9 +129,10 @@ fn run(steps: Vec<Step>) {
     // Headers and the partly-live last segments aside, the log holds little more than the data.
     assert!(
         st.log_bytes <= st.allocated + st.allocated / 2 + 200_000,
-        "log {} bytes for {} allocated after deleting snapshots and cleaning",
+        "log {} bytes for {} allocated after deleting snapshots and cleaning: {:?}",
         st.log_bytes,
-        st.allocated
+        st.allocated,
+        v.debug_segments()
     );
 }
 
