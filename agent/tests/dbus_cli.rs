@@ -982,6 +982,53 @@ fn cli_round_trips_a_qcow2_image_and_manages_volumes_and_snapshots() {
         "rollback did not restore the data"
     );
     ok(&hlfs(&d, false, &["snapshot", "create", "a/v1%three"]));
+    // A snapshot is served read-only over NBD as POOL/VOLUME@SNAPSHOT.
+    let out = run(
+        "qemu-io",
+        &[
+            "-r",
+            "-f",
+            "raw",
+            "-c",
+            "read -P 0x01 0 64k",
+            &d.uri("a/v1@one"),
+        ],
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("fail"),
+        "snapshot export reads wrong data"
+    );
+    let w = try_run(
+        "qemu-io",
+        &["-f", "raw", "-c", "write -P 0x09 0 4k", &d.uri("a/v1@two")],
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&w.stdout),
+        String::from_utf8_lossy(&w.stderr)
+    );
+    assert!(
+        !w.status.success()
+            || text.contains("failed")
+            || text.contains("read-only")
+            || text.contains("Operation not permitted"),
+        "write to a snapshot export accepted: {text}"
+    );
+    let out = run(
+        "qemu-io",
+        &[
+            "-r",
+            "-f",
+            "raw",
+            "-c",
+            "read -P 0x02 0 64k",
+            &d.uri("a/v1@two"),
+        ],
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("fail"),
+        "snapshot two changed"
+    );
     let tree = ok(&hlfs(&d, false, &["snapshot", "list", "a/v1"]));
     let lines: Vec<&str> = tree.lines().collect();
     assert_eq!(lines.len(), 4, "{tree}");

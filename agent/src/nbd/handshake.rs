@@ -19,6 +19,8 @@ pub struct Export {
     pub size: u64,
     pub block_size: u32,
     pub read_only: bool,
+    /// `POOL/VOLUME@SNAPSHOT`: served read-only from the snapshot.
+    pub snapshot: Option<String>,
 }
 
 /// What negotiation settled, for the transmission phase.
@@ -59,12 +61,6 @@ pub fn transmission_flags(export: &Export, structured: bool) -> u16 {
 /// Finds and opens an export; the error is an option reply code and a message for the client.
 async fn lookup(mgr: &Arc<Manager>, name: &str) -> Result<Export, (u32, String)> {
     let parsed = ExportName::parse(name).map_err(|e| (REP_ERR_UNKNOWN, e.to_string()))?;
-    if parsed.snapshot.is_some() {
-        return Err((
-            REP_ERR_UNKNOWN,
-            format!("export {name}: snapshots are not supported yet"),
-        ));
-    }
     let mgr = mgr.clone();
     let (pool, vol) = (parsed.pool.clone(), parsed.volume.clone());
     let opened = tokio::task::spawn_blocking(move || mgr.volume(&pool, &vol))
@@ -83,15 +79,26 @@ async fn lookup(mgr: &Arc<Manager>, name: &str) -> Result<Export, (u32, String)>
             ));
         }
     };
-    let Some((size, block_size)) = volume.with(|v| (v.size(), v.block_size())) else {
-        return Err((REP_ERR_SHUTDOWN, "the server is shutting down".into()));
+    let snapshot = parsed.snapshot;
+    let sized = volume.with(|v| {
+        let size = match &snapshot {
+            Some(s) => v.snapshot_size(s),
+            None => Ok(v.size()),
+        };
+        size.map(|size| (size, v.block_size()))
+    });
+    let (size, block_size) = match sized {
+        Some(Ok(x)) => x,
+        Some(Err(e)) => return Err((REP_ERR_UNKNOWN, format!("export {name}: {e}"))),
+        None => return Err((REP_ERR_SHUTDOWN, "the server is shutting down".into())),
     };
     Ok(Export {
         name: name.to_string(),
         volume,
         size,
         block_size,
-        read_only: false,
+        read_only: snapshot.is_some(),
+        snapshot,
     })
 }
 

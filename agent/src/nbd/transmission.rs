@@ -33,6 +33,8 @@ struct Outgoing {
 #[derive(Clone)]
 struct Conn {
     volume: Arc<SharedVolume>,
+    /// Serving this snapshot of the volume (read-only) rather than its head.
+    snapshot: Option<String>,
     size: u64,
     read_only: bool,
     structured: bool,
@@ -85,6 +87,7 @@ where
                 volume,
                 size,
                 read_only,
+                snapshot,
                 ..
             },
         structured,
@@ -92,6 +95,7 @@ where
     } = neg;
     let conn = Conn {
         volume,
+        snapshot,
         size,
         read_only,
         structured,
@@ -309,7 +313,7 @@ fn read(c: &Conn, r: &Request) -> Vec<u8> {
         }
         // Header, offset, then data, in one buffer: one allocation, one write.
         let mut buf = vec![0u8; 20 + 8 + len];
-        match run(c, |v| v.read(r.offset, &mut buf[28..])) {
+        match run(c, |v| read_at(c, v, r.offset, &mut buf[28..])) {
             Ok(()) => {
                 buf[..20].copy_from_slice(&chunk_header(
                     r.cookie,
@@ -324,7 +328,7 @@ fn read(c: &Conn, r: &Request) -> Vec<u8> {
         }
     } else {
         let mut buf = vec![0u8; 16 + len];
-        match run(c, |v| v.read(r.offset, &mut buf[16..])) {
+        match run(c, |v| read_at(c, v, r.offset, &mut buf[16..])) {
             Ok(()) => {
                 buf[..16].copy_from_slice(&simple_reply(r.cookie, 0));
                 buf
@@ -334,8 +338,19 @@ fn read(c: &Conn, r: &Request) -> Vec<u8> {
     }
 }
 
+/// Reads from the head, or from the snapshot the connection serves.
+fn read_at(c: &Conn, v: &mut Volume, offset: u64, buf: &mut [u8]) -> hlfs_engine::Result<()> {
+    match &c.snapshot {
+        Some(s) => v.read_snapshot(s, offset, buf),
+        None => v.read(offset, buf),
+    }
+}
+
 fn block_status(c: &Conn, r: &Request) -> Vec<u8> {
-    let extents = match run(c, |v| v.allocation(r.offset, u64::from(r.len))) {
+    let extents = match run(c, |v| match &c.snapshot {
+        Some(s) => v.snapshot_allocation(s, r.offset, u64::from(r.len)),
+        None => v.allocation(r.offset, u64::from(r.len)),
+    }) {
         Ok(x) => x,
         Err(f) => return error_reply(c, r, f),
     };
