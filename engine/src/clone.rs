@@ -176,38 +176,28 @@ impl Volume {
         Ok(base)
     }
 
-    /// Inserts "reads as zeros" markers over `[lba, lba+n)` (clones only).
+    /// Inserts "reads as zeros" markers over `[lba, lba+n)` (clones only); returns the blocks
+    /// marked. Whatever they replace, markers included, goes to `dead`.
     pub(crate) fn mark_zero(
         map: &mut ExtentMap,
-        zero_marked: &mut u64,
         lba: u64,
         n: u64,
         dead: &mut impl FnMut(u32, u64),
-    ) {
+    ) -> u64 {
         let mut at = lba;
         let end = lba + n;
         while at < end {
             let len = (end - at).min(u64::from(u16::MAX));
-            let mut freed_markers = 0;
-            map.insert(
-                at,
-                Extent {
-                    seg: ZERO_SEG,
-                    off: 0,
-                    stored: 0,
-                    len: len as u16,
-                    skip: 0,
-                },
-                |s, k| {
-                    if s == ZERO_SEG {
-                        freed_markers += k;
-                    } else {
-                        dead(s, k);
-                    }
-                },
-            );
-            *zero_marked = *zero_marked + len - freed_markers;
+            let ext = Extent {
+                seg: ZERO_SEG,
+                off: 0,
+                stored: 0,
+                len: len as u16,
+                skip: 0,
+            };
+            map.insert(at, ext, &mut *dead);
             at += len;
         }
+        n
     }
 }

@@ -154,6 +154,13 @@ impl Volume {
             recovery: RecoveryReport::default(),
             meta,
         };
+        // Markers in the loaded map; replay keeps the count exact from here.
+        vol.zero_marked = vol
+            .map
+            .iter()
+            .filter(|(_, x)| x.seg == crate::clone::ZERO_SEG)
+            .map(|(_, x)| u64::from(x.len))
+            .sum();
         let mut seq = start;
         let mut unsealed = false;
         while let Some(&len) = segments.get(&seq) {
@@ -189,12 +196,6 @@ impl Volume {
                 }
             }
         }
-        vol.zero_marked = vol
-            .map
-            .iter()
-            .filter(|(_, x)| x.seg == crate::clone::ZERO_SEG)
-            .map(|(_, x)| u64::from(x.len))
-            .sum();
         if vol.has_base() {
             if let Some(b) = vol.meta.base.clone() {
                 vol.base_view = Some(crate::clone::BaseView::open(&b, open)?);

@@ -558,11 +558,16 @@ impl Volume {
         let bad = |what: &str| Error::corrupt(&self.loc, segment_name(seq), rec_off, what);
         let bs = self.bs();
         let segs = &mut self.segs;
+        let zm = &mut self.zero_marked;
+        // Called for every block run a record unmaps: live counters and zero markers stay exact.
         let mut dead = |s: u32, n: u64| {
-            if let Some(st) = segs.get_mut(&s) {
+            if s == crate::clone::ZERO_SEG {
+                *zm = zm.saturating_sub(n);
+            } else if let Some(st) = segs.get_mut(&s) {
                 st.live = st.live.saturating_sub(n);
             }
         };
+        let mut zero_added = 0u64;
         match hdr.kind {
             RecordKind::Write => {
                 let ub = u64::from(self.meta.unit_blocks);
@@ -593,22 +598,14 @@ impl Volume {
             }
             RecordKind::Zero => {
                 if self.meta.base.is_some() && !self.detached {
-                    Volume::mark_zero(
+                    zero_added += Volume::mark_zero(
                         &mut self.map,
-                        &mut self.zero_marked,
                         hdr.arg,
                         u64::from(hdr.nblocks),
                         &mut dead,
                     );
                 } else {
-                    let zm = &mut self.zero_marked;
-                    self.map.remove(hdr.arg, u64::from(hdr.nblocks), |s, n| {
-                        if s == crate::clone::ZERO_SEG {
-                            *zm -= n;
-                        } else {
-                            dead(s, n);
-                        }
-                    });
+                    self.map.remove(hdr.arg, u64::from(hdr.nblocks), &mut dead);
                 }
             }
             RecordKind::Resize => {
@@ -618,23 +615,11 @@ impl Volume {
                 let old_blocks = self.size.div_ceil(bs);
                 self.size = hdr.arg;
                 let from = hdr.arg.div_ceil(bs);
-                let zm = &mut self.zero_marked;
-                self.map.remove(from, u64::MAX - from, |s, n| {
-                    if s == crate::clone::ZERO_SEG {
-                        *zm -= n;
-                    } else {
-                        dead(s, n);
-                    }
-                });
+                self.map.remove(from, u64::MAX - from, &mut dead);
                 if self.meta.base.is_some() && !self.detached && old_blocks > from {
                     // Shrunk away: growing again must read zeros, not the base.
-                    Volume::mark_zero(
-                        &mut self.map,
-                        &mut self.zero_marked,
-                        from,
-                        old_blocks - from,
-                        &mut dead,
-                    );
+                    zero_added +=
+                        Volume::mark_zero(&mut self.map, from, old_blocks - from, &mut dead);
                 }
             }
             RecordKind::Detach => {
@@ -687,6 +672,7 @@ impl Volume {
                 );
             }
         }
+        self.zero_marked += zero_added;
         self.serial = self.serial.max(hdr.serial);
         Ok(())
     }
@@ -885,7 +871,8 @@ impl Volume {
             .sum();
         Stat {
             capacity: self.size,
-            allocated: ((self.map.mapped_blocks() - self.zero_marked) * self.bs()).min(self.size),
+            allocated: (self.map.mapped_blocks().saturating_sub(self.zero_marked) * self.bs())
+                .min(self.size),
             log_bytes: sealed + open_bytes,
             segments: self.segs.len() as u64,
             live_ratio: if written == 0 {

@@ -172,6 +172,13 @@ fn run(seeds: Vec<(u64, u8)>) {
             }
         }
         assert!(read_all(&mut c) == model, "clone differs from the model");
+        let st = c.stat();
+        assert!(
+            st.allocated <= st.capacity,
+            "allocated {} > capacity {}",
+            st.allocated,
+            st.capacity
+        );
     }
 }
 
@@ -182,4 +189,15 @@ proptest! {
     fn clone_model(seeds in proptest::collection::vec((any::<u64>(), any::<u8>()), 1..40)) {
         run(seeds);
     }
+}
+
+/// A case proptest found: markers loaded from a checkpoint, then removed by a shrink.
+#[test]
+fn clone_model_regression_markers_after_reopen() {
+    run(vec![
+        (2160852219853401588, 188),
+        (11139788298708437497, 254),
+        (17940932265008493716, 120),
+        (8762430324496839237, 55),
+    ]);
 }
