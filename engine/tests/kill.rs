@@ -52,58 +52,24 @@ fn kill_minus_9_many_times() {
         .expect("close");
     let mut image = vec![0u8; size as usize];
     let mut rng = Rng::new(42);
-    let exe = std::env::current_exe().expect("exe");
     let mut total_flushed = 0;
     for round in 0..25u64 {
         let seed = 1000 + round;
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "torture_child",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("HLFS_TORTURE_DIR", dir.path())
-            .env("HLFS_TORTURE_SEED", seed.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn child");
-        let stdout = child.stdout.take().expect("stdout");
-        let reader = std::thread::spawn(move || {
-            let mut last = 0u64;
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(n) = line.strip_prefix("F ").and_then(|n| n.parse().ok()) {
-                    last = n;
-                }
-            }
-            last
-        });
-        std::thread::sleep(Duration::from_millis(20 + rng.below(250)));
-        child.kill().expect("SIGKILL");
-        child.wait().expect("wait");
-        let flushed = reader.join().expect("reader") as usize;
+        let lines = run_and_kill(
+            "torture_child",
+            dir.path(),
+            seed,
+            Duration::from_millis(20 + rng.below(250)),
+        );
+        let flushed = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("F ").and_then(|n| n.parse::<usize>().ok()))
+            .next_back()
+            .unwrap_or(0);
         total_flushed += flushed;
         let mut v = open(dir.path()).expect("recover after kill");
         let img = read_all(&mut v);
-        // Replay the child's operations on the model until it matches, at or after `flushed`.
-        let mut model = image.clone();
-        let mut crng = Rng::new(seed);
-        let mut ok = false;
-        for k in 0..flushed + 20_000 {
-            if k >= flushed && img == model {
-                ok = true;
-                break;
-            }
-            let op = Op::random(&mut crng, model.len() as u64, 64 * 1024);
-            op.apply_model(&mut model);
-        }
-        assert!(
-            ok,
-            "round {round}: recovered image is not a prefix state at or after op {flushed}"
-        );
+        assert_prefix(&img, &image, seed, flushed, round);
         image = img;
         v.close().expect("close");
     }
@@ -173,34 +139,14 @@ fn kill_during_cleaning_and_snapshots() {
     let mut image = vec![0u8; size as usize];
     let mut expected: std::collections::BTreeMap<String, Vec<u8>> = Default::default();
     let mut rng = Rng::new(7);
-    let exe = std::env::current_exe().expect("exe");
     for round in 0..16u64 {
         let seed = 5000 + round;
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "torture_child_cleaning",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("HLFS_TORTURE_DIR", dir.path())
-            .env("HLFS_TORTURE_SEED", seed.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn child");
-        let stdout = child.stdout.take().expect("stdout");
-        let reader = std::thread::spawn(move || {
-            BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .collect::<Vec<String>>()
-        });
-        std::thread::sleep(Duration::from_millis(100 + rng.below(400)));
-        child.kill().expect("SIGKILL");
-        child.wait().expect("wait");
-        let lines = reader.join().expect("reader");
+        let lines = run_and_kill(
+            "torture_child_cleaning",
+            dir.path(),
+            seed,
+            Duration::from_millis(100 + rng.below(400)),
+        );
         let mut flushed = 0usize;
         let mut created: Vec<(String, usize)> = Vec::new();
         let mut deleted: Vec<String> = Vec::new();
@@ -233,20 +179,7 @@ fn kill_during_cleaning_and_snapshots() {
         }
         let mut v = open(dir.path()).expect("recover after kill");
         let img = read_all(&mut v);
-        let mut model = image.clone();
-        let mut crng = Rng::new(seed);
-        let mut ok = false;
-        for k in 0..flushed + 20_000 {
-            if k >= flushed && img == model {
-                ok = true;
-                break;
-            }
-            Op::random(&mut crng, model.len() as u64, 64 * 1024).apply_model(&mut model);
-        }
-        assert!(
-            ok,
-            "round {round}: head is not a prefix state at or after op {flushed}"
-        );
+        assert_prefix(&img, &image, seed, flushed, round);
         let present: Vec<String> = v.snapshots().into_iter().map(|s| s.name).collect();
         let missing: Vec<&String> = expected.keys().filter(|n| !present.contains(n)).collect();
         // Only a deletion in flight when the child died may be missing.
@@ -281,4 +214,49 @@ fn kill_during_cleaning_and_snapshots() {
         "cleaner deleted too little: {} segments up to {highest}",
         segs.len()
     );
+}
+
+/// Runs the ignored child test `name` on `dir`, kills it with SIGKILL after `after`, and
+/// returns what it printed.
+fn run_and_kill(name: &str, dir: &Path, seed: u64, after: Duration) -> Vec<String> {
+    let exe = std::env::current_exe().expect("exe");
+    let mut child = Command::new(exe)
+        .args([
+            "--exact",
+            name,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("HLFS_TORTURE_DIR", dir)
+        .env("HLFS_TORTURE_SEED", seed.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn child");
+    let stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<String>>()
+    });
+    std::thread::sleep(after);
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+    reader.join().expect("reader")
+}
+
+/// Asserts that `img` is `start` after some prefix of the child's operations (seed `seed`) at
+/// or after op `flushed`.
+fn assert_prefix(img: &[u8], start: &[u8], seed: u64, flushed: usize, round: u64) {
+    let mut model = start.to_vec();
+    let mut rng = Rng::new(seed);
+    for k in 0..flushed + 20_000 {
+        if k >= flushed && img == model.as_slice() {
+            return;
+        }
+        Op::random(&mut rng, model.len() as u64, 64 * 1024).apply_model(&mut model);
+    }
+    panic!("round {round}: recovered image is not a prefix state at or after op {flushed}");
 }
