@@ -69,6 +69,22 @@ pub struct ConfigFile {
     /// `[[pool]]` tables.
     #[serde(default, rename = "pool")]
     pub pools: Vec<PoolEntry>,
+    /// `[cleaner]`: inline cleaning policy of every volume.
+    pub cleaner: Option<CleanerSection>,
+}
+
+/// `[cleaner]`: when and how much the cleaner reclaims.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CleanerSection {
+    /// false: clean only on request (`hlfs volume clean`, D-Bus `Clean`).
+    pub enabled: Option<bool>,
+    /// Clean when a volume's log exceeds its capacity x (1 + this). Default 0.25.
+    pub space_overhead: Option<f64>,
+    /// Segments more live than this are never cleaned. Default 0.8.
+    pub max_live_ratio: Option<f64>,
+    /// Segments cleaned per pass at most. Default 4.
+    pub max_segments_per_pass: Option<usize>,
 }
 
 /// A size written as a number of bytes or as text with a suffix.
@@ -110,6 +126,8 @@ pub struct Settings {
     /// Pools named in the configuration file.
     pub pools: Vec<(String, PoolUri)>,
     pub create_volumes: Vec<VolumeSpec>,
+    /// None: the cleaner runs only on request.
+    pub cleaner: Option<crate::manager::CleanerSettings>,
 }
 
 impl ConfigFile {
@@ -206,6 +224,34 @@ impl Settings {
             }
             pools.push((p.name.clone(), PoolUri::parse(&p.uri)?));
         }
+        let cleaner = match &file.cleaner {
+            Some(c) if c.enabled == Some(false) => None,
+            c => {
+                let d = crate::manager::CleanerSettings::default();
+                let c = c.as_ref();
+                let s = crate::manager::CleanerSettings {
+                    space_overhead: c.and_then(|c| c.space_overhead).unwrap_or(d.space_overhead),
+                    max_live_ratio: c.and_then(|c| c.max_live_ratio).unwrap_or(d.max_live_ratio),
+                    max_segments_per_pass: c
+                        .and_then(|c| c.max_segments_per_pass)
+                        .unwrap_or(d.max_segments_per_pass),
+                };
+                let bad = |why: &str| Error::Config {
+                    path: cli.config.clone().unwrap_or_default(),
+                    why: format!("[cleaner] {why}"),
+                };
+                if !(s.space_overhead >= 0.0 && s.space_overhead.is_finite()) {
+                    return Err(bad("space_overhead must be a number >= 0"));
+                }
+                if !(s.max_live_ratio > 0.0 && s.max_live_ratio < 1.0) {
+                    return Err(bad("max_live_ratio must be between 0 and 1"));
+                }
+                if s.max_segments_per_pass == 0 {
+                    return Err(bad("max_segments_per_pass must be at least 1"));
+                }
+                Some(s)
+            }
+        };
         let create_volumes = cli
             .create_volume
             .iter()
@@ -230,7 +276,54 @@ impl Settings {
             bus,
             pools,
             create_volumes,
+            cleaner,
         })
+    }
+}
+
+#[cfg(test)]
+mod cleaner_tests {
+    use super::*;
+    use clap::Parser;
+
+    fn resolve_with(toml_text: &str) -> Result<Settings> {
+        let dir = std::env::temp_dir().join(format!(
+            "hlfs-cfg-{}-{}",
+            std::process::id(),
+            toml_text.len()
+        ));
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("mkdir", &dir, e))?;
+        let f = dir.join("hlfsd.toml");
+        std::fs::write(&f, toml_text).map_err(|e| Error::io("write", &f, e))?;
+        let cli = Cli::parse_from([
+            "hlfsd",
+            "--config",
+            f.to_str().unwrap_or_default(),
+            "--data-dir",
+            "/tmp/x",
+            "--runtime-dir",
+            "/tmp/y",
+        ]);
+        Settings::resolve(&cli)
+    }
+
+    #[test]
+    fn cleaner_section() {
+        let s = resolve_with("").expect("default");
+        assert_eq!(s.cleaner, Some(crate::manager::CleanerSettings::default()));
+        let s = resolve_with("[cleaner]\nspace_overhead = 0.5\nmax_segments_per_pass = 2\n")
+            .expect("set");
+        let c = s.cleaner.expect("on");
+        assert_eq!(
+            (c.space_overhead, c.max_segments_per_pass, c.max_live_ratio),
+            (0.5, 2, 0.8)
+        );
+        assert!(resolve_with("[cleaner]\nenabled = false\n")
+            .expect("off")
+            .cleaner
+            .is_none());
+        assert!(resolve_with("[cleaner]\nmax_live_ratio = 1.5\n").is_err());
+        assert!(resolve_with("[cleaner]\nbogus = 1\n").is_err());
     }
 }
 

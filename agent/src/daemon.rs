@@ -68,7 +68,9 @@ pub fn run(cli: Cli) -> Result<()> {
         let uri = PoolUri::Local(settings.data_dir.join("pools").join(DEFAULT_POOL));
         registry.add(DEFAULT_POOL, uri)?;
     }
-    let mgr = Arc::new(Manager::new(registry, settings.cache_bytes));
+    let mgr = Arc::new(
+        Manager::new(registry, settings.cache_bytes).with_cleaner(settings.cleaner.clone()),
+    );
     for spec in &settings.create_volumes {
         if mgr.ensure_volume(spec)? {
             tracing::info!(volume = %format!("{}/{}", spec.pool, spec.volume), size = spec.size, "created volume");

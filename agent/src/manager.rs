@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 use crate::names::{PoolUri, VolumeSpec};
 use crate::pools::{Pool, Registry};
-use hlfs_engine::{CreateOptions, OpenOptions, Stat, Volume};
+use hlfs_engine::{CleanPolicy, CreateOptions, OpenOptions, Stat, Volume};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -50,6 +50,28 @@ pub struct Manager {
     registry: Mutex<Registry>,
     open: Mutex<BTreeMap<(String, String), Arc<SharedVolume>>>,
     open_opts: OpenOptions,
+    cleaner: Option<CleanerSettings>,
+}
+
+/// Inline cleaning for every volume this daemon opens (the `[cleaner]` configuration).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CleanerSettings {
+    /// A volume is cleaned when its log exceeds capacity x (1 + this).
+    pub space_overhead: f64,
+    /// Segments more live than this are never cleaned.
+    pub max_live_ratio: f64,
+    /// Victims per pass: the cleaner's rate limit (a pass runs when a segment is sealed).
+    pub max_segments_per_pass: usize,
+}
+
+impl Default for CleanerSettings {
+    fn default() -> Self {
+        CleanerSettings {
+            space_overhead: 0.25,
+            max_live_ratio: 0.8,
+            max_segments_per_pass: 4,
+        }
+    }
 }
 
 impl Manager {
@@ -58,7 +80,30 @@ impl Manager {
             registry: Mutex::new(registry),
             open: Mutex::new(BTreeMap::new()),
             open_opts: OpenOptions { cache_bytes },
+            cleaner: Some(CleanerSettings::default()),
         }
+    }
+
+    /// Sets the cleaning policy of volumes opened from now on (None: clean only on request).
+    pub fn with_cleaner(mut self, cleaner: Option<CleanerSettings>) -> Manager {
+        self.cleaner = cleaner;
+        self
+    }
+
+    /// Wraps an open volume for sharing, with the daemon's cleaning policy applied.
+    fn share(&self, pool: &str, volume: &str, mut v: Volume) -> Arc<SharedVolume> {
+        if let Some(c) = &self.cleaner {
+            let budget = (v.size() as f64 * (1.0 + c.space_overhead)) as u64;
+            v.set_clean_policy(Some(CleanPolicy {
+                max_live_ratio: c.max_live_ratio,
+                max_segments: c.max_segments_per_pass,
+                space_budget: budget.max(1),
+            }));
+        }
+        Arc::new(SharedVolume {
+            name: format!("{pool}/{volume}"),
+            inner: Mutex::new(Some(v)),
+        })
     }
 
     fn pool(&self, name: &str) -> Result<Pool> {
@@ -159,10 +204,7 @@ impl Manager {
         let clone = base
             .with(|b| target.create_clone(dst, b, snapshot, &self.open_opts))
             .ok_or_else(|| Error::Busy(format!("volume {pool}/{volume} is closing")))??;
-        let shared = Arc::new(SharedVolume {
-            name: format!("{dst_pool}/{dst}"),
-            inner: Mutex::new(Some(clone)),
-        });
+        let shared = self.share(dst_pool, dst, clone);
         lock(&self.open).insert((dst_pool.to_string(), dst.to_string()), shared);
         Ok(())
     }
@@ -206,10 +248,7 @@ impl Manager {
         let p = self.pool(pool)?;
         let mut open = lock(&self.open);
         let v = p.create_volume(volume, opts, &self.open_opts)?;
-        let shared = Arc::new(SharedVolume {
-            name: format!("{pool}/{volume}"),
-            inner: Mutex::new(Some(v)),
-        });
+        let shared = self.share(pool, volume, v);
         open.insert((pool.to_string(), volume.to_string()), shared.clone());
         Ok(shared)
     }
@@ -251,10 +290,7 @@ impl Manager {
             tracing::info!(volume = %format!("{pool}/{volume}"), segments = r.segments_replayed,
                 records = r.records_replayed, elapsed = ?r.elapsed, "recovered volume");
         }
-        let shared = Arc::new(SharedVolume {
-            name: format!("{pool}/{volume}"),
-            inner: Mutex::new(Some(v)),
-        });
+        let shared = self.share(pool, volume, v);
         open.insert(key, shared.clone());
         Ok(shared)
     }
