@@ -23,6 +23,10 @@ fn main() {
 }
 
 #[cfg(feature = "hdfs")]
+#[path = "support/rng.rs"]
+mod rng;
+
+#[cfg(feature = "hdfs")]
 mod bench {
     use hlfs_engine::backend::hdfs::split_url;
     use hlfs_engine::backend::{
@@ -34,23 +38,9 @@ mod bench {
     use std::sync::Arc;
     use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-    type R<T> = Result<T, Box<dyn std::error::Error>>;
+    use super::rng::Rng;
 
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn fill(&mut self, b: &mut [u8]) {
-            for c in b.chunks_mut(8) {
-                let v = self.next().to_le_bytes();
-                c.copy_from_slice(&v[..c.len()]);
-            }
-        }
-    }
+    type R<T> = Result<T, Box<dyn std::error::Error>>;
 
     fn mibs(bytes: u64, d: Duration) -> f64 {
         bytes as f64 / (1 << 20) as f64 / d.as_secs_f64()

@@ -2,6 +2,7 @@
 //! (refusal naming the holder, takeover after a crash), and clear errors for a wrong host, port
 //! or path. Needs `HLFS_TEST_HDFS_URL` (scripts/with-hdfs.sh).
 #![cfg(feature = "hdfs")]
+#![cfg(feature = "hdfs")]
 
 mod common;
 mod hdfs_util;

@@ -1,5 +1,6 @@
 //! Clones across backends against a real HDFS: a local base with an HDFS clone (only the
 //! delta crosses the network), and an HDFS base with a local clone.
+#![cfg(feature = "hdfs")]
 
 mod common;
 mod hdfs_util;

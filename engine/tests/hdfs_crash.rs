@@ -4,6 +4,7 @@
 //! On a local remote always; on the real HDFS when `HLFS_TEST_HDFS_URL` is set.
 //! (Own test binary: children are forked from it.)
 #![cfg(feature = "hdfs")]
+#![cfg(feature = "hdfs")]
 
 mod common;
 mod hdfs_util;

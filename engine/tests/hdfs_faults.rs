@@ -3,6 +3,7 @@
 //! nothing lost; a NameNode down for long gives clear errors within bounded time, not hangs.
 //! These tests stop HDFS daemons, so each holds the test HDFS exclusively.
 #![cfg(feature = "hdfs")]
+#![cfg(feature = "hdfs")]
 
 mod common;
 mod hdfs_util;

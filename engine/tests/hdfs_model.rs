@@ -2,6 +2,7 @@
 //! against a plain in-memory image) on the HDFS backend, raw and behind the local journal, and
 //! on the journal over a local remote. HDFS cases need `HLFS_TEST_HDFS_URL`.
 #![cfg(feature = "hdfs")]
+#![cfg(feature = "hdfs")]
 
 mod common;
 mod hdfs_util;
