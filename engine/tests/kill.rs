@@ -20,14 +20,10 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 #[test]
 #[ignore = "run by kill_minus_9_many_times as a child process"]
 fn torture_child() {
-    let Ok(dir) = std::env::var("HLFS_TORTURE_DIR") else {
+    let Some((dir, seed)) = child_env() else {
         return;
     };
-    let seed: u64 = std::env::var("HLFS_TORTURE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1);
-    let mut v = open(Path::new(&dir)).expect("child open");
+    let mut v = open(&dir).expect("child open");
     let mut rng = Rng::new(seed);
     let out = std::io::stdout();
     for i in 0..1_000_000u64 {
@@ -85,14 +81,10 @@ fn kill_minus_9_many_times() {
 #[test]
 #[ignore = "run by kill_during_cleaning_and_snapshots as a child process"]
 fn torture_child_cleaning() {
-    let Ok(dir) = std::env::var("HLFS_TORTURE_DIR") else {
+    let Some((dir, seed)) = child_env() else {
         return;
     };
-    let seed: u64 = std::env::var("HLFS_TORTURE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1);
-    let mut v = open(Path::new(&dir)).expect("child open");
+    let mut v = open(&dir).expect("child open");
     v.set_clean_policy(Some(hlfs_engine::CleanPolicy {
         max_live_ratio: 0.9,
         max_segments: 2,
@@ -259,4 +251,14 @@ fn assert_prefix(img: &[u8], start: &[u8], seed: u64, flushed: usize, round: u64
         Op::random(&mut rng, model.len() as u64, 64 * 1024).apply_model(&mut model);
     }
     panic!("round {round}: recovered image is not a prefix state at or after op {flushed}");
+}
+
+/// In a child run by `run_and_kill`: its volume directory and seed (None: not a child).
+fn child_env() -> Option<(std::path::PathBuf, u64)> {
+    let dir = std::env::var_os("HLFS_TORTURE_DIR")?;
+    let seed = std::env::var("HLFS_TORTURE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    Some((dir.into(), seed))
 }
