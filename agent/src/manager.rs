@@ -7,18 +7,19 @@ use crate::names::{PoolUri, VolumeSpec};
 use crate::pools::{Pool, Registry};
 use hlfs_engine::{CleanPolicy, CreateOptions, OpenOptions, Stat, Volume};
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 /// Locks a mutex, ignoring poisoning: the engine keeps its own failure state.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// One open volume shared by all its users. `None` once closed at shutdown.
+/// One open volume shared by all its users. `None` once closed at shutdown. Readers share the
+/// lock (the engine reads through `&Volume`); everything else takes it exclusively.
 #[derive(Debug)]
 pub struct SharedVolume {
     name: String,
-    inner: Mutex<Option<Volume>>,
+    inner: RwLock<Option<Volume>>,
 }
 
 impl SharedVolume {
@@ -27,15 +28,42 @@ impl SharedVolume {
         &self.name
     }
 
-    /// Runs `f` on the volume under its lock; `None` if the volume was closed. Engine calls are
-    /// blocking: call this from a blocking context.
+    /// Runs `f` on the volume under its exclusive lock; `None` if the volume was closed. Engine
+    /// calls are blocking: call this from a blocking context.
     pub fn with<T>(&self, f: impl FnOnce(&mut Volume) -> T) -> Option<T> {
-        lock(&self.inner).as_mut().map(f)
+        self.inner
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+            .map(f)
+    }
+
+    /// Runs `f` under the shared lock, alongside other readers (reads, stat, block status).
+    pub fn read<T>(&self, f: impl FnOnce(&Volume) -> T) -> Option<T> {
+        self.inner
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(f)
+    }
+
+    /// Makes every write acknowledged so far durable, holding the exclusive lock only to hand
+    /// buffered data to the backend: writes go on while the disk syncs.
+    pub fn flush(&self) -> Option<hlfs_engine::Result<()>> {
+        let wait = match self.with(|v| v.flush_begin())? {
+            Ok(w) => w,
+            Err(e) => return Some(Err(e)),
+        };
+        match wait.wait() {
+            Ok(()) => Some(Ok(())),
+            Err(e) => Some(self.with(|v| v.flush_end(Err(e))).unwrap_or(Ok(()))),
+        }
     }
 
     /// Flushes and closes the volume; later calls to `with` get `None`.
     fn close(&self) -> Result<()> {
-        match lock(&self.inner).take() {
+        let taken = self.inner.write().unwrap_or_else(|p| p.into_inner()).take();
+        match taken {
             Some(v) => v
                 .close()
                 .map_err(|e| Error::engine(format!("close volume {}", self.name), e)),
@@ -102,7 +130,7 @@ impl Manager {
         }
         Arc::new(SharedVolume {
             name: format!("{pool}/{volume}"),
-            inner: Mutex::new(Some(v)),
+            inner: RwLock::new(Some(v)),
         })
     }
 
@@ -173,7 +201,7 @@ impl Manager {
     /// Space and layout figures of `pool/volume` (opening it on first use).
     pub fn stat(&self, pool: &str, volume: &str) -> Result<Stat> {
         self.volume(pool, volume)?
-            .with(|v| v.stat())
+            .read(|v| v.stat())
             .ok_or_else(|| Error::Busy(format!("volume {pool}/{volume} is closing")))
     }
 

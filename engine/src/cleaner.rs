@@ -265,7 +265,10 @@ impl Volume {
             for s in self.snaps.values_mut() {
                 s.live.remove(&seq);
             }
-            self.cache.forget_segment(seq);
+            self.cache
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .forget_segment(seq);
         }
         self.write_checkpoint()?;
         self.write_checkpoint()?;

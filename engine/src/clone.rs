@@ -8,23 +8,23 @@ use crate::error::{Error, Result};
 use crate::extent_map::{Extent, ExtentMap};
 use crate::format::{BaseRef, RecordKind};
 use crate::volume::{CreateOptions, OpenOptions, Volume};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 /// Extent marker: "reads as zeros" in a clone (a hole would read the base).
 pub(crate) const ZERO_SEG: u32 = u32::MAX;
 
-/// A clone's open view of its base snapshot.
+/// A clone's open view of its base snapshot. Reads share it (`&self`); the lock is taken for
+/// writing only to reload the base after its cleaner moved data.
 pub(crate) struct BaseView {
     pub base: BaseRef,
-    pub vol: Box<Volume>,
+    pub vol: RwLock<Box<Volume>>,
     pub size: u64,
     pub opts: OpenOptions,
 }
 
 impl BaseView {
     pub(crate) fn open(base: &BaseRef, opts: &OpenOptions) -> Result<BaseView> {
-        let backend = open_location(&base.location)?;
-        let vol = Volume::open_read_only(backend, opts)?;
+        let vol = Self::open_volume(base, opts)?;
         let size = vol.snapshot_size(&base.snapshot).map_err(|e| match e {
             Error::NotFound(_) => Error::NotFound(format!(
                 "base snapshot {} of volume {}",
@@ -34,29 +34,37 @@ impl BaseView {
         })?;
         Ok(BaseView {
             base: base.clone(),
-            vol: Box::new(vol),
+            vol: RwLock::new(Box::new(vol)),
             size,
             opts: opts.clone(),
         })
     }
 
+    fn open_volume(base: &BaseRef, opts: &OpenOptions) -> Result<Volume> {
+        let backend = open_location(&base.location)?;
+        Volume::open_read_only(backend, opts)
+    }
+
     /// Reads base data; if the base's cleaner moved it meanwhile (segment gone), reloads the
     /// base's state once and retries.
-    pub(crate) fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+    pub(crate) fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let avail = self.size.saturating_sub(offset).min(buf.len() as u64) as usize;
         buf[avail..].fill(0);
         if avail == 0 {
             return Ok(());
         }
-        match self
+        let snap = &self.base.snapshot;
+        let first = self
             .vol
-            .read_snapshot(&self.base.snapshot, offset, &mut buf[..avail])
-        {
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .read_snapshot(snap, offset, &mut buf[..avail]);
+        match first {
             Ok(()) => Ok(()),
             Err(Error::NotFound(_) | Error::Io { .. }) => {
-                *self = BaseView::open(&self.base, &self.opts)?;
-                self.vol
-                    .read_snapshot(&self.base.snapshot, offset, &mut buf[..avail])
+                let mut vol = self.vol.write().unwrap_or_else(|p| p.into_inner());
+                **vol = Self::open_volume(&self.base, &self.opts)?;
+                vol.read_snapshot(snap, offset, &mut buf[..avail])
             }
             Err(e) => Err(e),
         }
@@ -157,7 +165,7 @@ impl Volume {
                     continue;
                 }
                 let mut data = vec![0u8; (p.len * bs) as usize];
-                if let Some(b) = self.base_view.as_mut() {
+                if let Some(b) = self.base_view.as_ref() {
                     b.read(p.lba * bs, &mut data)?;
                 }
                 self.staged.clear();

@@ -19,4 +19,4 @@ pub use cleaner::{CleanPolicy, CleanReport};
 pub use error::{Error, Result};
 pub use format::BaseRef;
 pub use snapshot::{check_snapshot_name, Consistency, SnapshotInfo};
-pub use volume::{CreateOptions, OpenOptions, RecoveryReport, Stat, Volume, MAX_SIZE};
+pub use volume::{CreateOptions, FlushWait, OpenOptions, RecoveryReport, Stat, Volume, MAX_SIZE};

@@ -127,9 +127,9 @@ impl Volume {
         let mut vol = Volume {
             backend,
             loc,
-            cache: ReadCache::new(open.cache_bytes),
+            cache: std::sync::Mutex::new(ReadCache::new(open.cache_bytes)),
             read_only: lease.is_none(),
-            _lease: lease,
+            _lease: std::sync::Mutex::new(lease),
             base_view: None,
             detached: state.detached,
             zero_marked: 0,

@@ -269,9 +269,9 @@ impl Volume {
     }
 
     /// Reads from a snapshot; its content never changes while the head is written.
-    pub fn read_snapshot(&mut self, name: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+    pub fn read_snapshot(&self, name: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
         let s = &self.snaps[&self.snap_id(name)?];
-        let (size, map) = (s.size, s.map.clone());
+        let (size, map) = (s.size, &s.map);
         if offset
             .checked_add(buf.len() as u64)
             .is_none_or(|e| e > size)
@@ -283,7 +283,7 @@ impl Volume {
                 size,
             });
         }
-        self.read_map(&map, offset, buf)
+        self.read_map(map, offset, buf)
     }
 
     /// Mapped and unmapped ranges of a snapshot (NBD block status on a snapshot export).

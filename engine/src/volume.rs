@@ -11,7 +11,7 @@ use crate::format::{
     RECORD_HEADER_LEN, TRAILER_LEN, UNIT_COMPRESSED, UNIT_HEADER_LEN,
 };
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// Largest volume size accepted (1 EiB): keeps every block number far from overflow.
@@ -102,6 +102,21 @@ pub struct RecoveryReport {
     pub elapsed: Duration,
 }
 
+/// What remains of a flush once its data is with the backend: a disk sync that needs no lock on
+/// the volume (see `Volume::flush_begin`).
+#[must_use = "a flush is not durable until its wait returns"]
+pub struct FlushWait(Option<Arc<dyn crate::backend::Syncer>>);
+
+impl FlushWait {
+    /// Blocks until every byte handed over before `flush_begin` returned is durable.
+    pub fn wait(self) -> Result<()> {
+        match self.0 {
+            Some(s) => s.sync(),
+            None => Ok(()),
+        }
+    }
+}
+
 /// A record built by an operation and not yet appended.
 pub(crate) struct Staged {
     hdr: RecordHeader,
@@ -112,7 +127,9 @@ pub(crate) struct Staged {
 
 pub(crate) struct OpenSeg {
     pub seq: u32,
-    pub writer: Box<dyn ObjectWriter>,
+    /// Behind a mutex only so that `Volume` is `Sync` (readers share it); the write path has
+    /// `&mut` and reaches it without locking.
+    pub writer: Mutex<Box<dyn ObjectWriter>>,
     /// The whole segment so far: unsealed data is served from here, never read back.
     pub buf: Vec<u8>,
     /// Bytes of `buf` already handed to the backend.
@@ -120,6 +137,15 @@ pub(crate) struct OpenSeg {
     /// Footer under construction: record headers and unit lengths.
     pub footer: Vec<u8>,
     pub records: u32,
+}
+
+impl OpenSeg {
+    pub(crate) fn writer(&mut self) -> &mut dyn ObjectWriter {
+        self.writer
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+    }
 }
 
 /// An open, writable volume. One per volume across all processes (see the lease).
@@ -141,7 +167,8 @@ pub struct Volume {
     pub(crate) next_seq: u32,
     pub(crate) since_ckpt: u64,
     pub(crate) checkpoints: Vec<u32>,
-    pub(crate) cache: ReadCache,
+    /// Shared by concurrent readers (`read` takes `&self`).
+    pub(crate) cache: Mutex<ReadCache>,
     pub(crate) staged: Vec<Staged>,
     pub(crate) snaps: BTreeMap<u32, crate::snapshot::Snap>,
     /// The snapshot the head descends from (the newest taken, or the one rolled back to).
@@ -156,7 +183,7 @@ pub struct Volume {
     pub(crate) recovery: RecoveryReport,
     /// None when open read-only (a clone's view of its base). Last, so that it is released
     /// only after the open segment's writer is closed (fields drop in order).
-    pub(crate) _lease: Option<Box<dyn Lease>>,
+    pub(crate) _lease: Mutex<Option<Box<dyn Lease>>>,
 }
 
 impl std::fmt::Debug for Volume {
@@ -246,18 +273,23 @@ impl Volume {
 
     /// Reads `buf.len()` bytes at `offset`. Never-written ranges read as zeros; damaged data is
     /// an error naming the segment and offset, never returned.
-    pub fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+    /// Takes `&self`: reads of one volume run in parallel (the caller's read lock keeps writers
+    /// out while they do).
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.check_range(offset, buf.len())?;
         self.read_raw(offset, buf)
     }
 
-    fn read_raw(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let map = self.map.clone();
-        self.read_map(&map, offset, buf)
+    fn read_raw(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.read_map(&self.map, offset, buf)
+    }
+
+    fn cache(&self) -> MutexGuard<'_, ReadCache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Reads through any map (the head's or a snapshot's); no size check.
-    pub(crate) fn read_map(&mut self, map: &ExtentMap, offset: u64, buf: &mut [u8]) -> Result<()> {
+    pub(crate) fn read_map(&self, map: &ExtentMap, offset: u64, buf: &mut [u8]) -> Result<()> {
         if buf.is_empty() {
             return Ok(());
         }
@@ -272,7 +304,7 @@ impl Volume {
             let e = pend.min(end);
             let out = &mut buf[(s - offset) as usize..(e - offset) as usize];
             match piece.ext {
-                None => match self.base_view.as_mut() {
+                None => match self.base_view.as_ref() {
                     Some(b) if !self.detached => b.read(s, out)?,
                     _ => out.fill(0),
                 },
@@ -296,9 +328,9 @@ impl Volume {
     }
 
     /// Fetches, verifies and decodes one unit (from memory if its segment is still open).
-    fn load_unit(&mut self, ulba: u64, x: Extent) -> Result<Arc<[u8]>> {
+    fn load_unit(&self, ulba: u64, x: Extent) -> Result<Arc<[u8]>> {
         let key = (x.seg, x.off);
-        if let Some(v) = self.cache.get(key) {
+        if let Some(v) = self.cache().get(key) {
             return Ok(v);
         }
         let stored_len = (x.stored & !UNIT_COMPRESSED) as usize;
@@ -342,7 +374,7 @@ impl Volume {
             owned = data.to_vec();
             owned.into()
         };
-        self.cache.put(key, decoded.clone());
+        self.cache().put(key, decoded.clone());
         Ok(decoded)
     }
 
@@ -689,7 +721,7 @@ impl Volume {
         self.segs.entry(seq).or_default();
         self.open = Some(OpenSeg {
             seq,
-            writer,
+            writer: Mutex::new(writer),
             buf,
             appended: 0,
             footer: Vec::new(),
@@ -701,7 +733,11 @@ impl Volume {
     fn append_pending(&mut self) -> Result<()> {
         if let Some(o) = self.open.as_mut() {
             if o.appended < o.buf.len() {
-                o.writer.append(&o.buf[o.appended..])?;
+                let (buf, from) = (&o.buf, o.appended);
+                o.writer
+                    .get_mut()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .append(&buf[from..])?;
                 o.appended = o.buf.len();
             }
         }
@@ -721,7 +757,7 @@ impl Volume {
         let Some(mut o) = self.open.take() else {
             return Ok(());
         };
-        o.writer.sync()?;
+        o.writer().sync()?;
         let bytes = o.buf.len() as u64;
         self.segs.entry(o.seq).or_default().bytes = bytes;
         self.since_ckpt += bytes;
@@ -768,13 +804,35 @@ impl Volume {
 
     /// Makes every acknowledged write durable.
     pub fn flush(&mut self) -> Result<()> {
+        let wait = self.flush_begin()?;
+        let r = wait.wait();
+        self.flush_end(r)
+    }
+
+    /// The first half of a flush, under the caller's lock: hands buffered data to the backend.
+    /// The returned wait makes it durable without the volume, so writes go on meanwhile and
+    /// flushes that overlap share one disk sync (group commit). Finish with `flush_end`.
+    pub fn flush_begin(&mut self) -> Result<FlushWait> {
         self.writable()?;
-        let r = self
-            .append_pending()
-            .and_then(|()| match self.open.as_mut() {
-                Some(o) => o.writer.sync(),
-                None => Ok(()),
-            });
+        let r = self.append_pending();
+        self.fail(r)?;
+        let Some(o) = self.open.as_mut() else {
+            return Ok(FlushWait(None));
+        };
+        match o.writer().syncer() {
+            Some(s) => Ok(FlushWait(Some(s))),
+            None => {
+                // This backend cannot sync from outside its writer: sync now, under the lock.
+                let r = o.writer().sync();
+                self.fail(r)?;
+                Ok(FlushWait(None))
+            }
+        }
+    }
+
+    /// The second half of a flush: records a failed sync, after which the volume refuses
+    /// writes (what reached the disk is unknown), and passes the result on.
+    pub fn flush_end(&mut self, r: Result<()>) -> Result<()> {
         self.fail(r)
     }
 
@@ -869,6 +927,10 @@ impl Volume {
             .filter(|(seq, _)| self.open.as_ref().is_none_or(|o| o.seq != **seq))
             .map(|(_, s)| s.bytes)
             .sum();
+        let (cache_hits, cache_misses) = {
+            let c = self.cache();
+            (c.hits, c.misses)
+        };
         Stat {
             capacity: self.size,
             allocated: (self.map.mapped_blocks().saturating_sub(self.zero_marked) * self.bs())
@@ -883,8 +945,8 @@ impl Volume {
             extents: self.map.len() as u64,
             block_size: self.meta.block_size,
             compression: self.meta.compression,
-            cache_hits: self.cache.hits,
-            cache_misses: self.cache.misses,
+            cache_hits,
+            cache_misses,
             reclaimable: self.reclaimable_bytes(),
             snapshots: self.snaps.len() as u64,
         }
@@ -969,3 +1031,9 @@ pub(crate) fn allocation_of(
     }
     Ok(out)
 }
+
+// Readers share a volume across threads (`read` takes `&self`): keep it `Send + Sync`.
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    shared::<Volume>();
+};

@@ -80,7 +80,7 @@ async fn lookup(mgr: &Arc<Manager>, name: &str) -> Result<Export, (u32, String)>
         }
     };
     let snapshot = parsed.snapshot;
-    let sized = volume.with(|v| {
+    let sized = volume.read(|v| {
         let size = match &snapshot {
             Some(s) => v.snapshot_size(s),
             None => Ok(v.size()),

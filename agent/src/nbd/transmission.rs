@@ -1,6 +1,10 @@
-//! The transmission phase. A reader loop takes requests off the socket, checks them, and hands
-//! each to a blocking task that runs it on the shared engine; replies go to a single writer task
-//! through a channel, so they leave in completion order (out of order, as NBD allows).
+//! The transmission phase. A reader loop takes requests off the socket, checks them, and queues
+//! them for the connection's workers: a few blocking tasks that drain the queue in batches (a
+//! run of writes under one exclusive lock, a run of reads under one shared lock, so reads run in
+//! parallel and a busy queue costs no thread wake-up per request). A flush hands data to the
+//! backend under the lock and waits for the disk outside it (group commit). Replies go to a
+//! single writer task through a channel, so they leave in completion order (out of order, as NBD
+//! allows).
 //!
 //! Memory is bounded per connection: a request holds a slot and its payload bytes in two
 //! semaphores from before its payload is read until its reply is written. A WRITE whose payload
@@ -10,8 +14,9 @@ use super::handshake::{Export, Negotiated};
 use super::proto::*;
 use crate::manager::SharedVolume;
 use hlfs_engine::Volume;
+use std::collections::VecDeque;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
@@ -21,6 +26,197 @@ pub const MAX_IN_FLIGHT: usize = 64;
 pub const MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
 /// Block status descriptors in one reply (the spec lets a server answer for less than asked).
 const MAX_DESCRIPTORS: usize = 16 * 1024;
+/// Blocking workers per connection: enough to keep both reads in flight on every core and a
+/// flush's disk sync from stalling the writes queued behind it.
+const WORKERS: usize = 4;
+/// Requests a worker takes from the queue at once.
+const BATCH: usize = 32;
+
+/// A checked request, its payload, and the budget it holds until its reply is written.
+struct Job {
+    req: Request,
+    data: Vec<u8>,
+    check: Result<(), Fail>,
+    slot: OwnedSemaphorePermit,
+    reserved: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+}
+
+/// Requests waiting for a worker, and how many workers are draining them.
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    workers: usize,
+}
+
+/// What a connection's workers share.
+struct Shared {
+    conn: Conn,
+    queue: Mutex<Queue>,
+    tx: mpsc::UnboundedSender<Outgoing>,
+}
+
+impl Shared {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn reply(&self, job: Job, bytes: Vec<u8>) {
+        // A closed channel means the client is gone: nothing left to tell it.
+        let _ = self.tx.send(Outgoing {
+            bytes,
+            _slot: job.slot,
+            _bytes: job.reserved,
+        });
+    }
+}
+
+/// Queues a job; starts a worker when none is idle enough to take it soon.
+fn submit(shared: &Arc<Shared>, job: Job) {
+    let start = {
+        let mut q = shared.queue();
+        q.jobs.push_back(job);
+        let start = q.workers < WORKERS && q.jobs.len() > q.workers;
+        if start {
+            q.workers += 1;
+        }
+        start
+    };
+    if start {
+        let s = shared.clone();
+        tokio::task::spawn_blocking(move || drain(&s));
+    }
+}
+
+/// A worker: takes batches until the queue is empty, then exits (the count is kept under the
+/// queue's lock, so a job is never left without a worker).
+fn drain(shared: &Shared) {
+    loop {
+        let batch: Vec<Job> = {
+            let mut q = shared.queue();
+            if q.jobs.is_empty() {
+                q.workers -= 1;
+                return;
+            }
+            // Split what is queued among the workers, so reads spread over the cores.
+            let n = q.jobs.len().div_ceil(q.workers.max(1)).min(BATCH);
+            q.jobs.drain(..n).collect()
+        };
+        run_batch(shared, batch);
+    }
+}
+
+/// Whether a request changes the volume (runs under the exclusive lock).
+fn mutates(j: &Job) -> bool {
+    j.check.is_ok()
+        && matches!(
+            j.req.kind,
+            CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES | CMD_FLUSH
+        )
+}
+
+/// Runs a batch in order: each run of mutating requests under one exclusive lock, each run of
+/// the others (reads, block status, rejected requests) under one shared lock.
+fn run_batch(shared: &Shared, batch: Vec<Job>) {
+    let c = &shared.conn;
+    let mut jobs = batch.into_iter().peekable();
+    while let Some(first) = jobs.next() {
+        let exclusive = mutates(&first);
+        let mut run = vec![first];
+        while let Some(j) = jobs.next_if(|j| mutates(j) == exclusive) {
+            run.push(j);
+        }
+        if exclusive {
+            run_mutations(shared, run);
+        } else {
+            let mut pending = Some(run);
+            let done = c.volume.read(|v| {
+                pending
+                    .take()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|j| {
+                        let bytes = match &j.check {
+                            Ok(()) => execute_read(c, v, &j.req),
+                            Err(f) => error_reply(c, &j.req, Fail(f.0, f.1.clone())),
+                        };
+                        (j, bytes)
+                    })
+                    .collect::<Vec<_>>()
+            });
+            match done {
+                Some(done) => done.into_iter().for_each(|(j, b)| shared.reply(j, b)),
+                None => shutting_down(shared, pending.unwrap_or_default()),
+            }
+        }
+    }
+}
+
+/// Answers `jobs` once the volume is closed (shutdown).
+fn shutting_down(shared: &Shared, jobs: Vec<Job>) {
+    let c = &shared.conn;
+    for j in jobs {
+        let bytes = error_reply(
+            c,
+            &j.req,
+            Fail(ESHUTDOWN, "the server is shutting down".into()),
+        );
+        shared.reply(j, bytes);
+    }
+}
+
+/// Writes, trims, zeroes and flushes under one exclusive lock. Writes are answered at once;
+/// a flush (or FUA) is answered after its disk sync, which runs once the lock is released.
+fn run_mutations(shared: &Shared, run: Vec<Job>) {
+    let c = &shared.conn;
+    let mut waiting: Vec<(Job, Result<hlfs_engine::FlushWait, Fail>)> = Vec::new();
+    let mut pending = Some(run);
+    let applied = c.volume.with(|v| {
+        for j in pending.take().unwrap_or_default() {
+            let r = &j.req;
+            let fua = r.flags & CMD_FLAG_FUA != 0 || r.kind == CMD_FLUSH;
+            let res = match r.kind {
+                CMD_WRITE => v.write(r.offset, &j.data),
+                CMD_TRIM => v.trim(r.offset, u64::from(r.len)),
+                CMD_WRITE_ZEROES => v.write_zeroes(r.offset, u64::from(r.len)),
+                _ => Ok(()),
+            };
+            match res {
+                Err(e) => {
+                    let bytes = error_reply(c, r, engine_fail(c, &e));
+                    shared.reply(j, bytes);
+                }
+                Ok(()) if fua => {
+                    let w = v.flush_begin().map_err(|e| engine_fail(c, &e));
+                    waiting.push((j, w));
+                }
+                Ok(()) => {
+                    let bytes = simple_reply(r.cookie, 0).to_vec();
+                    shared.reply(j, bytes);
+                }
+            }
+        }
+    });
+    if applied.is_none() {
+        shutting_down(shared, pending.unwrap_or_default());
+        return;
+    }
+    for (j, w) in waiting {
+        let res = w.and_then(|w| match w.wait() {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let f = engine_fail(c, &e);
+                // Record the failure: the volume refuses writes until reopened.
+                let _ = c.volume.with(|v| v.flush_end(Err(e)));
+                Err(f)
+            }
+        });
+        let bytes = match res {
+            Ok(()) => simple_reply(j.req.cookie, 0).to_vec(),
+            Err(f) => error_reply(c, &j.req, f),
+        };
+        shared.reply(j, bytes);
+    }
+}
 
 /// An encoded reply and the budget it releases once written.
 struct Outgoing {
@@ -54,17 +250,12 @@ fn engine_errno(e: &hlfs_engine::Error) -> u32 {
     }
 }
 
-fn run<T>(c: &Conn, f: impl FnOnce(&mut Volume) -> hlfs_engine::Result<T>) -> Result<T, Fail> {
-    match c.volume.with(f) {
-        Some(Ok(v)) => Ok(v),
-        Some(Err(e)) => {
-            if matches!(engine_errno(&e), EIO | ENOSPC) {
-                tracing::error!(volume = c.volume.name(), error = %e, "I/O error");
-            }
-            Err(Fail(engine_errno(&e), e.to_string()))
-        }
-        None => Err(Fail(ESHUTDOWN, "the server is shutting down".into())),
+/// The NBD error for an engine error; I/O failures are logged.
+fn engine_fail(c: &Conn, e: &hlfs_engine::Error) -> Fail {
+    if matches!(engine_errno(e), EIO | ENOSPC) {
+        tracing::error!(volume = c.volume.name(), error = %e, "I/O error");
     }
+    Fail(engine_errno(e), e.to_string())
 }
 
 /// Serves requests until the client disconnects, breaks the protocol, or shutdown is signalled.
@@ -103,12 +294,17 @@ where
     };
     let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
     let writer = tokio::spawn(write_replies(wr, rx));
+    let shared = Arc::new(Shared {
+        conn,
+        queue: Mutex::new(Queue::default()),
+        tx,
+    });
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let budget = Arc::new(Semaphore::new(MAX_IN_FLIGHT_BYTES));
     tracing::debug!(export = %name, structured, base_allocation, "transmission");
 
     let result: io::Result<()> = loop {
-        if tx.is_closed() {
+        if shared.tx.is_closed() {
             break Ok(()); // the writer failed: the client is gone
         }
         let mut hdr = [0u8; REQUEST_LEN];
@@ -160,23 +356,20 @@ where
                 break Err(e);
             }
         }
-        let c = conn.clone();
-        let tx = tx.clone();
-        let check = validate(&c, &req);
-        tokio::task::spawn_blocking(move || {
-            let bytes = match check {
-                Ok(()) => execute(&c, &req, data),
-                Err(f) => error_reply(&c, &req, f),
-            };
-            // A closed channel means the client is gone: nothing left to tell it.
-            let _ = tx.send(Outgoing {
-                bytes,
-                _slot: slot,
-                _bytes: reserved,
-            });
-        });
+        let check = validate(&shared.conn, &req);
+        submit(
+            &shared,
+            Job {
+                req,
+                data,
+                check,
+                slot,
+                reserved,
+            },
+        );
     };
-    drop(tx);
+    // The writer ends once the workers, which hold the last senders, have answered everything.
+    drop(shared);
     match writer.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::debug!(export = %name, error = %e, "writing replies failed"),
@@ -272,40 +465,16 @@ fn validate(c: &Conn, r: &Request) -> Result<(), Fail> {
     Ok(())
 }
 
-/// Runs a validated request and encodes its reply.
-fn execute(c: &Conn, r: &Request, data: Vec<u8>) -> Vec<u8> {
-    let fua = r.flags & CMD_FLAG_FUA != 0;
-    let done = |res: Result<(), Fail>| match res {
-        Ok(()) => simple_reply(r.cookie, 0).to_vec(),
-        Err(f) => error_reply(c, r, f),
-    };
+/// Runs a validated non-mutating request (READ, BLOCK_STATUS) and encodes its reply.
+fn execute_read(c: &Conn, v: &Volume, r: &Request) -> Vec<u8> {
     match r.kind {
-        CMD_READ => read(c, r),
-        CMD_WRITE => done(run(c, |v| {
-            v.write(r.offset, &data)?;
-            if fua {
-                v.flush()?;
-            }
-            Ok(())
-        })),
-        CMD_FLUSH => done(run(c, |v| v.flush())),
-        CMD_TRIM | CMD_WRITE_ZEROES => done(run(c, |v| {
-            if r.kind == CMD_TRIM {
-                v.trim(r.offset, u64::from(r.len))?;
-            } else {
-                v.write_zeroes(r.offset, u64::from(r.len))?;
-            }
-            if fua {
-                v.flush()?;
-            }
-            Ok(())
-        })),
-        CMD_BLOCK_STATUS => block_status(c, r),
+        CMD_READ => read(c, v, r),
+        CMD_BLOCK_STATUS => block_status(c, v, r),
         _ => error_reply(c, r, Fail(EINVAL, "unsupported command".into())),
     }
 }
 
-fn read(c: &Conn, r: &Request) -> Vec<u8> {
+fn read(c: &Conn, v: &Volume, r: &Request) -> Vec<u8> {
     let len = r.len as usize;
     if c.structured {
         if len == 0 {
@@ -313,7 +482,7 @@ fn read(c: &Conn, r: &Request) -> Vec<u8> {
         }
         // Header, offset, then data, in one buffer: one allocation, one write.
         let mut buf = vec![0u8; 20 + 8 + len];
-        match run(c, |v| read_at(c, v, r.offset, &mut buf[28..])) {
+        match read_at(c, v, r.offset, &mut buf[28..]).map_err(|e| engine_fail(c, &e)) {
             Ok(()) => {
                 buf[..20].copy_from_slice(&chunk_header(
                     r.cookie,
@@ -328,7 +497,7 @@ fn read(c: &Conn, r: &Request) -> Vec<u8> {
         }
     } else {
         let mut buf = vec![0u8; 16 + len];
-        match run(c, |v| read_at(c, v, r.offset, &mut buf[16..])) {
+        match read_at(c, v, r.offset, &mut buf[16..]).map_err(|e| engine_fail(c, &e)) {
             Ok(()) => {
                 buf[..16].copy_from_slice(&simple_reply(r.cookie, 0));
                 buf
@@ -339,20 +508,21 @@ fn read(c: &Conn, r: &Request) -> Vec<u8> {
 }
 
 /// Reads from the head, or from the snapshot the connection serves.
-fn read_at(c: &Conn, v: &mut Volume, offset: u64, buf: &mut [u8]) -> hlfs_engine::Result<()> {
+fn read_at(c: &Conn, v: &Volume, offset: u64, buf: &mut [u8]) -> hlfs_engine::Result<()> {
     match &c.snapshot {
         Some(s) => v.read_snapshot(s, offset, buf),
         None => v.read(offset, buf),
     }
 }
 
-fn block_status(c: &Conn, r: &Request) -> Vec<u8> {
-    let extents = match run(c, |v| match &c.snapshot {
+fn block_status(c: &Conn, v: &Volume, r: &Request) -> Vec<u8> {
+    let extents = match &c.snapshot {
         Some(s) => v.snapshot_allocation(s, r.offset, u64::from(r.len)),
         None => v.allocation(r.offset, u64::from(r.len)),
-    }) {
+    };
+    let extents = match extents {
         Ok(x) => x,
-        Err(f) => return error_reply(c, r, f),
+        Err(e) => return error_reply(c, r, engine_fail(c, &e)),
     };
     let max = if r.flags & CMD_FLAG_REQ_ONE != 0 {
         1

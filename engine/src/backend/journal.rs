@@ -962,6 +962,19 @@ impl ObjectWriter for JournaledWriter {
     fn sync(&mut self) -> Result<()> {
         self.inner.sync_current()
     }
+
+    fn syncer(&mut self) -> Option<Arc<dyn super::Syncer>> {
+        Some(Arc::new(JournalSyncer(self.inner.clone())))
+    }
+}
+
+/// Syncs the journal (where a journaled object's bytes are durable) without the writer.
+struct JournalSyncer(Arc<Inner>);
+
+impl super::Syncer for JournalSyncer {
+    fn sync(&self) -> Result<()> {
+        self.0.sync_current()
+    }
 }
 
 impl Drop for JournaledWriter {

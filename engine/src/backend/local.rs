@@ -1,7 +1,7 @@
 //! The local-directory backend: one file per object, `fdatasync` for durability, `flock` for the
 //! writer lease (released by the kernel if the holder dies, so a crash never leaves a stale lock).
 
-use super::{check_object_name, Backend, Lease, ObjectInfo, ObjectWriter};
+use super::{check_object_name, Backend, Lease, ObjectInfo, ObjectWriter, Syncer};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -66,6 +66,22 @@ struct LocalWriter {
     path: PathBuf,
     dir: PathBuf,
     dir_synced: bool,
+    syncer: Option<Arc<LocalSyncer>>,
+}
+
+/// A second descriptor of a writer's file: `fdatasync` on it covers every byte written through
+/// the first.
+struct LocalSyncer {
+    file: File,
+    path: PathBuf,
+}
+
+impl Syncer for LocalSyncer {
+    fn sync(&self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io("fdatasync", self.path.display().to_string(), e))
+    }
 }
 
 impl ObjectWriter for LocalWriter {
@@ -85,6 +101,21 @@ impl ObjectWriter for LocalWriter {
             self.dir_synced = true;
         }
         Ok(())
+    }
+
+    fn syncer(&mut self) -> Option<Arc<dyn Syncer>> {
+        if !self.dir_synced {
+            return None; // the first sync also makes the name durable: through `sync`
+        }
+        if self.syncer.is_none() {
+            // On failure (out of descriptors) the caller syncs through the writer instead.
+            let file = self.file.try_clone().ok()?;
+            self.syncer = Some(Arc::new(LocalSyncer {
+                file,
+                path: self.path.clone(),
+            }));
+        }
+        self.syncer.clone().map(|s| s as Arc<dyn Syncer>)
     }
 }
 
@@ -124,6 +155,7 @@ impl Backend for LocalBackend {
             path,
             dir: self.dir.clone(),
             dir_synced: false,
+            syncer: None,
         }))
     }
 

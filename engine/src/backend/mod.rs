@@ -13,6 +13,7 @@ pub use local::LocalBackend;
 
 use crate::error::Result;
 use std::fmt::Debug;
+use std::sync::Arc;
 
 /// One stored object and its length as the backend knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +28,17 @@ pub trait ObjectWriter: Send {
     fn append(&mut self, data: &[u8]) -> Result<()>;
     /// Makes every appended byte durable (fsync / hsync).
     fn sync(&mut self) -> Result<()>;
+    /// A handle that makes the bytes appended so far durable without this writer, so that a
+    /// volume can release its lock while the disk syncs (group commit). None: only `sync` can.
+    fn syncer(&mut self) -> Option<Arc<dyn Syncer>> {
+        None
+    }
+}
+
+/// Syncs an object from outside its writer (see `ObjectWriter::syncer`).
+pub trait Syncer: Send + Sync {
+    /// Makes every byte appended before this call durable.
+    fn sync(&self) -> Result<()>;
 }
 
 /// Proof of the single-writer lease; dropping it releases the lease.
