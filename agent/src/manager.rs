@@ -38,6 +38,17 @@ impl SharedVolume {
             .map(f)
     }
 
+    /// Runs `f` under the exclusive lock if it is free right now; `None` if it is taken (or
+    /// the volume is closed). Lets a short write run where it arrives instead of in a worker.
+    pub fn try_with<T>(&self, f: impl FnOnce(&mut Volume) -> T) -> Option<T> {
+        let mut guard = match self.inner.try_write() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        guard.as_mut().map(f)
+    }
+
     /// Runs `f` under the shared lock, alongside other readers (reads, stat, block status).
     pub fn read<T>(&self, f: impl FnOnce(&Volume) -> T) -> Option<T> {
         self.inner

@@ -171,7 +171,7 @@ fn main() -> R<()> {
         .collect();
     v.close()?;
     let cold_ok = drop_caches();
-    let mut v = open(&rpath)?;
+    let v = open(&rpath)?;
     let t = Instant::now();
     for &o in &read_offs {
         v.read(o, &mut b4)?;

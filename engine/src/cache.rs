@@ -45,6 +45,11 @@ impl ReadCache {
         None
     }
 
+    /// Whether `key` is cached, without counting a hit or a miss.
+    pub fn peek(&self, key: Key) -> bool {
+        self.young.contains_key(&key) || self.old.contains_key(&key)
+    }
+
     pub fn put(&mut self, key: Key, v: Arc<[u8]>) {
         if self.limit == 0 {
             return;

@@ -206,7 +206,24 @@ impl ExtentMap {
     }
 
     /// Maps `ext.len` blocks at `lba`, replacing whatever was there.
-    pub fn insert(&mut self, lba: u64, ext: Extent, removed: impl FnMut(u32, u64)) {
+    pub fn insert(&mut self, lba: u64, ext: Extent, mut removed: impl FnMut(u32, u64)) {
+        // Fast path, the common overwrite: an extent with the same start and length is
+        // replaced in place (no shifting of the chunk twice).
+        if ext.len > 0 && !self.chunks.is_empty() {
+            let ci = self.chunk_for(lba);
+            let ch = &self.chunks[ci];
+            let pos = ch.partition_point(|e| e.0 < lba);
+            if ch
+                .get(pos)
+                .is_some_and(|e| e.0 == lba && e.1.len == ext.len)
+            {
+                let chunks = Arc::make_mut(&mut self.chunks);
+                let slot = &mut Arc::make_mut(&mut chunks[ci])[pos];
+                removed(slot.1.seg, u64::from(ext.len));
+                slot.1 = ext;
+                return;
+            }
+        }
         self.remove(lba, u64::from(ext.len), removed);
         if ext.len == 0 {
             return;

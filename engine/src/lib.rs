@@ -7,6 +7,7 @@ mod cache;
 mod checkpoint;
 mod cleaner;
 mod clone;
+mod encode;
 pub mod error;
 pub mod extent_map;
 pub mod format;
@@ -16,6 +17,7 @@ mod volume;
 
 pub use backend::{Backend, LocalBackend};
 pub use cleaner::{CleanPolicy, CleanReport};
+pub use encode::{EncodedWrite, Encoder};
 pub use error::{Error, Result};
 pub use format::BaseRef;
 pub use snapshot::{check_snapshot_name, Consistency, SnapshotInfo};

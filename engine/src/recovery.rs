@@ -149,6 +149,7 @@ impl Volume {
             cleaning: false,
             clean_totals: (0,),
             spare_buf: None,
+            compress_gate: Default::default(),
             failed: None,
             closed: false,
             recovery: RecoveryReport::default(),

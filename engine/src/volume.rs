@@ -4,6 +4,7 @@
 use crate::backend::{Backend, Lease, ObjectWriter};
 use crate::cache::ReadCache;
 use crate::checkpoint::{self, SegStat};
+use crate::encode::{is_zero, EncodedWrite, Encoder, Pending};
 use crate::error::{Error, Result};
 use crate::extent_map::{Extent, ExtentMap};
 use crate::format::{
@@ -117,6 +118,12 @@ impl FlushWait {
     }
 }
 
+/// Pieces of a read served together, and the bytes fetched for them in one backend read.
+struct Run {
+    pieces: usize,
+    raw: Option<(u32, Vec<u8>)>,
+}
+
 /// A record built by an operation and not yet appended.
 pub(crate) struct Staged {
     hdr: RecordHeader,
@@ -178,6 +185,7 @@ pub struct Volume {
     pub(crate) cleaning: bool,
     pub(crate) clean_totals: (u64,),
     pub(crate) spare_buf: Option<Vec<u8>>,
+    pub(crate) compress_gate: Arc<crate::encode::CompressGate>,
     pub(crate) failed: Option<String>,
     pub(crate) closed: bool,
     pub(crate) recovery: RecoveryReport,
@@ -288,7 +296,9 @@ impl Volume {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reads through any map (the head's or a snapshot's); no size check.
+    /// Reads through any map (the head's or a snapshot's); no size check. Units that lie next
+    /// to each other in a sealed segment (what a sequential write leaves) are fetched with one
+    /// backend read.
     pub(crate) fn read_map(&self, map: &ExtentMap, offset: u64, buf: &mut [u8]) -> Result<()> {
         if buf.is_empty() {
             return Ok(());
@@ -297,34 +307,101 @@ impl Volume {
         let end = offset + buf.len() as u64;
         let first = offset / bs;
         let last = end.div_ceil(bs);
-        for piece in map.lookup(first, last - first) {
-            let pstart = piece.lba * bs;
-            let pend = (piece.lba + piece.len) * bs;
-            let s = pstart.max(offset);
-            let e = pend.min(end);
-            let out = &mut buf[(s - offset) as usize..(e - offset) as usize];
-            match piece.ext {
-                None => match self.base_view.as_ref() {
-                    Some(b) if !self.detached => b.read(s, out)?,
-                    _ => out.fill(0),
-                },
-                Some(x) if x.seg == crate::clone::ZERO_SEG => out.fill(0),
-                Some(x) => {
-                    let unit = self.load_unit(piece.lba - u64::from(x.skip), x)?;
-                    let ustart = (u64::from(x.skip) * bs + (s - pstart)) as usize;
-                    let src = unit.get(ustart..ustart + out.len()).ok_or_else(|| {
-                        Error::corrupt(
-                            &self.loc,
-                            segment_name(x.seg),
-                            u64::from(x.off),
-                            "unit shorter than its extent",
-                        )
-                    })?;
-                    out.copy_from_slice(src);
+        let pieces = map.lookup(first, last - first);
+        let mut i = 0;
+        while i < pieces.len() {
+            let run = self.fetch_run(&pieces[i..])?;
+            for piece in &pieces[i..i + run.pieces] {
+                let pstart = piece.lba * bs;
+                let pend = (piece.lba + piece.len) * bs;
+                let s = pstart.max(offset);
+                let e = pend.min(end);
+                let out = &mut buf[(s - offset) as usize..(e - offset) as usize];
+                match piece.ext {
+                    None => match self.base_view.as_ref() {
+                        Some(b) if !self.detached => b.read(s, out)?,
+                        _ => out.fill(0),
+                    },
+                    Some(x) if x.seg == crate::clone::ZERO_SEG => out.fill(0),
+                    Some(x) => {
+                        let ulba = piece.lba - u64::from(x.skip);
+                        let unit = match &run.raw {
+                            Some((base, raw)) => {
+                                let at = (x.off - base) as usize;
+                                let total =
+                                    UNIT_HEADER_LEN + (x.stored & !UNIT_COMPRESSED) as usize;
+                                let r = raw.get(at..at + total).ok_or_else(|| {
+                                    Error::corrupt(
+                                        &self.loc,
+                                        segment_name(x.seg),
+                                        u64::from(x.off),
+                                        "unit outside its read",
+                                    )
+                                })?;
+                                // Not cached: a sequential read would only push out what random reads reuse.
+                                self.decode_unit(ulba, x, r, false)?
+                            }
+                            None => self.load_unit(ulba, x)?,
+                        };
+                        let ustart = (u64::from(x.skip) * bs + (s - pstart)) as usize;
+                        let src = unit.get(ustart..ustart + out.len()).ok_or_else(|| {
+                            Error::corrupt(
+                                &self.loc,
+                                segment_name(x.seg),
+                                u64::from(x.off),
+                                "unit shorter than its extent",
+                            )
+                        })?;
+                        out.copy_from_slice(src);
+                    }
                 }
             }
+            i += run.pieces;
         }
         Ok(())
+    }
+
+    /// Decides how many pieces from the start of `pieces` to serve together: a run of units
+    /// back to back in one sealed segment, none of them cached, is read at once (`raw`: its
+    /// first offset and bytes); anything else is a run of one piece served on its own.
+    fn fetch_run(&self, pieces: &[crate::extent_map::Piece]) -> Result<Run> {
+        const MAX_RUN_BYTES: u32 = 4 << 20;
+        let single = Run {
+            pieces: 1,
+            raw: None,
+        };
+        let Some(x) = pieces[0].ext else {
+            return Ok(single);
+        };
+        let open_seq = self.open.as_ref().map(|o| o.seq);
+        if x.seg == crate::clone::ZERO_SEG || Some(x.seg) == open_seq || pieces.len() < 2 {
+            return Ok(single);
+        }
+        let total = |e: &Extent| UNIT_HEADER_LEN as u32 + (e.stored & !UNIT_COMPRESSED);
+        let (start, mut end) = (x.off, x.off.saturating_add(total(&x)));
+        let mut unit_off = x.off;
+        let mut n = 1;
+        for p in &pieces[1..] {
+            let Some(y) = p.ext else { break };
+            // The same unit again (a partly overwritten unit) or the one right after it.
+            let next = y.seg == x.seg && (y.off == unit_off || y.off == end);
+            if !next || y.off.saturating_add(total(&y)) - start > MAX_RUN_BYTES {
+                break;
+            }
+            unit_off = y.off;
+            end = end.max(y.off.saturating_add(total(&y)));
+            n += 1;
+        }
+        if n == 1 || self.cache().peek((x.seg, x.off)) {
+            return Ok(single);
+        }
+        let mut raw = vec![0u8; (end - start) as usize];
+        self.backend
+            .read_at(&segment_name(x.seg), u64::from(start), &mut raw)?;
+        Ok(Run {
+            pieces: n,
+            raw: Some((start, raw)),
+        })
     }
 
     /// Fetches, verifies and decodes one unit (from memory if its segment is still open).
@@ -336,19 +413,36 @@ impl Volume {
         let stored_len = (x.stored & !UNIT_COMPRESSED) as usize;
         let total = UNIT_HEADER_LEN + stored_len;
         let obj = segment_name(x.seg);
-        let corrupt = |what: &str| Error::corrupt(&self.loc, &obj, u64::from(x.off), what);
-        let mut owned;
+        let owned;
         let raw: &[u8] = match &self.open {
             Some(o) if o.seq == x.seg => o
                 .buf
                 .get(x.off as usize..x.off as usize + total)
-                .ok_or_else(|| corrupt("extent points past the open segment"))?,
+                .ok_or_else(|| {
+                    Error::corrupt(
+                        &self.loc,
+                        &obj,
+                        u64::from(x.off),
+                        "extent points past the open segment",
+                    )
+                })?,
             _ => {
-                owned = vec![0u8; total];
-                self.backend.read_at(&obj, u64::from(x.off), &mut owned)?;
+                let mut b = vec![0u8; total];
+                self.backend.read_at(&obj, u64::from(x.off), &mut b)?;
+                owned = b;
                 &owned
             }
         };
+        self.decode_unit(ulba, x, raw, true)
+    }
+
+    /// Verifies and decodes a unit's stored bytes (header included); caches the result.
+    fn decode_unit(&self, ulba: u64, x: Extent, raw: &[u8], cache: bool) -> Result<Arc<[u8]>> {
+        let obj = segment_name(x.seg);
+        let corrupt = |what: &str| Error::corrupt(&self.loc, &obj, u64::from(x.off), what);
+        if raw.len() < UNIT_HEADER_LEN {
+            return Err(corrupt("unit shorter than its header"));
+        }
         let stored = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
         let crc = u32::from_le_bytes([raw[4], raw[5], raw[6], raw[7]]);
         let data = &raw[UNIT_HEADER_LEN..];
@@ -371,10 +465,11 @@ impl Volume {
                 .map_err(|e| corrupt(&format!("LZ4: {e}")))?
                 .into()
         } else {
-            owned = data.to_vec();
-            owned.into()
+            data.into()
         };
-        self.cache().put(key, decoded.clone());
+        if cache {
+            self.cache().put((x.seg, x.off), decoded.clone());
+        }
         Ok(decoded)
     }
 
@@ -396,6 +491,9 @@ impl Volume {
         if is_zero(data) {
             return self.zero_range(offset, data.len() as u64);
         }
+        if let Some(enc) = self.encoder().encode(offset, data) {
+            return self.write_encoded(enc);
+        }
         let group = self.group_bytes();
         let mut pos = offset;
         let end = offset + data.len() as u64;
@@ -411,6 +509,32 @@ impl Volume {
             self.stage_write(pos, part)?;
             self.commit()?;
             pos = next;
+        }
+        Ok(())
+    }
+
+    /// Encodes writes for this volume without holding it (see `encode.rs`).
+    pub fn encoder(&self) -> Encoder {
+        Encoder {
+            bs: self.bs(),
+            unit_blocks: self.meta.unit_blocks,
+            compression: self.meta.compression,
+            max_record_blocks: self.max_record_blocks(),
+            group: self.group_bytes(),
+            gate: self.compress_gate.clone(),
+        }
+    }
+
+    /// Applies a write encoded by `encoder().encode(..)`: the same records `write` appends.
+    pub fn write_encoded(&mut self, w: EncodedWrite) -> Result<()> {
+        self.writable()?;
+        self.check_range(w.offset, w.len as usize)?;
+        for group in w.groups {
+            self.staged.clear();
+            for p in group {
+                self.stage_pending(p);
+            }
+            self.commit()?;
         }
         Ok(())
     }
@@ -451,59 +575,28 @@ impl Volume {
 
     /// Stages whole blocks: all-zero units become zero records (thin), the rest write records.
     fn stage_blocks(&mut self, lba: u64, data: &[u8]) {
-        let bs = self.bs() as usize;
-        let unit = self.meta.unit_blocks as usize * bs;
-        let mut pos = 0;
-        while pos < data.len() {
-            let zero = is_zero(&data[pos..(pos + unit).min(data.len())]);
-            let mut end = pos;
-            while end < data.len() && is_zero(&data[end..(end + unit).min(data.len())]) == zero {
-                end = (end + unit).min(data.len());
-            }
-            let run_lba = lba + (pos / bs) as u64;
-            if zero {
-                self.stage(
-                    RecordKind::Zero,
-                    run_lba,
-                    ((end - pos) / bs) as u32,
-                    Vec::new(),
-                    Vec::new(),
-                );
-            } else {
-                let chunk = (self.max_record_blocks() as usize) * bs;
-                for (i, part) in data[pos..end].chunks(chunk).enumerate() {
-                    self.stage_write_record(run_lba + (i * chunk / bs) as u64, part);
-                }
-            }
-            pos = end;
+        for p in self.encoder().blocks(lba, data) {
+            self.stage_pending(p);
         }
     }
 
-    fn stage_write_record(&mut self, lba: u64, data: &[u8]) {
-        let bs = self.bs() as usize;
-        let unit_bytes = self.meta.unit_blocks as usize * bs;
-        let nblocks = (data.len() / bs) as u32;
-        let mut body = Vec::with_capacity(
-            data.len() + data.len() / unit_bytes * UNIT_HEADER_LEN + UNIT_HEADER_LEN,
-        );
-        let mut units = Vec::with_capacity(4 * data.len().div_ceil(unit_bytes));
-        for (i, u) in data.chunks(unit_bytes).enumerate() {
-            let ulba = lba + (i * unit_bytes / bs) as u64;
-            let compressed = if self.meta.compression {
-                Some(lz4_flex::block::compress_prepend_size(u)).filter(|c| c.len() < u.len())
-            } else {
-                None
-            };
-            let (stored, bytes) = match &compressed {
-                Some(c) => (c.len() as u32 | UNIT_COMPRESSED, c.as_slice()),
-                None => (u.len() as u32, u),
-            };
-            body.extend_from_slice(&stored.to_le_bytes());
-            body.extend_from_slice(&unit_crc(ulba, bytes).to_le_bytes());
-            body.extend_from_slice(bytes);
-            units.extend_from_slice(&stored.to_le_bytes());
-        }
-        self.stage(RecordKind::Write, lba, nblocks, body, units);
+    /// Numbers an encoded record and stages it.
+    fn stage_pending(&mut self, p: Pending) {
+        self.serial += 1;
+        let hdr = RecordHeader {
+            kind: p.kind,
+            flags: 0,
+            serial: self.serial,
+            arg: p.arg,
+            nblocks: p.nblocks,
+            body_len: p.body.len() as u32,
+            body_crc: p.body_crc,
+        };
+        self.staged.push(Staged {
+            hdr,
+            body: p.body,
+            meta: p.meta,
+        });
     }
 
     pub(crate) fn stage(
@@ -514,17 +607,14 @@ impl Volume {
         body: Vec<u8>,
         meta: Vec<u8>,
     ) {
-        self.serial += 1;
-        let hdr = RecordHeader {
+        self.stage_pending(Pending {
             kind,
-            flags: 0,
-            serial: self.serial,
             arg,
             nblocks,
-            body_len: body.len() as u32,
             body_crc: crc32c::crc32c(&body),
-        };
-        self.staged.push(Staged { hdr, body, meta });
+            body,
+            meta,
+        });
     }
 
     /// Appends the staged records as one group, all in one segment (sealing the open one and
@@ -989,12 +1079,6 @@ impl Drop for Volume {
             }
         }
     }
-}
-
-fn is_zero(data: &[u8]) -> bool {
-    let mut chunks = data.chunks_exact(64);
-    chunks.all(|c| c.iter().fold(0u8, |a, b| a | b) == 0)
-        && chunks.remainder().iter().all(|b| *b == 0)
 }
 
 /// Mapped and unmapped byte ranges of `map` covering `[offset, offset+len)`.

@@ -51,7 +51,7 @@ fn flipped_bytes_are_reported_never_served() {
         let at = rng.below(bytes.len() as u64) as usize;
         bytes[at] ^= 1 << rng.below(8);
         std::fs::write(&path, &bytes).expect("write");
-        let mut v = match open(work.path()) {
+        let v = match open(work.path()) {
             Ok(v) => v,
             Err(e) => {
                 // Refusing to open is allowed only with a corruption report.

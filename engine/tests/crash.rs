@@ -131,7 +131,7 @@ fn log_cut_at_every_record_boundary_and_random_offsets() {
             r.write(0, &[9u8; 4096]).expect("write after recovery");
             r.flush().expect("flush");
             r.crash();
-            let mut r = open(dst.path()).expect("second recovery");
+            let r = open(dst.path()).expect("second recovery");
             let mut b = [0u8; 4096];
             r.read(0, &mut b).expect("read");
             assert!(b.iter().all(|x| *x == 9));

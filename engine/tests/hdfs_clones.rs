@@ -45,7 +45,7 @@ fn clones_across_backends() {
     let st = c.stat();
     assert_eq!(st.allocated, 4096, "only the delta is stored in the clone");
     c.close().expect("close clone");
-    let mut c =
+    let c =
         Volume::open(hdfs_util::hdfs(&curl), &OpenOptions::default()).expect("reopen HDFS clone");
     c.read(0, &mut b).expect("read clone");
     assert!(
@@ -68,7 +68,7 @@ fn clones_across_backends() {
         Volume::create(hdfs_util::hdfs(&burl), &bopts, &OpenOptions::default()).expect("HDFS base");
     hb.write(65536, &[3u8; 65536]).expect("write");
     hb.snapshot_create("t", true).expect("snapshot");
-    let mut lc = Volume::create_clone(
+    let lc = Volume::create_clone(
         &mut hb,
         "t",
         common::backend(&d.path().join("lc")),
@@ -79,7 +79,7 @@ fn clones_across_backends() {
     lc.read(65536, &mut b).expect("read");
     assert!(b.iter().all(|x| *x == 3));
     lc.close().expect("close");
-    let mut lc = common::open(&d.path().join("lc")).expect("reopen local clone");
+    let lc = common::open(&d.path().join("lc")).expect("reopen local clone");
     lc.read(65536, &mut b).expect("read");
     assert!(
         b.iter().all(|x| *x == 3),

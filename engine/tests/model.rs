@@ -144,7 +144,7 @@ fn thin_terabyte_volume() {
         on_disk < 64 * 1024,
         "1 TiB thin volume takes {on_disk} bytes"
     );
-    let mut v = open(dir.path()).expect("open");
+    let v = open(dir.path()).expect("open");
     let mut b = vec![0u8; 4096];
     v.read((1 << 40) - 4096, &mut b).expect("read");
     assert!(b.iter().all(|x| *x == 7));

@@ -211,7 +211,7 @@ fn snapshot_tree_and_protection_of_names() {
     assert_eq!(newest.name, "c");
     assert!(v.snapshot_before(0).is_none());
     v.close().expect("close");
-    let mut v = open(dir.path()).expect("reopen");
+    let v = open(dir.path()).expect("reopen");
     let mut b = [0u8; 4096];
     v.read_snapshot("b", 0, &mut b).expect("read b");
     assert_eq!(b[0], 2);

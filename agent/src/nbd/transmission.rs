@@ -13,7 +13,7 @@
 use super::handshake::{Export, Negotiated};
 use super::proto::*;
 use crate::manager::SharedVolume;
-use hlfs_engine::Volume;
+use hlfs_engine::{EncodedWrite, Encoder, Volume};
 use std::collections::VecDeque;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -31,11 +31,17 @@ const MAX_DESCRIPTORS: usize = 16 * 1024;
 const WORKERS: usize = 4;
 /// Requests a worker takes from the queue at once.
 const BATCH: usize = 32;
+/// Largest write run on the connection's reader task rather than a worker.
+const INLINE_MAX: u32 = 64 << 10;
+/// How long an idle worker keeps looking for more work before it exits.
+const LINGER: std::time::Duration = std::time::Duration::from_micros(50);
 
 /// A checked request, its payload, and the budget it holds until its reply is written.
 struct Job {
     req: Request,
     data: Vec<u8>,
+    /// A WRITE's records, built outside the volume's lock.
+    encoded: Option<EncodedWrite>,
     check: Result<(), Fail>,
     slot: OwnedSemaphorePermit,
     reserved: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
@@ -51,6 +57,8 @@ struct Queue {
 /// What a connection's workers share.
 struct Shared {
     conn: Conn,
+    /// None if the volume was already closed (then every request fails anyway).
+    encoder: Option<Encoder>,
     queue: Mutex<Queue>,
     tx: mpsc::UnboundedSender<Outgoing>,
 }
@@ -90,13 +98,23 @@ fn submit(shared: &Arc<Shared>, job: Job) {
 /// A worker: takes batches until the queue is empty, then exits (the count is kept under the
 /// queue's lock, so a job is never left without a worker).
 fn drain(shared: &Shared) {
+    let mut idle_since: Option<std::time::Instant> = None;
     loop {
         let batch: Vec<Job> = {
             let mut q = shared.queue();
             if q.jobs.is_empty() {
-                q.workers -= 1;
-                return;
+                // Linger a moment: under load the next request is microseconds away, and
+                // taking it here saves the wake-up of a fresh worker.
+                let since = *idle_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= LINGER {
+                    q.workers -= 1;
+                    return;
+                }
+                drop(q);
+                std::thread::yield_now();
+                continue;
             }
+            idle_since = None;
             // Split what is queued among the workers, so reads spread over the cores.
             let n = q.jobs.len().div_ceil(q.workers.max(1)).min(BATCH);
             q.jobs.drain(..n).collect()
@@ -169,15 +187,26 @@ fn shutting_down(shared: &Shared, jobs: Vec<Job>) {
 fn run_mutations(shared: &Shared, run: Vec<Job>) {
     let c = &shared.conn;
     let mut waiting: Vec<(Job, Result<hlfs_engine::FlushWait, Fail>)> = Vec::new();
+    let mut run = run;
+    // The CPU work of writes (zero detection, LZ4, checksums) before taking the lock, so that
+    // workers do it in parallel.
+    if let Some(enc) = &shared.encoder {
+        for j in run.iter_mut().filter(|j| j.req.kind == CMD_WRITE) {
+            if j.encoded.is_none() {
+                j.encoded = enc.encode(j.req.offset, &j.data);
+            }
+        }
+    }
     let mut pending = Some(run);
     let applied = c.volume.with(|v| {
-        for j in pending.take().unwrap_or_default() {
+        for mut j in pending.take().unwrap_or_default() {
             let r = &j.req;
             let fua = r.flags & CMD_FLAG_FUA != 0 || r.kind == CMD_FLUSH;
-            let res = match r.kind {
-                CMD_WRITE => v.write(r.offset, &j.data),
-                CMD_TRIM => v.trim(r.offset, u64::from(r.len)),
-                CMD_WRITE_ZEROES => v.write_zeroes(r.offset, u64::from(r.len)),
+            let res = match (r.kind, j.encoded.take()) {
+                (CMD_WRITE, Some(enc)) => v.write_encoded(enc),
+                (CMD_WRITE, None) => v.write(r.offset, &j.data),
+                (CMD_TRIM, _) => v.trim(r.offset, u64::from(r.len)),
+                (CMD_WRITE_ZEROES, _) => v.write_zeroes(r.offset, u64::from(r.len)),
                 _ => Ok(()),
             };
             match res {
@@ -261,7 +290,7 @@ fn engine_fail(c: &Conn, e: &hlfs_engine::Error) -> Fail {
 /// Serves requests until the client disconnects, breaks the protocol, or shutdown is signalled.
 /// In-flight requests are always finished and answered before returning.
 pub async fn serve<R, W>(
-    mut rd: R,
+    rd: R,
     wr: W,
     neg: Negotiated,
     global_budget: Arc<Semaphore>,
@@ -292,10 +321,15 @@ where
         structured,
         base_allocation,
     };
+    // Buffered: one read from the socket brings in many pipelined requests, not one syscall
+    // per header and another per payload.
+    let mut rd = tokio::io::BufReader::with_capacity(256 << 10, rd);
     let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
     let writer = tokio::spawn(write_replies(wr, rx));
+    let encoder = conn.volume.read(|v| v.encoder());
     let shared = Arc::new(Shared {
         conn,
+        encoder,
         queue: Mutex::new(Queue::default()),
         tx,
     });
@@ -357,11 +391,47 @@ where
             }
         }
         let check = validate(&shared.conn, &req);
+        // A write without FUA is a memory copy in the engine: done here when nothing is queued
+        // and the volume is free, it costs no hand-off to a worker and back.
+        let inline = check.is_ok()
+            && matches!(req.kind, CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES)
+            && req.flags & CMD_FLAG_FUA == 0
+            && req.len <= INLINE_MAX
+            && shared.queue().jobs.is_empty();
+        let mut encoded = None;
+        if inline {
+            let c = &shared.conn;
+            if req.kind == CMD_WRITE {
+                encoded = shared
+                    .encoder
+                    .as_ref()
+                    .and_then(|e| e.encode(req.offset, &data));
+            }
+            let done = c.volume.try_with(|v| match (req.kind, encoded.take()) {
+                (CMD_WRITE, Some(enc)) => v.write_encoded(enc),
+                (CMD_WRITE, None) => v.write(req.offset, &data),
+                (CMD_TRIM, _) => v.trim(req.offset, u64::from(req.len)),
+                _ => v.write_zeroes(req.offset, u64::from(req.len)),
+            });
+            if let Some(res) = done {
+                let bytes = match res {
+                    Ok(()) => simple_reply(req.cookie, 0).to_vec(),
+                    Err(e) => error_reply(c, &req, engine_fail(c, &e)),
+                };
+                let _ = shared.tx.send(Outgoing {
+                    bytes,
+                    _slot: slot,
+                    _bytes: reserved,
+                });
+                continue;
+            }
+        }
         submit(
             &shared,
             Job {
                 req,
                 data,
+                encoded,
                 check,
                 slot,
                 reserved,

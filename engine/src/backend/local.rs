@@ -67,6 +67,23 @@ struct LocalWriter {
     dir: PathBuf,
     dir_synced: bool,
     syncer: Option<Arc<LocalSyncer>>,
+    /// Bytes appended so far (the object's length).
+    written: u64,
+}
+
+/// Starts writing a just-appended range to the disk without waiting for it, so that the sync at
+/// a flush or a seal finds little left to do instead of the whole segment (the kernel would
+/// otherwise hold it dirty for up to 30 s). A hint: failure changes nothing but speed.
+fn start_writeback(file: &File, offset: u64, len: usize) {
+    use std::os::fd::AsRawFd;
+    let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: plain syscall on a descriptor `file` owns for the duration of the call; no
+    // memory is passed.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE);
+    }
 }
 
 /// A second descriptor of a writer's file: `fdatasync` on it covers every byte written through
@@ -88,7 +105,10 @@ impl ObjectWriter for LocalWriter {
     fn append(&mut self, data: &[u8]) -> Result<()> {
         self.file
             .write_all(data)
-            .map_err(|e| Error::io("append", self.path.display().to_string(), e))
+            .map_err(|e| Error::io("append", self.path.display().to_string(), e))?;
+        start_writeback(&self.file, self.written, data.len());
+        self.written += data.len() as u64;
+        Ok(())
     }
 
     fn sync(&mut self) -> Result<()> {
@@ -156,6 +176,7 @@ impl Backend for LocalBackend {
             dir: self.dir.clone(),
             dir_synced: false,
             syncer: None,
+            written: 0,
         }))
     }
 
