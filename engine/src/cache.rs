@@ -9,8 +9,8 @@ type Key = (u32, u32);
 /// A bounded cache of decoded (decompressed, verified) units.
 #[derive(Debug)]
 pub struct ReadCache {
-    young: HashMap<Key, Arc<[u8]>>,
-    old: HashMap<Key, Arc<[u8]>>,
+    young: HashMap<Key, Arc<Vec<u8>>>,
+    old: HashMap<Key, Arc<Vec<u8>>>,
     young_bytes: usize,
     /// Bytes per generation.
     limit: usize,
@@ -31,7 +31,7 @@ impl ReadCache {
         }
     }
 
-    pub fn get(&mut self, key: Key) -> Option<Arc<[u8]>> {
+    pub fn get(&mut self, key: Key) -> Option<Arc<Vec<u8>>> {
         if let Some(v) = self.young.get(&key) {
             self.hits += 1;
             return Some(v.clone());
@@ -50,7 +50,7 @@ impl ReadCache {
         self.young.contains_key(&key) || self.old.contains_key(&key)
     }
 
-    pub fn put(&mut self, key: Key, v: Arc<[u8]>) {
+    pub fn put(&mut self, key: Key, v: Arc<Vec<u8>>) {
         if self.limit == 0 {
             return;
         }

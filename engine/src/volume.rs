@@ -405,7 +405,7 @@ impl Volume {
     }
 
     /// Fetches, verifies and decodes one unit (from memory if its segment is still open).
-    fn load_unit(&self, ulba: u64, x: Extent) -> Result<Arc<[u8]>> {
+    fn load_unit(&self, ulba: u64, x: Extent) -> Result<Arc<Vec<u8>>> {
         let key = (x.seg, x.off);
         if let Some(v) = self.cache().get(key) {
             return Ok(v);
@@ -437,7 +437,7 @@ impl Volume {
     }
 
     /// Verifies and decodes a unit's stored bytes (header included); caches the result.
-    fn decode_unit(&self, ulba: u64, x: Extent, raw: &[u8], cache: bool) -> Result<Arc<[u8]>> {
+    fn decode_unit(&self, ulba: u64, x: Extent, raw: &[u8], cache: bool) -> Result<Arc<Vec<u8>>> {
         let obj = segment_name(x.seg);
         let corrupt = |what: &str| Error::corrupt(&self.loc, &obj, u64::from(x.off), what);
         if raw.len() < UNIT_HEADER_LEN {
@@ -453,7 +453,7 @@ impl Volume {
             return Err(corrupt("unit checksum mismatch"));
         }
         let max = self.meta.unit_blocks as usize * self.meta.block_size as usize;
-        let decoded: Arc<[u8]> = if x.stored & UNIT_COMPRESSED != 0 {
+        let decoded: Arc<Vec<u8>> = if x.stored & UNIT_COMPRESSED != 0 {
             let n = data
                 .get(..4)
                 .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
@@ -461,11 +461,12 @@ impl Volume {
             if n > max {
                 return Err(corrupt("compressed unit claims an impossible size"));
             }
-            lz4_flex::block::decompress_size_prepended(data)
-                .map_err(|e| corrupt(&format!("LZ4: {e}")))?
-                .into()
+            Arc::new(
+                lz4_flex::block::decompress_size_prepended(data)
+                    .map_err(|e| corrupt(&format!("LZ4: {e}")))?,
+            )
         } else {
-            data.into()
+            Arc::new(data.to_vec())
         };
         if cache {
             self.cache().put((x.seg, x.off), decoded.clone());
