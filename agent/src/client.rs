@@ -1,6 +1,6 @@
 //! The `hlfs` CLI's side of the D-Bus API: a connection (p2p socket or bus), untyped calls
 //! and property reads, and the volume references users type (`pool/vol`, `vol`,
-//! `local:///dir/vol`, with `%snap` or `@snap`).
+//! `local:///dir/vol`, `hdfs://host:port/dir/vol`, with `%snap` or `@snap`).
 
 use crate::dbus::paths;
 use crate::error::{Error, Result};
@@ -119,11 +119,19 @@ impl Client {
     /// Resolves what the user typed into `(pool, volume, snapshot)`.
     pub async fn resolve(&self, spec: &str) -> Result<VolRef> {
         let (path, snap) = split_snapshot(spec);
-        let (pool, volume) = if let Some(rest) = path.strip_prefix("local://") {
+        let scheme = ["local://", "hdfs://"]
+            .into_iter()
+            .find(|s| path.starts_with(s));
+        let (pool, volume) = if let Some(scheme) = scheme {
+            let rest = &path[scheme.len()..];
             let (dir, vol) = rest.rsplit_once('/').ok_or_else(|| {
-                Error::invalid("volume", spec, "expected local:///POOL-DIR/VOLUME")
+                Error::invalid(
+                    "volume",
+                    spec,
+                    "expected local:///POOL-DIR/VOLUME or hdfs://HOST:PORT/POOL-DIR/VOLUME",
+                )
             })?;
-            let want = format!("local://{}", dir.trim_end_matches('/'));
+            let want = format!("{scheme}{}", dir.trim_end_matches('/'));
             let mut found = None;
             for (name, p) in self.pools().await? {
                 let props = self.props(p.as_str(), "org.hlfs.Pool1").await?;

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::manager::Manager;
 use crate::names::PoolUri;
 use crate::nbd;
-use crate::pools::Registry;
+use crate::pools::{PoolEnv, Registry};
 use std::fs::File;
 use std::io::Write;
 use std::sync::Arc;
@@ -58,9 +58,12 @@ fn lock_data_dir(settings: &Settings) -> Result<DataLock> {
 pub fn run(cli: Cli) -> Result<()> {
     let settings = Settings::resolve(&cli)?;
     let _lock = lock_data_dir(&settings)?;
-    let mut registry = Registry::load(&settings.data_dir)?;
+    let mut registry = Registry::load_with(PoolEnv {
+        data_dir: settings.data_dir.clone(),
+        hdfs: settings.hdfs.clone(),
+    })?;
     for (name, uri) in &settings.pools {
-        if registry.add(name, uri.clone())? {
+        if registry.add_configured(name, uri.clone())? {
             tracing::info!(pool = %name, uri = %uri.to_uri(), "added pool from the configuration");
         }
     }
@@ -181,7 +184,11 @@ fn print_banner(settings: &Settings, mgr: &Manager, tcp: Option<std::net::Socket
         settings.runtime_dir.display()
     ));
     for (name, uri) in mgr.pools() {
-        out.push_str(&format!("  {:<19}{uri}\n", format!("pool {name}:")));
+        let status = match mgr.pool_status(&name) {
+            Ok(Some(why)) => format!(" (unavailable: {why})"),
+            _ => String::new(),
+        };
+        out.push_str(&format!("  {:<19}{uri}{status}\n", format!("pool {name}:")));
     }
     let exports = mgr.exports();
     out.push_str(&format!(

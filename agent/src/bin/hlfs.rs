@@ -72,7 +72,7 @@ enum Cmd {
 
 #[derive(Debug, Subcommand)]
 enum PoolCmd {
-    /// Add pool NAME on URI (local:///DIR)
+    /// Add pool NAME on URI (local:///DIR or hdfs://HOST:PORT/DIR)
     Create {
         name: String,
         uri: String,
@@ -89,7 +89,7 @@ enum PoolCmd {
 
 #[derive(Debug, Subcommand)]
 enum VolumeCmd {
-    /// Create VOLUME (pool/name, name, or local:///dir/name) of SIZE (e.g. 10G)
+    /// Create VOLUME (pool/name, name, local:///dir/name or hdfs://host:port/dir/name) of SIZE (e.g. 10G)
     Create {
         volume: String,
         size: String,

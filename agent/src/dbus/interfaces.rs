@@ -93,8 +93,9 @@ pub struct Manager1 {
 
 #[interface(name = "org.hlfs.Manager1")]
 impl Manager1 {
-    /// Adds a pool on a backend URI (`local:///dir`). Returns the pool's object and whether
-    /// it was new (re-adding the same pool on the same URI is a no-op).
+    /// Adds a pool on a backend URI (`local:///dir`, `hdfs://host:port/dir`). Returns the
+    /// pool's object and whether it was new (re-adding the same pool on the same URI is a
+    /// no-op).
     #[zbus(out_args("pool", "changed"))]
     async fn create_pool(
         &self,
