@@ -141,7 +141,22 @@ async fn serve(settings: &Settings, mgr: Arc<Manager>) -> Result<()> {
         }
         None => None,
     };
-    print_banner(settings, &mgr, tcp_addr);
+    // Listing pools may block on HDFS: not on the async threads.
+    let m = mgr.clone();
+    let (pools, exports) = tokio::task::spawn_blocking(move || {
+        let pools: Vec<(String, String, Option<String>)> = m
+            .pools()
+            .into_iter()
+            .map(|(name, uri)| {
+                let status = m.pool_status(&name).ok().flatten();
+                (name, uri, status)
+            })
+            .collect();
+        (pools, m.exports())
+    })
+    .await
+    .map_err(|e| Error::Busy(format!("internal task failed: {e}")))?;
+    print_banner(settings, &pools, &exports, tcp_addr);
     tracing::info!(socket = %settings.nbd_unix.display(), tcp = ?tcp_addr, "serving NBD");
 
     wait_for_signal().await?;
@@ -172,7 +187,12 @@ async fn wait_for_signal() -> Result<()> {
 }
 
 /// Tells a person where everything is and what to paste to try it.
-fn print_banner(settings: &Settings, mgr: &Manager, tcp: Option<std::net::SocketAddr>) {
+fn print_banner(
+    settings: &Settings,
+    pools: &[(String, String, Option<String>)],
+    exports: &[String],
+    tcp: Option<std::net::SocketAddr>,
+) {
     let mut out = String::new();
     out.push_str(&format!("hlfsd {} ready\n", env!("CARGO_PKG_VERSION")));
     out.push_str(&format!(
@@ -183,14 +203,13 @@ fn print_banner(settings: &Settings, mgr: &Manager, tcp: Option<std::net::Socket
         "  runtime directory: {}\n",
         settings.runtime_dir.display()
     ));
-    for (name, uri) in mgr.pools() {
-        let status = match mgr.pool_status(&name) {
-            Ok(Some(why)) => format!(" (unavailable: {why})"),
-            _ => String::new(),
+    for (name, uri, status) in pools {
+        let status = match status {
+            Some(why) => format!(" (unavailable: {why})"),
+            None => String::new(),
         };
         out.push_str(&format!("  {:<19}{uri}{status}\n", format!("pool {name}:")));
     }
-    let exports = mgr.exports();
     out.push_str(&format!(
         "  NBD socket:        {}\n",
         settings.nbd_unix.display()

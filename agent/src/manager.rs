@@ -25,8 +25,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct SharedVolume {
     name: String,
     inner: Mutex<Option<Volume>>,
-    /// The volume's local write journal (HDFS pools).
-    journal: Option<Arc<JournaledBackend>>,
+    /// The volume's local write journal (HDFS pools). Taken (and so dropped) at close, in the
+    /// blocking context that closes the volume: dropping it drains uploads and stops the HDFS
+    /// client's runtime, which must not happen on an async thread.
+    journal: Mutex<Option<Arc<JournaledBackend>>>,
 }
 
 impl SharedVolume {
@@ -43,12 +45,19 @@ impl SharedVolume {
 
     /// Flushes and closes the volume; later calls to `with` get `None`.
     fn close(&self) -> Result<()> {
-        match lock(&self.inner).take() {
+        let closed = match lock(&self.inner).take() {
             Some(v) => v
                 .close()
                 .map_err(|e| Error::engine(format!("close volume {}", self.name), e)),
             None => Ok(()),
-        }
+        };
+        drop(lock(&self.journal).take());
+        closed
+    }
+
+    /// The volume's journal, if it has one and is open.
+    fn journal(&self) -> Option<Arc<JournaledBackend>> {
+        lock(&self.journal).clone()
     }
 }
 
@@ -115,7 +124,7 @@ impl Manager {
         Arc::new(SharedVolume {
             name: format!("{pool}/{volume}"),
             inner: Mutex::new(Some(v)),
-            journal,
+            journal: Mutex::new(journal),
         })
     }
 
@@ -221,7 +230,7 @@ impl Manager {
         let base = self.volume(pool, volume)?;
         let clone = base
             .with(|b| {
-                if let Some(j) = &base.journal {
+                if let Some(j) = base.journal() {
                     j.drain(CLONE_DRAIN).map_err(|e| {
                         Error::engine(
                             format!("upload {pool}/{volume} to HDFS before cloning it"),
