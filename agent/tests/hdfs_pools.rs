@@ -405,8 +405,23 @@ fn unreachable_hdfs_pool_does_not_stop_hlfsd() {
     let e = err(&hlfs(&d, &["volume", "create", "far/v", "1M"]));
     assert!(e.contains("unavailable"), "{e}");
     assert!(t0.elapsed() < Duration::from_secs(10));
-    let pools = ok(&hlfs(&d, &["pool", "list"]));
-    assert!(pools.contains("far"), "{pools}");
+    let pools = json(&hlfs(&d, &["pool", "list", "--json"]));
+    let far = pools
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["name"] == "far"))
+        .unwrap_or_else(|| panic!("pool far not listed: {pools}"));
+    assert_eq!(far["uri"], "hdfs://127.0.0.1:1/hlfs", "{far}");
+    assert!(
+        far["status"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("unavailable: ")),
+        "{far}"
+    );
+    let default = pools
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["name"] == "default"))
+        .unwrap_or_else(|| panic!("pool default not listed: {pools}"));
+    assert_eq!(default["status"], "", "{default}");
     // It stays registered across restarts.
     d.terminate();
     d.spawn();

@@ -258,16 +258,25 @@ async fn run(cli: Cli) -> Result<()> {
                     .get("Volumes")
                     .and_then(|v| <Vec<OwnedObjectPath>>::try_from(v.try_clone().ok()?).ok())
                     .map_or(0, |v| v.len());
-                rows.push(json!({"name": name, "uri": prop_str(&p, "Uri"), "volumes": n}));
+                rows.push(
+                    json!({"name": name, "uri": prop_str(&p, "Uri"), "volumes": n,
+                    "status": prop_str(&p, "Status")}),
+                );
             }
             out(json, Value::Array(rows.clone()), || {
                 let mut s = format!("{:<16} {:>7}  {}\n", "POOL", "VOLUMES", "URI");
                 for r in &rows {
+                    let status = r["status"].as_str().unwrap_or("");
                     s += &format!(
-                        "{:<16} {:>7}  {}\n",
+                        "{:<16} {:>7}  {}{}\n",
                         r["name"].as_str().unwrap_or(""),
                         r["volumes"],
-                        r["uri"].as_str().unwrap_or("")
+                        r["uri"].as_str().unwrap_or(""),
+                        if status.is_empty() {
+                            String::new()
+                        } else {
+                            format!("  ({status})")
+                        }
                     );
                 }
                 s

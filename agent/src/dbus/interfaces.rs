@@ -234,10 +234,14 @@ impl Pool1 {
 
     #[zbus(property)]
     async fn uri(&self) -> String {
-        log_err(
-            "pool properties",
-            self.ctx.svc.pool(&self.pool).await.map(|p| p.uri),
-        )
+        log_err("pool properties", self.ctx.svc.pool_uri(&self.pool))
+    }
+
+    /// `""` when the pool is usable, else `unavailable: WHY` (an HDFS pool whose NameNode did
+    /// not answer at the last attempt). It changes when a call reconnects, without a signal.
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn status(&self) -> String {
+        log_err("pool properties", self.ctx.svc.pool_status(&self.pool))
     }
 
     #[zbus(property)]
