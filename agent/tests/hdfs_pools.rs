@@ -46,16 +46,60 @@ fn pool_url(base: &str, test: &str) -> String {
 /// exclusively), so that no HDFS daemon is down while these tests run.
 struct HdfsGuard(#[allow(dead_code)] File);
 
-fn shared() -> HdfsGuard {
+fn guard(exclusive: bool) -> HdfsGuard {
     use std::os::fd::AsRawFd;
     extern "C" {
         fn flock(fd: i32, op: i32) -> i32;
     }
     let f = File::create(std::env::temp_dir().join("hlfs-hdfs-tests.lock")).expect("guard file");
-    // SAFETY: flock on a valid descriptor; LOCK_SH = 1.
-    let rc = unsafe { flock(f.as_raw_fd(), 1) };
+    // SAFETY: flock on a valid descriptor; LOCK_SH = 1, LOCK_EX = 2.
+    let rc = unsafe { flock(f.as_raw_fd(), if exclusive { 2 } else { 1 }) };
     assert_eq!(rc, 0, "flock");
     HdfsGuard(f)
+}
+
+fn shared() -> HdfsGuard {
+    guard(false)
+}
+
+/// Runs `scripts/hdfs/node.sh ARGS` (stops and starts one daemon of the test HDFS).
+fn node(args: &[&str]) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/hdfs/node.sh");
+    let st = Command::new("bash")
+        .arg(&script)
+        .args(args)
+        .status()
+        .expect("run node.sh");
+    assert!(st.success(), "node.sh {args:?} failed");
+}
+
+/// The test HDFS's NameNode, killed; started again when dropped (also when the test fails).
+struct NameNodeDown(bool);
+
+impl NameNodeDown {
+    fn kill() -> NameNodeDown {
+        node(&["kill", "namenode"]);
+        NameNodeDown(false)
+    }
+
+    /// Starts it again and waits until it is ready and sees its DataNodes.
+    fn restart(mut self) {
+        self.start();
+    }
+
+    fn start(&mut self) {
+        if !self.0 {
+            self.0 = true;
+            node(&["start", "namenode"]);
+            node(&["wait-ready"]);
+        }
+    }
+}
+
+impl Drop for NameNodeDown {
+    fn drop(&mut self) {
+        self.start();
+    }
 }
 
 /// Runs `hlfs ARGS` against the daemon's p2p socket.
@@ -427,4 +471,66 @@ fn unreachable_hdfs_pool_does_not_stop_hlfsd() {
     d.spawn();
     let reg = std::fs::read_to_string(d.data_dir().join("pools.toml")).expect("registry");
     assert!(reg.contains("hdfs://127.0.0.1:1/hlfs"), "{reg}");
+}
+
+#[test]
+fn namenode_down_at_restart_then_back() {
+    let Some(url) = hdfs_url("namenode_down_at_restart_then_back") else {
+        return;
+    };
+    // Stops the NameNode: no other HDFS test may run meanwhile.
+    let _g = guard(true);
+    let purl = pool_url(&url, "nndown");
+    let dir = TempDir::new("hdfs-nndown-cfg");
+    let cfg = config(&dir, "[hdfs]\nconnect_timeout = 3\nop_timeout = 10\n");
+    let cfg = cfg.to_str().expect("utf-8").to_string();
+    let mut d = Daemon::start(
+        "hdfs-nndown",
+        &["--config", &cfg, "--create-volume", "default/vm:1M"],
+    );
+    ok(&hlfs(&d, &["pool", "create", "h", &purl]));
+    ok(&hlfs(&d, &["volume", "create", "h/v", "4M"]));
+    qemu_io(&d.uri("h/v"), &["write -P 0x66 0 1M", "flush"]);
+    let st = d.terminate();
+    assert!(st.success(), "exit status {st}:\n{}", d.stderr());
+
+    // hlfsd starts with the NameNode down; the HDFS pool is listed as unavailable, its calls
+    // fail quickly and clearly, the local pool works.
+    let nn = NameNodeDown::kill();
+    d.spawn();
+    assert!(d.stdout().contains("unavailable"), "{}", d.stdout());
+    let pools = json(&hlfs(&d, &["pool", "list", "--json"]));
+    let h = pools
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["name"] == "h"))
+        .unwrap_or_else(|| panic!("pool h not listed: {pools}"));
+    assert_eq!(h["uri"], purl.as_str(), "{h}");
+    assert!(
+        h["status"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("unavailable")),
+        "{h}"
+    );
+    let t0 = Instant::now();
+    let e = err(&hlfs(&d, &["volume", "info", "h/v"]));
+    assert!(e.contains("unavailable"), "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(15));
+    qemu_io(
+        &d.uri("default/vm"),
+        &["write -P 0x01 0 4k", "read -P 0x01 0 4k"],
+    );
+
+    // The NameNode comes back: the pool reconnects on a later call, the data is there.
+    nn.restart();
+    std::thread::sleep(Duration::from_secs(6));
+    qemu_io(&d.uri("h/v"), &["read -P 0x66 0 1M", "read -P 0 1M 3M"]);
+    let pools = json(&hlfs(&d, &["pool", "list", "--json"]));
+    assert!(
+        pools
+            .as_array()
+            .is_some_and(|a| a.iter().any(|p| p["name"] == "h" && p["status"] == "")),
+        "{pools}"
+    );
+    ok(&hlfs(&d, &["volume", "delete", "h/v"]));
+    ok(&hlfs(&d, &["pool", "delete", "h"]));
 }

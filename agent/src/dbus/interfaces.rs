@@ -104,13 +104,13 @@ impl Manager1 {
         name: &str,
         uri: &str,
     ) -> Result<(OwnedObjectPath, bool)> {
-        Ok((
-            paths::pool(name),
-            self.ctx
-                .svc
-                .create_pool(self.ctx.admin(&hdr, conn).await?, name, uri)
-                .await?,
-        ))
+        let changed = self
+            .ctx
+            .svc
+            .create_pool(self.ctx.admin(&hdr, conn).await?, name, uri)
+            .await?;
+        // The pool's object exists when the caller gets the reply (as for CreateVolume).
+        Ok((self.ctx.published(paths::pool(name)).await, changed))
     }
 
     /// Forgets an empty pool and removes its directory.
