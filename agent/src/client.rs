@@ -1,6 +1,6 @@
 //! The `hlfs` CLI's side of the D-Bus API: a connection (p2p socket or bus), untyped calls
 //! and property reads, and the volume references users type (`pool/vol`, `vol`,
-//! `local:///dir/vol`, with `%snap` or `@snap`).
+//! `local:///dir/vol`, `hdfs://host:port/dir/vol`, with `%snap` or `@snap`).
 
 use crate::dbus::paths;
 use crate::error::{Error, Result};
@@ -86,22 +86,54 @@ impl Client {
         B: Serialize + DynamicType,
         R: DeserializeOwned + zbus::zvariant::Type,
     {
-        let msg = self
+        let msg = match self
             .conn
             .call_method(Some(paths::SERVICE), path, Some(iface), method, body)
             .await
-            .map_err(|e| match e {
-                zbus::Error::MethodError(name, _, _)
-                    if name.as_str() == "org.freedesktop.DBus.Error.UnknownObject" =>
-                {
-                    Error::NotFound(describe(path))
-                }
-                e => remote(e),
-            })?;
+        {
+            Ok(m) => m,
+            Err(zbus::Error::MethodError(name, _, _))
+                if name.as_str() == "org.freedesktop.DBus.Error.UnknownObject" =>
+            {
+                return Err(self.not_found(path).await)
+            }
+            Err(e) => return Err(remote(e)),
+        };
         msg.body().deserialize::<R>().map_err(|e| Error::Connect {
             context: format!("reply to {method}"),
             why: e.to_string(),
         })
+    }
+
+    /// The error for an unknown object. Volumes of a pool that is unavailable (an HDFS pool
+    /// whose NameNode does not answer) have no objects: then that is the reason to give.
+    async fn not_found(&self, path: &str) -> Error {
+        let parts = path_parts(path);
+        if let ["pool", pool, _, ..] = parts.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+            let status = self
+                .conn
+                .call_method(
+                    Some(paths::SERVICE),
+                    paths::pool(pool).as_str(),
+                    Some("org.freedesktop.DBus.Properties"),
+                    "Get",
+                    &("org.hlfs.Pool1", "Status"),
+                )
+                .await
+                .ok()
+                .and_then(|m| m.body().deserialize::<OwnedValue>().ok())
+                .and_then(|v| String::try_from(v).ok());
+            if let Some(why) = status
+                .as_deref()
+                .and_then(|s| s.strip_prefix("unavailable: "))
+            {
+                return Error::Unavailable {
+                    what: format!("pool {pool}"),
+                    why: why.to_string(),
+                };
+            }
+        }
+        Error::NotFound(describe(path))
     }
 
     /// All properties of `iface` on `path`.
@@ -119,11 +151,19 @@ impl Client {
     /// Resolves what the user typed into `(pool, volume, snapshot)`.
     pub async fn resolve(&self, spec: &str) -> Result<VolRef> {
         let (path, snap) = split_snapshot(spec);
-        let (pool, volume) = if let Some(rest) = path.strip_prefix("local://") {
+        let scheme = ["local://", "hdfs://"]
+            .into_iter()
+            .find(|s| path.starts_with(s));
+        let (pool, volume) = if let Some(scheme) = scheme {
+            let rest = &path[scheme.len()..];
             let (dir, vol) = rest.rsplit_once('/').ok_or_else(|| {
-                Error::invalid("volume", spec, "expected local:///POOL-DIR/VOLUME")
+                Error::invalid(
+                    "volume",
+                    spec,
+                    "expected local:///POOL-DIR/VOLUME or hdfs://HOST:PORT/POOL-DIR/VOLUME",
+                )
             })?;
-            let want = format!("local://{}", dir.trim_end_matches('/'));
+            let want = format!("{scheme}{}", dir.trim_end_matches('/'));
             let mut found = None;
             for (name, p) in self.pools().await? {
                 let props = self.props(p.as_str(), "org.hlfs.Pool1").await?;
@@ -154,14 +194,18 @@ impl Client {
     }
 }
 
-/// What an object path names, for "not found" messages: `volume pool/vol`, `pool p`, ...
-fn describe(path: &str) -> String {
+/// The unescaped elements of an object path below the root: `["pool", "p", "v"]`.
+fn path_parts(path: &str) -> Vec<String> {
     let rest = path.strip_prefix(paths::ROOT).unwrap_or(path);
-    let parts: Vec<String> = rest
-        .split('/')
+    rest.split('/')
         .filter(|s| !s.is_empty())
         .map(|e| paths::unescape(e).unwrap_or_else(|| e.to_string()))
-        .collect();
+        .collect()
+}
+
+/// What an object path names, for "not found" messages: `volume pool/vol`, `pool p`, ...
+fn describe(path: &str) -> String {
+    let parts = path_parts(path);
     match parts.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["pool", p] => format!("pool {p}"),
         ["pool", p, v] => format!("volume {p}/{v}"),

@@ -4,6 +4,7 @@
 use crate::error::{Error, Result};
 use crate::names::{check_name, parse_size, PoolUri, VolumeSpec};
 use crate::paths;
+use crate::pools::HdfsSettings;
 use serde::Deserialize;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -71,6 +72,21 @@ pub struct ConfigFile {
     pub pools: Vec<PoolEntry>,
     /// `[cleaner]`: inline cleaning policy of every volume.
     pub cleaner: Option<CleanerSection>,
+    /// `[hdfs]`: how HDFS pools reach HDFS and size their local journals.
+    pub hdfs: Option<HdfsSection>,
+}
+
+/// `[hdfs]`: settings of every HDFS pool.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HdfsSection {
+    /// Local write journal per open HDFS volume (bytes or "256M"); writes wait for uploads
+    /// when it is full. Default 256M, at least 16M.
+    pub journal_size: Option<SizeValue>,
+    /// Seconds to wait for a NameNode at first contact. Default 10.
+    pub connect_timeout: Option<f64>,
+    /// Seconds any later HDFS call may take. Default 30.
+    pub op_timeout: Option<f64>,
 }
 
 /// `[cleaner]`: when and how much the cleaner reclaims.
@@ -128,6 +144,8 @@ pub struct Settings {
     pub create_volumes: Vec<VolumeSpec>,
     /// None: the cleaner runs only on request.
     pub cleaner: Option<crate::manager::CleanerSettings>,
+    /// Settings of HDFS pools.
+    pub hdfs: HdfsSettings,
 }
 
 impl ConfigFile {
@@ -252,6 +270,7 @@ impl Settings {
                 Some(s)
             }
         };
+        let hdfs = hdfs_settings(file.hdfs.as_ref(), cli.config.as_deref())?;
         let create_volumes = cli
             .create_volume
             .iter()
@@ -277,8 +296,38 @@ impl Settings {
             pools,
             create_volumes,
             cleaner,
+            hdfs,
         })
     }
+}
+
+/// The `[hdfs]` section over the defaults, checked.
+fn hdfs_settings(sec: Option<&HdfsSection>, path: Option<&Path>) -> Result<HdfsSettings> {
+    let mut s = HdfsSettings::default();
+    let Some(sec) = sec else { return Ok(s) };
+    let bad = |why: String| Error::Config {
+        path: path.map(Path::to_path_buf).unwrap_or_default(),
+        why: format!("[hdfs] {why}"),
+    };
+    if let Some(v) = &sec.journal_size {
+        s.journal_bytes = size_of(v)?;
+        if s.journal_bytes < 16 << 20 {
+            return Err(bad(format!(
+                "journal_size {} is below the minimum of 16M",
+                s.journal_bytes
+            )));
+        }
+    }
+    let secs = |name: &str, v: Option<f64>, d: std::time::Duration| match v {
+        None => Ok(d),
+        Some(x) if x > 0.0 && x <= 3600.0 => Ok(std::time::Duration::from_secs_f64(x)),
+        Some(x) => Err(bad(format!(
+            "{name} = {x}: expected seconds above 0 and at most 3600"
+        ))),
+    };
+    s.connect_timeout = secs("connect_timeout", sec.connect_timeout, s.connect_timeout)?;
+    s.op_timeout = secs("op_timeout", sec.op_timeout, s.op_timeout)?;
+    Ok(s)
 }
 
 #[cfg(test)]
@@ -324,6 +373,28 @@ mod cleaner_tests {
             .is_none());
         assert!(resolve_with("[cleaner]\nmax_live_ratio = 1.5\n").is_err());
         assert!(resolve_with("[cleaner]\nbogus = 1\n").is_err());
+    }
+
+    #[test]
+    fn hdfs_section() {
+        let s = resolve_with("").expect("default");
+        assert_eq!(s.hdfs, HdfsSettings::default());
+        let s =
+            resolve_with("[hdfs]\njournal_size = \"64M\"\nconnect_timeout = 2.5\n").expect("set");
+        assert_eq!(s.hdfs.journal_bytes, 64 << 20);
+        assert_eq!(
+            s.hdfs.connect_timeout,
+            std::time::Duration::from_millis(2500)
+        );
+        assert_eq!(s.hdfs.op_timeout, HdfsSettings::default().op_timeout);
+        for bad in [
+            "[hdfs]\njournal_size = \"1M\"\n",
+            "[hdfs]\nconnect_timeout = 0\n",
+            "[hdfs]\nop_timeout = -1\n",
+            "[hdfs]\nbogus = 1\n",
+        ] {
+            assert!(resolve_with(bad).is_err(), "{bad:?} accepted");
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::manager::Manager;
 use crate::names::PoolUri;
 use crate::nbd;
-use crate::pools::Registry;
+use crate::pools::{PoolEnv, Registry};
 use std::fs::File;
 use std::io::Write;
 use std::sync::Arc;
@@ -58,9 +58,12 @@ fn lock_data_dir(settings: &Settings) -> Result<DataLock> {
 pub fn run(cli: Cli) -> Result<()> {
     let settings = Settings::resolve(&cli)?;
     let _lock = lock_data_dir(&settings)?;
-    let mut registry = Registry::load(&settings.data_dir)?;
+    let mut registry = Registry::load_with(PoolEnv {
+        data_dir: settings.data_dir.clone(),
+        hdfs: settings.hdfs.clone(),
+    })?;
     for (name, uri) in &settings.pools {
-        if registry.add(name, uri.clone())? {
+        if registry.add_configured(name, uri.clone())? {
             tracing::info!(pool = %name, uri = %uri.to_uri(), "added pool from the configuration");
         }
     }
@@ -138,7 +141,22 @@ async fn serve(settings: &Settings, mgr: Arc<Manager>) -> Result<()> {
         }
         None => None,
     };
-    print_banner(settings, &mgr, tcp_addr);
+    // Listing pools may block on HDFS: not on the async threads.
+    let m = mgr.clone();
+    let (pools, exports) = tokio::task::spawn_blocking(move || {
+        let pools: Vec<(String, String, Option<String>)> = m
+            .pools()
+            .into_iter()
+            .map(|(name, uri)| {
+                let status = m.pool_status(&name).ok().flatten();
+                (name, uri, status)
+            })
+            .collect();
+        (pools, m.exports())
+    })
+    .await
+    .map_err(|e| Error::Busy(format!("internal task failed: {e}")))?;
+    print_banner(settings, &pools, &exports, tcp_addr);
     tracing::info!(socket = %settings.nbd_unix.display(), tcp = ?tcp_addr, "serving NBD");
 
     wait_for_signal().await?;
@@ -169,7 +187,12 @@ async fn wait_for_signal() -> Result<()> {
 }
 
 /// Tells a person where everything is and what to paste to try it.
-fn print_banner(settings: &Settings, mgr: &Manager, tcp: Option<std::net::SocketAddr>) {
+fn print_banner(
+    settings: &Settings,
+    pools: &[(String, String, Option<String>)],
+    exports: &[String],
+    tcp: Option<std::net::SocketAddr>,
+) {
     let mut out = String::new();
     out.push_str(&format!("hlfsd {} ready\n", env!("CARGO_PKG_VERSION")));
     out.push_str(&format!(
@@ -180,10 +203,13 @@ fn print_banner(settings: &Settings, mgr: &Manager, tcp: Option<std::net::Socket
         "  runtime directory: {}\n",
         settings.runtime_dir.display()
     ));
-    for (name, uri) in mgr.pools() {
-        out.push_str(&format!("  {:<19}{uri}\n", format!("pool {name}:")));
+    for (name, uri, status) in pools {
+        let status = match status {
+            Some(why) => format!(" (unavailable: {why})"),
+            None => String::new(),
+        };
+        out.push_str(&format!("  {:<19}{uri}{status}\n", format!("pool {name}:")));
     }
-    let exports = mgr.exports();
     out.push_str(&format!(
         "  NBD socket:        {}\n",
         settings.nbd_unix.display()

@@ -51,6 +51,10 @@ pub enum Error {
     /// The object is in use (an open volume, a running daemon).
     #[error("{0}")]
     Busy(String),
+    /// A pool's backend cannot be reached now (an HDFS NameNode that does not answer); `why`
+    /// is the last connection error. The pool stays registered and is retried on later calls.
+    #[error("{what} is unavailable: {why}")]
+    Unavailable { what: String, why: String },
     /// Something is not implemented yet (snapshots over NBD, ...).
     #[error("{0}")]
     Unsupported(String),

@@ -4,10 +4,16 @@
 
 use crate::error::{Error, Result};
 use crate::names::{PoolUri, VolumeSpec};
-use crate::pools::{Pool, Registry};
+use crate::pools::{OpenedVolume, Pool, Registry};
+use hlfs_engine::backend::JournaledBackend;
 use hlfs_engine::{CleanPolicy, CreateOptions, OpenOptions, Stat, Volume};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+/// How long a clone waits for its base's journal to reach HDFS: the clone reads the base
+/// snapshot straight from HDFS, so it must be there first.
+const CLONE_DRAIN: Duration = Duration::from_secs(60);
 
 /// Locks a mutex, ignoring poisoning: the engine keeps its own failure state.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -20,6 +26,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct SharedVolume {
     name: String,
     inner: RwLock<Option<Volume>>,
+    /// The volume's local write journal (HDFS pools). Taken (and so dropped) at close, in the
+    /// blocking context that closes the volume: dropping it drains uploads and stops the HDFS
+    /// client's runtime, which must not happen on an async thread.
+    journal: Mutex<Option<Arc<JournaledBackend>>>,
 }
 
 impl SharedVolume {
@@ -74,12 +84,19 @@ impl SharedVolume {
     /// Flushes and closes the volume; later calls to `with` get `None`.
     fn close(&self) -> Result<()> {
         let taken = self.inner.write().unwrap_or_else(|p| p.into_inner()).take();
-        match taken {
+        let closed = match taken {
             Some(v) => v
                 .close()
                 .map_err(|e| Error::engine(format!("close volume {}", self.name), e)),
             None => Ok(()),
-        }
+        };
+        drop(lock(&self.journal).take());
+        closed
+    }
+
+    /// The volume's journal, if it has one and is open.
+    fn journal(&self) -> Option<Arc<JournaledBackend>> {
+        lock(&self.journal).clone()
     }
 }
 
@@ -130,7 +147,11 @@ impl Manager {
     }
 
     /// Wraps an open volume for sharing, with the daemon's cleaning policy applied.
-    fn share(&self, pool: &str, volume: &str, mut v: Volume) -> Arc<SharedVolume> {
+    fn share(&self, pool: &str, volume: &str, opened: OpenedVolume) -> Arc<SharedVolume> {
+        let OpenedVolume {
+            volume: mut v,
+            journal,
+        } = opened;
         if let Some(c) = &self.cleaner {
             let budget = (v.size() as f64 * (1.0 + c.space_overhead)) as u64;
             v.set_clean_policy(Some(CleanPolicy {
@@ -142,6 +163,7 @@ impl Manager {
         Arc::new(SharedVolume {
             name: format!("{pool}/{volume}"),
             inner: RwLock::new(Some(v)),
+            journal: Mutex::new(journal),
         })
     }
 
@@ -163,6 +185,11 @@ impl Manager {
             .pools()
             .map(|p| (p.name().to_string(), p.uri().to_uri()))
             .collect()
+    }
+
+    /// None when pool `name` is usable, else why not (an HDFS pool that does not answer).
+    pub fn pool_status(&self, name: &str) -> Result<Option<String>> {
+        Ok(self.pool(name)?.status())
     }
 
     /// Every volume as `POOL/VOLUME`, for NBD_OPT_LIST. Unreadable pools are skipped (logged).
@@ -241,21 +268,29 @@ impl Manager {
         let target = self.pool(dst_pool)?;
         let base = self.volume(pool, volume)?;
         let clone = base
-            .with(|b| target.create_clone(dst, b, snapshot, &self.open_opts))
+            .with(|b| {
+                if let Some(j) = base.journal() {
+                    j.drain(CLONE_DRAIN).map_err(|e| {
+                        Error::engine(
+                            format!("upload {pool}/{volume} to HDFS before cloning it"),
+                            e,
+                        )
+                    })?;
+                }
+                target.create_clone(dst, b, snapshot, &self.open_opts)
+            })
             .ok_or_else(|| Error::Busy(format!("volume {pool}/{volume} is closing")))??;
         let shared = self.share(dst_pool, dst, clone);
         lock(&self.open).insert((dst_pool.to_string(), dst.to_string()), shared);
         Ok(())
     }
 
-    /// `(pool, volume)` of this daemon stored at backend location `loc` (`local:///dir/vol`).
+    /// `(pool, volume)` of this daemon stored at backend location `loc` (`local:///dir/vol`,
+    /// `hdfs://host:port/path/vol`).
     pub fn find_location(&self, loc: &str) -> Option<(String, String)> {
-        let path = std::path::Path::new(loc.strip_prefix("local://")?);
-        let (dir, vol) = (path.parent()?, path.file_name()?.to_str()?);
         lock(&self.registry)
             .pools()
-            .find(|p| p.dir() == dir)
-            .map(|p| (p.name().to_string(), vol.to_string()))
+            .find_map(|p| p.volume_at(loc).map(|v| (p.name().to_string(), v)))
     }
 
     /// Client connections (NBD) using `pool/volume` now.
@@ -324,7 +359,7 @@ impl Manager {
         }
         let p = self.pool(pool)?;
         let v = p.open_volume(volume, &self.open_opts)?;
-        let r = v.recovery();
+        let r = v.volume.recovery();
         if r.segments_replayed > 0 {
             tracing::info!(volume = %format!("{pool}/{volume}"), segments = r.segments_replayed,
                 records = r.records_replayed, elapsed = ?r.elapsed, "recovered volume");

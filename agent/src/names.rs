@@ -81,16 +81,34 @@ pub fn parse_size(s: &str) -> Result<u64> {
         .ok_or_else(|| Error::invalid("size", s, "too large"))
 }
 
-/// A backend URI for a pool. Only `local:///absolute/path` exists so far.
+/// A backend URI for a pool: `local:///absolute/path` or `hdfs://host:port/absolute/path`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PoolUri {
     /// A directory on this host.
     Local(PathBuf),
+    /// A directory on HDFS, as a normalized URL `hdfs://host:port/path` (no trailing slash).
+    Hdfs(String),
 }
 
 impl PoolUri {
-    /// Parses `local:///abs/path` (the path must be absolute and free of `..`).
+    /// Parses `local:///abs/path` (the path must be absolute and free of `..`) or
+    /// `hdfs://host:port/abs/path`.
     pub fn parse(s: &str) -> Result<PoolUri> {
+        if s.chars().any(char::is_control) {
+            return Err(Error::invalid(
+                "pool URI",
+                s,
+                "control characters are not allowed",
+            ));
+        }
+        // '%' separates a snapshot in volume locations (`URI/VOLUME%SNAPSHOT`).
+        if s.contains('%') {
+            return Err(Error::invalid(
+                "pool URI",
+                s,
+                "'%' is not allowed (it separates a snapshot in HLFS URIs)",
+            ));
+        }
         if let Some(rest) = s.strip_prefix("local://") {
             if !rest.starts_with('/') {
                 return Err(Error::invalid(
@@ -106,26 +124,32 @@ impl PoolUri {
                     "'..' is not allowed in a pool path",
                 ));
             }
-            if rest.chars().any(char::is_control) {
-                return Err(Error::invalid(
-                    "pool URI",
-                    s,
-                    "control characters are not allowed",
-                ));
-            }
             let trimmed = rest.trim_end_matches('/');
             let path = if trimmed.is_empty() { "/" } else { trimmed };
             return Ok(PoolUri::Local(PathBuf::from(path)));
         }
         if s.starts_with("hdfs://") {
-            return Err(Error::Unsupported(format!(
-                "pool URI {s:?}: the HDFS backend is not available yet"
-            )));
+            let (base, path) = hlfs_engine::backend::hdfs::split_url(s).map_err(|e| {
+                Error::invalid(
+                    "pool URI",
+                    s,
+                    format!("expected hdfs://host:port/absolute/path ({e})"),
+                )
+            })?;
+            let authority = &base["hdfs://".len()..];
+            if authority.contains(['@', '?', '#', ' ']) || path.contains(['?', '#']) {
+                return Err(Error::invalid(
+                    "pool URI",
+                    s,
+                    "expected hdfs://host:port/absolute/path",
+                ));
+            }
+            return Ok(PoolUri::Hdfs(format!("{base}{path}")));
         }
         Err(Error::invalid(
             "pool URI",
             s,
-            "expected local:///absolute/path",
+            "expected local:///absolute/path or hdfs://host:port/absolute/path",
         ))
     }
 
@@ -133,6 +157,7 @@ impl PoolUri {
     pub fn to_uri(&self) -> String {
         match self {
             PoolUri::Local(p) => format!("local://{}", p.display()),
+            PoolUri::Hdfs(url) => url.clone(),
         }
     }
 }
@@ -272,13 +297,26 @@ mod tests {
             PoolUri::parse("local:///x/").unwrap().to_uri(),
             "local:///x"
         );
-        for bad in ["local://rel", "local:///a/../b", "file:///x", "/x"] {
+        assert_eq!(
+            PoolUri::parse("hdfs://h:9000/a/p/").unwrap(),
+            PoolUri::Hdfs("hdfs://h:9000/a/p".into())
+        );
+        for bad in [
+            "local://rel",
+            "local:///a/../b",
+            "local:///a%b",
+            "file:///x",
+            "/x",
+            "hdfs://h:9000",
+            "hdfs://h:9000/",
+            "hdfs:///p",
+            "hdfs://h:9000/a/../b",
+            "hdfs://h:9000/a//b",
+            "hdfs://h:9000/a%b",
+            "hdfs://u@h:9000/a",
+        ] {
             assert!(PoolUri::parse(bad).is_err(), "{bad:?} accepted");
         }
-        assert!(matches!(
-            PoolUri::parse("hdfs://h:9000/p"),
-            Err(Error::Unsupported(_))
-        ));
     }
 
     #[test]

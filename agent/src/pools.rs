@@ -1,36 +1,301 @@
-//! Pools: a pool is a named directory (a `local:///` backend URI) whose subdirectories are
-//! volumes, one engine namespace each. The registry of pools is a small TOML file in the data
-//! directory, so that pools created at run time reopen at the next start.
+//! Pools: a named place whose subdirectories are volumes, one engine namespace each. A pool
+//! lives on a backend store: a local directory (`local:///dir`) or an HDFS directory
+//! (`hdfs://host:port/path`). Volume directories are created, listed and deleted through the
+//! store (the HDFS client for HDFS pools, never the local file system), and volumes are opened
+//! through the store's backend: a `LocalBackend`, or for HDFS a `JournaledBackend` whose local
+//! write journal lives in `DATA/journal/POOL/VOLUME` (so that a flush is one local fsync).
+//!
+//! The registry of pools is a small TOML file in the data directory, so that pools created at
+//! run time reopen at the next start. An HDFS pool whose NameNode does not answer at start-up
+//! stays registered but unavailable: its calls fail with a clear error, and it is reconnected
+//! on a later call (at most every `retry_after`).
 
 use crate::error::{Error, Result};
 use crate::names::{check_name, PoolUri};
+use hlfs_engine::backend::{HdfsBackend, HdfsOptions, JournalOptions, JournaledBackend};
 use hlfs_engine::{Backend, CreateOptions, LocalBackend, OpenOptions, Volume};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// Registry file name inside the data directory.
 pub const REGISTRY_FILE: &str = "pools.toml";
+/// Directory of the HDFS volumes' local write journals inside the data directory.
+pub const JOURNAL_DIR: &str = "journal";
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How HDFS pools reach HDFS and size their journals (the `[hdfs]` configuration).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HdfsSettings {
+    /// Local journal per open volume: bytes before writes wait for uploads (at least 16 MiB).
+    pub journal_bytes: u64,
+    /// Bound on the first contact with a NameNode (pool creation, volume open).
+    pub connect_timeout: Duration,
+    /// Bound on every later HDFS call.
+    pub op_timeout: Duration,
+    /// An unavailable pool is not retried more often than this: calls in between fail at once
+    /// with the last error instead of each waiting `connect_timeout`.
+    pub retry_after: Duration,
+    /// How long closing a volume waits for its journal to upload (what is left stays in the
+    /// journal and is replayed at the next open). Short, so that a shutdown with HDFS down is
+    /// not held up.
+    pub drain_timeout: Duration,
+}
+
+impl Default for HdfsSettings {
+    fn default() -> Self {
+        HdfsSettings {
+            journal_bytes: JournalOptions::default().max_bytes,
+            connect_timeout: Duration::from_secs(10),
+            op_timeout: Duration::from_secs(30),
+            retry_after: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl HdfsSettings {
+    fn backend_options(&self) -> HdfsOptions {
+        HdfsOptions {
+            connect_timeout: self.connect_timeout,
+            op_timeout: self.op_timeout,
+            ..HdfsOptions::default()
+        }
+    }
+
+    fn journal_options(&self) -> JournalOptions {
+        JournalOptions {
+            max_bytes: self.journal_bytes,
+            drain_timeout: self.drain_timeout,
+            ..JournalOptions::default()
+        }
+    }
+}
+
+/// What pools need from the daemon: where host-local state goes, and the HDFS settings.
+#[derive(Debug, Clone)]
+pub struct PoolEnv {
+    pub data_dir: PathBuf,
+    pub hdfs: HdfsSettings,
+}
+
+impl PoolEnv {
+    /// Default HDFS settings in `data_dir`.
+    pub fn new(data_dir: &Path) -> PoolEnv {
+        PoolEnv {
+            data_dir: data_dir.to_path_buf(),
+            hdfs: HdfsSettings::default(),
+        }
+    }
+}
+
+/// A volume opened from a pool. `journal` is its local write journal (HDFS pools): a clone of
+/// one of its snapshots, which opens the base straight from HDFS, must first wait for the
+/// journal to be uploaded.
+#[derive(Debug)]
+pub struct OpenedVolume {
+    pub volume: Volume,
+    pub journal: Option<Arc<JournaledBackend>>,
+}
 
 /// One pool.
 #[derive(Debug, Clone)]
 pub struct Pool {
     name: String,
     uri: PoolUri,
+    store: Store,
+}
+
+/// Where a pool's volumes live.
+#[derive(Debug, Clone)]
+enum Store {
+    /// A local directory.
+    Local(PathBuf),
+    /// An HDFS directory (shared: every clone of the `Pool` uses one connection).
+    Hdfs(Arc<HdfsStore>),
+}
+
+/// An HDFS pool: its connection (made lazily, retried after failures) and journal root.
+#[derive(Debug)]
+struct HdfsStore {
+    pool: String,
+    url: String,
+    journal_root: PathBuf,
+    settings: HdfsSettings,
+    conn: Mutex<Conn>,
+}
+
+#[derive(Debug, Default)]
+struct Conn {
+    /// The pool directory's backend, once connected.
+    dir: Option<Arc<HdfsBackend>>,
+    /// The last failed connection attempt.
+    failed: Option<(String, Instant)>,
+}
+
+impl HdfsStore {
+    fn unavailable(&self, why: &str) -> Error {
+        Error::Unavailable {
+            what: format!("pool {} ({})", self.pool, self.url),
+            why: why.to_string(),
+        }
+    }
+
+    /// The pool directory on HDFS, connecting (and creating the directory) if needed. A pool
+    /// that failed less than `retry_after` ago fails at once with the same error.
+    fn dir(&self) -> Result<Arc<HdfsBackend>> {
+        let mut c = lock(&self.conn);
+        if let Some(d) = &c.dir {
+            return Ok(d.clone());
+        }
+        if let Some((why, at)) = &c.failed {
+            if at.elapsed() < self.settings.retry_after {
+                return Err(self.unavailable(why));
+            }
+        }
+        match HdfsBackend::connect_with(&self.url, self.settings.backend_options()) {
+            Ok(b) => {
+                if c.failed.take().is_some() {
+                    tracing::info!(pool = %self.pool, uri = %self.url, "HDFS pool is available again");
+                }
+                let b = Arc::new(b);
+                c.dir = Some(b.clone());
+                Ok(b)
+            }
+            Err(e) => {
+                let why = e.to_string();
+                c.failed = Some((why.clone(), Instant::now()));
+                Err(self.unavailable(&why))
+            }
+        }
+    }
+
+    /// The last connection error, if the pool is not connected.
+    fn status(&self) -> Option<String> {
+        let c = lock(&self.conn);
+        match (&c.dir, &c.failed) {
+            (Some(_), _) => None,
+            (None, Some((why, _))) => Some(why.clone()),
+            (None, None) => Some("not connected yet".into()),
+        }
+    }
+
+    fn volume_url(&self, name: &str) -> String {
+        format!("{}/{name}", self.url)
+    }
+
+    fn journal_dir(&self, name: &str) -> PathBuf {
+        self.journal_root.join(name)
+    }
+
+    /// Opens volume `name`'s backend: HDFS with the local write journal in front (which takes
+    /// the volume's writer lease and replays what a crash left in the journal).
+    fn open_backend(&self, name: &str) -> hlfs_engine::Result<Arc<JournaledBackend>> {
+        let remote =
+            HdfsBackend::connect_with(&self.volume_url(name), self.settings.backend_options())?;
+        Ok(Arc::new(JournaledBackend::open(
+            Arc::new(remote),
+            self.journal_dir(name),
+            self.settings.journal_options(),
+        )?))
+    }
+
+    /// Removes volume `name`'s journal directory (absent is fine).
+    fn remove_journal(&self, name: &str) -> Result<()> {
+        let dir = self.journal_dir(name);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("delete volume journal", &dir, e)),
+        }
+    }
+
+    /// Creates the volume directory `name` on HDFS, then the volume with `make` on its backend;
+    /// on failure removes both the directory and the journal again.
+    fn create_with(
+        &self,
+        label: &str,
+        name: &str,
+        what: &str,
+        make: impl FnOnce(Arc<dyn Backend>) -> hlfs_engine::Result<Volume>,
+    ) -> Result<OpenedVolume> {
+        let dir = self.dir()?;
+        if !dir
+            .create_dir(name)
+            .map_err(|e| Error::engine(format!("create {label}"), e))?
+        {
+            return Err(Error::Exists(label.to_string()));
+        }
+        // A journal without a volume directory is what a failed delete left: it must not be
+        // replayed into the new volume.
+        if self.journal_dir(name).exists() {
+            tracing::warn!(volume = %label, dir = %self.journal_dir(name).display(), "removing a stale journal");
+            self.remove_journal(name)?;
+        }
+        let made = self.open_backend(name).and_then(|b| {
+            let v = make(b.clone() as Arc<dyn Backend>)?;
+            Ok(OpenedVolume {
+                volume: v,
+                journal: Some(b),
+            })
+        });
+        match made {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                // The backend (journal, lease) is dropped by now: remove what was made.
+                if let Err(e) = dir.delete_dir(name) {
+                    tracing::warn!(volume = %label, error = %e, "could not remove a half-created volume");
+                }
+                if let Err(e) = self.remove_journal(name) {
+                    tracing::warn!(volume = %label, error = %e, "could not remove a half-created volume's journal");
+                }
+                Err(Error::engine(what.to_string(), e))
+            }
+        }
+    }
 }
 
 impl Pool {
-    /// A pool on `uri`; its directory is created if missing.
-    pub fn open(name: &str, uri: PoolUri) -> Result<Pool> {
+    /// A pool on `uri`. A local pool's directory is created if missing. An HDFS pool connects
+    /// (and creates its directory) now: with `strict`, failing to is an error (a new pool must
+    /// work); otherwise (a known pool at start-up) it is logged and the pool stays unavailable
+    /// until a later call reconnects.
+    pub fn open(name: &str, uri: PoolUri, env: &PoolEnv, strict: bool) -> Result<Pool> {
         check_name("pool", name)?;
-        let PoolUri::Local(dir) = &uri;
-        fs::create_dir_all(dir).map_err(|e| Error::io("create pool directory", dir, e))?;
+        let store = match &uri {
+            PoolUri::Local(dir) => {
+                fs::create_dir_all(dir).map_err(|e| Error::io("create pool directory", dir, e))?;
+                Store::Local(dir.clone())
+            }
+            PoolUri::Hdfs(url) => {
+                let s = HdfsStore {
+                    pool: name.to_string(),
+                    url: url.clone(),
+                    journal_root: env.data_dir.join(JOURNAL_DIR).join(name),
+                    settings: env.hdfs.clone(),
+                    conn: Mutex::new(Conn::default()),
+                };
+                match s.dir() {
+                    Ok(_) => {}
+                    Err(e) if strict => return Err(e),
+                    Err(e) => {
+                        tracing::error!(pool = %name, error = %e, "HDFS pool unavailable; its calls fail until it answers")
+                    }
+                }
+                Store::Hdfs(Arc::new(s))
+            }
+        };
         Ok(Pool {
             name: name.to_string(),
             uri,
+            store,
         })
     }
 
@@ -42,16 +307,36 @@ impl Pool {
         &self.uri
     }
 
-    /// The pool's directory.
-    pub fn dir(&self) -> &Path {
-        let PoolUri::Local(dir) = &self.uri;
-        dir
+    /// None when the pool is usable; else why not (an HDFS pool that did not answer). Does not
+    /// try to reconnect.
+    pub fn status(&self) -> Option<String> {
+        match &self.store {
+            Store::Local(_) => None,
+            Store::Hdfs(h) => h.status(),
+        }
     }
 
-    /// The directory of volume `name` (validated, so it is always inside the pool).
-    pub fn volume_dir(&self, name: &str) -> Result<PathBuf> {
+    /// The volume name of backend location `loc` if it is a volume of this pool
+    /// (`local:///dir/vol` or `hdfs://host:port/path/vol`).
+    pub fn volume_at(&self, loc: &str) -> Option<String> {
+        let vol = match &self.store {
+            Store::Local(dir) => {
+                let path = Path::new(loc.strip_prefix("local://")?);
+                if path.parent()? != dir {
+                    return None;
+                }
+                path.file_name()?.to_str()?
+            }
+            Store::Hdfs(h) => loc.strip_prefix(h.url.as_str())?.strip_prefix('/')?,
+        };
+        check_name("volume", vol).ok()?;
+        Some(vol.to_string())
+    }
+
+    /// The directory of local volume `name` (validated, so it is always inside the pool).
+    fn local_volume_dir(dir: &Path, name: &str) -> Result<PathBuf> {
         check_name("volume", name)?;
-        Ok(self.dir().join(name))
+        Ok(dir.join(name))
     }
 
     fn label(&self, volume: &str) -> String {
@@ -60,23 +345,38 @@ impl Pool {
 
     /// Whether volume `name` exists.
     pub fn has_volume(&self, name: &str) -> Result<bool> {
-        Ok(self.volume_dir(name)?.is_dir())
+        check_name("volume", name)?;
+        match &self.store {
+            Store::Local(dir) => Ok(Self::local_volume_dir(dir, name)?.is_dir()),
+            Store::Hdfs(h) => h
+                .dir()?
+                .dir_exists(name)
+                .map_err(|e| Error::engine(format!("look up {}", self.label(name)), e)),
+        }
     }
 
     /// Names of the volumes in the pool, sorted. Entries that are not valid volume names (stray
     /// files, hidden directories) are ignored.
     pub fn list_volumes(&self) -> Result<Vec<String>> {
-        let rd = fs::read_dir(self.dir()).map_err(|e| Error::io("list pool", self.dir(), e))?;
-        let mut out = Vec::new();
-        for entry in rd {
-            let entry = entry.map_err(|e| Error::io("list pool", self.dir(), e))?;
-            let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
-            if let (true, Some(name)) = (is_dir, entry.file_name().to_str()) {
-                if check_name("volume", name).is_ok() {
-                    out.push(name.to_string());
+        let mut out = match &self.store {
+            Store::Local(dir) => {
+                let rd = fs::read_dir(dir).map_err(|e| Error::io("list pool", dir, e))?;
+                let mut out = Vec::new();
+                for entry in rd {
+                    let entry = entry.map_err(|e| Error::io("list pool", dir, e))?;
+                    let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+                    if let (true, Some(name)) = (is_dir, entry.file_name().to_str()) {
+                        out.push(name.to_string());
+                    }
                 }
+                out
             }
-        }
+            Store::Hdfs(h) => h
+                .dir()?
+                .list_dirs()
+                .map_err(|e| Error::engine(format!("list pool {}", self.name), e))?,
+        };
+        out.retain(|n| check_name("volume", n).is_ok());
         out.sort();
         Ok(out)
     }
@@ -88,8 +388,8 @@ impl Pool {
         name: &str,
         opts: &CreateOptions,
         open: &OpenOptions,
-    ) -> Result<Volume> {
-        let dir = self.volume_dir(name)?;
+    ) -> Result<OpenedVolume> {
+        check_name("volume", name)?;
         let size = opts.size;
         if size == 0 {
             return Err(Error::invalid(
@@ -105,110 +405,162 @@ impl Pool {
                 format!("the largest volume is {} bytes", hlfs_engine::MAX_SIZE),
             ));
         }
-        match fs::create_dir(&dir) {
+        let what = format!("create {}", self.label(name));
+        let make = |b: Arc<dyn Backend>| Volume::create(b, opts, open);
+        match &self.store {
+            Store::Local(dir) => self.local_create(dir, name, &what, make),
+            Store::Hdfs(h) => h.create_with(&self.label(name), name, &what, make),
+        }
+    }
+
+    /// Creates a local volume directory and the volume in it; removes the directory if that
+    /// fails.
+    fn local_create(
+        &self,
+        dir: &Path,
+        name: &str,
+        what: &str,
+        make: impl FnOnce(Arc<dyn Backend>) -> hlfs_engine::Result<Volume>,
+    ) -> Result<OpenedVolume> {
+        let vdir = Self::local_volume_dir(dir, name)?;
+        match fs::create_dir(&vdir) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                 return Err(Error::Exists(self.label(name)))
             }
-            Err(e) => return Err(Error::io("create volume directory", &dir, e)),
+            Err(e) => return Err(Error::io("create volume directory", &vdir, e)),
         }
-        let made = (|| {
-            let backend: Arc<dyn Backend> = Arc::new(
-                LocalBackend::new(&dir)
-                    .map_err(|e| Error::engine(format!("create {}", self.label(name)), e))?,
-            );
-            Volume::create(backend, opts, open)
-                .map_err(|e| Error::engine(format!("create {}", self.label(name)), e))
-        })();
-        if made.is_err() {
-            if let Err(e) = fs::remove_dir_all(&dir) {
-                tracing::warn!(dir = %dir.display(), error = %e, "could not remove a half-created volume");
+        let made = LocalBackend::new(&vdir).and_then(|b| make(Arc::new(b)));
+        match made {
+            Ok(volume) => Ok(OpenedVolume {
+                volume,
+                journal: None,
+            }),
+            Err(e) => {
+                if let Err(e) = fs::remove_dir_all(&vdir) {
+                    tracing::warn!(dir = %vdir.display(), error = %e, "could not remove a half-created volume");
+                }
+                Err(Error::engine(what.to_string(), e))
             }
         }
-        made
     }
 
     /// Creates volume `name` as a clone of `base`'s snapshot `snapshot` (no data copied; the
-    /// snapshot becomes protected) and returns it open. Fails if it exists.
+    /// snapshot becomes protected) and returns it open. Fails if it exists. The base may be in
+    /// another pool, on another backend: the clone records the base's location.
     pub fn create_clone(
         &self,
         name: &str,
         base: &mut Volume,
         snapshot: &str,
         open: &OpenOptions,
-    ) -> Result<Volume> {
-        let dir = self.volume_dir(name)?;
-        match fs::create_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                return Err(Error::Exists(self.label(name)))
-            }
-            Err(e) => return Err(Error::io("create volume directory", &dir, e)),
-        }
+    ) -> Result<OpenedVolume> {
+        check_name("volume", name)?;
         let what = format!(
             "clone {}%{snapshot} as {}",
             base.location(),
             self.label(name)
         );
-        let ctx = || what.clone();
-        let made = LocalBackend::new(&dir)
-            .map_err(|e| Error::engine(ctx(), e))
-            .and_then(|b| {
-                let backend: Arc<dyn Backend> = Arc::new(b);
-                Volume::create_clone(base, snapshot, backend, &CreateOptions::default(), open)
-                    .map_err(|e| Error::engine(ctx(), e))
-            });
-        if made.is_err() {
-            if let Err(e) = fs::remove_dir_all(&dir) {
-                tracing::warn!(dir = %dir.display(), error = %e, "could not remove a half-created clone");
-            }
+        let make = |b: Arc<dyn Backend>| {
+            Volume::create_clone(base, snapshot, b, &CreateOptions::default(), open)
+        };
+        match &self.store {
+            Store::Local(dir) => self.local_create(dir, name, &what, make),
+            Store::Hdfs(h) => h.create_with(&self.label(name), name, &what, make),
         }
-        made
     }
 
-    /// Opens volume `name` for writing (recovering it if the last run crashed).
-    pub fn open_volume(&self, name: &str, open: &OpenOptions) -> Result<Volume> {
-        let dir = self.volume_dir(name)?;
-        if !dir.is_dir() {
+    /// Opens volume `name` for writing (recovering it if the last run crashed; for HDFS,
+    /// replaying its journal first).
+    pub fn open_volume(&self, name: &str, open: &OpenOptions) -> Result<OpenedVolume> {
+        if !self.has_volume(name)? {
             return Err(Error::NotFound(self.label(name)));
         }
         let ctx = || format!("open {}", self.label(name));
-        let backend: Arc<dyn Backend> =
-            Arc::new(LocalBackend::new(&dir).map_err(|e| Error::engine(ctx(), e))?);
-        Volume::open(backend, open).map_err(|e| Error::engine(ctx(), e))
+        match &self.store {
+            Store::Local(dir) => {
+                let vdir = Self::local_volume_dir(dir, name)?;
+                let backend: Arc<dyn Backend> =
+                    Arc::new(LocalBackend::new(&vdir).map_err(|e| Error::engine(ctx(), e))?);
+                let volume = Volume::open(backend, open).map_err(|e| Error::engine(ctx(), e))?;
+                Ok(OpenedVolume {
+                    volume,
+                    journal: None,
+                })
+            }
+            Store::Hdfs(h) => {
+                let b = h.open_backend(name).map_err(|e| Error::engine(ctx(), e))?;
+                let volume = Volume::open(b.clone(), open).map_err(|e| Error::engine(ctx(), e))?;
+                Ok(OpenedVolume {
+                    volume,
+                    journal: Some(b),
+                })
+            }
+        }
     }
 
-    /// Removes the pool's directory if it is empty (a pool with volumes is never removed).
+    /// Removes the pool's (empty) directory; a pool with volumes is never removed.
     pub fn remove_dir_if_empty(&self) -> Result<()> {
         if !self.list_volumes()?.is_empty() {
             return Err(Error::Busy(format!("pool {} has volumes", self.name)));
         }
-        match fs::remove_dir(self.dir()) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            // Stray files that are not volumes: keep the directory, forget the pool anyway.
-            Err(e) if e.kind() == ErrorKind::DirectoryNotEmpty => Ok(()),
-            Err(e) => Err(Error::io("remove pool directory", self.dir(), e)),
+        match &self.store {
+            Store::Local(dir) => match fs::remove_dir(dir) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+                // Stray files that are not volumes: keep the directory, forget the pool anyway.
+                Err(e) if e.kind() == ErrorKind::DirectoryNotEmpty => Ok(()),
+                Err(e) => Err(Error::io("remove pool directory", dir, e)),
+            },
+            Store::Hdfs(h) => {
+                // Stray entries keep the HDFS directory (false), as for a local pool.
+                h.dir()?
+                    .delete_root_if_empty()
+                    .map_err(|e| Error::engine(format!("remove pool {}", self.name), e))?;
+                match fs::remove_dir_all(&h.journal_root) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(Error::io("remove pool journals", &h.journal_root, e)),
+                }
+            }
         }
     }
 
-    /// Deletes volume `name` and all its data. Takes the volume's writer lease first, so a
-    /// volume open anywhere (this daemon or another process) is never deleted under its user.
+    /// Deletes volume `name` and all its data (and for HDFS its journal). Takes the volume's
+    /// writer lease first, so a volume open anywhere (this daemon or another process) is never
+    /// deleted under its user.
     pub fn delete_volume(&self, name: &str) -> Result<()> {
-        let dir = self.volume_dir(name)?;
-        if !dir.is_dir() {
+        if !self.has_volume(name)? {
             return Err(Error::NotFound(self.label(name)));
         }
-        let backend = LocalBackend::new(&dir)
-            .map_err(|e| Error::engine(format!("delete {}", self.label(name)), e))?;
-        let _lease = backend.lease("hlfsd (deleting)").map_err(|e| match e {
+        let ctx = || format!("delete {}", self.label(name));
+        let busy = |e: hlfs_engine::Error| match e {
             hlfs_engine::Error::Locked { holder, .. } => Error::Busy(format!(
                 "{} is open (by {holder}); close it first",
                 self.label(name)
             )),
-            e => Error::engine(format!("delete {}", self.label(name)), e),
-        })?;
-        fs::remove_dir_all(&dir).map_err(|e| Error::io("delete volume", &dir, e))
+            e => Error::engine(ctx(), e),
+        };
+        match &self.store {
+            Store::Local(dir) => {
+                let vdir = Self::local_volume_dir(dir, name)?;
+                let backend = LocalBackend::new(&vdir).map_err(|e| Error::engine(ctx(), e))?;
+                let _lease = backend.lease("hlfsd (deleting)").map_err(busy)?;
+                fs::remove_dir_all(&vdir).map_err(|e| Error::io("delete volume", &vdir, e))
+            }
+            Store::Hdfs(h) => {
+                let dir = h.dir()?;
+                let remote =
+                    HdfsBackend::connect_with(&h.volume_url(name), h.settings.backend_options())
+                        .map_err(|e| Error::engine(ctx(), e))?;
+                let lease = remote.lease("hlfsd (deleting)").map_err(busy)?;
+                dir.delete_dir(name).map_err(|e| Error::engine(ctx(), e))?;
+                drop(lease);
+                // After the data: a journal without its volume is never replayed (see
+                // `create_with`), a volume without its journal would lose writes.
+                h.remove_journal(name)
+            }
+        }
     }
 }
 
@@ -230,13 +582,21 @@ struct RegistryEntry {
 #[derive(Debug)]
 pub struct Registry {
     path: PathBuf,
+    env: PoolEnv,
     pools: BTreeMap<String, Pool>,
 }
 
 impl Registry {
-    /// Loads the registry from `data_dir` (an absent file is an empty registry).
+    /// Loads the registry from `data_dir` (an absent file is an empty registry), with default
+    /// HDFS settings.
     pub fn load(data_dir: &Path) -> Result<Registry> {
-        let path = data_dir.join(REGISTRY_FILE);
+        Registry::load_with(PoolEnv::new(data_dir))
+    }
+
+    /// Loads the registry from `env.data_dir`. HDFS pools that cannot be reached are kept,
+    /// unavailable (logged), so that one dead NameNode does not stop the daemon.
+    pub fn load_with(env: PoolEnv) -> Result<Registry> {
+        let path = env.data_dir.join(REGISTRY_FILE);
         let file: RegistryFile = match fs::read_to_string(&path) {
             Ok(text) => toml::from_str(&text).map_err(|e| Error::Config {
                 path: path.clone(),
@@ -247,15 +607,26 @@ impl Registry {
         };
         let mut pools = BTreeMap::new();
         for p in file.pools {
-            let pool = Pool::open(&p.name, PoolUri::parse(&p.uri)?)?;
+            let pool = Pool::open(&p.name, PoolUri::parse(&p.uri)?, &env, false)?;
             pools.insert(p.name, pool);
         }
-        Ok(Registry { path, pools })
+        Ok(Registry { path, env, pools })
     }
 
     /// Adds a pool and saves the registry. Re-adding a pool with the same URI is a no-op;
-    /// the same name on another URI is an error. Returns whether anything changed.
+    /// the same name on another URI is an error. A new HDFS pool must answer (a wrong host,
+    /// port or path is an error within the connect timeout). Returns whether anything changed.
     pub fn add(&mut self, name: &str, uri: PoolUri) -> Result<bool> {
+        self.add_pool(name, uri, true)
+    }
+
+    /// As [`Registry::add`], for pools the configuration file declares: an HDFS pool that does
+    /// not answer is registered anyway, unavailable (logged), so the daemon still starts.
+    pub fn add_configured(&mut self, name: &str, uri: PoolUri) -> Result<bool> {
+        self.add_pool(name, uri, false)
+    }
+
+    fn add_pool(&mut self, name: &str, uri: PoolUri, strict: bool) -> Result<bool> {
         if let Some(p) = self.pools.get(name) {
             if *p.uri() == uri {
                 return Ok(false);
@@ -266,7 +637,7 @@ impl Registry {
                 uri.to_uri()
             )));
         }
-        let pool = Pool::open(name, uri)?;
+        let pool = Pool::open(name, uri, &self.env, strict)?;
         self.pools.insert(name.to_string(), pool);
         if let Err(e) = self.save() {
             self.pools.remove(name);
@@ -357,7 +728,7 @@ mod tests {
             size,
             ..Default::default()
         };
-        let v = p.create_volume("vol", &sz(1 << 20), &o).unwrap();
+        let v = p.create_volume("vol", &sz(1 << 20), &o).unwrap().volume;
         assert_eq!(v.size(), 1 << 20);
         assert!(matches!(
             p.create_volume("vol", &sz(1 << 20), &o),
@@ -372,7 +743,7 @@ mod tests {
         assert_eq!(p.list_volumes().unwrap(), vec!["vol".to_string()]);
         assert!(matches!(p.delete_volume("vol"), Err(Error::Busy(_))));
         v.close().unwrap();
-        let v = p.open_volume("vol", &o).unwrap();
+        let v = p.open_volume("vol", &o).unwrap().volume;
         v.close().unwrap();
         p.delete_volume("vol").unwrap();
         assert!(p.list_volumes().unwrap().is_empty());

@@ -203,6 +203,25 @@ impl Service {
         self.mgr.pools().into_iter().map(|(n, _)| n).collect()
     }
 
+    /// URI of pool `name` (no I/O: known even while the pool is unavailable).
+    pub fn pool_uri(&self, name: &str) -> Result<String> {
+        self.mgr
+            .pools()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, uri)| uri)
+            .ok_or_else(|| Error::NotFound(format!("pool {name}")))
+    }
+
+    /// `""` when pool `name` is usable, else `unavailable: WHY` (an HDFS pool whose NameNode
+    /// did not answer at the last attempt). No I/O.
+    pub fn pool_status(&self, name: &str) -> Result<String> {
+        Ok(match self.mgr.pool_status(name)? {
+            None => String::new(),
+            Some(why) => format!("unavailable: {why}"),
+        })
+    }
+
     pub async fn pool(&self, name: &str) -> Result<PoolInfo> {
         let (mgr, n) = (self.mgr.clone(), name.to_string());
         blocking(move || {

@@ -364,19 +364,25 @@ fn named_errors_and_properties_changed_over_zbus() {
             ),
             "org.hlfs.Error.NotFound"
         );
+        // Nothing listens on port 1: a clear I/O error, at once.
         let hdfs: hlfs_agent::Result<(zbus::zvariant::OwnedObjectPath, bool)> = c
             .call(
                 "/org/hlfs/Hlfs1",
                 "org.hlfs.Manager1",
                 "CreatePool",
-                &("h", "hdfs://127.0.0.1:9000/p"),
+                &("h", "hdfs://127.0.0.1:1/p"),
             )
             .await;
-        assert_eq!(
-            name(hdfs.map(|(p, _)| p)),
-            "org.hlfs.Error.NotSupported",
-            "pools on HDFS are not wired in the agent yet"
-        );
+        assert_eq!(name(hdfs.map(|(p, _)| p)), "org.hlfs.Error.Io");
+        let bad_uri: hlfs_agent::Result<(zbus::zvariant::OwnedObjectPath, bool)> = c
+            .call(
+                "/org/hlfs/Hlfs1",
+                "org.hlfs.Manager1",
+                "CreatePool",
+                &("h", "hdfs://127.0.0.1:9000"),
+            )
+            .await;
+        assert_eq!(name(bad_uri.map(|(p, _)| p)), "org.hlfs.Error.Invalid");
         assert_eq!(
             name(
                 c.call(vol, "org.hlfs.Volume1", "Rollback", &("nosuch",))

@@ -72,7 +72,7 @@ enum Cmd {
 
 #[derive(Debug, Subcommand)]
 enum PoolCmd {
-    /// Add pool NAME on URI (local:///DIR)
+    /// Add pool NAME on URI (local:///DIR or hdfs://HOST:PORT/DIR)
     Create {
         name: String,
         uri: String,
@@ -89,7 +89,7 @@ enum PoolCmd {
 
 #[derive(Debug, Subcommand)]
 enum VolumeCmd {
-    /// Create VOLUME (pool/name, name, or local:///dir/name) of SIZE (e.g. 10G)
+    /// Create VOLUME (pool/name, name, local:///dir/name or hdfs://host:port/dir/name) of SIZE (e.g. 10G)
     Create {
         volume: String,
         size: String,
@@ -258,16 +258,25 @@ async fn run(cli: Cli) -> Result<()> {
                     .get("Volumes")
                     .and_then(|v| <Vec<OwnedObjectPath>>::try_from(v.try_clone().ok()?).ok())
                     .map_or(0, |v| v.len());
-                rows.push(json!({"name": name, "uri": prop_str(&p, "Uri"), "volumes": n}));
+                rows.push(
+                    json!({"name": name, "uri": prop_str(&p, "Uri"), "volumes": n,
+                    "status": prop_str(&p, "Status")}),
+                );
             }
             out(json, Value::Array(rows.clone()), || {
                 let mut s = format!("{:<16} {:>7}  {}\n", "POOL", "VOLUMES", "URI");
                 for r in &rows {
+                    let status = r["status"].as_str().unwrap_or("");
                     s += &format!(
-                        "{:<16} {:>7}  {}\n",
+                        "{:<16} {:>7}  {}{}\n",
                         r["name"].as_str().unwrap_or(""),
                         r["volumes"],
-                        r["uri"].as_str().unwrap_or("")
+                        r["uri"].as_str().unwrap_or(""),
+                        if status.is_empty() {
+                            String::new()
+                        } else {
+                            format!("  ({status})")
+                        }
                     );
                 }
                 s

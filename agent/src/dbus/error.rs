@@ -31,7 +31,10 @@ impl From<Error> for HlfsError {
             }
             Error::Unsupported(_) => HlfsError::NotSupported(msg),
             Error::PermissionDenied(_) => HlfsError::PermissionDenied(msg),
-            Error::Io { .. } | Error::Tool { .. } | Error::Connect { .. } => HlfsError::Io(msg),
+            Error::Io { .. }
+            | Error::Tool { .. }
+            | Error::Connect { .. }
+            | Error::Unavailable { .. } => HlfsError::Io(msg),
             Error::Remote { .. } => HlfsError::Io(msg),
             Error::Engine { source, .. } => {
                 use hlfs_engine::Error as E;

@@ -93,8 +93,9 @@ pub struct Manager1 {
 
 #[interface(name = "org.hlfs.Manager1")]
 impl Manager1 {
-    /// Adds a pool on a backend URI (`local:///dir`). Returns the pool's object and whether
-    /// it was new (re-adding the same pool on the same URI is a no-op).
+    /// Adds a pool on a backend URI (`local:///dir`, `hdfs://host:port/dir`). Returns the
+    /// pool's object and whether it was new (re-adding the same pool on the same URI is a
+    /// no-op).
     #[zbus(out_args("pool", "changed"))]
     async fn create_pool(
         &self,
@@ -103,13 +104,13 @@ impl Manager1 {
         name: &str,
         uri: &str,
     ) -> Result<(OwnedObjectPath, bool)> {
-        Ok((
-            paths::pool(name),
-            self.ctx
-                .svc
-                .create_pool(self.ctx.admin(&hdr, conn).await?, name, uri)
-                .await?,
-        ))
+        let changed = self
+            .ctx
+            .svc
+            .create_pool(self.ctx.admin(&hdr, conn).await?, name, uri)
+            .await?;
+        // The pool's object exists when the caller gets the reply (as for CreateVolume).
+        Ok((self.ctx.published(paths::pool(name)).await, changed))
     }
 
     /// Forgets an empty pool and removes its directory.
@@ -233,10 +234,14 @@ impl Pool1 {
 
     #[zbus(property)]
     async fn uri(&self) -> String {
-        log_err(
-            "pool properties",
-            self.ctx.svc.pool(&self.pool).await.map(|p| p.uri),
-        )
+        log_err("pool properties", self.ctx.svc.pool_uri(&self.pool))
+    }
+
+    /// `""` when the pool is usable, else `unavailable: WHY` (an HDFS pool whose NameNode did
+    /// not answer at the last attempt). It changes when a call reconnects, without a signal.
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn status(&self) -> String {
+        log_err("pool properties", self.ctx.svc.pool_status(&self.pool))
     }
 
     #[zbus(property)]

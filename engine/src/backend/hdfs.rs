@@ -268,6 +268,96 @@ impl HdfsBackend {
         }
     }
 
+    // ---- directories: a pool is an HDFS directory whose subdirectories are volumes. The
+    // agent manages them through the pool's own backend, so that listing, creating and deleting
+    // volumes goes through HDFS (with this backend's timeouts), never the local file system.
+
+    /// The path of subdirectory `name`, which must be one path component.
+    fn subdir(&self, name: &str) -> Result<String> {
+        let ok = !name.is_empty()
+            && name != "."
+            && name != ".."
+            && !name.contains('/')
+            && !name.chars().any(char::is_control);
+        if !ok {
+            return Err(Error::Invalid(format!("bad directory name {name:?}")));
+        }
+        Ok(format!("{}/{name}", self.root))
+    }
+
+    /// Names of the subdirectories of this backend's directory, sorted.
+    pub fn list_dirs(&self) -> Result<Vec<String>> {
+        let mut out: Vec<String> = self
+            .list_raw()?
+            .into_iter()
+            .filter(|st| st.isdir)
+            .filter_map(|st| st.path.rsplit('/').next().map(str::to_string))
+            .filter(|n| !n.is_empty())
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Whether subdirectory `name` exists (a file of that name is not a directory).
+    pub fn dir_exists(&self, name: &str) -> Result<bool> {
+        let path = self.subdir(name)?;
+        let client = &self.client;
+        match self.run(
+            "stat",
+            || format!("{}{path}", self.base),
+            client.get_file_info(&path),
+        ) {
+            Ok(st) => Ok(st.isdir),
+            Err(Error::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates subdirectory `name`; returns false if something of that name already exists.
+    pub fn create_dir(&self, name: &str) -> Result<bool> {
+        let path = self.subdir(name)?;
+        let client = &self.client;
+        let url = || format!("{}{path}", self.base);
+        let created = self.run("create directory", url, async {
+            match client.get_file_info(&path).await {
+                Ok(_) => Ok(false),
+                Err(e) if is_not_found(&e) => {
+                    client.mkdirs(&path, 0o755, false).await.map(|()| true)
+                }
+                Err(e) => Err(e),
+            }
+        })?;
+        Ok(created)
+    }
+
+    /// Deletes subdirectory `name` and everything in it; returns whether it existed.
+    pub fn delete_dir(&self, name: &str) -> Result<bool> {
+        let path = self.subdir(name)?;
+        let client = &self.client;
+        self.run(
+            "delete directory",
+            || format!("{}{path}", self.base),
+            client.delete(&path, true),
+        )
+    }
+
+    /// Deletes this backend's own directory if it is empty; returns whether it was deleted
+    /// (false: it holds something, or is already gone).
+    pub fn delete_root_if_empty(&self) -> Result<bool> {
+        match self.list_raw() {
+            Ok(entries) if !entries.is_empty() => return Ok(false),
+            Ok(_) => {}
+            Err(Error::NotFound(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        let client = &self.client;
+        self.run(
+            "delete directory",
+            || self.location(),
+            client.delete(&self.root, false),
+        )
+    }
+
     fn path(&self, name: &str) -> Result<String> {
         check_object_name(name)?;
         Ok(format!("{}/{name}", self.root))
