@@ -26,6 +26,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct SharedVolume {
     name: String,
     inner: RwLock<Option<Volume>>,
+    /// Set when NBD clients changed the volume's data (so its space figures), cleared by
+    /// whoever announces the change (D-Bus PropertiesChanged, debounced).
+    changed: std::sync::atomic::AtomicBool,
     /// The volume's local write journal (HDFS pools). Taken (and so dropped) at close, in the
     /// blocking context that closes the volume: dropping it drains uploads and stops the HDFS
     /// client's runtime, which must not happen on an async thread.
@@ -57,6 +60,18 @@ impl SharedVolume {
             Err(std::sync::TryLockError::WouldBlock) => return None,
         };
         guard.as_mut().map(f)
+    }
+
+    /// Notes that the data changed (NBD writes, trims): cheap enough for every request.
+    pub fn mark_changed(&self) {
+        self.changed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the data changed since the last call.
+    pub fn take_changed(&self) -> bool {
+        self.changed
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs `f` under the shared lock, alongside other readers (reads, stat, block status).
@@ -163,6 +178,7 @@ impl Manager {
         Arc::new(SharedVolume {
             name: format!("{pool}/{volume}"),
             inner: RwLock::new(Some(v)),
+            changed: Default::default(),
             journal: Mutex::new(journal),
         })
     }

@@ -229,6 +229,7 @@ fn run_mutations(shared: &Shared, run: Vec<Job>) {
         shutting_down(shared, pending.unwrap_or_default());
         return;
     }
+    c.volume.mark_changed();
     for (j, w) in waiting {
         let res = w.and_then(|w| match w.wait() {
             Ok(()) => Ok(()),
@@ -414,6 +415,7 @@ where
                 _ => v.write_zeroes(req.offset, u64::from(req.len)),
             });
             if let Some(res) = done {
+                c.volume.mark_changed();
                 let bytes = match res {
                     Ok(()) => simple_reply(req.cookie, 0).to_vec(),
                     Err(e) => error_reply(c, &req, engine_fail(c, &e)),
