@@ -31,6 +31,8 @@ const MAX_DESCRIPTORS: usize = 16 * 1024;
 const WORKERS: usize = 4;
 /// Requests a worker takes from the queue at once.
 const BATCH: usize = 32;
+/// Payload bytes a worker takes from the queue at once (beyond its first request).
+const BATCH_BYTES: usize = 256 << 10;
 /// Largest write run on the connection's reader task rather than a worker.
 const INLINE_MAX: u32 = 64 << 10;
 /// How long an idle worker keeps looking for more work before it exits.
@@ -115,8 +117,21 @@ fn drain(shared: &Shared) {
                 continue;
             }
             idle_since = None;
-            // Split what is queued among the workers, so reads spread over the cores.
-            let n = q.jobs.len().div_ceil(q.workers.max(1)).min(BATCH);
+            // Split what is queued among the workers, so reads and the encoding of writes
+            // spread over the cores: a share of the count, and no more than BATCH_BYTES of
+            // payload (large requests go one or two at a time).
+            let share = q.jobs.len().div_ceil(q.workers.max(1)).min(BATCH);
+            let mut bytes = 0usize;
+            let n = q
+                .jobs
+                .iter()
+                .take(share)
+                .take_while(|j| {
+                    let first = bytes == 0;
+                    bytes += j.req.len as usize + 1;
+                    first || bytes <= BATCH_BYTES
+                })
+                .count();
             q.jobs.drain(..n).collect()
         };
         run_batch(shared, batch);
