@@ -15,7 +15,7 @@ mod snapshot;
 mod volume;
 
 pub use backend::{Backend, LocalBackend};
-pub use cleaner::{CleanPolicy, CleanReport};
+pub use cleaner::{CleanPolicy, CleanReport, RateLimiter};
 pub use error::{Error, Result};
 pub use format::BaseRef;
 pub use snapshot::{check_snapshot_name, Consistency, SnapshotInfo};

@@ -150,6 +150,10 @@ pub struct Volume {
     pub(crate) auto_clean: Option<crate::cleaner::CleanPolicy>,
     pub(crate) cleaning: bool,
     pub(crate) clean_totals: (u64,),
+    /// The cleaner's own open segment (cold data, apart from new writes; see cleaner.rs).
+    pub(crate) clean_seg: Option<crate::cleaner::CleanSeg>,
+    /// A cleaning pass in progress (victims chosen, units left to copy).
+    pub(crate) clean_run: Option<crate::cleaner::Pass>,
     pub(crate) spare_buf: Option<Vec<u8>>,
     pub(crate) failed: Option<String>,
     pub(crate) closed: bool,
@@ -862,7 +866,8 @@ impl Volume {
             .segs
             .values()
             .fold((0u64, 0u64), |a, s| (a.0 + s.written, a.1 + s.live));
-        let open_bytes = self.open.as_ref().map_or(0, |o| o.buf.len() as u64);
+        let open_bytes = self.open.as_ref().map_or(0, |o| o.buf.len() as u64)
+            + self.clean_seg.as_ref().map_or(0, |c| c.len());
         let sealed: u64 = self
             .segs
             .iter()
@@ -901,8 +906,9 @@ impl Volume {
             return Ok(());
         }
         self.writable()?;
-        let had_open = self.open.is_some();
-        let r = self.seal();
+        // The cleaner's segment first: its copies become part of the state the checkpoint saves.
+        let had_open = self.open.is_some() || self.clean_seg.is_some();
+        let r = self.seal_clean_seg().and_then(|()| self.seal());
         self.fail(r)?;
         if had_open && self.since_ckpt > 0 {
             let r = self.write_checkpoint();
