@@ -377,7 +377,9 @@ impl Volume {
         lba: u64,
         blocks: u64,
     ) {
-        let moved = self.map.relocate(old_seg, old_off, seg, off, stored, lba, blocks);
+        let moved = self
+            .map
+            .relocate(old_seg, old_off, seg, off, stored, lba, blocks);
         if moved > 0 {
             if let Some(st) = self.segs.get_mut(&old_seg) {
                 st.live = st.live.saturating_sub(moved);
@@ -385,7 +387,9 @@ impl Volume {
             self.segs.entry(seg).or_default().live += moved;
         }
         for s in self.snaps.values_mut() {
-            let moved = s.map.relocate(old_seg, old_off, seg, off, stored, lba, blocks);
+            let moved = s
+                .map
+                .relocate(old_seg, old_off, seg, off, stored, lba, blocks);
             if moved > 0 {
                 if let Some(l) = s.live.get_mut(&old_seg) {
                     *l = l.saturating_sub(moved);

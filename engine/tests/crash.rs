@@ -230,7 +230,11 @@ fn state_after(log: &[BOp], n: usize, torn: Option<usize>, power: bool) -> Files
                 synced.insert(name.clone(), 0);
             }
             BOp::Append(name, data) => {
-                let take = if i + 1 == n { torn.unwrap_or(data.len()) } else { data.len() };
+                let take = if i + 1 == n {
+                    torn.unwrap_or(data.len())
+                } else {
+                    data.len()
+                };
                 if let Some(f) = files.get_mut(name) {
                     f.extend_from_slice(&data[..take.min(data.len())]);
                 }
@@ -300,7 +304,10 @@ fn crash_at_every_backend_operation_while_cleaning_in_steps() {
         }
         v.crash();
         let log = log.lock().expect("log").clone();
-        assert!(copied > 0 && deleted > 0, "the cleaner did not run: {copied} copied, {deleted} deleted");
+        assert!(
+            copied > 0 && deleted > 0,
+            "the cleaner did not run: {copied} copied, {deleted} deleted"
+        );
         // Both kinds of segment were open at once: a segment appended to after a later one
         // was created.
         let mut newest = String::new();
@@ -312,7 +319,10 @@ fn crash_at_every_backend_operation_while_cleaning_in_steps() {
                 _ => {}
             }
         }
-        assert!(interleaved > 10, "segments never interleaved ({interleaved})");
+        assert!(
+            interleaved > 10,
+            "segments never interleaved ({interleaved})"
+        );
         // Creation itself is not atomic: crash points start once the superblock is durable.
         let created = log
             .iter()
@@ -362,7 +372,10 @@ fn crash_at_every_backend_operation_while_cleaning_in_steps() {
                 let mut b = vec![0u8; img.len()];
                 r.read(0, &mut b).expect("read after clean");
                 assert!(b[..4096.min(b.len())].iter().all(|x| *x == 7));
-                assert!(b[4096.min(b.len())..] == img[4096.min(img.len())..], "seed {seed}: clean after recovery changed data");
+                assert!(
+                    b[4096.min(b.len())..] == img[4096.min(img.len())..],
+                    "seed {seed}: clean after recovery changed data"
+                );
                 r.crash();
                 checked += 1;
             }
