@@ -101,6 +101,17 @@ pub struct CleanerSection {
     pub max_live_ratio: Option<f64>,
     /// Segments cleaned per pass at most. Default 4.
     pub max_segments_per_pass: Option<usize>,
+    /// false: no background cleaner (inline passes at segment seals only). Default true.
+    pub background: Option<bool>,
+    /// Background cleaner: bytes copied per second at most (0: no limit). Default 64M.
+    pub rate: Option<SizeValue>,
+    /// Background cleaner: also clean when reclaimable space exceeds this fraction of the log.
+    /// Default 0.5.
+    pub reclaimable_ratio: Option<f64>,
+    /// Background cleaner: milliseconds between ticks. Default 100.
+    pub interval_ms: Option<u64>,
+    /// Background cleaner: bytes copied per step (one hold of the volume's lock). Default 1M.
+    pub step: Option<SizeValue>,
 }
 
 /// A size written as a number of bytes or as text with a suffix.
@@ -247,16 +258,41 @@ impl Settings {
             c => {
                 let d = crate::manager::CleanerSettings::default();
                 let c = c.as_ref();
+                let bad = |why: &str| Error::Config {
+                    path: cli.config.clone().unwrap_or_default(),
+                    why: format!("[cleaner] {why}"),
+                };
+                let bd = crate::background::BackgroundSettings::default();
+                let background = match c.and_then(|c| c.background) {
+                    Some(false) => None,
+                    _ => {
+                        let size = |v: Option<&SizeValue>, d: u64| v.map_or(Ok(d), size_of);
+                        let b = crate::background::BackgroundSettings {
+                            rate: size(c.and_then(|c| c.rate.as_ref()), bd.rate)?,
+                            reclaimable_ratio: c
+                                .and_then(|c| c.reclaimable_ratio)
+                                .unwrap_or(bd.reclaimable_ratio),
+                            interval: c
+                                .and_then(|c| c.interval_ms)
+                                .map_or(bd.interval, std::time::Duration::from_millis),
+                            step_bytes: size(c.and_then(|c| c.step.as_ref()), bd.step_bytes)?,
+                        };
+                        if !(b.reclaimable_ratio > 0.0 && b.reclaimable_ratio <= 1.0) {
+                            return Err(bad("reclaimable_ratio must be in (0, 1]"));
+                        }
+                        if b.interval.is_zero() || b.step_bytes == 0 {
+                            return Err(bad("interval_ms and step must be positive"));
+                        }
+                        Some(b)
+                    }
+                };
                 let s = crate::manager::CleanerSettings {
                     space_overhead: c.and_then(|c| c.space_overhead).unwrap_or(d.space_overhead),
                     max_live_ratio: c.and_then(|c| c.max_live_ratio).unwrap_or(d.max_live_ratio),
                     max_segments_per_pass: c
                         .and_then(|c| c.max_segments_per_pass)
                         .unwrap_or(d.max_segments_per_pass),
-                };
-                let bad = |why: &str| Error::Config {
-                    path: cli.config.clone().unwrap_or_default(),
-                    why: format!("[cleaner] {why}"),
+                    background,
                 };
                 if !(s.space_overhead >= 0.0 && s.space_overhead.is_finite()) {
                     return Err(bad("space_overhead must be a number >= 0"));
@@ -373,6 +409,23 @@ mod cleaner_tests {
             .is_none());
         assert!(resolve_with("[cleaner]\nmax_live_ratio = 1.5\n").is_err());
         assert!(resolve_with("[cleaner]\nbogus = 1\n").is_err());
+        let c =
+            resolve_with("[cleaner]\nrate = \"8M\"\nreclaimable_ratio = 0.3\ninterval_ms = 50\n")
+                .expect("background")
+                .cleaner
+                .expect("on");
+        let b = c.background.expect("background on");
+        assert_eq!(
+            (b.rate, b.reclaimable_ratio, b.interval.as_millis()),
+            (8 << 20, 0.3, 50)
+        );
+        assert!(resolve_with("[cleaner]\nbackground = false\n")
+            .expect("no background")
+            .cleaner
+            .expect("inline on")
+            .background
+            .is_none());
+        assert!(resolve_with("[cleaner]\nreclaimable_ratio = 0\n").is_err());
     }
 
     #[test]

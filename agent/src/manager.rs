@@ -131,8 +131,10 @@ pub struct CleanerSettings {
     pub space_overhead: f64,
     /// Segments more live than this are never cleaned.
     pub max_live_ratio: f64,
-    /// Victims per pass: the cleaner's rate limit (a pass runs when a segment is sealed).
+    /// Victims per pass.
     pub max_segments_per_pass: usize,
+    /// The background cleaner (None: inline passes at segment seals only).
+    pub background: Option<crate::background::BackgroundSettings>,
 }
 
 impl Default for CleanerSettings {
@@ -141,6 +143,7 @@ impl Default for CleanerSettings {
             space_overhead: 0.25,
             max_live_ratio: 0.8,
             max_segments_per_pass: 4,
+            background: Some(Default::default()),
         }
     }
 }
@@ -167,20 +170,34 @@ impl Manager {
             volume: mut v,
             journal,
         } = opened;
+        let mut background = None;
         if let Some(c) = &self.cleaner {
             let budget = (v.size() as f64 * (1.0 + c.space_overhead)) as u64;
+            // With a background cleaner, inline passes are only the backstop for writes that
+            // outrun its rate: they start at twice the overhead.
+            let inline = match &c.background {
+                Some(b) => {
+                    background = Some((b.clone(), budget.max(1)));
+                    (v.size() as f64 * (1.0 + 2.0 * c.space_overhead)) as u64
+                }
+                None => budget,
+            };
             v.set_clean_policy(Some(CleanPolicy {
                 max_live_ratio: c.max_live_ratio,
                 max_segments: c.max_segments_per_pass,
-                space_budget: budget.max(1),
+                space_budget: inline.max(1),
             }));
         }
-        Arc::new(SharedVolume {
+        let shared = Arc::new(SharedVolume {
             name: format!("{pool}/{volume}"),
             inner: RwLock::new(Some(v)),
             changed: Default::default(),
             journal: Mutex::new(journal),
-        })
+        });
+        if let Some((b, budget)) = background {
+            crate::background::spawn(&shared, b, budget);
+        }
+        shared
     }
 
     fn pool(&self, name: &str) -> Result<Pool> {

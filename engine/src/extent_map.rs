@@ -308,28 +308,37 @@ impl ExtentMap {
     }
 
     /// Replaces the location of blocks still pointing at `(seg, off)` (the cleaner moved that
-    /// unit). Returns how many blocks were redirected.
+    /// unit, or the blocks `lba .. lba+ublocks` of it). Only extents lying wholly inside that
+    /// range move; they point at the new unit, whose first block is `lba`, after it. Returns
+    /// how many blocks were redirected.
+    #[allow(clippy::too_many_arguments)]
     pub fn relocate(
         &mut self,
         seg: u32,
         off: u32,
         new_seg: u32,
         new_off: u32,
+        new_stored: u32,
         lba: u64,
         ublocks: u64,
     ) -> u64 {
         let mut moved = 0;
+        let end = lba.saturating_add(ublocks);
         let mut ci = self.chunk_for(lba);
         while ci < self.chunks.len() {
             let ch = &self.chunks[ci];
-            if ch.first().is_none_or(|e| e.0 >= lba + ublocks) {
+            if ch.first().is_none_or(|e| e.0 >= end) {
                 break;
             }
             let hits: Vec<usize> = ch
                 .iter()
                 .enumerate()
                 .filter(|(_, (k, e))| {
-                    *k >= lba && *k < lba + ublocks && e.seg == seg && e.off == off
+                    *k >= lba
+                        && *k + u64::from(e.len) <= end
+                        && *k - lba <= u64::from(u16::MAX)
+                        && e.seg == seg
+                        && e.off == off
                 })
                 .map(|(i, _)| i)
                 .collect();
@@ -337,9 +346,13 @@ impl ExtentMap {
                 let chunks = Arc::make_mut(&mut self.chunks);
                 let ch = Arc::make_mut(&mut chunks[ci]);
                 for i in hits {
-                    ch[i].1.seg = new_seg;
-                    ch[i].1.off = new_off;
-                    moved += u64::from(ch[i].1.len);
+                    let k = ch[i].0;
+                    let e = &mut ch[i].1;
+                    e.seg = new_seg;
+                    e.off = new_off;
+                    e.stored = new_stored;
+                    e.skip = (k - lba) as u16;
+                    moved += u64::from(e.len);
                 }
             }
             ci += 1;

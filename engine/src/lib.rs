@@ -16,7 +16,7 @@ mod snapshot;
 mod volume;
 
 pub use backend::{Backend, LocalBackend};
-pub use cleaner::{CleanPolicy, CleanReport};
+pub use cleaner::{CleanPolicy, CleanReport, RateLimiter};
 pub use encode::{EncodedWrite, Encoder};
 pub use error::{Error, Result};
 pub use format::BaseRef;

@@ -153,6 +153,9 @@ impl Volume {
             auto_clean: None,
             cleaning: false,
             clean_totals: (0,),
+            clean_seg: Default::default(),
+            clean_run: None,
+            cleaner_segs: Default::default(),
             spare_buf: None,
             compress_gate: Default::default(),
             failed: None,
@@ -170,12 +173,13 @@ impl Volume {
         let mut seq = start;
         let mut unsealed = false;
         while let Some(&len) = segments.get(&seq) {
-            let Some(sealed) = vol.replay_segment(seq, len, &mut report)? else {
-                break;
-            };
-            unsealed |= !sealed;
-            report.segments_replayed += 1;
-            vol.since_ckpt += len;
+            // A reader skips unsealed segments: the writer's open one, and the cleaner's open
+            // one, which may precede sealed segments and whose copies no map points at yet.
+            if let Some(sealed) = vol.replay_segment(seq, len, &mut report)? {
+                unsealed |= !sealed;
+                report.segments_replayed += 1;
+                vol.since_ckpt += len;
+            }
             seq += 1;
         }
         if let Some((&later, _)) = segments.range(seq..).next().filter(|_| !vol.read_only) {

@@ -364,7 +364,8 @@ impl Volume {
         true
     }
 
-    /// Points every map that referenced unit `(old_seg, old_off)` at its copy.
+    /// Points every map that referenced unit `(old_seg, old_off)` (or blocks `lba ..
+    /// lba+blocks` of it) at its copy.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn relocate_unit(
         &mut self,
@@ -372,11 +373,13 @@ impl Volume {
         old_off: u32,
         seg: u32,
         off: u32,
-        _stored: u32,
+        stored: u32,
         lba: u64,
         blocks: u64,
     ) {
-        let moved = self.map.relocate(old_seg, old_off, seg, off, lba, blocks);
+        let moved = self
+            .map
+            .relocate(old_seg, old_off, seg, off, stored, lba, blocks);
         if moved > 0 {
             if let Some(st) = self.segs.get_mut(&old_seg) {
                 st.live = st.live.saturating_sub(moved);
@@ -384,7 +387,9 @@ impl Volume {
             self.segs.entry(seg).or_default().live += moved;
         }
         for s in self.snaps.values_mut() {
-            let moved = s.map.relocate(old_seg, old_off, seg, off, lba, blocks);
+            let moved = s
+                .map
+                .relocate(old_seg, old_off, seg, off, stored, lba, blocks);
             if moved > 0 {
                 if let Some(l) = s.live.get_mut(&old_seg) {
                     *l = l.saturating_sub(moved);

@@ -184,6 +184,13 @@ pub struct Volume {
     pub(crate) auto_clean: Option<crate::cleaner::CleanPolicy>,
     pub(crate) cleaning: bool,
     pub(crate) clean_totals: (u64,),
+    /// The cleaner's own open segment (cold data, apart from new writes; see cleaner.rs).
+    pub(crate) clean_seg: crate::cleaner::CleanSegs,
+    /// A cleaning pass in progress (victims chosen, units left to copy).
+    pub(crate) clean_run: Option<crate::cleaner::Pass>,
+    /// In memory only: segments the cleaner wrote since open (what survives them again goes
+    /// to the cleaner's cold stream).
+    pub(crate) cleaner_segs: std::collections::BTreeSet<u32>,
     pub(crate) spare_buf: Option<Vec<u8>>,
     pub(crate) compress_gate: Arc<crate::encode::CompressGate>,
     pub(crate) failed: Option<String>,
@@ -1011,7 +1018,8 @@ impl Volume {
             .segs
             .values()
             .fold((0u64, 0u64), |a, s| (a.0 + s.written, a.1 + s.live));
-        let open_bytes = self.open.as_ref().map_or(0, |o| o.buf.len() as u64);
+        let open_bytes =
+            self.open.as_ref().map_or(0, |o| o.buf.len() as u64) + self.clean_seg.len();
         let sealed: u64 = self
             .segs
             .iter()
@@ -1054,8 +1062,9 @@ impl Volume {
             return Ok(());
         }
         self.writable()?;
-        let had_open = self.open.is_some();
-        let r = self.seal();
+        // The cleaner's segment first: its copies become part of the state the checkpoint saves.
+        let had_open = self.open.is_some() || !self.clean_seg.is_empty();
+        let r = self.seal_clean_seg().and_then(|()| self.seal());
         self.fail(r)?;
         if had_open && self.since_ckpt > 0 {
             let r = self.write_checkpoint();

@@ -105,6 +105,11 @@ fn torture_child_cleaning() {
         if matches!(op, Op::Flush) {
             say(format!("F {}", i + 1));
         }
+        // Background-style cleaning in small steps between writes: the cleaner's segment and
+        // the writer's are open at once when the kill comes.
+        if i % 5 == 4 {
+            v.clean_step(32 * 1024).expect("clean step");
+        }
         if i % 97 == 96 {
             let name = format!("s{seed}-{}", i + 1);
             v.snapshot_create(&name, false).expect("snapshot");
