@@ -272,7 +272,7 @@ mod tests {
             std::thread::sleep(settings.interval);
         }
         let elapsed = t0.elapsed().as_secs_f64();
-        let mut v = vol.into_inner().expect("lock");
+        let v = vol.into_inner().expect("lock");
         let after = v.stat();
         assert!(
             after.log_bytes < before.log_bytes
