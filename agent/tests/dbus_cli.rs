@@ -1139,3 +1139,268 @@ fn cli_round_trips_a_qcow2_image_and_manages_volumes_and_snapshots() {
         "{e}"
     );
 }
+
+/// Whether `qemu-img compare` finds the two images equal (exit 0) or different (exit 1).
+fn images_equal(fmt_a: &str, a: &str, fmt_b: &str, b: &str) -> bool {
+    let o = try_run(
+        "qemu-img",
+        &["compare", "-q", "-f", fmt_a, "-F", fmt_b, a, b],
+    );
+    match o.status.code() {
+        Some(0) => true,
+        Some(1) => false,
+        _ => panic!(
+            "qemu-img compare {a} {b} failed:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    }
+}
+
+/// Waits (bounded) until job `job` is no longer running and returns its final state.
+fn wait_job(addr: &str, job: &str) -> String {
+    for _ in 0..300 {
+        let st = ok(&busctl(
+            addr,
+            &[
+                "get-property",
+                "org.hlfs.Hlfs1",
+                job,
+                "org.hlfs.Job1",
+                "State",
+            ],
+        ));
+        let st = st
+            .trim()
+            .trim_start_matches("s ")
+            .trim_matches('"')
+            .to_string();
+        if st != "running" {
+            return st;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("job {job} still running");
+}
+
+#[test]
+fn snapshot_export_copies_the_snapshot_not_the_head() {
+    let d = Daemon::start("snap-export", &["--create-volume", "default/vm1:8M"]);
+    let tmp = d.dir.path();
+    let a = d.dbus_address();
+    let head = d.uri("default/vm1");
+    run(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x5a 0 1M",
+            "-c",
+            "write -P 0x33 4M 64k",
+            &head,
+        ],
+    );
+    ok(&hlfs(&d, false, &["snapshot", "create", "vm1%old"]));
+    run(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x77 0 512k",
+            "-c",
+            "write -P 0x44 6M 64k",
+            &head,
+        ],
+    );
+
+    // CLI, raw, `snapshot export VOL%SNAP`; and qcow2 through `export VOL@SNAP`.
+    let raw = tmp.join("old.raw");
+    let r = json(&hlfs(
+        &d,
+        false,
+        &[
+            "snapshot",
+            "export",
+            "vm1%old",
+            raw.to_str().unwrap(),
+            "--json",
+        ],
+    ));
+    assert_eq!(r["state"], "done", "{r}");
+    assert_eq!(
+        r["what"],
+        format!("export default/vm1%old -> {}", raw.display())
+    );
+    let qcow = tmp.join("old.qcow2");
+    let r = json(&hlfs(
+        &d,
+        false,
+        &[
+            "export",
+            "default/vm1@old",
+            qcow.to_str().unwrap(),
+            "-O",
+            "qcow2",
+            "--json",
+        ],
+    ));
+    assert_eq!(r["state"], "done", "{r}");
+    let info = run(
+        "qemu-img",
+        &["info", "--output=json", qcow.to_str().unwrap()],
+    );
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["format"], "qcow2");
+    assert_eq!(info["virtual-size"], 8 << 20);
+    // D-Bus, qcow2, Snapshot1.Export directly.
+    let snap_obj = "/org/hlfs/Hlfs1/pool/default/vm1/old";
+    let qcow_bus = tmp.join("old-bus.qcow2");
+    let job = ok(&busctl(
+        &a,
+        &[
+            "call",
+            "org.hlfs.Hlfs1",
+            snap_obj,
+            "org.hlfs.Snapshot1",
+            "Export",
+            "ss",
+            qcow_bus.to_str().unwrap(),
+            "qcow2",
+        ],
+    ));
+    let job = job
+        .trim()
+        .trim_start_matches("o ")
+        .trim_matches('"')
+        .to_string();
+    assert!(job.starts_with("/org/hlfs/Hlfs1/job/"), "{job}");
+    assert_eq!(wait_job(&a, &job), "done");
+    let desc = ok(&busctl(
+        &a,
+        &[
+            "get-property",
+            "org.hlfs.Hlfs1",
+            &job,
+            "org.hlfs.Job1",
+            "Kind",
+            "Description",
+            "Volume",
+        ],
+    ));
+    assert!(desc.contains("\"export\""), "{desc}");
+    assert!(desc.contains("export default/vm1%old to "), "{desc}");
+    assert!(desc.contains("/org/hlfs/Hlfs1/pool/default/vm1"), "{desc}");
+
+    // Every export holds the old pattern, equals the snapshot and differs from the head.
+    let snap_uri = d.uri("default/vm1@old");
+    for (fmt, f) in [("raw", &raw), ("qcow2", &qcow), ("qcow2", &qcow_bus)] {
+        let f = f.to_str().unwrap();
+        let out = run(
+            "qemu-io",
+            &[
+                "-r",
+                "-f",
+                fmt,
+                "-c",
+                "read -P 0x5a 0 1M",
+                "-c",
+                "read -P 0x33 4M 64k",
+                "-c",
+                "read -P 0 6M 64k",
+                f,
+            ],
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !text.contains("fail"),
+            "{f} lacks the snapshot's data:\n{text}"
+        );
+        assert!(
+            images_equal(fmt, f, "raw", &snap_uri),
+            "{f} != the snapshot"
+        );
+        assert!(!images_equal(fmt, f, "raw", &head), "{f} == the head");
+    }
+    // The volume export, by contrast, is the head.
+    let head_raw = tmp.join("head.raw");
+    json(&hlfs(
+        &d,
+        false,
+        &["export", "vm1", head_raw.to_str().unwrap(), "--json"],
+    ));
+    assert!(images_equal(
+        "raw",
+        head_raw.to_str().unwrap(),
+        "raw",
+        &head
+    ));
+    assert!(!images_equal(
+        "raw",
+        head_raw.to_str().unwrap(),
+        "raw",
+        raw.to_str().unwrap()
+    ));
+
+    // Errors: relative and existing destinations, a bad format (D-Bus and CLI), a missing
+    // snapshot, an unprivileged caller. None leaves a file or a job behind.
+    let call = |dest: &str, fmt: &str| {
+        busctl(
+            &a,
+            &[
+                "call",
+                "org.hlfs.Hlfs1",
+                snap_obj,
+                "org.hlfs.Snapshot1",
+                "Export",
+                "ss",
+                dest,
+                fmt,
+            ],
+        )
+    };
+    let e = err(&call("relative.raw", "raw"));
+    assert!(e.contains("must be an absolute path"), "{e}");
+    let e = err(&call(raw.to_str().unwrap(), "raw"));
+    assert!(e.contains("already exists") || e.contains("exists"), "{e}");
+    let e = err(&call(tmp.join("x.vmdk").to_str().unwrap(), "vmdk"));
+    assert!(e.contains("expected raw or qcow2"), "{e}");
+    let e = err(&hlfs(
+        &d,
+        false,
+        &["snapshot", "export", "vm1%old", raw.to_str().unwrap()],
+    ));
+    assert!(e.contains("org.hlfs.Error.Exists"), "{e}");
+    let e = err(&hlfs(
+        &d,
+        false,
+        &["snapshot", "export", "vm1%old", "x.raw", "-O", "vmdk"],
+    ));
+    assert!(e.contains("org.hlfs.Error.Invalid"), "{e}");
+    let missing = tmp.join("missing.raw");
+    let e = err(&hlfs(
+        &d,
+        false,
+        &[
+            "snapshot",
+            "export",
+            "vm1%nosuch",
+            missing.to_str().unwrap(),
+        ],
+    ));
+    assert!(e.contains("snapshot default/vm1%nosuch not found"), "{e}");
+    let e = err(&hlfs(
+        &d,
+        false,
+        &["snapshot", "export", "vm1", missing.to_str().unwrap()],
+    ));
+    assert!(e.contains("expected VOLUME%SNAPSHOT"), "{e}");
+    let e = err(&hlfs(
+        &d,
+        true,
+        &["snapshot", "export", "vm1%old", missing.to_str().unwrap()],
+    ));
+    assert!(e.contains("org.hlfs.Error.PermissionDenied"), "{e}");
+    assert!(!missing.exists());
+    assert!(!tmp.join("x.vmdk").exists());
+}
