@@ -196,6 +196,37 @@ impl Service {
         let _ = self.events.send(e);
     }
 
+    /// Starts the task that announces volumes changed by NBD clients (so their space
+    /// figures): NBD writes only set a flag on the volume, since a signal per request would
+    /// flood the bus; this task turns the flags into at most one [`Event::Volume`] per volume
+    /// per `period`. Ends when `stop` turns true (or its sender goes away).
+    pub fn start_change_announcer(
+        self: &Arc<Self>,
+        period: std::time::Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let svc = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            // After a stall, one check covers everything missed: no burst of catch-up ticks.
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    r = stop.changed() => {
+                        if r.is_err() || *stop.borrow() {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+                for (pool, volume) in svc.mgr.take_changed() {
+                    svc.emit(Event::Volume(pool, volume));
+                }
+            }
+        })
+    }
+
     // ---- reads ----
 
     /// Pool names.

@@ -1,7 +1,8 @@
 //! The D-Bus API and the `hlfs` CLI against a real hlfsd: busctl on the peer-to-peer socket
 //! and through a dbus-daemon started here, named errors, PropertiesChanged, permission checks
-//! for an unprivileged caller, the introspection XML kept in the repo, and a CLI round trip of
-//! a qcow2 image made by qemu-img (import, export, qemu-img compare).
+//! for an unprivileged caller, the introspection XML kept in the repo, a CLI round trip of
+//! a qcow2 image made by qemu-img (import, export, qemu-img compare), snapshot export, and
+//! debounced PropertiesChanged after writes of NBD clients.
 
 mod common;
 
@@ -1403,4 +1404,117 @@ fn snapshot_export_copies_the_snapshot_not_the_head() {
     assert!(e.contains("org.hlfs.Error.PermissionDenied"), "{e}");
     assert!(!missing.exists());
     assert!(!tmp.join("x.vmdk").exists());
+}
+
+#[test]
+fn nbd_writes_emit_properties_changed_for_the_volume() {
+    let d = Daemon::start("nbd-signals", &["--create-volume", "default/vm1:8M"]);
+    let vol = "/org/hlfs/Hlfs1/pool/default/vm1";
+    let head = d.uri("default/vm1");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let watcher = zbus::connection::Builder::unix_stream(
+            tokio::net::UnixStream::connect(d.dbus_socket())
+                .await
+                .unwrap(),
+        )
+        .p2p()
+        .build()
+        .await
+        .unwrap();
+        // Hello makes the connection ready for signals; the Ping's reply says it is.
+        watcher
+            .call_method(
+                Some("org.freedesktop.DBus"),
+                "/org/freedesktop/DBus",
+                Some("org.freedesktop.DBus"),
+                "Hello",
+                &(),
+            )
+            .await
+            .unwrap();
+        watcher
+            .call_method(
+                Some("org.hlfs.Hlfs1"),
+                "/org/hlfs/Hlfs1",
+                Some("org.freedesktop.DBus.Peer"),
+                "Ping",
+                &(),
+            )
+            .await
+            .unwrap();
+        let mut stream = zbus::MessageStream::from(&watcher);
+        // `Allocated` values of the volume's PropertiesChanged signals within `window`.
+        async fn allocated_signals(
+            stream: &mut zbus::MessageStream,
+            vol: &str,
+            window: std::time::Duration,
+        ) -> Vec<u64> {
+            use std::future::poll_fn;
+            use std::pin::Pin;
+            let mut seen = Vec::new();
+            let _ = tokio::time::timeout(window, async {
+                loop {
+                    let m =
+                        poll_fn(|cx| futures_core::Stream::poll_next(Pin::new(&mut *stream), cx))
+                            .await
+                            .unwrap()
+                            .unwrap();
+                    let h = m.header();
+                    if h.member().map(|m| m.as_str()) == Some("PropertiesChanged")
+                        && h.path().map(|p| p.as_str()) == Some(vol)
+                    {
+                        let (iface, props, _): (
+                            String,
+                            std::collections::HashMap<String, zbus::zvariant::OwnedValue>,
+                            Vec<String>,
+                        ) = m.body().deserialize().unwrap();
+                        assert_eq!(iface, "org.hlfs.Volume1");
+                        if let Some(v) = props.get("Allocated") {
+                            seen.push(u64::try_from(v).unwrap());
+                        }
+                    }
+                }
+            })
+            .await;
+            seen
+        }
+        // Nothing written yet: no signal.
+        let quiet =
+            allocated_signals(&mut stream, vol, std::time::Duration::from_millis(1500)).await;
+        assert!(quiet.is_empty(), "signals without writes: {quiet:?}");
+
+        // One NBD client writes 1 MiB as 64 requests.
+        let uri = head.clone();
+        let w = tokio::task::spawn_blocking(move || {
+            let mut args = vec!["-f".to_string(), "raw".into()];
+            for i in 0..64 {
+                args.extend(["-c".into(), format!("write -P 0x5a {}k 16k", i * 16)]);
+            }
+            args.push(uri);
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            run("qemu-io", &a);
+        });
+        w.await.unwrap();
+        let seen = allocated_signals(&mut stream, vol, std::time::Duration::from_secs(4)).await;
+        assert!(
+            seen.last() == Some(&(1 << 20)),
+            "no PropertiesChanged with Allocated = 1 MiB after NBD writes: {seen:?}"
+        );
+        // Debounced: one announcement per second at most, not one per request.
+        assert!(seen.len() <= 4, "not debounced: {seen:?}");
+
+        // A trim changes Allocated too.
+        let uri = head.clone();
+        tokio::task::spawn_blocking(move || {
+            run("qemu-io", &["-f", "raw", "-c", "discard 0 512k", &uri]);
+        })
+        .await
+        .unwrap();
+        let seen = allocated_signals(&mut stream, vol, std::time::Duration::from_secs(4)).await;
+        assert_eq!(seen.last(), Some(&(512 << 10)), "after a trim: {seen:?}");
+    });
 }
