@@ -17,6 +17,9 @@ use tokio::sync::watch;
 
 /// Name of the pool the embedded default creates in the data directory.
 pub const DEFAULT_POOL: &str = "default";
+/// How often volumes changed by NBD clients are announced (PropertiesChanged): often enough
+/// for a monitoring client, rarely enough that a busy volume costs one signal a second.
+const CHANGE_ANNOUNCE_PERIOD: Duration = Duration::from_secs(1);
 /// How long connections get to finish in-flight requests at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -129,6 +132,7 @@ async fn serve(settings: &Settings, mgr: Arc<Manager>) -> Result<()> {
         ));
     }
     let svc = crate::service::Service::new(mgr.clone(), settings.nbd_unix.clone());
+    let announcer = svc.start_change_announcer(CHANGE_ANNOUNCE_PERIOD, stop_rx.clone());
     let publisher = dbus::Publisher::start(svc);
     publisher.sync().await;
     let p2p = dbus::bind_p2p(&settings.dbus_socket)?;
@@ -163,6 +167,8 @@ async fn serve(settings: &Settings, mgr: Arc<Manager>) -> Result<()> {
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
     let _ = stop_tx.send(true);
     let _ = p2p_task.await;
+    // No more change signals: they would read (and so reopen) volumes being closed.
+    let _ = announcer.await;
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
         while servers.join_next().await.is_some() {}
     })

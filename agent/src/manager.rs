@@ -333,6 +333,18 @@ impl Manager {
             .map_or(0, |v| Arc::strong_count(v) - 1)
     }
 
+    /// `(pool, volume)` of every open volume whose data NBD clients changed since the last
+    /// call, clearing the flags. Done under the map's lock without handing out the volumes:
+    /// an extra reference would count as a client in [`Self::users`] and make a concurrent
+    /// delete or rollback fail with Busy.
+    pub fn take_changed(&self) -> Vec<(String, String)> {
+        lock(&self.open)
+            .iter()
+            .filter(|(_, v)| v.take_changed())
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
     /// Resizes `pool/volume`; returns whether the size changed.
     pub fn resize(&self, pool: &str, volume: &str, size: u64) -> Result<bool> {
         let v = self.volume(pool, volume)?;

@@ -196,6 +196,37 @@ impl Service {
         let _ = self.events.send(e);
     }
 
+    /// Starts the task that announces volumes changed by NBD clients (so their space
+    /// figures): NBD writes only set a flag on the volume, since a signal per request would
+    /// flood the bus; this task turns the flags into at most one [`Event::Volume`] per volume
+    /// per `period`. Ends when `stop` turns true (or its sender goes away).
+    pub fn start_change_announcer(
+        self: &Arc<Self>,
+        period: std::time::Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let svc = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            // After a stall, one check covers everything missed: no burst of catch-up ticks.
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    r = stop.changed() => {
+                        if r.is_err() || *stop.borrow() {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+                for (pool, volume) in svc.mgr.take_changed() {
+                    svc.emit(Event::Volume(pool, volume));
+                }
+            }
+        })
+    }
+
     // ---- reads ----
 
     /// Pool names.
@@ -570,7 +601,7 @@ impl Service {
         let size = crate::jobs::image_size(source, format).await?;
         self.create_volume(admin, pool, name, size, VolumeOptions::default())
             .await?;
-        let target = self.nbd_uri(pool, name);
+        let target = self.nbd_uri(&format!("{pool}/{name}"));
         let mut args = vec![
             "convert".to_string(),
             "-p".into(),
@@ -594,26 +625,48 @@ impl Service {
         dest: &str,
         format: &str,
     ) -> Result<u32> {
-        let format = image_format(format, false)?.unwrap_or("raw");
-        let dest_path = std::path::Path::new(dest);
-        if !dest_path.is_absolute() {
-            return Err(Error::invalid(
-                "destination",
-                dest,
-                "must be an absolute path",
-            ));
-        }
-        if dest_path.exists() {
-            return Err(Error::Exists(format!("destination {dest}")));
-        }
+        let format = export_target(dest, format)?;
         // Fails early with NotFound for a missing volume.
         self.volume(pool, volume).await?;
-        let src = self.nbd_uri(pool, volume);
+        let src = self.nbd_uri(&format!("{pool}/{volume}"));
+        let desc = format!("export {pool}/{volume} to {dest} ({format})");
+        Ok(self.start_export(pool, volume, desc, src, dest, format))
+    }
+
+    /// Starts a job copying snapshot `pool/volume%snapshot` into a new image file `dest`
+    /// (`raw` or `qcow2`). The source is the snapshot's read-only NBD export
+    /// (`POOL/VOLUME@SNAPSHOT`), so the volume stays writable meanwhile and the copy is the
+    /// snapshot's frozen contents, not the head's.
+    pub async fn export_snapshot(
+        self: &Arc<Self>,
+        _: Admin,
+        (pool, volume, snapshot): (&str, &str, &str),
+        dest: &str,
+        format: &str,
+    ) -> Result<u32> {
+        let format = export_target(dest, format)?;
+        // Fails early with NotFound for a missing volume or snapshot (rather than a qemu-img
+        // failure inside the job).
+        self.snapshot(pool, volume, snapshot).await?;
+        let src = self.nbd_uri(&format!("{pool}/{volume}@{snapshot}"));
+        let desc = format!("export {pool}/{volume}%{snapshot} to {dest} ({format})");
+        Ok(self.start_export(pool, volume, desc, src, dest, format))
+    }
+
+    /// Starts `qemu-img convert` from NBD URI `src` into image `dest` as an export job.
+    fn start_export(
+        self: &Arc<Self>,
+        pool: &str,
+        volume: &str,
+        desc: String,
+        src: String,
+        dest: &str,
+        format: &str,
+    ) -> u32 {
         let args = ["convert", "-p", "-f", "raw", "-O", format, &src, dest]
             .map(String::from)
             .to_vec();
-        let desc = format!("export {pool}/{volume} to {dest} ({format})");
-        Ok(self.start_job(JobKind::Export, pool, volume, desc, args))
+        self.start_job(JobKind::Export, pool, volume, desc, args)
     }
 
     /// Cancels a running job; returns whether it was running.
@@ -621,11 +674,11 @@ impl Service {
         Ok(self.job(id)?.cancel())
     }
 
-    fn nbd_uri(&self, pool: &str, volume: &str) -> String {
-        format!(
-            "nbd+unix:///{pool}/{volume}?socket={}",
-            self.nbd_socket.display()
-        )
+    /// URI of this daemon's NBD export `export` (`POOL/VOLUME` or `POOL/VOLUME@SNAPSHOT`).
+    /// Names are restricted to characters that need no escaping in a URI path (`@` is
+    /// allowed there), so the export name goes in as it is.
+    fn nbd_uri(&self, export: &str) -> String {
+        format!("nbd+unix:///{export}?socket={}", self.nbd_socket.display())
     }
 
     fn new_job(&self, kind: JobKind, pool: &str, volume: &str, description: String) -> Arc<Job> {
@@ -671,6 +724,26 @@ impl Service {
         });
         id
     }
+}
+
+/// Checks an export's destination and format before any work starts, so that the caller gets
+/// a named error rather than a failed job: `dest` must be absolute (it is opened by hlfsd,
+/// whose working directory means nothing to the caller) and must not exist (an export never
+/// overwrites). Returns the format, `raw` when empty.
+fn export_target(dest: &str, format: &str) -> Result<&'static str> {
+    let format = image_format(format, false)?.unwrap_or("raw");
+    let dest_path = std::path::Path::new(dest);
+    if !dest_path.is_absolute() {
+        return Err(Error::invalid(
+            "destination",
+            dest,
+            "must be an absolute path",
+        ));
+    }
+    if dest_path.exists() {
+        return Err(Error::Exists(format!("destination {dest}")));
+    }
+    Ok(format)
 }
 
 /// `raw`, `qcow2`, or (for sources) empty = let qemu-img probe.

@@ -1,7 +1,8 @@
 //! The D-Bus API and the `hlfs` CLI against a real hlfsd: busctl on the peer-to-peer socket
 //! and through a dbus-daemon started here, named errors, PropertiesChanged, permission checks
-//! for an unprivileged caller, the introspection XML kept in the repo, and a CLI round trip of
-//! a qcow2 image made by qemu-img (import, export, qemu-img compare).
+//! for an unprivileged caller, the introspection XML kept in the repo, a CLI round trip of
+//! a qcow2 image made by qemu-img (import, export, qemu-img compare), snapshot export, and
+//! debounced PropertiesChanged after writes of NBD clients.
 
 mod common;
 
@@ -1138,4 +1139,382 @@ fn cli_round_trips_a_qcow2_image_and_manages_volumes_and_snapshots() {
         e.contains("cannot reach hlfsd at /nonexistent/dbus.sock"),
         "{e}"
     );
+}
+
+/// Whether `qemu-img compare` finds the two images equal (exit 0) or different (exit 1).
+fn images_equal(fmt_a: &str, a: &str, fmt_b: &str, b: &str) -> bool {
+    let o = try_run(
+        "qemu-img",
+        &["compare", "-q", "-f", fmt_a, "-F", fmt_b, a, b],
+    );
+    match o.status.code() {
+        Some(0) => true,
+        Some(1) => false,
+        _ => panic!(
+            "qemu-img compare {a} {b} failed:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    }
+}
+
+/// Waits (bounded) until job `job` is no longer running and returns its final state.
+fn wait_job(addr: &str, job: &str) -> String {
+    for _ in 0..300 {
+        let st = ok(&busctl(
+            addr,
+            &[
+                "get-property",
+                "org.hlfs.Hlfs1",
+                job,
+                "org.hlfs.Job1",
+                "State",
+            ],
+        ));
+        let st = st
+            .trim()
+            .trim_start_matches("s ")
+            .trim_matches('"')
+            .to_string();
+        if st != "running" {
+            return st;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("job {job} still running");
+}
+
+#[test]
+fn snapshot_export_copies_the_snapshot_not_the_head() {
+    let d = Daemon::start("snap-export", &["--create-volume", "default/vm1:8M"]);
+    let tmp = d.dir.path();
+    let a = d.dbus_address();
+    let head = d.uri("default/vm1");
+    run(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x5a 0 1M",
+            "-c",
+            "write -P 0x33 4M 64k",
+            &head,
+        ],
+    );
+    ok(&hlfs(&d, false, &["snapshot", "create", "vm1%old"]));
+    run(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x77 0 512k",
+            "-c",
+            "write -P 0x44 6M 64k",
+            &head,
+        ],
+    );
+
+    // CLI, raw, `snapshot export VOL%SNAP`; and qcow2 through `export VOL@SNAP`.
+    let raw = tmp.join("old.raw");
+    let r = json(&hlfs(
+        &d,
+        false,
+        &[
+            "snapshot",
+            "export",
+            "vm1%old",
+            raw.to_str().unwrap(),
+            "--json",
+        ],
+    ));
+    assert_eq!(r["state"], "done", "{r}");
+    assert_eq!(
+        r["what"],
+        format!("export default/vm1%old -> {}", raw.display())
+    );
+    let qcow = tmp.join("old.qcow2");
+    let r = json(&hlfs(
+        &d,
+        false,
+        &[
+            "export",
+            "default/vm1@old",
+            qcow.to_str().unwrap(),
+            "-O",
+            "qcow2",
+            "--json",
+        ],
+    ));
+    assert_eq!(r["state"], "done", "{r}");
+    let info = run(
+        "qemu-img",
+        &["info", "--output=json", qcow.to_str().unwrap()],
+    );
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["format"], "qcow2");
+    assert_eq!(info["virtual-size"], 8 << 20);
+    // D-Bus, qcow2, Snapshot1.Export directly.
+    let snap_obj = "/org/hlfs/Hlfs1/pool/default/vm1/old";
+    let qcow_bus = tmp.join("old-bus.qcow2");
+    let job = ok(&busctl(
+        &a,
+        &[
+            "call",
+            "org.hlfs.Hlfs1",
+            snap_obj,
+            "org.hlfs.Snapshot1",
+            "Export",
+            "ss",
+            qcow_bus.to_str().unwrap(),
+            "qcow2",
+        ],
+    ));
+    let job = job
+        .trim()
+        .trim_start_matches("o ")
+        .trim_matches('"')
+        .to_string();
+    assert!(job.starts_with("/org/hlfs/Hlfs1/job/"), "{job}");
+    assert_eq!(wait_job(&a, &job), "done");
+    let desc = ok(&busctl(
+        &a,
+        &[
+            "get-property",
+            "org.hlfs.Hlfs1",
+            &job,
+            "org.hlfs.Job1",
+            "Kind",
+            "Description",
+            "Volume",
+        ],
+    ));
+    assert!(desc.contains("\"export\""), "{desc}");
+    assert!(desc.contains("export default/vm1%old to "), "{desc}");
+    assert!(desc.contains("/org/hlfs/Hlfs1/pool/default/vm1"), "{desc}");
+
+    // Every export holds the old pattern, equals the snapshot and differs from the head.
+    let snap_uri = d.uri("default/vm1@old");
+    for (fmt, f) in [("raw", &raw), ("qcow2", &qcow), ("qcow2", &qcow_bus)] {
+        let f = f.to_str().unwrap();
+        let out = run(
+            "qemu-io",
+            &[
+                "-r",
+                "-f",
+                fmt,
+                "-c",
+                "read -P 0x5a 0 1M",
+                "-c",
+                "read -P 0x33 4M 64k",
+                "-c",
+                "read -P 0 6M 64k",
+                f,
+            ],
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !text.contains("fail"),
+            "{f} lacks the snapshot's data:\n{text}"
+        );
+        assert!(
+            images_equal(fmt, f, "raw", &snap_uri),
+            "{f} != the snapshot"
+        );
+        assert!(!images_equal(fmt, f, "raw", &head), "{f} == the head");
+    }
+    // The volume export, by contrast, is the head.
+    let head_raw = tmp.join("head.raw");
+    json(&hlfs(
+        &d,
+        false,
+        &["export", "vm1", head_raw.to_str().unwrap(), "--json"],
+    ));
+    assert!(images_equal(
+        "raw",
+        head_raw.to_str().unwrap(),
+        "raw",
+        &head
+    ));
+    assert!(!images_equal(
+        "raw",
+        head_raw.to_str().unwrap(),
+        "raw",
+        raw.to_str().unwrap()
+    ));
+
+    // Errors: relative and existing destinations, a bad format (D-Bus and CLI), a missing
+    // snapshot, an unprivileged caller. None leaves a file or a job behind.
+    let call = |dest: &str, fmt: &str| {
+        busctl(
+            &a,
+            &[
+                "call",
+                "org.hlfs.Hlfs1",
+                snap_obj,
+                "org.hlfs.Snapshot1",
+                "Export",
+                "ss",
+                dest,
+                fmt,
+            ],
+        )
+    };
+    let e = err(&call("relative.raw", "raw"));
+    assert!(e.contains("must be an absolute path"), "{e}");
+    let e = err(&call(raw.to_str().unwrap(), "raw"));
+    assert!(e.contains("already exists") || e.contains("exists"), "{e}");
+    let e = err(&call(tmp.join("x.vmdk").to_str().unwrap(), "vmdk"));
+    assert!(e.contains("expected raw or qcow2"), "{e}");
+    let e = err(&hlfs(
+        &d,
+        false,
+        &["snapshot", "export", "vm1%old", raw.to_str().unwrap()],
+    ));
+    assert!(e.contains("org.hlfs.Error.Exists"), "{e}");
+    let e = err(&hlfs(
+        &d,
+        false,
+        &["snapshot", "export", "vm1%old", "x.raw", "-O", "vmdk"],
+    ));
+    assert!(e.contains("org.hlfs.Error.Invalid"), "{e}");
+    let missing = tmp.join("missing.raw");
+    let e = err(&hlfs(
+        &d,
+        false,
+        &[
+            "snapshot",
+            "export",
+            "vm1%nosuch",
+            missing.to_str().unwrap(),
+        ],
+    ));
+    assert!(e.contains("snapshot default/vm1%nosuch not found"), "{e}");
+    let e = err(&hlfs(
+        &d,
+        false,
+        &["snapshot", "export", "vm1", missing.to_str().unwrap()],
+    ));
+    assert!(e.contains("expected VOLUME%SNAPSHOT"), "{e}");
+    let e = err(&hlfs(
+        &d,
+        true,
+        &["snapshot", "export", "vm1%old", missing.to_str().unwrap()],
+    ));
+    assert!(e.contains("org.hlfs.Error.PermissionDenied"), "{e}");
+    assert!(!missing.exists());
+    assert!(!tmp.join("x.vmdk").exists());
+}
+
+#[test]
+fn nbd_writes_emit_properties_changed_for_the_volume() {
+    let d = Daemon::start("nbd-signals", &["--create-volume", "default/vm1:8M"]);
+    let vol = "/org/hlfs/Hlfs1/pool/default/vm1";
+    let head = d.uri("default/vm1");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let watcher = zbus::connection::Builder::unix_stream(
+            tokio::net::UnixStream::connect(d.dbus_socket())
+                .await
+                .unwrap(),
+        )
+        .p2p()
+        .build()
+        .await
+        .unwrap();
+        // Hello makes the connection ready for signals; the Ping's reply says it is.
+        watcher
+            .call_method(
+                Some("org.freedesktop.DBus"),
+                "/org/freedesktop/DBus",
+                Some("org.freedesktop.DBus"),
+                "Hello",
+                &(),
+            )
+            .await
+            .unwrap();
+        watcher
+            .call_method(
+                Some("org.hlfs.Hlfs1"),
+                "/org/hlfs/Hlfs1",
+                Some("org.freedesktop.DBus.Peer"),
+                "Ping",
+                &(),
+            )
+            .await
+            .unwrap();
+        let mut stream = zbus::MessageStream::from(&watcher);
+        // `Allocated` values of the volume's PropertiesChanged signals within `window`.
+        async fn allocated_signals(
+            stream: &mut zbus::MessageStream,
+            vol: &str,
+            window: std::time::Duration,
+        ) -> Vec<u64> {
+            use std::future::poll_fn;
+            use std::pin::Pin;
+            let mut seen = Vec::new();
+            let _ = tokio::time::timeout(window, async {
+                loop {
+                    let m =
+                        poll_fn(|cx| futures_core::Stream::poll_next(Pin::new(&mut *stream), cx))
+                            .await
+                            .unwrap()
+                            .unwrap();
+                    let h = m.header();
+                    if h.member().map(|m| m.as_str()) == Some("PropertiesChanged")
+                        && h.path().map(|p| p.as_str()) == Some(vol)
+                    {
+                        let (iface, props, _): (
+                            String,
+                            std::collections::HashMap<String, zbus::zvariant::OwnedValue>,
+                            Vec<String>,
+                        ) = m.body().deserialize().unwrap();
+                        assert_eq!(iface, "org.hlfs.Volume1");
+                        if let Some(v) = props.get("Allocated") {
+                            seen.push(u64::try_from(v).unwrap());
+                        }
+                    }
+                }
+            })
+            .await;
+            seen
+        }
+        // Nothing written yet: no signal.
+        let quiet =
+            allocated_signals(&mut stream, vol, std::time::Duration::from_millis(1500)).await;
+        assert!(quiet.is_empty(), "signals without writes: {quiet:?}");
+
+        // One NBD client writes 1 MiB as 64 requests.
+        let uri = head.clone();
+        let w = tokio::task::spawn_blocking(move || {
+            let mut args = vec!["-f".to_string(), "raw".into()];
+            for i in 0..64 {
+                args.extend(["-c".into(), format!("write -P 0x5a {}k 16k", i * 16)]);
+            }
+            args.push(uri);
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            run("qemu-io", &a);
+        });
+        w.await.unwrap();
+        let seen = allocated_signals(&mut stream, vol, std::time::Duration::from_secs(4)).await;
+        assert!(
+            seen.last() == Some(&(1 << 20)),
+            "no PropertiesChanged with Allocated = 1 MiB after NBD writes: {seen:?}"
+        );
+        // Debounced: one announcement per second at most, not one per request.
+        assert!(seen.len() <= 4, "not debounced: {seen:?}");
+
+        // A trim changes Allocated too.
+        let uri = head.clone();
+        tokio::task::spawn_blocking(move || {
+            run("qemu-io", &["-f", "raw", "-c", "discard 0 512k", &uri]);
+        })
+        .await
+        .unwrap();
+        let seen = allocated_signals(&mut stream, vol, std::time::Duration::from_secs(4)).await;
+        assert_eq!(seen.last(), Some(&(512 << 10)), "after a trim: {seen:?}");
+    });
 }

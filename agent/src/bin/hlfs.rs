@@ -10,12 +10,13 @@ use hlfs_agent::{Error, Result};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use zbus::zvariant::{OwnedObjectPath, Value as ZValue};
 
 const POOL: &str = "org.hlfs.Pool1";
 const VOLUME: &str = "org.hlfs.Volume1";
 const MANAGER: &str = "org.hlfs.Manager1";
+const SNAPSHOT: &str = "org.hlfs.Snapshot1";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -45,7 +46,7 @@ enum Cmd {
     /// Volumes: create, list, info, resize, delete
     #[command(subcommand)]
     Volume(VolumeCmd),
-    /// Snapshots: create, list (tree), delete, rollback
+    /// Snapshots: create, list (tree), delete, rollback, export
     #[command(subcommand)]
     Snapshot(SnapCmd),
     /// Create volume NEW (pool/name or name) from snapshot VOLUME%SNAP, instantly
@@ -60,7 +61,7 @@ enum Cmd {
         #[arg(long, short = 'f')]
         format: Option<String>,
     },
-    /// Copy VOLUME into a new raw or qcow2 image
+    /// Copy VOLUME (or snapshot VOLUME%SNAP) into a new raw or qcow2 image
     Export {
         volume: String,
         image: PathBuf,
@@ -139,6 +140,14 @@ enum SnapCmd {
     /// Make VOLUME's contents those of VOLUME%SNAP
     Rollback {
         snapshot: String,
+    },
+    /// Copy snapshot VOLUME%SNAP into a new raw or qcow2 image
+    Export {
+        snapshot: String,
+        image: PathBuf,
+        /// Output format (raw or qcow2)
+        #[arg(long, short = 'O', default_value = "raw")]
+        format: String,
     },
 }
 
@@ -521,15 +530,38 @@ async fn run(cli: Cli) -> Result<()> {
             format,
         } => {
             let r = c.resolve(volume).await?;
-            let img = std::path::absolute(image).map_err(|e| Error::io("resolve", image, e))?;
-            let dest = img.to_str().ok_or_else(|| {
-                Error::invalid("image path", img.display().to_string(), "not UTF-8")
-            })?;
-            let job: OwnedObjectPath = c.call(&r.path(), VOLUME, "Export", &(dest, format)).await?;
-            follow_job(&c, json, job.as_str(), &format!("export {r} -> {dest}")).await?;
+            export(&c, json, &r, image, format).await?;
+        }
+        Cmd::Snapshot(SnapCmd::Export {
+            snapshot,
+            image,
+            format,
+        }) => {
+            let r = c.resolve(snapshot).await?;
+            need_snapshot(&r, snapshot)?;
+            export(&c, json, &r, image, format).await?;
         }
     }
     Ok(())
+}
+
+/// Exports a volume, or its snapshot when `r` names one (`Snapshot1.Export`: the snapshot's
+/// frozen contents, not the head's), and follows the job. The image path is made absolute
+/// here because hlfsd opens it, from its own working directory.
+async fn export(c: &Client, json: bool, r: &VolRef, image: &Path, format: &str) -> Result<()> {
+    let img = std::path::absolute(image).map_err(|e| Error::io("resolve", image, e))?;
+    let dest = img
+        .to_str()
+        .ok_or_else(|| Error::invalid("image path", img.display().to_string(), "not UTF-8"))?;
+    let job: OwnedObjectPath = match &r.snapshot {
+        Some(s) => {
+            let path = hlfs_agent::dbus::paths::snapshot(&r.pool, &r.volume, s);
+            c.call(path.as_str(), SNAPSHOT, "Export", &(dest, format))
+                .await?
+        }
+        None => c.call(&r.path(), VOLUME, "Export", &(dest, format)).await?,
+    };
+    follow_job(c, json, job.as_str(), &format!("export {r} -> {dest}")).await
 }
 
 /// Polls a job until it ends, drawing a progress bar on a terminal.

@@ -521,6 +521,31 @@ impl Snapshot1 {
 
 #[interface(name = "org.hlfs.Snapshot1")]
 impl Snapshot1 {
+    /// Copies the snapshot's contents into a new image file `dest` (absolute path, `raw` or
+    /// `qcow2`); returns the job. The volume stays in use meanwhile.
+    async fn export(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        dest: &str,
+        format: &str,
+    ) -> Result<OwnedObjectPath> {
+        Ok(self
+            .ctx
+            .published(paths::job(
+                self.ctx
+                    .svc
+                    .export_snapshot(
+                        self.ctx.admin(&hdr, conn).await?,
+                        (&self.pool, &self.volume, &self.snapshot),
+                        dest,
+                        format,
+                    )
+                    .await?,
+            ))
+            .await)
+    }
+
     #[zbus(property(emits_changed_signal = "const"))]
     async fn name(&self) -> String {
         self.snapshot.clone()
