@@ -62,6 +62,17 @@ impl SharedVolume {
         guard.as_mut().map(f)
     }
 
+    /// Runs `f` under the shared lock if no writer holds it right now; `None` otherwise (or if
+    /// the volume is closed).
+    pub fn try_read<T>(&self, f: impl FnOnce(&Volume) -> T) -> Option<T> {
+        let guard = match self.inner.try_read() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        guard.as_ref().map(f)
+    }
+
     /// Notes that the data changed (NBD writes, trims): cheap enough for every request.
     pub fn mark_changed(&self) {
         self.changed

@@ -404,6 +404,23 @@ where
             && req.flags & CMD_FLAG_FUA == 0
             && req.len <= INLINE_MAX
             && shared.queue().jobs.is_empty();
+        // Likewise a small read: a lookup and a unit from the page cache, cheaper than the
+        // wake-ups of a hand-off.
+        if check.is_ok()
+            && req.kind == CMD_READ
+            && req.len <= INLINE_MAX
+            && shared.queue().jobs.is_empty()
+        {
+            let c = &shared.conn;
+            if let Some(bytes) = c.volume.try_read(|v| execute_read(c, v, &req)) {
+                let _ = shared.tx.send(Outgoing {
+                    bytes,
+                    _slot: slot,
+                    _bytes: reserved,
+                });
+                continue;
+            }
+        }
         let mut encoded = None;
         if inline {
             let c = &shared.conn;
