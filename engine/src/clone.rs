@@ -110,6 +110,17 @@ impl Volume {
         }
     }
 
+    /// Whether every read of this volume stays on this machine: a local volume whose bases (if
+    /// any, all the way down) are local too. Callers may then run it on an async runtime's
+    /// thread; HDFS calls block on a runtime of their own and must not.
+    pub fn is_local(&self) -> bool {
+        self.loc.starts_with("local://")
+            && self
+                .base_view
+                .as_ref()
+                .is_none_or(|b| b.vol.read().unwrap_or_else(|p| p.into_inner()).is_local())
+    }
+
     pub(crate) fn has_base(&self) -> bool {
         self.meta.base.is_some() && !self.detached
     }

@@ -59,6 +59,10 @@ struct Shared {
     conn: Conn,
     /// None if the volume was already closed (then every request fails anyway).
     encoder: Option<Encoder>,
+    /// Small requests may run on the reader task (an async runtime thread): only when all of
+    /// the volume's I/O is local. HDFS calls block on the backend's own runtime, which cannot
+    /// be entered from a runtime thread.
+    inline_ok: bool,
     queue: Mutex<Queue>,
     tx: mpsc::UnboundedSender<Outgoing>,
 }
@@ -333,9 +337,11 @@ where
     let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
     let writer = tokio::spawn(write_replies(wr, rx));
     let encoder = conn.volume.read(|v| v.encoder());
+    let inline_ok = conn.volume.read(|v| v.is_local()).unwrap_or(false);
     let shared = Arc::new(Shared {
         conn,
         encoder,
+        inline_ok,
         queue: Mutex::new(Queue::default()),
         tx,
     });
@@ -399,14 +405,16 @@ where
         let check = validate(&shared.conn, &req);
         // A write without FUA is a memory copy in the engine: done here when nothing is queued
         // and the volume is free, it costs no hand-off to a worker and back.
-        let inline = check.is_ok()
+        let inline = shared.inline_ok
+            && check.is_ok()
             && matches!(req.kind, CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES)
             && req.flags & CMD_FLAG_FUA == 0
             && req.len <= INLINE_MAX
             && shared.queue().jobs.is_empty();
         // Likewise a small read: a lookup and a unit from the page cache, cheaper than the
         // wake-ups of a hand-off.
-        if check.is_ok()
+        if shared.inline_ok
+            && check.is_ok()
             && req.kind == CMD_READ
             && req.len <= INLINE_MAX
             && shared.queue().jobs.is_empty()
