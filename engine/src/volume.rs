@@ -345,6 +345,13 @@ impl Volume {
                                         "unit outside its read",
                                     )
                                 })?;
+                                // A whole unit wanted whole goes straight into the reply.
+                                if x.skip == 0
+                                    && s == pstart
+                                    && self.decode_into(ulba, x, r, out)?
+                                {
+                                    continue;
+                                }
                                 // Not cached: a sequential read would only push out what random reads reuse.
                                 self.decode_unit(ulba, x, r, false)?
                             }
@@ -443,8 +450,37 @@ impl Volume {
         self.decode_unit(ulba, x, raw, true)
     }
 
-    /// Verifies and decodes a unit's stored bytes (header included); caches the result.
-    fn decode_unit(&self, ulba: u64, x: Extent, raw: &[u8], cache: bool) -> Result<Arc<Vec<u8>>> {
+    /// Verifies a unit and decodes it directly into `out` if its decoded size is exactly
+    /// `out.len()` (no allocation, no second copy); `Ok(false)` if the sizes differ.
+    fn decode_into(&self, ulba: u64, x: Extent, raw: &[u8], out: &mut [u8]) -> Result<bool> {
+        let obj = segment_name(x.seg);
+        let corrupt = |what: &str| Error::corrupt(&self.loc, &obj, u64::from(x.off), what);
+        self.verify_unit(ulba, x, raw)?;
+        let data = &raw[UNIT_HEADER_LEN..];
+        if x.stored & UNIT_COMPRESSED == 0 {
+            if data.len() != out.len() {
+                return Ok(false);
+            }
+            out.copy_from_slice(data);
+            return Ok(true);
+        }
+        let n = data
+            .get(..4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            .ok_or_else(|| corrupt("compressed unit too short"))?;
+        if n != out.len() {
+            return Ok(false);
+        }
+        let got = lz4_flex::block::decompress_into(&data[4..], out)
+            .map_err(|e| corrupt(&format!("LZ4: {e}")))?;
+        if got != n {
+            return Err(corrupt("compressed unit shorter than it claims"));
+        }
+        Ok(true)
+    }
+
+    /// Checks a unit's header against its extent and its checksum.
+    fn verify_unit(&self, ulba: u64, x: Extent, raw: &[u8]) -> Result<()> {
         let obj = segment_name(x.seg);
         let corrupt = |what: &str| Error::corrupt(&self.loc, &obj, u64::from(x.off), what);
         if raw.len() < UNIT_HEADER_LEN {
@@ -452,13 +488,21 @@ impl Volume {
         }
         let stored = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
         let crc = u32::from_le_bytes([raw[4], raw[5], raw[6], raw[7]]);
-        let data = &raw[UNIT_HEADER_LEN..];
         if stored != x.stored {
             return Err(corrupt("unit header does not match the extent map"));
         }
-        if crc != unit_crc(ulba, data) {
+        if crc != unit_crc(ulba, &raw[UNIT_HEADER_LEN..]) {
             return Err(corrupt("unit checksum mismatch"));
         }
+        Ok(())
+    }
+
+    /// Verifies and decodes a unit's stored bytes (header included); caches the result.
+    fn decode_unit(&self, ulba: u64, x: Extent, raw: &[u8], cache: bool) -> Result<Arc<Vec<u8>>> {
+        let obj = segment_name(x.seg);
+        let corrupt = |what: &str| Error::corrupt(&self.loc, &obj, u64::from(x.off), what);
+        self.verify_unit(ulba, x, raw)?;
+        let data = &raw[UNIT_HEADER_LEN..];
         let max = self.meta.unit_blocks as usize * self.meta.block_size as usize;
         let decoded: Arc<Vec<u8>> = if x.stored & UNIT_COMPRESSED != 0 {
             let n = data
