@@ -19,26 +19,6 @@ fn busctl(addr: &str, args: &[&str]) -> Output {
     try_run("busctl", &a)
 }
 
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed ({}):\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn err(o: &Output) -> String {
-    assert!(
-        !o.status.success(),
-        "unexpectedly succeeded:\n{}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 /// Runs `hlfs ARGS` against the daemon's p2p socket, optionally as an unprivileged user.
 fn hlfs(d: &Daemon, nobody: bool, args: &[&str]) -> Output {
     let exe = env!("CARGO_BIN_EXE_hlfs");
@@ -56,10 +36,6 @@ fn hlfs(d: &Daemon, nobody: bool, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("run hlfs")
-}
-
-fn json(o: &Output) -> serde_json::Value {
-    serde_json::from_str(&ok(o)).expect("hlfs --json output is JSON")
 }
 
 #[test]

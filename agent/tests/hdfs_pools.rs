@@ -113,30 +113,6 @@ fn hlfs(d: &Daemon, args: &[&str]) -> Output {
         .expect("run hlfs")
 }
 
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed ({}):\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn err(o: &Output) -> String {
-    assert!(
-        !o.status.success(),
-        "unexpectedly succeeded:\n{}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn json(o: &Output) -> serde_json::Value {
-    serde_json::from_str(&ok(o)).expect("hlfs --json output is JSON")
-}
-
 /// Runs qemu-io commands on an NBD URI and fails on any pattern mismatch.
 fn qemu_io(uri: &str, cmds: &[&str]) {
     qemu_io_with(&["-f", "raw"], uri, cmds)

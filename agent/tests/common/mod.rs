@@ -282,3 +282,30 @@ pub fn nbd_map(uri: &str) -> Vec<(u64, u64, bool)> {
         })
         .collect()
 }
+
+/// The stdout of a command that must have succeeded (the test fails with its output if not).
+pub fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The stderr of a command that must have failed.
+pub fn err(o: &Output) -> String {
+    assert!(
+        !o.status.success(),
+        "unexpectedly succeeded:\n{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `hlfs --json` output, parsed.
+pub fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_str(&ok(o)).expect("hlfs --json output is JSON")
+}
