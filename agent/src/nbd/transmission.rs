@@ -191,6 +191,70 @@ fn shutting_down(shared: &Shared, jobs: Vec<Job>) {
     }
 }
 
+/// Applies a WRITE (pre-encoded if `encoded` is given), TRIM or WRITE_ZEROES; anything else
+/// (FLUSH) changes nothing here.
+fn apply(
+    v: &mut Volume,
+    r: &Request,
+    data: &[u8],
+    encoded: Option<EncodedWrite>,
+) -> hlfs_engine::Result<()> {
+    match (r.kind, encoded) {
+        (CMD_WRITE, Some(enc)) => v.write_encoded(enc),
+        (CMD_WRITE, None) => v.write(r.offset, data),
+        (CMD_TRIM, _) => v.trim(r.offset, u64::from(r.len)),
+        (CMD_WRITE_ZEROES, _) => v.write_zeroes(r.offset, u64::from(r.len)),
+        _ => Ok(()),
+    }
+}
+
+/// Runs a small request on the reader task, when the volume's I/O is local, nothing is
+/// queued and the lock is free: a write without FUA is a memory copy in the engine and a read
+/// a lookup and a unit from the page cache, cheaper than the wake-ups of a hand-off to a
+/// worker and back. Returns the job if it must go to a worker after all.
+fn run_inline(shared: &Shared, mut job: Job) -> Option<Job> {
+    let r = &job.req;
+    let small_write =
+        matches!(r.kind, CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES) && r.flags & CMD_FLAG_FUA == 0;
+    if !shared.inline_ok
+        || job.check.is_err()
+        || r.len > INLINE_MAX
+        || !(small_write || r.kind == CMD_READ)
+        || !shared.queue().jobs.is_empty()
+    {
+        return Some(job);
+    }
+    let c = &shared.conn;
+    if r.kind == CMD_READ {
+        return match c.volume.try_read(|v| execute_read(c, v, &job.req)) {
+            Some(bytes) => {
+                shared.reply(job, bytes);
+                None
+            }
+            None => Some(job), // a writer holds the volume: a worker takes it
+        };
+    }
+    if r.kind == CMD_WRITE {
+        job.encoded = shared
+            .encoder
+            .as_ref()
+            .and_then(|e| e.encode(job.req.offset, &job.data));
+    }
+    let Some(res) = c
+        .volume
+        .try_with(|v| apply(v, &job.req, &job.data, job.encoded.take()))
+    else {
+        return Some(job); // busy: a worker takes it, encoded already
+    };
+    c.volume.mark_changed();
+    let bytes = match res {
+        Ok(()) => simple_reply(job.req.cookie, 0).to_vec(),
+        Err(e) => error_reply(c, &job.req, engine_fail(c, &e)),
+    };
+    shared.reply(job, bytes);
+    None
+}
+
 /// Writes, trims, zeroes and flushes under one exclusive lock. Writes are answered at once;
 /// a flush (or FUA) is answered after its disk sync, which runs once the lock is released.
 fn run_mutations(shared: &Shared, run: Vec<Job>) {
@@ -211,13 +275,7 @@ fn run_mutations(shared: &Shared, run: Vec<Job>) {
         for mut j in pending.take().unwrap_or_default() {
             let r = &j.req;
             let fua = r.flags & CMD_FLAG_FUA != 0 || r.kind == CMD_FLUSH;
-            let res = match (r.kind, j.encoded.take()) {
-                (CMD_WRITE, Some(enc)) => v.write_encoded(enc),
-                (CMD_WRITE, None) => v.write(r.offset, &j.data),
-                (CMD_TRIM, _) => v.trim(r.offset, u64::from(r.len)),
-                (CMD_WRITE_ZEROES, _) => v.write_zeroes(r.offset, u64::from(r.len)),
-                _ => Ok(()),
-            };
+            let res = apply(v, r, &j.data, j.encoded.take());
             match res {
                 Err(e) => {
                     let bytes = error_reply(c, r, engine_fail(c, &e));
@@ -403,72 +461,17 @@ where
             }
         }
         let check = validate(&shared.conn, &req);
-        // A write without FUA is a memory copy in the engine: done here when nothing is queued
-        // and the volume is free, it costs no hand-off to a worker and back.
-        let inline = shared.inline_ok
-            && check.is_ok()
-            && matches!(req.kind, CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES)
-            && req.flags & CMD_FLAG_FUA == 0
-            && req.len <= INLINE_MAX
-            && shared.queue().jobs.is_empty();
-        // Likewise a small read: a lookup and a unit from the page cache, cheaper than the
-        // wake-ups of a hand-off.
-        if shared.inline_ok
-            && check.is_ok()
-            && req.kind == CMD_READ
-            && req.len <= INLINE_MAX
-            && shared.queue().jobs.is_empty()
-        {
-            let c = &shared.conn;
-            if let Some(bytes) = c.volume.try_read(|v| execute_read(c, v, &req)) {
-                let _ = shared.tx.send(Outgoing {
-                    bytes,
-                    _slot: slot,
-                    _bytes: reserved,
-                });
-                continue;
-            }
+        let job = Job {
+            req,
+            data,
+            encoded: None,
+            check,
+            slot,
+            reserved,
+        };
+        if let Some(job) = run_inline(&shared, job) {
+            submit(&shared, job);
         }
-        let mut encoded = None;
-        if inline {
-            let c = &shared.conn;
-            if req.kind == CMD_WRITE {
-                encoded = shared
-                    .encoder
-                    .as_ref()
-                    .and_then(|e| e.encode(req.offset, &data));
-            }
-            let done = c.volume.try_with(|v| match (req.kind, encoded.take()) {
-                (CMD_WRITE, Some(enc)) => v.write_encoded(enc),
-                (CMD_WRITE, None) => v.write(req.offset, &data),
-                (CMD_TRIM, _) => v.trim(req.offset, u64::from(req.len)),
-                _ => v.write_zeroes(req.offset, u64::from(req.len)),
-            });
-            if let Some(res) = done {
-                c.volume.mark_changed();
-                let bytes = match res {
-                    Ok(()) => simple_reply(req.cookie, 0).to_vec(),
-                    Err(e) => error_reply(c, &req, engine_fail(c, &e)),
-                };
-                let _ = shared.tx.send(Outgoing {
-                    bytes,
-                    _slot: slot,
-                    _bytes: reserved,
-                });
-                continue;
-            }
-        }
-        submit(
-            &shared,
-            Job {
-                req,
-                data,
-                encoded,
-                check,
-                slot,
-                reserved,
-            },
-        );
     };
     // The writer ends once the workers, which hold the last senders, have answered everything.
     drop(shared);
