@@ -94,19 +94,6 @@ impl SharedVolume {
             .map(f)
     }
 
-    /// Makes every write acknowledged so far durable, holding the exclusive lock only to hand
-    /// buffered data to the backend: writes go on while the disk syncs.
-    pub fn flush(&self) -> Option<hlfs_engine::Result<()>> {
-        let wait = match self.with(|v| v.flush_begin())? {
-            Ok(w) => w,
-            Err(e) => return Some(Err(e)),
-        };
-        match wait.wait() {
-            Ok(()) => Some(Ok(())),
-            Err(e) => Some(self.with(|v| v.flush_end(Err(e))).unwrap_or(Ok(()))),
-        }
-    }
-
     /// Flushes and closes the volume; later calls to `with` get `None`.
     fn close(&self) -> Result<()> {
         let taken = self.inner.write().unwrap_or_else(|p| p.into_inner()).take();
