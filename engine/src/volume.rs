@@ -337,14 +337,9 @@ impl Volume {
                                 let at = (x.off - base) as usize;
                                 let total =
                                     UNIT_HEADER_LEN + (x.stored & !UNIT_COMPRESSED) as usize;
-                                let r = raw.get(at..at + total).ok_or_else(|| {
-                                    Error::corrupt(
-                                        &self.loc,
-                                        segment_name(x.seg),
-                                        u64::from(x.off),
-                                        "unit outside its read",
-                                    )
-                                })?;
+                                let r = raw
+                                    .get(at..at + total)
+                                    .ok_or_else(|| self.unit_corrupt(x, "unit outside its read"))?;
                                 // A whole unit wanted whole goes straight into the reply.
                                 if x.skip == 0
                                     && s == pstart
@@ -358,14 +353,9 @@ impl Volume {
                             None => self.load_unit(ulba, x)?,
                         };
                         let ustart = (u64::from(x.skip) * bs + (s - pstart)) as usize;
-                        let src = unit.get(ustart..ustart + out.len()).ok_or_else(|| {
-                            Error::corrupt(
-                                &self.loc,
-                                segment_name(x.seg),
-                                u64::from(x.off),
-                                "unit shorter than its extent",
-                            )
-                        })?;
+                        let src = unit
+                            .get(ustart..ustart + out.len())
+                            .ok_or_else(|| self.unit_corrupt(x, "unit shorter than its extent"))?;
                         out.copy_from_slice(src);
                     }
                 }
@@ -432,14 +422,7 @@ impl Volume {
             Some(o) if o.seq == x.seg => o
                 .buf
                 .get(x.off as usize..x.off as usize + total)
-                .ok_or_else(|| {
-                    Error::corrupt(
-                        &self.loc,
-                        &obj,
-                        u64::from(x.off),
-                        "extent points past the open segment",
-                    )
-                })?,
+                .ok_or_else(|| self.unit_corrupt(x, "extent points past the open segment"))?,
             _ => {
                 let mut b = vec![0u8; total];
                 self.backend.read_at(&obj, u64::from(x.off), &mut b)?;
@@ -453,10 +436,7 @@ impl Volume {
     /// Verifies a unit and decodes it directly into `out` if its decoded size is exactly
     /// `out.len()` (no allocation, no second copy); `Ok(false)` if the sizes differ.
     fn decode_into(&self, ulba: u64, x: Extent, raw: &[u8], out: &mut [u8]) -> Result<bool> {
-        let obj = segment_name(x.seg);
-        let corrupt = |what: &str| Error::corrupt(&self.loc, &obj, u64::from(x.off), what);
-        self.verify_unit(ulba, x, raw)?;
-        let data = &raw[UNIT_HEADER_LEN..];
+        let data = self.verify_unit(ulba, x, raw)?;
         if x.stored & UNIT_COMPRESSED == 0 {
             if data.len() != out.len() {
                 return Ok(false);
@@ -464,57 +444,60 @@ impl Volume {
             out.copy_from_slice(data);
             return Ok(true);
         }
-        let n = data
-            .get(..4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-            .ok_or_else(|| corrupt("compressed unit too short"))?;
+        let n = self.decoded_len(x, data)?;
         if n != out.len() {
             return Ok(false);
         }
         let got = lz4_flex::block::decompress_into(&data[4..], out)
-            .map_err(|e| corrupt(&format!("LZ4: {e}")))?;
+            .map_err(|e| self.unit_corrupt(x, &format!("LZ4: {e}")))?;
         if got != n {
-            return Err(corrupt("compressed unit shorter than it claims"));
+            return Err(self.unit_corrupt(x, "compressed unit shorter than it claims"));
         }
         Ok(true)
     }
 
-    /// Checks a unit's header against its extent and its checksum.
-    fn verify_unit(&self, ulba: u64, x: Extent, raw: &[u8]) -> Result<()> {
-        let obj = segment_name(x.seg);
-        let corrupt = |what: &str| Error::corrupt(&self.loc, &obj, u64::from(x.off), what);
+    fn unit_corrupt(&self, x: Extent, what: &str) -> Error {
+        Error::corrupt(&self.loc, segment_name(x.seg), u64::from(x.off), what)
+    }
+
+    /// The decoded size a compressed unit claims, checked against the largest possible unit.
+    fn decoded_len(&self, x: Extent, data: &[u8]) -> Result<usize> {
+        let n = data
+            .get(..4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            .ok_or_else(|| self.unit_corrupt(x, "compressed unit too short"))?;
+        let max = self.meta.unit_blocks as usize * self.meta.block_size as usize;
+        if n > max {
+            return Err(self.unit_corrupt(x, "compressed unit claims an impossible size"));
+        }
+        Ok(n)
+    }
+
+    /// Checks a unit's header against its extent and its checksum; returns its stored data.
+    fn verify_unit<'a>(&self, ulba: u64, x: Extent, raw: &'a [u8]) -> Result<&'a [u8]> {
         if raw.len() < UNIT_HEADER_LEN {
-            return Err(corrupt("unit shorter than its header"));
+            return Err(self.unit_corrupt(x, "unit shorter than its header"));
         }
         let stored = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
         let crc = u32::from_le_bytes([raw[4], raw[5], raw[6], raw[7]]);
+        let data = &raw[UNIT_HEADER_LEN..];
         if stored != x.stored {
-            return Err(corrupt("unit header does not match the extent map"));
+            return Err(self.unit_corrupt(x, "unit header does not match the extent map"));
         }
-        if crc != unit_crc(ulba, &raw[UNIT_HEADER_LEN..]) {
-            return Err(corrupt("unit checksum mismatch"));
+        if crc != unit_crc(ulba, data) {
+            return Err(self.unit_corrupt(x, "unit checksum mismatch"));
         }
-        Ok(())
+        Ok(data)
     }
 
     /// Verifies and decodes a unit's stored bytes (header included); caches the result.
     fn decode_unit(&self, ulba: u64, x: Extent, raw: &[u8], cache: bool) -> Result<Arc<Vec<u8>>> {
-        let obj = segment_name(x.seg);
-        let corrupt = |what: &str| Error::corrupt(&self.loc, &obj, u64::from(x.off), what);
-        self.verify_unit(ulba, x, raw)?;
-        let data = &raw[UNIT_HEADER_LEN..];
-        let max = self.meta.unit_blocks as usize * self.meta.block_size as usize;
+        let data = self.verify_unit(ulba, x, raw)?;
         let decoded: Arc<Vec<u8>> = if x.stored & UNIT_COMPRESSED != 0 {
-            let n = data
-                .get(..4)
-                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-                .ok_or_else(|| corrupt("compressed unit too short"))?;
-            if n > max {
-                return Err(corrupt("compressed unit claims an impossible size"));
-            }
+            self.decoded_len(x, data)?;
             Arc::new(
                 lz4_flex::block::decompress_size_prepended(data)
-                    .map_err(|e| corrupt(&format!("LZ4: {e}")))?,
+                    .map_err(|e| self.unit_corrupt(x, &format!("LZ4: {e}")))?,
             )
         } else {
             Arc::new(data.to_vec())
