@@ -455,19 +455,8 @@ impl Volume {
 
     /// A unit as stored: `stored | crc | data`, LZ4 when that is smaller.
     fn encode_unit(&self, lba: u64, data: &[u8]) -> Vec<u8> {
-        let compressed = if self.meta.compression {
-            Some(lz4_flex::block::compress_prepend_size(data)).filter(|c| c.len() < data.len())
-        } else {
-            None
-        };
-        let (stored, bytes) = match &compressed {
-            Some(c) => (c.len() as u32 | UNIT_COMPRESSED, c.as_slice()),
-            None => (data.len() as u32, data),
-        };
-        let mut out = Vec::with_capacity(UNIT_HEADER_LEN + bytes.len());
-        out.extend_from_slice(&stored.to_le_bytes());
-        out.extend_from_slice(&format::unit_crc(lba, bytes).to_le_bytes());
-        out.extend_from_slice(bytes);
+        let mut out = Vec::with_capacity(UNIT_HEADER_LEN + data.len());
+        format::append_unit(&mut out, lba, data, self.meta.compression);
         out
     }
 

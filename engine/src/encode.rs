@@ -2,7 +2,7 @@
 //! that callers serving many requests can do this CPU work in parallel, outside the volume's
 //! lock, and hold the lock only to append (`Volume::write_encoded`).
 
-use crate::format::{unit_crc, RecordKind, UNIT_COMPRESSED, UNIT_HEADER_LEN};
+use crate::format::{self, RecordKind, UNIT_COMPRESSED, UNIT_HEADER_LEN};
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::Arc;
 
@@ -135,21 +135,11 @@ impl Encoder {
         let mut units = Vec::with_capacity(4 * data.len().div_ceil(unit_bytes));
         for (i, u) in data.chunks(unit_bytes).enumerate() {
             let ulba = lba + (i * unit_bytes / bs) as u64;
-            let compressed = if self.compression && self.gate.try_now() {
-                let c =
-                    Some(lz4_flex::block::compress_prepend_size(u)).filter(|c| c.len() < u.len());
-                self.gate.record(c.is_some());
-                c
-            } else {
-                None
-            };
-            let (stored, bytes) = match &compressed {
-                Some(c) => (c.len() as u32 | UNIT_COMPRESSED, c.as_slice()),
-                None => (u.len() as u32, u),
-            };
-            body.extend_from_slice(&stored.to_le_bytes());
-            body.extend_from_slice(&unit_crc(ulba, bytes).to_le_bytes());
-            body.extend_from_slice(bytes);
+            let compress = self.compression && self.gate.try_now();
+            let stored = format::append_unit(&mut body, ulba, u, compress);
+            if compress {
+                self.gate.record(stored & UNIT_COMPRESSED != 0);
+            }
             units.extend_from_slice(&stored.to_le_bytes());
         }
         Pending {

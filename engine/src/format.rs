@@ -315,6 +315,48 @@ impl RecordHeader {
     }
 }
 
+/// Appends one unit (`stored u32 | crc u32 | bytes`) for blocks starting at `lba` to `out` and
+/// returns its `stored` word. With `compress`, the unit is stored LZ4-compressed only when that
+/// saves at least an eighth (as ZFS requires): data that barely compresses would cost LZ4 on
+/// every write and read for a few percent of space.
+pub fn append_unit(out: &mut Vec<u8>, lba: u64, data: &[u8], compress: bool) -> u32 {
+    let start = out.len();
+    out.extend_from_slice(&[0; UNIT_HEADER_LEN]);
+    let stored = match compress.then(|| append_compressed(out, data)).flatten() {
+        Some(n) => n as u32 | UNIT_COMPRESSED,
+        None => {
+            out.extend_from_slice(data);
+            data.len() as u32
+        }
+    };
+    let crc = unit_crc(lba, &out[start + UNIT_HEADER_LEN..]);
+    out[start..start + 4].copy_from_slice(&stored.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    stored
+}
+
+/// Appends `data` LZ4-compressed with its size prepended, if that takes at most 7/8 of it;
+/// returns the bytes appended, or `None` (and appends nothing).
+fn append_compressed(out: &mut Vec<u8>, data: &[u8]) -> Option<usize> {
+    let at = out.len();
+    let limit = data.len() - data.len() / 8;
+    out.resize(
+        at + 4 + lz4_flex::block::get_maximum_output_size(data.len()),
+        0,
+    );
+    out[at..at + 4].copy_from_slice(&(data.len() as u32).to_le_bytes());
+    match lz4_flex::block::compress_into(data, &mut out[at + 4..]) {
+        Ok(n) if 4 + n <= limit => {
+            out.truncate(at + 4 + n);
+            Some(4 + n)
+        }
+        _ => {
+            out.truncate(at);
+            None
+        }
+    }
+}
+
 /// The CRC of a unit covers its first LBA too, so data written to the wrong place is caught.
 pub fn unit_crc(lba: u64, data: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(&lba.to_le_bytes()), data)
