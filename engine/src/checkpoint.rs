@@ -5,6 +5,9 @@
 use crate::extent_map::{Extent, ExtentMap};
 use crate::format::{crc_ok, Dec, Enc, CKPT_MAGIC};
 use crate::snapshot::Snap;
+
+/// Starts the per-snapshot exclusive block counters, one u64 per snapshot in id order.
+const EXCLUSIVE_TAG: &[u8; 4] = b"EXCL";
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -32,6 +35,8 @@ pub struct Checkpoint {
     pub head_parent: Option<u32>,
     pub next_snap_id: u32,
     pub detached: bool,
+    /// False for checkpoints older than the exclusive counters: recount them.
+    pub exclusive_known: bool,
 }
 
 /// What a checkpoint is made from (borrowed from the volume).
@@ -128,6 +133,11 @@ pub(crate) fn encode(c: &CheckpointRef) -> Vec<u8> {
             e.u16(c.len() as u16).bytes(c.as_bytes());
         }
         put_refs(&mut e, r);
+    }
+    // Optional section (absent in checkpoints written before the counters were kept).
+    e.bytes(EXCLUSIVE_TAG);
+    for s in c.snaps.values() {
+        e.u64(s.exclusive);
     }
     e.seal_crc();
     e.0
@@ -245,8 +255,18 @@ pub fn decode(buf: &[u8], uuid: &[u8; 16]) -> Option<Checkpoint> {
                 map,
                 live,
                 clones,
+                exclusive: 0,
             },
         );
+    }
+    let exclusive_known = d.pos() + 4 != buf.len();
+    if exclusive_known {
+        if d.take(4)? != EXCLUSIVE_TAG {
+            return None;
+        }
+        for s in snaps.values_mut() {
+            s.exclusive = d.u64()?;
+        }
     }
     if d.pos() + 4 != buf.len() {
         return None;
@@ -261,5 +281,6 @@ pub fn decode(buf: &[u8], uuid: &[u8; 16]) -> Option<Checkpoint> {
         head_parent,
         next_snap_id,
         detached,
+        exclusive_known,
     })
 }

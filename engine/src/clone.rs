@@ -201,7 +201,7 @@ impl Volume {
         map: &mut ExtentMap,
         lba: u64,
         n: u64,
-        dead: &mut impl FnMut(u32, u64),
+        dead: &mut impl FnMut(u64, Extent),
     ) -> u64 {
         let mut at = lba;
         let end = lba + n;

@@ -138,9 +138,9 @@ impl ExtentMap {
         &self.chunks
     }
 
-    /// Unmaps `[start, start+n)`, calling `removed(seg, blocks)` for every piece dropped so that
-    /// per-segment live counters stay exact.
-    pub fn remove(&mut self, start: u64, n: u64, mut removed: impl FnMut(u32, u64)) {
+    /// Unmaps `[start, start+n)`, calling `removed(lba, piece)` for every piece dropped (the
+    /// extent trimmed to the blocks removed) so that live and exclusive counters stay exact.
+    pub fn remove(&mut self, start: u64, n: u64, mut removed: impl FnMut(u64, Extent)) {
         if n == 0 || self.len == 0 {
             return;
         }
@@ -165,8 +165,15 @@ impl ExtentMap {
             let mut keep: Vec<Entry> = Vec::with_capacity(2);
             for &(k, e) in &ch[i0..i1] {
                 let kend = k + u64::from(e.len);
-                let cut = kend.min(end) - k.max(start);
-                removed(e.seg, cut);
+                let from = k.max(start);
+                let cut = kend.min(end) - from;
+                removed(
+                    from,
+                    Extent {
+                        len: cut as u16,
+                        ..e.trim_front(from - k)
+                    },
+                );
                 self.mapped_blocks -= cut;
                 if k < start {
                     keep.push((
@@ -206,7 +213,7 @@ impl ExtentMap {
     }
 
     /// Maps `ext.len` blocks at `lba`, replacing whatever was there.
-    pub fn insert(&mut self, lba: u64, ext: Extent, mut removed: impl FnMut(u32, u64)) {
+    pub fn insert(&mut self, lba: u64, ext: Extent, mut removed: impl FnMut(u64, Extent)) {
         // Fast path, the common overwrite: an extent with the same start and length is
         // replaced in place (no shifting of the chunk twice).
         if ext.len > 0 && !self.chunks.is_empty() {
@@ -219,7 +226,7 @@ impl ExtentMap {
             {
                 let chunks = Arc::make_mut(&mut self.chunks);
                 let slot = &mut Arc::make_mut(&mut chunks[ci])[pos];
-                removed(slot.1.seg, u64::from(ext.len));
+                removed(lba, slot.1);
                 slot.1 = ext;
                 return;
             }
@@ -379,8 +386,8 @@ mod tests {
     fn overwrite_splits_and_counts() {
         let mut m = ExtentMap::new();
         let mut freed = 0;
-        m.insert(0, ext(1, 16), |_, n| freed += n);
-        m.insert(4, ext(2, 4), |_, n| freed += n);
+        m.insert(0, ext(1, 16), |_, x| freed += u64::from(x.len));
+        m.insert(4, ext(2, 4), |_, x| freed += u64::from(x.len));
         assert_eq!(freed, 4);
         assert_eq!(m.mapped_blocks(), 16);
         let p = m.lookup(0, 20);
@@ -395,7 +402,7 @@ mod tests {
         );
         assert_eq!(p[2].ext.map(|e| (e.seg, e.skip)), Some((1, 8)));
         assert_eq!((p[3].lba, p[3].len, p[3].ext), (16, 4, None));
-        m.remove(2, 100, |_, n| freed += n);
+        m.remove(2, 100, |_, x| freed += u64::from(x.len));
         assert_eq!(m.mapped_blocks(), 2);
         assert_eq!(freed, 4 + 14);
     }

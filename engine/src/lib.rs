@@ -9,6 +9,7 @@ mod cleaner;
 mod clone;
 mod encode;
 pub mod error;
+mod exclusive;
 pub mod extent_map;
 pub mod format;
 mod recovery;

@@ -129,6 +129,7 @@ impl Volume {
             ..Default::default()
         });
         let start = state.next_seq;
+        let exclusive_known = state.exclusive_known;
         let mut vol = Volume {
             backend,
             loc,
@@ -163,6 +164,15 @@ impl Volume {
             recovery: RecoveryReport::default(),
             meta,
         };
+        if !exclusive_known {
+            let ids: Vec<u32> = vol.snaps.keys().copied().collect();
+            for id in ids {
+                let n = vol.exclusive_by_scan(id);
+                if let Some(s) = vol.snaps.get_mut(&id) {
+                    s.exclusive = n;
+                }
+            }
+        }
         // Markers in the loaded map; replay keeps the count exact from here.
         vol.zero_marked = vol
             .map

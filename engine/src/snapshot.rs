@@ -22,6 +22,8 @@ pub(crate) struct Snap {
     pub live: BTreeMap<u32, u64>,
     /// Locations of clones made from this snapshot (it is protected while any exist).
     pub clones: Vec<String>,
+    /// Blocks no other map references (kept by exclusive.rs).
+    pub exclusive: u64,
 }
 
 /// How consistent a snapshot's content is.
@@ -174,54 +176,8 @@ impl Volume {
             allocated: (s.map.mapped_blocks() * u64::from(self.meta.block_size)).min(s.size),
             is_head_parent: self.head_parent == Some(id),
             clones: s.clones.clone(),
-            exclusive_bytes: self.exclusive_blocks(id) * u64::from(self.meta.block_size),
+            exclusive_bytes: s.exclusive * u64::from(self.meta.block_size),
         })
-    }
-
-    /// Blocks of snapshot `id` that neither the head nor another snapshot references. Chunks
-    /// shared with another map are skipped whole; only chunks this snapshot owns are looked up.
-    fn exclusive_blocks(&self, id: u32) -> u64 {
-        let Some(s) = self.snaps.get(&id) else {
-            return 0;
-        };
-        let others: Vec<&ExtentMap> = std::iter::once(&self.map)
-            .chain(
-                self.snaps
-                    .iter()
-                    .filter(|(k, _)| **k != id)
-                    .map(|(_, o)| &o.map),
-            )
-            .collect();
-        let shared: std::collections::HashSet<usize> = others
-            .iter()
-            .flat_map(|m| m.chunks().map(|(p, _)| p))
-            .collect();
-        let mut n = 0;
-        for (ptr, chunk) in s.map.chunks() {
-            if shared.contains(&ptr) {
-                continue;
-            }
-            for (lba, x) in chunk {
-                if x.seg == crate::clone::ZERO_SEG {
-                    continue;
-                }
-                for p in 0..u64::from(x.len) {
-                    let b = lba + p;
-                    let used = others.iter().any(|m| {
-                        m.lookup(b, 1)
-                            .first()
-                            .and_then(|pc| pc.ext)
-                            .is_some_and(|e| {
-                                e.seg == x.seg && e.off == x.off && e.skip == x.skip + p as u16
-                            })
-                    });
-                    if !used {
-                        n += 1;
-                    }
-                }
-            }
-        }
-        n
     }
 
     /// Deletes a snapshot; its space becomes reclaimable by the cleaner.
@@ -332,6 +288,7 @@ impl Volume {
                 map: self.map.clone(),
                 live,
                 clones: Vec::new(),
+                exclusive: 0,
             },
         );
         self.head_parent = Some(id);
@@ -339,6 +296,7 @@ impl Volume {
     }
 
     pub(crate) fn remove_snapshot(&mut self, id: u32) {
+        self.snapshot_dropping(id);
         if let Some(gone) = self.snaps.remove(&id) {
             for s in self.snaps.values_mut() {
                 if s.parent == Some(id) {
@@ -352,6 +310,10 @@ impl Volume {
     }
 
     pub(crate) fn rollback_to(&mut self, id: u32) -> bool {
+        if !self.snaps.contains_key(&id) {
+            return false;
+        }
+        self.head_replacing(id);
         let Some(s) = self.snaps.get(&id) else {
             return false;
         };

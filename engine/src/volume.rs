@@ -717,11 +717,20 @@ impl Volume {
         let segs = &mut self.segs;
         let zm = &mut self.zero_marked;
         // Called for every block run a record unmaps: live counters and zero markers stay exact.
-        let mut dead = |s: u32, n: u64| {
-            if s == crate::clone::ZERO_SEG {
+        // Runs the head dropped, when a snapshot may now be their last holder.
+        let track = !self.snaps.is_empty();
+        let mut dropped: Vec<crate::exclusive::Run> = Vec::new();
+        let mut dead = |lba: u64, x: Extent| {
+            let n = u64::from(x.len);
+            if x.seg == crate::clone::ZERO_SEG {
                 *zm = zm.saturating_sub(n);
-            } else if let Some(st) = segs.get_mut(&s) {
+                return;
+            }
+            if let Some(st) = segs.get_mut(&x.seg) {
                 st.live = st.live.saturating_sub(n);
+            }
+            if track {
+                dropped.push((lba, x));
             }
         };
         let mut zero_added = 0u64;
@@ -830,6 +839,7 @@ impl Volume {
             }
         }
         self.zero_marked += zero_added;
+        self.head_dropped(&dropped);
         self.serial = self.serial.max(hdr.serial);
         Ok(())
     }

@@ -44,6 +44,12 @@ fn check_all(v: &mut Volume, model: &[u8], snaps: &BTreeMap<String, Vec<u8>>) {
         v.read_snapshot(name, 0, &mut buf).expect("read snapshot");
         assert!(buf == *img, "snapshot {name} changed");
     }
+    for (name, kept, scanned) in v.debug_exclusive() {
+        assert_eq!(
+            kept, scanned,
+            "exclusive blocks of {name}: kept counter vs scan"
+        );
+    }
     let listed: Vec<String> = v.snapshots().into_iter().map(|s| s.name).collect();
     let expected: Vec<String> = snaps.keys().cloned().collect();
     let mut l = listed.clone();
@@ -137,7 +143,7 @@ fn run(steps: Vec<Step>) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 40, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 60, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn snapshots_rollback_clean_model(steps in proptest::collection::vec(step(), 1..60)) {
