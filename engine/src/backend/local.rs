@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -75,7 +76,6 @@ struct LocalWriter {
 /// a flush or a seal finds little left to do instead of the whole segment (the kernel would
 /// otherwise hold it dirty for up to 30 s). A hint: failure changes nothing but speed.
 fn start_writeback(file: &File, offset: u64, len: usize) {
-    use std::os::fd::AsRawFd;
     let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else {
         return;
     };
@@ -193,6 +193,50 @@ impl Backend for LocalBackend {
                 e,
             )
         })
+    }
+
+    fn read_vectored_at(&self, name: &str, offset: u64, bufs: &mut [&mut [u8]]) -> Result<()> {
+        let f = self.reader(name)?;
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        let mut iov: Vec<std::io::IoSliceMut> = bufs
+            .iter_mut()
+            .map(|b| std::io::IoSliceMut::new(b))
+            .collect();
+        let mut slices = iov.as_mut_slice();
+        let mut pos = offset;
+        let err = |e: std::io::Error| {
+            let path = self.dir.join(name);
+            let what = format!("{} at offset {offset} length {total}", path.display());
+            Error::io("read", what, e)
+        };
+        while !slices.is_empty() {
+            let off = i64::try_from(pos).map_err(|_| err(ErrorKind::InvalidInput.into()))?;
+            let cnt = slices.len().min(1024) as libc::c_int;
+            // SAFETY: `IoSliceMut` is ABI-compatible with `iovec` on Unix; every slice is a live
+            // `&mut [u8]` borrowed for the call, and `cnt` does not exceed their number.
+            let n = unsafe {
+                libc::preadv(
+                    f.as_raw_fd(),
+                    slices.as_ptr() as *const libc::iovec,
+                    cnt,
+                    off,
+                )
+            };
+            match n {
+                n if n > 0 => {
+                    pos += n as u64;
+                    std::io::IoSliceMut::advance_slices(&mut slices, n as usize);
+                }
+                0 => return Err(err(ErrorKind::UnexpectedEof.into())),
+                _ => {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != ErrorKind::Interrupted {
+                        return Err(err(e));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     fn read_all(&self, name: &str) -> Result<Vec<u8>> {

@@ -52,6 +52,19 @@ pub trait Backend: Send + Sync + Debug {
     fn create(&self, name: &str) -> Result<Box<dyn ObjectWriter>>;
     /// Reads exactly `buf.len()` bytes at `offset`; a short object is an error, never a panic.
     fn read_at(&self, name: &str, offset: u64, buf: &mut [u8]) -> Result<()>;
+    /// Reads exactly the total length of `bufs` at `offset`, filling them in order: a run of
+    /// units lands with its data straight in the caller's buffer. Backends without a vectored
+    /// read go through one buffer.
+    fn read_vectored_at(&self, name: &str, offset: u64, bufs: &mut [&mut [u8]]) -> Result<()> {
+        let mut tmp = vec![0u8; bufs.iter().map(|b| b.len()).sum()];
+        self.read_at(name, offset, &mut tmp)?;
+        let mut at = 0;
+        for b in bufs.iter_mut() {
+            b.copy_from_slice(&tmp[at..at + b.len()]);
+            at += b.len();
+        }
+        Ok(())
+    }
     /// Reads a whole object (used for small metadata objects).
     fn read_all(&self, name: &str) -> Result<Vec<u8>>;
     /// Lists all objects with their lengths.
