@@ -31,7 +31,7 @@ pub struct CreateOptions {
     pub block_size: u32,
     /// Segment size in bytes, 64 KiB to 1 GiB. Default 32 MiB.
     pub segment_size: u32,
-    /// LZ4 compression; a unit is stored compressed only when that saves space. Default on.
+    /// LZ4 compression; a unit is stored compressed only when that saves at least an eighth. Default on.
     pub compression: bool,
     /// Sealed-segment bytes between checkpoints. Default 256 MiB.
     pub checkpoint_interval: u64,
