@@ -3,7 +3,7 @@
 //! budget, cleaner on (write amplification, throughput) against the same run with cleaning off;
 //! snapshot creation latency on a 64 MiB and a 64 GiB volume full of data.
 //!
-//! Usage: cargo run --release -p hlfs-engine --example clean-bench -- [DIR] [LIVE_MIB] [OVERWRITE_MIB] [all|uniform|skewed|exclusive]
+//! Usage: cargo run --release -p hlfs-engine --example clean-bench -- [DIR] [LIVE_MIB] [OVERWRITE_MIB] [all|uniform|skewed|exclusive|latency]
 
 use hlfs_engine::{CleanPolicy, CreateOptions, LocalBackend, OpenOptions, Volume};
 use std::path::Path;
@@ -79,7 +79,8 @@ fn overwrite_run(
     Ok((mibs, st.log_bytes, copied))
 }
 
-fn snapshot_latency(dir: &Path, size: u64) -> R<(f64, u64)> {
+/// Snapshot and clone creation on a volume full of data: (snapshot ms, clone ms, extents).
+fn snapshot_latency(dir: &Path, size: u64) -> R<(f64, f64, u64)> {
     let mut v = volume(dir, "snap", size)?;
     // Full of data: every 1 MiB written (a compressible pattern keeps the run short).
     let buf: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8 + 1).collect();
@@ -96,9 +97,32 @@ fn snapshot_latency(dir: &Path, size: u64) -> R<(f64, u64)> {
         total += t.elapsed().as_secs_f64();
         v.write(0, &buf[..4096])?;
     }
+    // A clone is a new volume naming its base: the base snapshot's map is not copied.
+    let mut clone_total = 0.0;
+    let clones = 5;
+    for i in 0..clones {
+        let p = dir.join(format!("snap-clone{i}"));
+        let _ = std::fs::remove_dir_all(&p);
+        let t = Instant::now();
+        let c = Volume::create_clone(
+            &mut v,
+            "s0",
+            Arc::new(LocalBackend::new(&p)?),
+            &CreateOptions::default(),
+            &OpenOptions::default(),
+        )?;
+        clone_total += t.elapsed().as_secs_f64();
+        c.close()?;
+        v.unregister_clone("s0", &format!("local://{}", p.display()))?;
+        let _ = std::fs::remove_dir_all(&p);
+    }
     v.close()?;
     let _ = std::fs::remove_dir_all(dir.join("snap"));
-    Ok((total / f64::from(n) * 1e3, extents))
+    Ok((
+        total / f64::from(n) * 1e3,
+        clone_total / f64::from(clones) * 1e3,
+        extents,
+    ))
 }
 
 /// Exclusive bytes per snapshot are kept counters: listing costs nothing, the price is on the
@@ -193,12 +217,16 @@ fn main() -> R<()> {
         println!("| exclusive bytes of a snapshot, kept counter ({} MiB volume rewritten after it, {extents} extents, {} MiB exclusive): list snapshots | {ms:.3} ms | reported | |", live >> 20, excl >> 20);
         println!("| random 4 KiB rewrite with a snapshot to settle against vs none | {with:.1} vs {without:.1} MiB/s = {:.0}% | reported | |", 100.0 * with / without);
     }
-    if which != "all" {
+    if which != "all" && which != "latency" {
         return Ok(());
     }
     for size in [64u64 << 20, 64 << 30] {
-        let (ms, extents) = snapshot_latency(&dir, size)?;
+        let (ms, clone_ms, extents) = snapshot_latency(&dir, size)?;
         println!("| snapshot create, {} MiB volume full of data ({extents} extents) | {ms:.3} ms | same for both | |", size >> 20);
+        println!(
+            "| clone create, {} MiB volume full of data | {clone_ms:.3} ms | same for both | |",
+            size >> 20
+        );
     }
     Ok(())
 }

@@ -40,6 +40,22 @@ impl BaseView {
         })
     }
 
+    /// A view of `base`, open in this process, as it is now: nothing to load, so creating a
+    /// clone takes the same time whatever the base's size. `None` when `base` itself still
+    /// reads from a base (its view is then opened from its location as usual).
+    pub(crate) fn of_open(base: &Volume, r: &BaseRef, opts: &OpenOptions) -> Result<Option<Self>> {
+        if base.has_base() {
+            return Ok(None);
+        }
+        let id = base.snap_id(&r.snapshot)?;
+        Ok(Some(BaseView {
+            base: r.clone(),
+            size: base.snapshot_size(&r.snapshot)?,
+            vol: RwLock::new(Box::new(base.read_only_view(id, opts))),
+            opts: opts.clone(),
+        }))
+    }
+
     fn open_volume(base: &BaseRef, opts: &OpenOptions) -> Result<Volume> {
         let backend = open_location(&base.location)?;
         Volume::open_read_only(backend, opts)
@@ -84,15 +100,17 @@ impl Volume {
         let size = base.snapshot_size(snapshot)?;
         let location = backend.location();
         base.register_clone(snapshot, &location)?;
+        let r = BaseRef {
+            location: base.location().to_string(),
+            snapshot: snapshot.to_string(),
+        };
+        let view = BaseView::of_open(base, &r, open);
         let copts = CreateOptions {
             size,
-            base: Some(BaseRef {
-                location: base.location().to_string(),
-                snapshot: snapshot.to_string(),
-            }),
+            base: Some(r),
             ..opts.clone()
         };
-        match Volume::create(backend, &copts, open) {
+        match view.and_then(|view| Volume::create_with_base(backend, &copts, open, view)) {
             Ok(v) => Ok(v),
             Err(e) => {
                 let _ = base.unregister_clone(snapshot, &location);

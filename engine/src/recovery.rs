@@ -30,6 +30,16 @@ impl Volume {
         opts: &CreateOptions,
         open: &OpenOptions,
     ) -> Result<Volume> {
+        Self::create_with_base(backend, opts, open, None)
+    }
+
+    /// `create`, for a clone whose base view the caller already has.
+    pub(crate) fn create_with_base(
+        backend: Arc<dyn Backend>,
+        opts: &CreateOptions,
+        open: &OpenOptions,
+        view: Option<crate::clone::BaseView>,
+    ) -> Result<Volume> {
         validate(opts)?;
         let lease = backend.lease(&this_process())?;
         if !backend.list()?.is_empty() {
@@ -55,25 +65,26 @@ impl Volume {
         // Closed before it is read back: HDFS cannot read an object still open for writing.
         drop(w);
         tracing::info!(volume = %backend.location(), size = opts.size, "created volume");
-        Self::open_leased(backend, Some(lease), open)
+        Self::open_leased(backend, Some(lease), open, view)
     }
 
     /// Opens an existing volume for writing, recovering after a crash if needed.
     pub fn open(backend: Arc<dyn Backend>, open: &OpenOptions) -> Result<Volume> {
         let lease = backend.lease(&this_process())?;
-        Self::open_leased(backend, Some(lease), open)
+        Self::open_leased(backend, Some(lease), open, None)
     }
 
     /// Opens a volume read-only, beside its writer if it has one: only sealed segments are
     /// read (snapshots seal the log, so every snapshot is visible). Used for clones' bases.
     pub fn open_read_only(backend: Arc<dyn Backend>, open: &OpenOptions) -> Result<Volume> {
-        Self::open_leased(backend, None, open)
+        Self::open_leased(backend, None, open, None)
     }
 
     fn open_leased(
         backend: Arc<dyn Backend>,
         lease: Option<Box<dyn Lease>>,
         open: &OpenOptions,
+        view: Option<crate::clone::BaseView>,
     ) -> Result<Volume> {
         let t0 = Instant::now();
         let loc = backend.location();
@@ -130,40 +141,7 @@ impl Volume {
         });
         let start = state.next_seq;
         let exclusive_known = state.exclusive_known;
-        let mut vol = Volume {
-            backend,
-            loc,
-            cache: std::sync::Mutex::new(ReadCache::new(open.cache_bytes)),
-            read_only: lease.is_none(),
-            _lease: std::sync::Mutex::new(lease),
-            base_view: None,
-            detached: state.detached,
-            zero_marked: 0,
-            size: state.size,
-            serial: state.serial,
-            map: state.map,
-            segs: state.segs,
-            open: None,
-            next_seq: start,
-            since_ckpt: 0,
-            checkpoints: ckpts,
-            staged: Vec::new(),
-            snaps: state.snaps,
-            head_parent: state.head_parent,
-            next_snap_id: state.next_snap_id,
-            auto_clean: None,
-            cleaning: false,
-            clean_totals: (0,),
-            clean_seg: Default::default(),
-            clean_run: None,
-            cleaner_segs: Default::default(),
-            spare_buf: None,
-            compress_gate: Default::default(),
-            failed: None,
-            closed: false,
-            recovery: RecoveryReport::default(),
-            meta,
-        };
+        let mut vol = Volume::assemble(backend, loc, lease, meta, state, ckpts, open);
         if !exclusive_known {
             let ids: Vec<u32> = vol.snaps.keys().copied().collect();
             for id in ids {
@@ -218,7 +196,10 @@ impl Volume {
         }
         if vol.has_base() {
             if let Some(b) = vol.meta.base.clone() {
-                vol.base_view = Some(crate::clone::BaseView::open(&b, open)?);
+                vol.base_view = Some(match view {
+                    Some(v) => v,
+                    None => crate::clone::BaseView::open(&b, open)?,
+                });
             }
         }
         if unsealed && !vol.read_only {
@@ -230,6 +211,88 @@ impl Volume {
         tracing::info!(volume = %vol.loc, ?report, "volume opened");
         vol.recovery = report;
         Ok(vol)
+    }
+
+    /// The in-memory volume for a loaded state: shared by open and by read-only views.
+    fn assemble(
+        backend: Arc<dyn Backend>,
+        loc: String,
+        lease: Option<Box<dyn Lease>>,
+        meta: Meta,
+        state: Checkpoint,
+        checkpoints: Vec<u32>,
+        open: &OpenOptions,
+    ) -> Volume {
+        let start = state.next_seq;
+        Volume {
+            backend,
+            loc,
+            cache: std::sync::Mutex::new(ReadCache::new(open.cache_bytes)),
+            read_only: lease.is_none(),
+            _lease: std::sync::Mutex::new(lease),
+            base_view: None,
+            detached: state.detached,
+            zero_marked: 0,
+            size: state.size,
+            serial: state.serial,
+            map: state.map,
+            segs: state.segs,
+            open: None,
+            next_seq: start,
+            since_ckpt: 0,
+            checkpoints,
+            staged: Vec::new(),
+            snaps: state.snaps,
+            head_parent: state.head_parent,
+            next_snap_id: state.next_snap_id,
+            auto_clean: None,
+            cleaning: false,
+            clean_totals: (0,),
+            clean_seg: Default::default(),
+            clean_run: None,
+            cleaner_segs: Default::default(),
+            spare_buf: None,
+            compress_gate: Default::default(),
+            failed: None,
+            closed: false,
+            recovery: RecoveryReport::default(),
+            meta,
+        }
+    }
+
+    /// A read-only view of snapshot `id` of this volume as it is now, sharing its map
+    /// (copy-on-write) and backend: what a clone created in this process reads its base
+    /// through, without loading the base's checkpoint again (which costs time in proportion to
+    /// the base's size). The head is left out, so the view keeps no chunk the head drops.
+    pub(crate) fn read_only_view(&self, id: u32, open: &OpenOptions) -> Volume {
+        let state = Checkpoint {
+            next_seq: self.next_seq,
+            serial: self.serial,
+            size: self.size,
+            map: crate::extent_map::ExtentMap::new(),
+            segs: self.segs.clone(),
+            snaps: self
+                .snaps
+                .get(&id)
+                .map(|s| (id, s.clone()))
+                .into_iter()
+                .collect(),
+            head_parent: None,
+            next_snap_id: self.next_snap_id,
+            detached: self.detached,
+            exclusive_known: true,
+        };
+        let mut v = Volume::assemble(
+            self.backend.clone(),
+            self.loc.clone(),
+            None,
+            self.meta.clone(),
+            state,
+            Vec::new(),
+            open,
+        );
+        v.zero_marked = self.zero_marked;
+        v
     }
 
     /// Replays one segment; returns whether it was sealed (replayed from its footer), or None
