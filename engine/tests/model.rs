@@ -3,83 +3,17 @@
 
 mod common;
 
-use common::{open, read_all, Op, Rng};
+use common::model_run::{self, step, Step};
+use common::open;
 use proptest::prelude::*;
-
-#[derive(Debug, Clone)]
-enum Step {
-    Op(u64),
-    Read(u64, u64),
-    Reopen,
-    CrashAfterFlush,
-}
-
-fn step() -> impl Strategy<Value = Step> {
-    prop_oneof![
-        8 => any::<u64>().prop_map(Step::Op),
-        2 => (any::<u64>(), 1u64..70_000).prop_map(|(o, l)| Step::Read(o, l)),
-        1 => Just(Step::Reopen),
-        1 => Just(Step::CrashAfterFlush),
-    ]
-}
+use std::sync::Arc;
 
 fn run(steps: Vec<Step>, compression: bool, block_size: u32) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let size = 300_000;
-    let opts = hlfs_engine::CreateOptions {
-        size,
-        block_size,
-        segment_size: 64 * 1024,
-        compression,
-        checkpoint_interval: 150_000,
-        base: None,
-    };
-    let mut v =
-        hlfs_engine::Volume::create(common::backend(dir.path()), &opts, &Default::default())
-            .expect("create");
-    let mut model = vec![0u8; size as usize];
-    for s in steps {
-        match s {
-            Step::Op(seed) => {
-                let op = Op::random(&mut Rng::new(seed), model.len() as u64, 70_000);
-                op.apply_volume(&mut v).expect("op");
-                op.apply_model(&mut model);
-                assert_eq!(v.size(), model.len() as u64, "size after {op:?}");
-            }
-            Step::Read(o, l) => {
-                let o = o % (model.len() as u64 + 1);
-                let l = l.min(model.len() as u64 - o);
-                let mut buf = vec![0u8; l as usize];
-                v.read(o, &mut buf).expect("read");
-                assert!(
-                    buf == model[o as usize..(o + l) as usize],
-                    "read {o}+{l} differs"
-                );
-            }
-            Step::Reopen => {
-                v.close().expect("close");
-                v = open(dir.path()).expect("reopen");
-                assert_eq!(
-                    v.recovery().segments_replayed,
-                    0,
-                    "clean close must leave nothing to replay"
-                );
-            }
-            Step::CrashAfterFlush => {
-                v.flush().expect("flush");
-                v.crash();
-                v = open(dir.path()).expect("recover");
-            }
-        }
-    }
-    assert_eq!(v.size(), model.len() as u64);
-    assert!(read_all(&mut v) == model, "final image differs");
-    v.close().expect("close");
-    let mut v = open(dir.path()).expect("final reopen");
-    assert!(
-        read_all(&mut v) == model,
-        "image after final reopen differs"
-    );
+    let d = dir.path();
+    model_run::run(steps, compression, block_size, &|| {
+        common::backend(d) as Arc<dyn hlfs_engine::backend::Backend>
+    });
 }
 
 proptest! {

@@ -1,6 +1,8 @@
 //! Shared helpers for the engine's integration tests.
 #![allow(dead_code)]
 
+pub mod model_run;
+
 use hlfs_engine::{CreateOptions, LocalBackend, OpenOptions, Volume};
 use std::path::Path;
 use std::sync::Arc;
