@@ -13,6 +13,7 @@ mod exclusive;
 pub mod extent_map;
 pub mod format;
 mod recovery;
+mod segbuf;
 mod snapshot;
 mod volume;
 

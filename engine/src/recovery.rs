@@ -251,7 +251,6 @@ impl Volume {
             clean_seg: Default::default(),
             clean_run: None,
             cleaner_segs: Default::default(),
-            spare_buf: None,
             compress_gate: Default::default(),
             failed: None,
             closed: false,

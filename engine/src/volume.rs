@@ -186,9 +186,7 @@ pub(crate) struct OpenSeg {
     /// `&mut` and reaches it without locking.
     pub writer: Mutex<Box<dyn ObjectWriter>>,
     /// The whole segment so far: unsealed data is served from here, never read back.
-    pub buf: Vec<u8>,
-    /// Bytes of `buf` already handed to the backend.
-    pub appended: usize,
+    pub buf: crate::segbuf::SegBuf,
     /// Footer under construction: record headers and unit lengths.
     pub footer: Vec<u8>,
     pub records: u32,
@@ -239,7 +237,6 @@ pub struct Volume {
     /// In memory only: segments the cleaner wrote since open (what survives them again goes
     /// to the cleaner's cold stream).
     pub(crate) cleaner_segs: std::collections::BTreeSet<u32>,
-    pub(crate) spare_buf: Option<Vec<u8>>,
     pub(crate) compress_gate: Arc<crate::encode::CompressGate>,
     pub(crate) failed: Option<String>,
     pub(crate) closed: bool,
@@ -537,7 +534,7 @@ impl Volume {
         let raw: &[u8] = match &self.open {
             Some(o) if o.seq == x.seg => o
                 .buf
-                .get(x.off as usize..x.off as usize + total)
+                .get(x.off as usize, total)
                 .ok_or_else(|| self.unit_corrupt(x, "extent points past the open segment"))?,
             _ => {
                 let mut b = vec![0u8; total];
@@ -808,16 +805,17 @@ impl Volume {
                 return Err(Error::Invalid("no open segment".into()));
             };
             let rec_off = o.buf.len();
-            rec.hdr.encode(&mut o.buf);
-            o.buf.extend_from_slice(&rec.body);
-            o.footer
-                .extend_from_slice(&o.buf[rec_off..rec_off + RECORD_HEADER_LEN]);
+            let mut hdr = Vec::with_capacity(RECORD_HEADER_LEN);
+            rec.hdr.encode(&mut hdr);
+            o.buf.extend(&hdr);
+            o.buf.push(std::mem::take(&mut rec.body));
+            o.footer.extend_from_slice(&hdr);
             o.footer.extend_from_slice(&rec.meta);
             o.records += 1;
             let seq = o.seq;
             self.apply_record(seq, rec_off as u64, &rec.hdr, &rec.meta)?;
         }
-        let pending = self.open.as_ref().map_or(0, |o| o.buf.len() - o.appended);
+        let pending = self.open.as_ref().map_or(0, |o| o.buf.pending_bytes());
         if pending >= APPEND_BATCH {
             self.append_pending()?;
         }
@@ -969,17 +967,13 @@ impl Volume {
         let seq = self.next_seq;
         let writer = self.backend.create(&segment_name(seq))?;
         self.next_seq += 1;
-        let mut buf = self
-            .spare_buf
-            .take()
-            .unwrap_or_else(|| Vec::with_capacity(self.meta.segment_size as usize));
-        buf.extend_from_slice(&format::encode_segment_header(&self.meta.uuid, seq));
+        let mut buf = crate::segbuf::SegBuf::default();
+        buf.extend(&format::encode_segment_header(&self.meta.uuid, seq));
         self.segs.entry(seq).or_default();
         self.open = Some(OpenSeg {
             seq,
             writer: Mutex::new(writer),
             buf,
-            appended: 0,
             footer: Vec::new(),
             records: 0,
         });
@@ -988,13 +982,12 @@ impl Volume {
 
     fn append_pending(&mut self) -> Result<()> {
         if let Some(o) = self.open.as_mut() {
-            if o.appended < o.buf.len() {
-                let (buf, from) = (&o.buf, o.appended);
+            if o.buf.pending_bytes() > 0 {
                 o.writer
                     .get_mut()
                     .unwrap_or_else(|p| p.into_inner())
-                    .append(&buf[from..])?;
-                o.appended = o.buf.len();
+                    .append_parts(&o.buf.pending())?;
+                o.buf.mark_appended();
             }
         }
         Ok(())
@@ -1008,7 +1001,7 @@ impl Volume {
         let start = o.buf.len() as u64;
         let mut footer = std::mem::take(&mut o.footer);
         format::encode_trailer(&mut footer, start, o.records);
-        o.buf.extend_from_slice(&footer);
+        o.buf.push(footer);
         self.append_pending()?;
         let Some(mut o) = self.open.take() else {
             return Ok(());

@@ -111,6 +111,27 @@ impl ObjectWriter for LocalWriter {
         Ok(())
     }
 
+    fn append_parts(&mut self, parts: &[&[u8]]) -> Result<()> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let mut iov: Vec<std::io::IoSlice> =
+            parts.iter().map(|p| std::io::IoSlice::new(p)).collect();
+        let mut slices = iov.as_mut_slice();
+        while !slices.is_empty() {
+            match self.file.write_vectored(slices) {
+                Ok(0) => {
+                    let e = std::io::Error::from(ErrorKind::WriteZero);
+                    return Err(Error::io("append", self.path.display().to_string(), e));
+                }
+                Ok(n) => std::io::IoSlice::advance_slices(&mut slices, n),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io("append", self.path.display().to_string(), e)),
+            }
+        }
+        start_writeback(&self.file, self.written, total);
+        self.written += total as u64;
+        Ok(())
+    }
+
     fn sync(&mut self) -> Result<()> {
         self.file
             .sync_data()

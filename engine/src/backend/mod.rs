@@ -26,6 +26,13 @@ pub struct ObjectInfo {
 pub trait ObjectWriter: Send {
     /// Appends bytes to the end of the object.
     fn append(&mut self, data: &[u8]) -> Result<()>;
+    /// Appends several buffers, in order (one vectored write where the backend has one).
+    fn append_parts(&mut self, parts: &[&[u8]]) -> Result<()> {
+        for p in parts {
+            self.append(p)?;
+        }
+        Ok(())
+    }
     /// Makes every appended byte durable (fsync / hsync).
     fn sync(&mut self) -> Result<()>;
     /// A handle that makes the bytes appended so far durable without this writer, so that a
