@@ -320,6 +320,18 @@ impl RecordHeader {
 /// saves at least an eighth (as ZFS requires): data that barely compresses would cost LZ4 on
 /// every write and read for a few percent of space.
 pub fn append_unit(out: &mut Vec<u8>, lba: u64, data: &[u8], compress: bool) -> u32 {
+    append_unit_crc(out, lba, data, compress, &mut crc_math::Zeros::default()).0
+}
+
+/// `append_unit`, also returning the CRC-32C of all it appended (header and bytes), which a
+/// caller combines into the record's body CRC instead of reading the body again.
+pub fn append_unit_crc(
+    out: &mut Vec<u8>,
+    lba: u64,
+    data: &[u8],
+    compress: bool,
+    zeros: &mut crc_math::Zeros,
+) -> (u32, u32) {
     let start = out.len();
     out.extend_from_slice(&[0; UNIT_HEADER_LEN]);
     let stored = match compress.then(|| append_compressed(out, data)).flatten() {
@@ -329,10 +341,77 @@ pub fn append_unit(out: &mut Vec<u8>, lba: u64, data: &[u8], compress: bool) -> 
             data.len() as u32
         }
     };
-    let crc = unit_crc(lba, &out[start + UNIT_HEADER_LEN..]);
+    // One pass over the bytes: the unit CRC (LBA first) and the CRC of the appended piece
+    // (header first) both extend the CRC of the bytes alone.
+    let bytes = &out[start + UNIT_HEADER_LEN..];
+    let tail = crc32c::crc32c(bytes);
+    let shift = zeros.get(bytes.len());
+    let crc = crc_math::concat(crc32c::crc32c(&lba.to_le_bytes()), tail, shift);
     out[start..start + 4].copy_from_slice(&stored.to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-    stored
+    let head = crc32c::crc32c(&out[start..start + UNIT_HEADER_LEN]);
+    (stored, crc_math::concat(head, tail, shift))
+}
+
+/// CRC-32C of concatenations from the CRCs of their pieces (as zlib's crc32_combine, with the
+/// operator for the second piece's length computed once and reused): lets a writer checksum
+/// each byte once although a unit and the record around it each carry a CRC.
+pub mod crc_math {
+    /// CRC-32C's polynomial, bit-reflected.
+    const POLY: u32 = 0x82F6_3B78;
+
+    /// `a * b` modulo the polynomial (bit-reflected: `1 << 31` is 1).
+    fn mul(a: u32, mut b: u32) -> u32 {
+        let mut m = 1u32 << 31;
+        let mut p = 0;
+        while m != 0 {
+            if a & m != 0 {
+                p ^= b;
+            }
+            b = if b & 1 != 0 { (b >> 1) ^ POLY } else { b >> 1 };
+            m >>= 1;
+        }
+        p
+    }
+
+    /// The operator that appends `n` zero bytes: x^(8n) modulo the polynomial.
+    fn zeros(mut n: usize) -> u32 {
+        let mut p = 1u32 << 31;
+        let mut x = 1u32 << (31 - 8);
+        while n > 0 {
+            if n & 1 != 0 {
+                p = mul(x, p);
+            }
+            x = mul(x, x);
+            n >>= 1;
+        }
+        p
+    }
+
+    /// `zeros(n)` for the last length asked (a record's units mostly share one length).
+    #[derive(Debug, Default)]
+    pub struct Zeros {
+        len: usize,
+        op: Option<u32>,
+    }
+
+    impl Zeros {
+        pub fn get(&mut self, n: usize) -> u32 {
+            match self.op {
+                Some(op) if self.len == n => op,
+                _ => {
+                    let op = zeros(n);
+                    (self.len, self.op) = (n, Some(op));
+                    op
+                }
+            }
+        }
+    }
+
+    /// CRC of `a ++ b` from `crc(a)`, `crc(b)` and `zeros(len(b))`.
+    pub fn concat(crc_a: u32, crc_b: u32, zeros_b: u32) -> u32 {
+        mul(zeros_b, crc_a) ^ crc_b
+    }
 }
 
 /// Appends `data` LZ4-compressed with its size prepended, if that takes at most 7/8 of it;
@@ -390,4 +469,53 @@ pub fn footer_ok(body: &[u8], start: u64, count: u32, crc: u32) -> bool {
         crc32c::crc32c(body),
         &[start.to_le_bytes().as_slice(), &count.to_le_bytes()].concat(),
     ) == crc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The combined CRCs equal CRCs computed over the bytes, for compressed and stored units
+    /// of several lengths appended one after another as a record body.
+    #[test]
+    fn unit_and_body_crcs_match_a_direct_computation() {
+        let mut zeros = crc_math::Zeros::default();
+        let mut body = Vec::new();
+        let mut body_crc = 0;
+        let mut x = 0x1234_5678_9abc_def0u64;
+        for (i, len) in [16384usize, 16384, 4096, 16384, 512, 1, 65536]
+            .iter()
+            .enumerate()
+        {
+            let data: Vec<u8> = (0..*len)
+                .map(|j| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    if i % 2 == 0 {
+                        x as u8
+                    } else {
+                        (j % 7) as u8
+                    }
+                })
+                .collect();
+            let at = body.len();
+            let lba = 1000 + i as u64;
+            let (stored, piece) = append_unit_crc(&mut body, lba, &data, true, &mut zeros);
+            assert_eq!(piece, crc32c::crc32c(&body[at..]), "piece {i}");
+            let crc = u32::from_le_bytes([body[at + 4], body[at + 5], body[at + 6], body[at + 7]]);
+            assert_eq!(
+                crc,
+                unit_crc(lba, &body[at + UNIT_HEADER_LEN..]),
+                "unit {i}"
+            );
+            assert_eq!(
+                u32::from_le_bytes([body[at], body[at + 1], body[at + 2], body[at + 3]]),
+                stored
+            );
+            let n = body.len() - at;
+            body_crc = crc_math::concat(body_crc, piece, crc_math::Zeros::default().get(n));
+            assert_eq!(body_crc, crc32c::crc32c(&body), "body after unit {i}");
+        }
+    }
 }
