@@ -146,6 +146,14 @@ pub struct SnapshotInfo {
     /// Parent snapshot's name; empty for a root.
     pub parent: String,
     pub consistency: String,
+    /// Size of the snapshot's image.
+    pub size: u64,
+    /// Bytes of the image that have data.
+    pub allocated: u64,
+    /// Bytes no other snapshot nor the head references: what deleting it would free.
+    pub exclusive: u64,
+    /// Locations of clones made from it (it cannot be deleted while any remain).
+    pub clones: Vec<String>,
 }
 
 /// Layout choices for a new volume (absent = engine default).
@@ -308,6 +316,10 @@ impl Service {
                     created: s.created_unix,
                     parent: s.parent.unwrap_or_default(),
                     consistency: format!("{:?}", s.consistency).to_lowercase(),
+                    size: s.size,
+                    allocated: s.allocated,
+                    exclusive: s.exclusive_bytes,
+                    clones: s.clones,
                 })
                 .collect())
         })

@@ -1027,6 +1027,21 @@ fn cli_round_trips_a_qcow2_image_and_manages_volumes_and_snapshots() {
         .map(|s| (s["name"].as_str().unwrap(), s["parent"].as_str().unwrap()))
         .collect();
     assert_eq!(parents, [("one", ""), ("two", "one"), ("three", "one")]);
+    // What deleting each would free: only two's 64 KiB of 0x02 is nobody else's (one's data
+    // is the head's and three's again after the rollback).
+    let excl: Vec<(&str, u64)> = snaps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap(),
+                s["exclusive"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(excl, [("one", 0), ("two", 65536), ("three", 0)], "{snaps}");
+    assert!(lines[2].contains("64.0 KiB exclusive"), "{tree}");
     ok(&hlfs(&d, false, &["snapshot", "delete", "a/v1%two"]));
     let snaps = json(&hlfs(&d, false, &["snapshot", "list", "a/v1", "--json"]));
     assert_eq!(snaps.as_array().unwrap().len(), 2);

@@ -612,7 +612,9 @@ async fn snapshot_tree(c: &Client, json: bool, volume: &str) -> Result<()> {
     for (name, path) in snaps {
         let p = c.props(path.as_str(), "org.hlfs.Snapshot1").await?;
         rows.push(json!({"name": name, "sequence": prop_u64(&p, "Sequence"), "created": prop_u64(&p, "Created"),
-            "parent": prop_str(&p, "Parent"), "consistency": prop_str(&p, "Consistency")}));
+            "parent": prop_str(&p, "Parent"), "consistency": prop_str(&p, "Consistency"),
+            "size": prop_u64(&p, "Size"), "allocated": prop_u64(&p, "Allocated"),
+            "exclusive": prop_u64(&p, "ExclusiveBytes")}));
     }
     rows.sort_by_key(|r| r["sequence"].as_u64().unwrap_or(0));
     out(json, Value::Array(rows.clone()), || {
@@ -626,10 +628,11 @@ async fn snapshot_tree(c: &Client, json: bool, volume: &str) -> Result<()> {
                 let last = i + 1 == kids.len();
                 let name = k["name"].as_str().unwrap_or("");
                 *s += &format!(
-                    "{indent}{}{name} (seq {}, {})\n",
+                    "{indent}{}{name} (seq {}, {}, {} exclusive)\n",
                     if last { "└─" } else { "├─" },
                     k["sequence"],
-                    k["consistency"].as_str().unwrap_or("")
+                    k["consistency"].as_str().unwrap_or(""),
+                    human_size(k["exclusive"].as_u64().unwrap_or(0))
                 );
                 walk(
                     rows,

@@ -571,6 +571,27 @@ impl Snapshot1 {
     async fn consistency(&self) -> String {
         self.info().await.consistency
     }
+    /// Size of the snapshot's image in bytes.
+    #[zbus(property)]
+    async fn size(&self) -> u64 {
+        self.info().await.size
+    }
+    /// Bytes of the image that have data.
+    #[zbus(property)]
+    async fn allocated(&self) -> u64 {
+        self.info().await.allocated
+    }
+    /// Bytes that neither the head nor another snapshot references: what deleting this
+    /// snapshot would free (a kept counter, not a scan).
+    #[zbus(property)]
+    async fn exclusive_bytes(&self) -> u64 {
+        self.info().await.exclusive
+    }
+    /// Locations of clones made from this snapshot; while any remain it cannot be deleted.
+    #[zbus(property)]
+    async fn clones(&self) -> Vec<String> {
+        self.info().await.clones
+    }
 }
 
 /// `org.hlfs.Job1`: one per running or recently finished job.
