@@ -126,6 +126,8 @@ pub struct VolumeInfo {
     pub allocated: u64,
     /// Bytes of the volume's log (all segments).
     pub physical: u64,
+    /// Bytes of log the cleaner could give back (data nothing references any more).
+    pub reclaimable: u64,
     pub compression: bool,
     pub block_size: u32,
     /// `pool/volume%snapshot` this volume is a clone of; empty if none.
@@ -293,6 +295,7 @@ impl Service {
                 size: st.capacity,
                 allocated: st.allocated,
                 physical: st.log_bytes,
+                reclaimable: st.reclaimable,
                 compression: st.compression,
                 block_size: st.block_size,
                 base: base.unwrap_or_default(),

@@ -472,6 +472,11 @@ fn unprivileged_caller_may_read_but_not_mutate() {
     assert_eq!(v[0]["size"], 8 << 20);
     let info = json(&hlfs(&d, true, &["volume", "info", "vm1", "--json"]));
     assert_eq!(info["export"], "default/vm1");
+    let (phys, recl) = (info["physical"].as_u64(), info["reclaimable"].as_u64());
+    assert!(
+        recl.zip(phys).is_some_and(|(r, p)| r <= p),
+        "reclaimable must be a count of log bytes: {info}"
+    );
     for args in [
         &["volume", "create", "evil", "1M"][..],
         &["volume", "resize", "vm1", "16M"],

@@ -228,6 +228,7 @@ fn volume_json(p: &Props) -> Value {
     json!({
         "pool": prop_str(p, "Pool"), "name": prop_str(p, "Name"), "size": prop_u64(p, "Size"),
         "allocated": prop_u64(p, "Allocated"), "physical": prop_u64(p, "Physical"),
+        "reclaimable": prop_u64(p, "Reclaimable"),
         "compression": prop_bool(p, "Compression"), "block_size": prop_u32(p, "BlockSize"),
         "base": prop_str(p, "Base"), "segments": prop_u64(p, "Segments"),
         "live_ratio": prop_f64(p, "LiveRatio"), "export": prop_str(p, "ExportName"),
@@ -408,9 +409,9 @@ async fn run(cli: Cli) -> Result<()> {
             let v = volume_json(&p);
             out(json, v.clone(), || {
                 format!(
-                    "volume:      {r}\nsize:        {} ({} bytes)\nallocated:   {}\nphysical:    {} (log)\nsegments:    {}\nlive ratio:  {:.2}\nblock size:  {}\ncompression: {}\nbase:        {}\nexport:      {}\n",
+                    "volume:      {r}\nsize:        {} ({} bytes)\nallocated:   {}\nphysical:    {} (log)\nreclaimable: {}\nsegments:    {}\nlive ratio:  {:.2}\nblock size:  {}\ncompression: {}\nbase:        {}\nexport:      {}\n",
                     human_size(prop_u64(&p, "Size")), prop_u64(&p, "Size"), human_size(prop_u64(&p, "Allocated")),
-                    human_size(prop_u64(&p, "Physical")), prop_u64(&p, "Segments"), prop_f64(&p, "LiveRatio"),
+                    human_size(prop_u64(&p, "Physical")), human_size(prop_u64(&p, "Reclaimable")), prop_u64(&p, "Segments"), prop_f64(&p, "LiveRatio"),
                     prop_u32(&p, "BlockSize"), if prop_bool(&p, "Compression") { "lz4" } else { "off" },
                     if prop_str(&p, "Base").is_empty() { "(none)".into() } else { prop_str(&p, "Base") },
                     prop_str(&p, "ExportName")

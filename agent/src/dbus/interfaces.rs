@@ -463,6 +463,11 @@ impl Volume1 {
     async fn physical(&self) -> u64 {
         self.info().await.physical
     }
+    /// Bytes of the log the cleaner could give back.
+    #[zbus(property)]
+    async fn reclaimable(&self) -> u64 {
+        self.info().await.reclaimable
+    }
     #[zbus(property)]
     async fn compression(&self) -> bool {
         self.info().await.compression

@@ -467,6 +467,7 @@ async fn volume_changed(
     i.size_changed(e).await?;
     i.allocated_changed(e).await?;
     i.physical_changed(e).await?;
+    i.reclaimable_changed(e).await?;
     i.segments_changed(e).await?;
     i.live_ratio_changed(e).await?;
     i.snapshots_changed(e).await
