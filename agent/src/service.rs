@@ -329,6 +329,28 @@ impl Service {
         .await
     }
 
+    /// The newest snapshot taken at or before `unix_time` (seconds since the epoch).
+    pub async fn snapshot_before(
+        &self,
+        pool: &str,
+        volume: &str,
+        unix_time: u64,
+    ) -> Result<SnapshotInfo> {
+        let (mgr, p, v) = (self.mgr.clone(), pool.to_string(), volume.to_string());
+        let name = blocking(move || {
+            mgr.with_volume(&p, &v, "search snapshots of", |v| {
+                Ok(v.snapshot_before(unix_time).map(|s| s.name))
+            })
+        })
+        .await?
+        .ok_or_else(|| {
+            Error::NotFound(format!(
+                "snapshot of {pool}/{volume} taken at or before {unix_time}"
+            ))
+        })?;
+        self.snapshot(pool, volume, &name).await
+    }
+
     pub async fn snapshot(&self, pool: &str, volume: &str, name: &str) -> Result<SnapshotInfo> {
         self.snapshots(pool, volume)
             .await?

@@ -1047,6 +1047,24 @@ fn cli_round_trips_a_qcow2_image_and_manages_volumes_and_snapshots() {
         .collect();
     assert_eq!(excl, [("one", 0), ("two", 65536), ("three", 0)], "{snaps}");
     assert!(lines[2].contains("64.0 KiB exclusive"), "{tree}");
+    // The newest snapshot at or before a time; none before the first.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let b = json(&hlfs(
+        &d,
+        false,
+        &["snapshot", "before", "a/v1", &now, "--json"],
+    ));
+    assert_eq!(b["snapshot"], "a/v1%three", "{b}");
+    let e = err(&hlfs(
+        &d,
+        false,
+        &["snapshot", "before", "a/v1", "1970-01-02"],
+    ));
+    assert!(e.contains("org.hlfs.Error.NotFound"), "{e}");
     ok(&hlfs(&d, false, &["snapshot", "delete", "a/v1%two"]));
     let snaps = json(&hlfs(&d, false, &["snapshot", "list", "a/v1", "--json"]));
     assert_eq!(snaps.as_array().unwrap().len(), 2);

@@ -137,6 +137,12 @@ enum SnapCmd {
     Delete {
         snapshot: String,
     },
+    /// Name the newest snapshot of VOLUME taken at or before TIME (Unix seconds, or UTC
+    /// `YYYY-MM-DD[THH:MM[:SS]][Z]`)
+    Before {
+        volume: String,
+        time: String,
+    },
     /// Make VOLUME's contents those of VOLUME%SNAP
     Rollback {
         snapshot: String,
@@ -201,6 +207,42 @@ fn out(json: bool, v: Value, human: impl FnOnce() -> String) {
     if !text.is_empty() {
         println!("{}", text.trim_end());
     }
+}
+
+/// Unix seconds, or a UTC date and time `YYYY-MM-DD[THH:MM[:SS]][Z]` (a space may replace `T`).
+fn parse_time(s: &str) -> Result<u64> {
+    if let Ok(n) = s.parse::<u64>() {
+        return Ok(n);
+    }
+    let bad = || {
+        Error::invalid(
+            "time",
+            s,
+            "expected Unix seconds or YYYY-MM-DD[THH:MM[:SS]][Z]",
+        )
+    };
+    let t = s.trim_end_matches('Z');
+    let (date, clock) = t.split_once(['T', ' ']).unwrap_or((t, "00:00:00"));
+    let num = |x: &str| x.parse::<i64>().map_err(|_| bad());
+    let d: Vec<&str> = date.split('-').collect();
+    let c: Vec<&str> = clock.split(':').collect();
+    if d.len() != 3 || !(2..=3).contains(&c.len()) {
+        return Err(bad());
+    }
+    let (y, m, day) = (num(d[0])?, num(d[1])?, num(d[2])?);
+    let (h, min) = (num(c[0])?, num(c[1])?);
+    let sec = c.get(2).map_or(Ok(0), |x| num(x))?;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || h > 23 || min > 59 || sec > 60 {
+        return Err(bad());
+    }
+    // Days from 1970-01-01 to the date (Howard Hinnant's days_from_civil).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + h * 3600 + min * 60 + sec).map_err(|_| bad())
 }
 
 fn human_size(n: u64) -> String {
@@ -475,6 +517,19 @@ async fn run(cli: Cli) -> Result<()> {
             );
         }
         Cmd::Snapshot(SnapCmd::List { volume }) => snapshot_tree(&c, json, volume).await?,
+        Cmd::Snapshot(SnapCmd::Before { volume, time }) => {
+            let r = c.resolve(volume).await?;
+            let t = parse_time(time)?;
+            let (name, path): (String, OwnedObjectPath) =
+                c.call(&r.path(), VOLUME, "SnapshotBefore", &(t,)).await?;
+            let p = c.props(path.as_str(), "org.hlfs.Snapshot1").await?;
+            let created = prop_u64(&p, "Created");
+            out(
+                json,
+                json!({"snapshot": format!("{}/{}%{name}", r.pool, r.volume), "created": created}),
+                || format!("{}/{}%{name} (created {created})", r.pool, r.volume),
+            );
+        }
         Cmd::Clone { source, new } => {
             let src = c.resolve(source).await?;
             let s = need_snapshot(&src, source)?;
@@ -650,4 +705,29 @@ async fn snapshot_tree(c: &Client, json: bool, volume: &str) -> Result<()> {
         s
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_time;
+
+    #[test]
+    fn times_parse_as_utc() {
+        assert_eq!(parse_time("0").ok(), Some(0));
+        assert_eq!(parse_time("1970-01-01").ok(), Some(0));
+        assert_eq!(parse_time("2026-11-22T05:00:00Z").ok(), Some(1_795_323_600));
+        assert_eq!(parse_time("2026-11-22 05:00").ok(), Some(1_795_323_600));
+        assert_eq!(parse_time("2000-02-29T23:59:59").ok(), Some(951_868_799));
+        assert_eq!(parse_time("2026-01-01").ok(), Some(1_767_225_600));
+        for bad in [
+            "",
+            "yesterday",
+            "2026-13-01",
+            "2026-11-22T25:00",
+            "1969-12-31",
+            "2026-11",
+        ] {
+            assert!(parse_time(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }

@@ -429,6 +429,18 @@ impl Volume1 {
             .await)
     }
 
+    /// `(name, object)` of the newest snapshot taken at or before `unix_time` (seconds since
+    /// the epoch); `NotFound` if every snapshot is younger.
+    async fn snapshot_before(&self, unix_time: u64) -> Result<(String, OwnedObjectPath)> {
+        let s = self
+            .ctx
+            .svc
+            .snapshot_before(&self.pool, &self.volume, unix_time)
+            .await?;
+        let path = paths::snapshot(&self.pool, &self.volume, &s.name);
+        Ok((s.name, path))
+    }
+
     /// `(name, object)` of every snapshot.
     async fn list_snapshots(&self) -> Result<Vec<(String, OwnedObjectPath)>> {
         Ok(self
