@@ -480,19 +480,22 @@ impl Service {
         Ok(r)
     }
 
+    /// `frozen`: the caller says the guest's filesystems were frozen (e.g. by the guest agent's
+    /// fsfreeze), so the snapshot is application-consistent rather than crash-consistent.
     pub async fn create_snapshot(
         &self,
         _: Admin,
         pool: &str,
         volume: &str,
         name: &str,
+        frozen: bool,
     ) -> Result<()> {
         hlfs_engine::check_snapshot_name(name)
             .map_err(|e| Error::engine(format!("snapshot {pool}/{volume}%{name}"), e))?;
         check_name("snapshot", name)?;
         let n = name.to_string();
         self.volume_op(pool, volume, "snapshot", move |v| {
-            v.snapshot_create(&n, false).map(drop)
+            v.snapshot_create(&n, frozen).map(drop)
         })
         .await
     }

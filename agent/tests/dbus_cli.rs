@@ -969,7 +969,11 @@ fn cli_round_trips_a_qcow2_image_and_manages_volumes_and_snapshots() {
         !String::from_utf8_lossy(&out.stdout).contains("fail"),
         "rollback did not restore the data"
     );
-    ok(&hlfs(&d, false, &["snapshot", "create", "a/v1%three"]));
+    ok(&hlfs(
+        &d,
+        false,
+        &["snapshot", "create", "a/v1%three", "--frozen"],
+    ));
     // A snapshot is served read-only over NBD as POOL/VOLUME@SNAPSHOT.
     let out = run(
         "qemu-io",
@@ -1046,6 +1050,13 @@ fn cli_round_trips_a_qcow2_image_and_manages_volumes_and_snapshots() {
         })
         .collect();
     assert_eq!(excl, [("one", 0), ("two", 65536), ("three", 0)], "{snaps}");
+    let consistency: Vec<&str> = snaps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["consistency"].as_str().unwrap())
+        .collect();
+    assert_eq!(consistency, ["crash", "crash", "frozen"], "{snaps}");
     assert!(lines[2].contains("64.0 KiB exclusive"), "{tree}");
     // The newest snapshot at or before a time; none before the first.
     let now = std::time::SystemTime::now()

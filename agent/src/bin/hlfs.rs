@@ -129,6 +129,10 @@ enum SnapCmd {
     /// Take snapshot VOLUME%SNAP
     Create {
         snapshot: String,
+        /// The guest's filesystems are frozen (e.g. virsh domfsfreeze): record the snapshot as
+        /// consistent, not merely crash-consistent
+        #[arg(long)]
+        frozen: bool,
     },
     /// Show the snapshots of VOLUME as a tree
     List {
@@ -488,10 +492,15 @@ async fn run(cli: Cli) -> Result<()> {
                 || format!("deleted volume {r}"),
             );
         }
-        Cmd::Snapshot(SnapCmd::Create { snapshot }) => {
+        Cmd::Snapshot(SnapCmd::Create { snapshot, frozen }) => {
             let r = c.resolve(snapshot).await?;
             let s = need_snapshot(&r, snapshot)?;
-            let _: OwnedObjectPath = c.call(&r.path(), VOLUME, "CreateSnapshot", &(&s,)).await?;
+            let method = if *frozen {
+                "CreateFrozenSnapshot"
+            } else {
+                "CreateSnapshot"
+            };
+            let _: OwnedObjectPath = c.call(&r.path(), VOLUME, method, &(&s,)).await?;
             out(json, json!({"snapshot": r.to_string()}), || {
                 format!("created snapshot {r}")
             });

@@ -267,6 +267,24 @@ impl Volume1 {
             self.ctx.svc.volume(&self.pool, &self.volume).await,
         )
     }
+
+    async fn snapshot(
+        &self,
+        hdr: Header<'_>,
+        conn: &Connection,
+        name: &str,
+        frozen: bool,
+    ) -> Result<OwnedObjectPath> {
+        let admin = self.ctx.admin(&hdr, conn).await?;
+        self.ctx
+            .svc
+            .create_snapshot(admin, &self.pool, &self.volume, name, frozen)
+            .await?;
+        Ok(self
+            .ctx
+            .published(paths::snapshot(&self.pool, &self.volume, name))
+            .await)
+    }
 }
 
 #[interface(name = "org.hlfs.Volume1")]
@@ -290,26 +308,25 @@ impl Volume1 {
             .await?)
     }
 
-    /// Takes a snapshot named `name`.
+    /// Takes a snapshot named `name` (crash-consistent: what a power cut would have left).
     async fn create_snapshot(
         &self,
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
         name: &str,
     ) -> Result<OwnedObjectPath> {
-        self.ctx
-            .svc
-            .create_snapshot(
-                self.ctx.admin(&hdr, conn).await?,
-                &self.pool,
-                &self.volume,
-                name,
-            )
-            .await?;
-        Ok(self
-            .ctx
-            .published(paths::snapshot(&self.pool, &self.volume, name))
-            .await)
+        self.snapshot(hdr, conn, name, false).await
+    }
+
+    /// Takes a snapshot named `name` that the caller says was taken with the guest's
+    /// filesystems frozen (its `Consistency` is `frozen`).
+    async fn create_frozen_snapshot(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        name: &str,
+    ) -> Result<OwnedObjectPath> {
+        self.snapshot(hdr, conn, name, true).await
     }
 
     async fn delete_snapshot(
