@@ -361,6 +361,8 @@ struct ReplyPool(Mutex<Vec<Vec<u8>>>);
 impl ReplyPool {
     const KEEP: usize = 8;
     const MIN: usize = 64 << 10;
+    /// Larger (rare) replies are not kept: at most KEEP x MAX bytes stay per connection.
+    const MAX: usize = (4 << 20) + 64;
 
     /// A buffer of `len` bytes whose contents are left over: the caller overwrites them all.
     fn get(&self, len: usize) -> Vec<u8> {
@@ -381,7 +383,7 @@ impl ReplyPool {
     }
 
     fn put(&self, b: Vec<u8>) {
-        if b.len() >= Self::MIN {
+        if (Self::MIN..=Self::MAX).contains(&b.len()) {
             let mut p = self.0.lock().unwrap_or_else(|p| p.into_inner());
             if p.len() < Self::KEEP {
                 p.push(b);
