@@ -182,6 +182,112 @@ pub(crate) struct Pass {
     units: Vec<(UnitKey, u64, u32)>,
     next: usize,
     kept: BTreeSet<u32>,
+    /// The next segment number when the pass was planned: every copy it makes lands in a
+    /// segment numbered from here on.
+    plan_seq: u32,
+    /// Bytes of a victim read ahead: (segment, offset, bytes).
+    window: Option<(u32, u32, Vec<u8>)>,
+}
+
+/// Bytes of a victim read at once.
+const READ_WINDOW: u32 = 1 << 20;
+
+/// A segment that nothing references any more (its live data was copied, durably) but that a
+/// kept checkpoint may still need: recovery from that checkpoint replays it, or loads a map
+/// that points into it without replaying the copies that moved its data.
+struct Zombie {
+    bytes: u64,
+    /// `Pass::plan_seq` of the pass that emptied it.
+    plan_seq: u32,
+    /// Checkpoints written by this process before it became a zombie.
+    gen: u64,
+}
+
+/// When segments emptied by the cleaner may be deleted (see `Reclaim::deletable`), and the
+/// thread that deletes them.
+#[derive(Default)]
+pub(crate) struct Reclaim {
+    zombies: BTreeMap<u32, Zombie>,
+    /// Checkpoints written by this process: id -> (replay start, generation).
+    ckpts: BTreeMap<u32, (u32, u64)>,
+    /// Checkpoints written by this process so far.
+    gen: u64,
+    deleter: Option<Deleter>,
+}
+
+impl Reclaim {
+    /// Called by `write_checkpoint` once checkpoint `id`, starting replay at `start`, is durable.
+    pub(crate) fn checkpoint_written(&mut self, id: u32, start: u32) {
+        self.ckpts.insert(id, (start, self.gen));
+        self.gen += 1;
+    }
+
+    /// Bytes of segments emptied but not yet deleted (they still take space).
+    pub(crate) fn zombie_bytes(&self) -> u64 {
+        self.zombies.values().map(|z| z.bytes).sum()
+    }
+
+    /// A zombie may be deleted once no checkpoint recovery could load needs it:
+    /// - the newest checkpoint was written after it became a zombie, so that everything that
+    ///   emptied it (the cleaner's copies, and the writes, trims or snapshot deletions that
+    ///   killed the rest) is durable: nothing becomes durable after a checkpoint that precedes
+    ///   it in the log;
+    /// - and each kept checkpoint (the two that recovery may load; without two known ones,
+    ///   nothing is deleted) starts replay after it, so it is never replayed, and either was
+    ///   written after it became a zombie (its maps do not point into it) or replays every
+    ///   segment that holds its copies (all created at or after the pass's `plan_seq`), which
+    ///   move every reference away from it again.
+    fn deletable(&self, kept: &[u32], seq: u32, z: &Zombie) -> bool {
+        let newest_after = kept
+            .last()
+            .and_then(|id| self.ckpts.get(id))
+            .is_some_and(|&(_, gen)| gen >= z.gen);
+        newest_after
+            && kept.len() >= 2
+            && kept.iter().all(|id| {
+                self.ckpts.get(id).is_some_and(|&(start, gen)| {
+                    seq < start && (gen >= z.gen || z.plan_seq >= start)
+                })
+            })
+    }
+}
+
+/// Deletes objects on its own thread (local backends, where unlinking a segment takes
+/// milliseconds of file-system work): a deletion is never needed for correctness, only for
+/// space, so the cleaner need not wait for it. Dropping it waits for the queue to drain.
+struct Deleter {
+    tx: Option<std::sync::mpsc::Sender<String>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Deleter {
+    fn start(backend: std::sync::Arc<dyn crate::backend::Backend>) -> Option<Deleter> {
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let thread = std::thread::Builder::new()
+            .name("hlfs-delete".into())
+            .spawn(move || {
+                for name in rx {
+                    if let Err(e) = backend.delete(&name) {
+                        // Left behind: recovery deletes it (unlisted, below the checkpoint).
+                        tracing::warn!(object = %name, error = %e, "deleting a cleaned segment failed");
+                    }
+                }
+            })
+            .ok()?;
+        Some(Deleter {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Deleter {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Volume {
@@ -254,7 +360,7 @@ impl Volume {
             return Ok(());
         }
         // Finishes the pass in progress, or runs a whole new one.
-        self.step(&p, u64::MAX).map(|_| ())
+        self.step(&p, u64::MAX, false).map(|_| ())
     }
 
     /// Bytes the cleaner has copied since open (for write amplification).
@@ -267,9 +373,9 @@ impl Volume {
         self.writable()?;
         let mut report = CleanReport::default();
         if self.clean_run.is_some() {
-            report.add(&self.step(policy, u64::MAX)?);
+            report.add(&self.step(policy, u64::MAX, true)?);
         }
-        report.add(&self.step(policy, u64::MAX)?);
+        report.add(&self.step(policy, u64::MAX, true)?);
         Ok(report)
     }
 
@@ -280,13 +386,14 @@ impl Volume {
     pub fn clean_step(&mut self, max_bytes: u64) -> Result<CleanReport> {
         self.writable()?;
         let policy = self.auto_clean.clone().unwrap_or_default();
-        self.step(&policy, max_bytes)
+        self.step(&policy, max_bytes, false)
     }
 
-    fn step(&mut self, policy: &CleanPolicy, max_bytes: u64) -> Result<CleanReport> {
+    /// `eager`: an on-demand pass, which deletes every emptied segment before it returns.
+    fn step(&mut self, policy: &CleanPolicy, max_bytes: u64, eager: bool) -> Result<CleanReport> {
         let was = std::mem::replace(&mut self.cleaning, true);
         let mut report = CleanReport::default();
-        let r = self.step_inner(policy, max_bytes, &mut report);
+        let r = self.step_inner(policy, max_bytes, eager, &mut report);
         self.cleaning = was;
         // Copies count even if the step failed half-way.
         self.clean_totals.0 += report.bytes_copied;
@@ -298,6 +405,7 @@ impl Volume {
         &mut self,
         policy: &CleanPolicy,
         max_bytes: u64,
+        eager: bool,
         report: &mut CleanReport,
     ) -> Result<()> {
         let mut run = match self.clean_run.take() {
@@ -306,15 +414,20 @@ impl Volume {
                 Some(r) => r,
                 None => {
                     report.pass_finished = true;
+                    // Nothing to copy; emptied segments left by earlier passes still go.
+                    if !self.reclaim.zombies.is_empty() {
+                        self.reclaim_zombies(report, if eager { 2 } else { 1 })?;
+                    }
                     return Ok(());
                 }
             },
         };
         while run.next < run.units.len() && (report.bytes_copied < max_bytes) {
             let (key, ulba, stored) = run.units[run.next];
-            run.next += 1;
             // On an error the pass is abandoned; the victims stay until a later pass.
-            self.copy_unit(key, ulba, stored, &mut run.kept, report)?;
+            let raw = self.read_unit(&mut run, stored)?;
+            run.next += 1;
+            self.copy_unit(key, ulba, stored, &raw, &mut run.kept, report)?;
         }
         if run.next < run.units.len() {
             self.clean_run = Some(run);
@@ -322,7 +435,39 @@ impl Volume {
         }
         report.segments_cleaned = (run.victims.len() - run.kept.len()) as u32;
         report.pass_finished = true;
-        self.finish_cleaning(report)
+        self.finish_cleaning(report, run.plan_seq, eager)
+    }
+
+    /// The stored bytes (header included) of unit `run.units[run.next]`, through a window
+    /// that reads up to `READ_WINDOW` bytes of the victim's planned units at once (the units
+    /// are in segment order).
+    fn read_unit(&self, run: &mut Pass, stored: u32) -> Result<Vec<u8>> {
+        let ((seg, off), _, _) = run.units[run.next];
+        let total = |st: u32| UNIT_HEADER_LEN as u32 + (st & !UNIT_COMPRESSED);
+        let len = total(stored);
+        let hit = |w: &(u32, u32, Vec<u8>)| {
+            w.0 == seg && off >= w.1 && u64::from(off) + u64::from(len) <= u64::from(w.1) + w.2.len() as u64
+        };
+        if !run.window.as_ref().is_some_and(hit) {
+            // Up to the end of the last planned unit of this segment within the window.
+            let mut end = off.saturating_add(len);
+            for &((s, o), _, st) in &run.units[run.next + 1..] {
+                let e = o.saturating_add(total(st));
+                if s != seg || e - off > READ_WINDOW {
+                    break;
+                }
+                end = end.max(e);
+            }
+            let mut buf = run.window.take().map(|w| w.2).unwrap_or_default();
+            buf.resize((end - off) as usize, 0);
+            self.backend.read_at(&segment_name(seg), u64::from(off), &mut buf)?;
+            run.window = Some((seg, off, buf));
+        }
+        let Some((_, start, buf)) = &run.window else {
+            return Err(Error::Invalid("cleaner read window missing".into()));
+        };
+        let at = (off - start) as usize;
+        Ok(buf[at..at + len as usize].to_vec())
     }
 
     /// Chooses victims and lists the units in them that some map references.
@@ -367,6 +512,8 @@ impl Volume {
             units: units.into_iter().map(|(k, (l, s))| (k, l, s)).collect(),
             next: 0,
             kept: BTreeSet::new(),
+            plan_seq: self.next_seq,
+            window: None,
         })
     }
 
@@ -376,6 +523,7 @@ impl Volume {
         (seg, off): UnitKey,
         ulba: u64,
         stored: u32,
+        raw: &[u8],
         kept: &mut BTreeSet<u32>,
         report: &mut CleanReport,
     ) -> Result<()> {
@@ -394,10 +542,7 @@ impl Volume {
         if head.is_empty() && !by_snapshot {
             return Ok(());
         }
-        let len = (stored & !UNIT_COMPRESSED) as usize;
-        let mut raw = vec![0u8; UNIT_HEADER_LEN + len];
         let obj = segment_name(seg);
-        self.backend.read_at(&obj, u64::from(off), &mut raw)?;
         let ok_hdr = raw[..4] == stored.to_le_bytes();
         let crc = u32::from_le_bytes([raw[4], raw[5], raw[6], raw[7]]);
         let data = &raw[UNIT_HEADER_LEN..];
@@ -425,7 +570,7 @@ impl Volume {
         let blocks = (decoded.len() as u64).div_ceil(bs);
         let head_blocks: u64 = head.iter().map(|p| p.1).sum();
         if by_snapshot || head_blocks >= blocks {
-            self.append_copy(seg, off, ulba, blocks as u32, &raw)?;
+            self.append_copy(seg, off, ulba, blocks as u32, raw)?;
             report.units_copied += 1;
             report.bytes_copied += raw.len() as u64;
             return Ok(());
@@ -584,25 +729,24 @@ impl Volume {
         Ok(())
     }
 
-    /// Makes the copies durable and applied, seals the writer's segment, writes two
-    /// checkpoints, then deletes every sealed segment that nothing references.
-    fn finish_cleaning(&mut self, report: &mut CleanReport) -> Result<()> {
+    /// Makes the copies durable and applied, then turns every sealed segment that nothing
+    /// references into a zombie, and deletes the zombies no kept checkpoint needs. `eager`
+    /// (an on-demand pass) writes up to two checkpoints so that all of them go; otherwise one:
+    /// most victims are older than both kept checkpoints already, and those that are not go at
+    /// a later pass.
+    fn finish_cleaning(&mut self, report: &mut CleanReport, plan_seq: u32, eager: bool) -> Result<()> {
         self.seal_clean_seg()?;
-        self.seal()?;
+        let open = self.open.as_ref().map(|o| o.seq);
         let dead: Vec<u32> = self
             .segs
             .keys()
             .copied()
-            .filter(|s| *s < self.next_seq && !self.segment_referenced(*s))
+            .filter(|s| *s < self.next_seq && Some(*s) != open && !self.segment_referenced(*s))
             .collect();
-        if dead.is_empty() {
-            return Ok(());
-        }
-        // Forget them first, so that the checkpoints no longer list them.
-        for &seq in &dead {
-            if let Some(st) = self.segs.remove(&seq) {
-                report.bytes_freed += st.bytes;
-            }
+        // Forget them first, so that later checkpoints no longer list them.
+        for seq in dead {
+            let bytes = self.segs.remove(&seq).map_or(0, |st| st.bytes);
+            report.bytes_freed += bytes;
             for s in self.snaps.values_mut() {
                 s.live.remove(&seq);
             }
@@ -611,14 +755,62 @@ impl Volume {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .forget_segment(seq);
+            let gen = self.reclaim.gen;
+            self.reclaim.zombies.insert(seq, Zombie { bytes, plan_seq, gen });
         }
-        self.write_checkpoint()?;
-        self.write_checkpoint()?;
-        for seq in dead {
-            self.backend.delete(&segment_name(seq))?;
-            report.segments_deleted += 1;
-        }
-        tracing::info!(volume = %self.loc, ?report, "cleaning pass done");
+        self.reclaim_zombies(report, if eager { 2 } else { 1 })?;
+        tracing::info!(volume = %self.loc, ?report, zombies = self.reclaim.zombies.len(), "cleaning pass done");
         Ok(())
+    }
+
+    /// Deletes the zombies no kept checkpoint needs; while some remain, seals the writer's
+    /// segment and writes a checkpoint (at most `max_ckpts`), which frees more.
+    fn reclaim_zombies(&mut self, report: &mut CleanReport, max_ckpts: usize) -> Result<()> {
+        let mut written = 0;
+        loop {
+            let kept = self.checkpoints.clone();
+            let go: Vec<u32> = self
+                .reclaim
+                .zombies
+                .iter()
+                .filter(|(seq, z)| self.reclaim.deletable(&kept, **seq, z))
+                .map(|(seq, _)| *seq)
+                .collect();
+            for seq in go {
+                self.reclaim.zombies.remove(&seq);
+                self.delete_segment(seq)?;
+                report.segments_deleted += 1;
+            }
+            if self.reclaim.zombies.is_empty() || written == max_ckpts {
+                return Ok(());
+            }
+            if self.open.is_some() {
+                // A checkpoint needs a segment boundary (the seal may write one itself).
+                self.seal()?;
+                continue;
+            }
+            self.write_checkpoint()?;
+            written += 1;
+        }
+    }
+
+    /// Deletes the zombies the kept checkpoints allow, writing none.
+    pub(crate) fn reclaim_now(&mut self) -> Result<()> {
+        self.reclaim_zombies(&mut CleanReport::default(), 0)
+    }
+
+    fn delete_segment(&mut self, seq: u32) -> Result<()> {
+        let name = segment_name(seq);
+        if self.loc.starts_with("local://") {
+            if self.reclaim.deleter.is_none() {
+                self.reclaim.deleter = Deleter::start(self.backend.clone());
+            }
+            if let Some(tx) = self.reclaim.deleter.as_ref().and_then(|d| d.tx.as_ref()) {
+                if tx.send(name.clone()).is_ok() {
+                    return Ok(());
+                }
+            }
+        }
+        self.backend.delete(&name)
     }
 }

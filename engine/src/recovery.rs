@@ -156,6 +156,7 @@ impl Volume {
             clean_seg: Default::default(),
             clean_run: None,
             cleaner_segs: Default::default(),
+            reclaim: Default::default(),
             spare_buf: None,
             compress_gate: Default::default(),
             failed: None,

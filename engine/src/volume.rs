@@ -191,6 +191,8 @@ pub struct Volume {
     /// In memory only: segments the cleaner wrote since open (what survives them again goes
     /// to the cleaner's cold stream).
     pub(crate) cleaner_segs: std::collections::BTreeSet<u32>,
+    /// Segments the cleaner emptied, until no kept checkpoint needs them (see cleaner.rs).
+    pub(crate) reclaim: crate::cleaner::Reclaim,
     pub(crate) spare_buf: Option<Vec<u8>>,
     pub(crate) compress_gate: Arc<crate::encode::CompressGate>,
     pub(crate) failed: Option<String>,
@@ -918,6 +920,7 @@ impl Volume {
         w.append(&bytes)?;
         w.sync()?;
         self.checkpoints.push(id);
+        self.reclaim.checkpoint_written(id, next);
         while self.checkpoints.len() > 2 {
             let old = self.checkpoints.remove(0);
             self.backend.delete(&format::checkpoint_name(old))?;
@@ -1061,7 +1064,7 @@ impl Volume {
             capacity: self.size,
             allocated: (self.map.mapped_blocks().saturating_sub(self.zero_marked) * self.bs())
                 .min(self.size),
-            log_bytes: sealed + open_bytes,
+            log_bytes: sealed + open_bytes + self.reclaim.zombie_bytes(),
             segments: self.segs.len() as u64,
             live_ratio: if written == 0 {
                 1.0
@@ -1097,6 +1100,9 @@ impl Volume {
             let r = self.write_checkpoint();
             self.fail(r)?;
         }
+        // Emptied segments that the checkpoints no longer need (the rest go at the next open).
+        let r = self.reclaim_now();
+        self.fail(r)?;
         self.closed = true;
         Ok(())
     }
