@@ -446,7 +446,9 @@ impl Volume {
         let total = |st: u32| UNIT_HEADER_LEN as u32 + (st & !UNIT_COMPRESSED);
         let len = total(stored);
         let hit = |w: &(u32, u32, Vec<u8>)| {
-            w.0 == seg && off >= w.1 && u64::from(off) + u64::from(len) <= u64::from(w.1) + w.2.len() as u64
+            w.0 == seg
+                && off >= w.1
+                && u64::from(off) + u64::from(len) <= u64::from(w.1) + w.2.len() as u64
         };
         if !run.window.as_ref().is_some_and(hit) {
             // Up to the end of the last planned unit of this segment within the window.
@@ -460,7 +462,8 @@ impl Volume {
             }
             let mut buf = run.window.take().map(|w| w.2).unwrap_or_default();
             buf.resize((end - off) as usize, 0);
-            self.backend.read_at(&segment_name(seg), u64::from(off), &mut buf)?;
+            self.backend
+                .read_at(&segment_name(seg), u64::from(off), &mut buf)?;
             run.window = Some((seg, off, buf));
         }
         let Some((_, start, buf)) = &run.window else {
@@ -734,7 +737,12 @@ impl Volume {
     /// (an on-demand pass) writes up to two checkpoints so that all of them go; otherwise one:
     /// most victims are older than both kept checkpoints already, and those that are not go at
     /// a later pass.
-    fn finish_cleaning(&mut self, report: &mut CleanReport, plan_seq: u32, eager: bool) -> Result<()> {
+    fn finish_cleaning(
+        &mut self,
+        report: &mut CleanReport,
+        plan_seq: u32,
+        eager: bool,
+    ) -> Result<()> {
         self.seal_clean_seg()?;
         let open = self.open.as_ref().map(|o| o.seq);
         let dead: Vec<u32> = self
@@ -756,7 +764,14 @@ impl Volume {
                 .unwrap_or_else(|p| p.into_inner())
                 .forget_segment(seq);
             let gen = self.reclaim.gen;
-            self.reclaim.zombies.insert(seq, Zombie { bytes, plan_seq, gen });
+            self.reclaim.zombies.insert(
+                seq,
+                Zombie {
+                    bytes,
+                    plan_seq,
+                    gen,
+                },
+            );
         }
         self.reclaim_zombies(report, if eager { 2 } else { 1 })?;
         tracing::info!(volume = %self.loc, ?report, zombies = self.reclaim.zombies.len(), "cleaning pass done");
