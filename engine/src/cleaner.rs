@@ -425,9 +425,15 @@ impl Volume {
         while run.next < run.units.len() && (report.bytes_copied < max_bytes) {
             let (key, ulba, stored) = run.units[run.next];
             // On an error the pass is abandoned; the victims stay until a later pass.
-            let raw = self.read_unit(&mut run, stored)?;
+            let at = self.read_unit(&mut run, stored)?;
             run.next += 1;
-            self.copy_unit(key, ulba, stored, &raw, &mut run.kept, report)?;
+            // The window is lent out for the copy (which needs the whole volume).
+            let Some(window) = run.window.take() else {
+                return Err(Error::Invalid("cleaner read window missing".into()));
+            };
+            let r = self.copy_unit(key, ulba, stored, &window.2[at], &mut run.kept, report);
+            run.window = Some(window);
+            r?;
         }
         if run.next < run.units.len() {
             self.clean_run = Some(run);
@@ -438,10 +444,10 @@ impl Volume {
         self.finish_cleaning(report, run.plan_seq, eager)
     }
 
-    /// The stored bytes (header included) of unit `run.units[run.next]`, through a window
-    /// that reads up to `READ_WINDOW` bytes of the victim's planned units at once (the units
-    /// are in segment order).
-    fn read_unit(&self, run: &mut Pass, stored: u32) -> Result<Vec<u8>> {
+    /// Where the stored bytes (header included) of unit `run.units[run.next]` are in
+    /// `run.window`, which reads up to `READ_WINDOW` bytes of the victim's planned units at
+    /// once (the units are in segment order).
+    fn read_unit(&self, run: &mut Pass, stored: u32) -> Result<std::ops::Range<usize>> {
         let ((seg, off), _, _) = run.units[run.next];
         let total = |st: u32| UNIT_HEADER_LEN as u32 + (st & !UNIT_COMPRESSED);
         let len = total(stored);
@@ -470,7 +476,10 @@ impl Volume {
             return Err(Error::Invalid("cleaner read window missing".into()));
         };
         let at = (off - start) as usize;
-        Ok(buf[at..at + len as usize].to_vec())
+        if at + len as usize > buf.len() {
+            return Err(Error::Invalid("cleaner read window too short".into()));
+        }
+        Ok(at..at + len as usize)
     }
 
     /// Chooses victims and lists the units in them that some map references.
@@ -630,15 +639,17 @@ impl Volume {
         unit: &[u8],
     ) -> Result<()> {
         let stored = u32::from_le_bytes([unit[0], unit[1], unit[2], unit[3]]);
-        let mut body = Vec::with_capacity(8 + unit.len());
-        body.extend_from_slice(&seg.to_le_bytes());
-        body.extend_from_slice(&off.to_le_bytes());
-        body.extend_from_slice(unit);
+        // The body (old segment, old offset, unit) goes straight into the segment's buffer.
+        let mut head = [0u8; 8];
+        head[..4].copy_from_slice(&seg.to_le_bytes());
+        head[4..].copy_from_slice(&off.to_le_bytes());
+        let body_len = head.len() + unit.len();
+        let body_crc = crc32c::crc32c_append(crc32c::crc32c(&head), unit);
         let mut meta = Vec::with_capacity(12);
         meta.extend_from_slice(&seg.to_le_bytes());
         meta.extend_from_slice(&off.to_le_bytes());
         meta.extend_from_slice(&stored.to_le_bytes());
-        let need = (2 * RECORD_HEADER_LEN + body.len() + meta.len()) as u64;
+        let need = (2 * RECORD_HEADER_LEN + body_len + meta.len()) as u64;
         let seg_size = u64::from(self.meta.segment_size);
         let stream = usize::from(self.cleaner_segs.contains(&seg));
         if let Some(c) = &self.clean_seg.0[stream] {
@@ -668,8 +679,8 @@ impl Volume {
             serial: self.serial,
             arg: lba,
             nblocks,
-            body_len: body.len() as u32,
-            body_crc: crc32c::crc32c(&body),
+            body_len: body_len as u32,
+            body_crc,
         };
         let Some(c) = self.clean_seg.0[stream].as_mut() else {
             return Err(Error::Invalid("no cleaner segment".into()));
@@ -678,11 +689,12 @@ impl Volume {
         let mut h = Vec::with_capacity(RECORD_HEADER_LEN);
         hdr.encode(&mut h);
         c.pending.extend_from_slice(&h);
-        c.pending.extend_from_slice(&body);
+        c.pending.extend_from_slice(&head);
+        c.pending.extend_from_slice(unit);
         c.footer.extend_from_slice(&h);
         c.footer.extend_from_slice(&meta);
         c.records += 1;
-        c.len += (h.len() + body.len()) as u64;
+        c.len += (h.len() + body_len) as u64;
         c.deferred.push((rec_off, hdr, meta));
         if c.pending.len() >= 512 * 1024 {
             c.writer
