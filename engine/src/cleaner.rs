@@ -153,10 +153,70 @@ pub(crate) struct CleanSeg {
     deferred: Vec<(u64, RecordHeader, Vec<u8>)>,
 }
 
-/// Streams of cleaner output, by the generation of the data: 0 for data copied out of the
-/// writer's segments (first survivors, some still warm), 1 for data copied out of the
-/// cleaner's own segments (survived twice: cold).
-pub(crate) const STREAMS: usize = 2;
+/// Streams of cleaner output: 0 for cold data copied out of the writer's segments (first
+/// survivors), 1 for cold data copied out of the cleaner's own segments (survived twice), 2
+/// for hot data (see `Heat`), which will soon be overwritten: kept apart, it leaves segments
+/// that empty quickly instead of holes in cold ones.
+pub(crate) const STREAMS: usize = 3;
+const HOT_STREAM: usize = 2;
+
+/// Blocks per heat chunk (1 MiB of 4 KiB blocks).
+const HEAT_CHUNK_SHIFT: u32 = 8;
+
+/// How often each region of the volume was written lately, in memory only (a hint: replay
+/// rebuilds what it can, and a wrong guess only costs copies). Per chunk of `1 <<
+/// HEAT_CHUNK_SHIFT` blocks, a count of blocks written that halves every time as many blocks
+/// as half the mapped data have been written (an epoch).
+#[derive(Default)]
+pub(crate) struct Heat {
+    /// chunk -> (count, epoch of the count)
+    chunks: std::collections::HashMap<u64, (u32, u32)>,
+    epoch: u32,
+    /// Blocks written in this epoch.
+    written: u64,
+    /// Sum of all counts, decayed like them.
+    total: u64,
+}
+
+impl Heat {
+    /// Records a write of `n` blocks at `lba`; `mapped` is the number of mapped blocks.
+    pub(crate) fn touch(&mut self, lba: u64, n: u64, mapped: u64) {
+        if n == 0 {
+            return;
+        }
+        let epoch = self.epoch;
+        let (first, last) = (lba >> HEAT_CHUNK_SHIFT, (lba + n - 1) >> HEAT_CHUNK_SHIFT);
+        for c in first..=last {
+            let lo = lba.max(c << HEAT_CHUNK_SHIFT);
+            let hi = (lba + n).min((c + 1) << HEAT_CHUNK_SHIFT);
+            let e = self.chunks.entry(c).or_insert((0, epoch));
+            e.0 = (e.0 >> (epoch - e.1).min(31)).saturating_add((hi - lo) as u32);
+            e.1 = epoch;
+        }
+        self.total += n;
+        self.written += n;
+        if self.written >= (mapped / 2).max(1 << 16) {
+            self.written = 0;
+            self.epoch += 1;
+            self.total /= 2;
+            // Forget regions that have cooled down completely.
+            if self.epoch.is_multiple_of(8) {
+                let epoch = self.epoch;
+                self.chunks.retain(|_, e| e.0 >> (epoch - e.1).min(31) > 0);
+            }
+        }
+    }
+
+    /// True if the chunk of `lba` was written at more than twice the average rate lately.
+    fn is_hot(&self, lba: u64, mapped: u64) -> bool {
+        let Some(&(count, e)) = self.chunks.get(&(lba >> HEAT_CHUNK_SHIFT)) else {
+            return false;
+        };
+        let count = u64::from(count >> (self.epoch - e).min(31));
+        let nchunks = (mapped >> HEAT_CHUNK_SHIFT).max(1);
+        count * nchunks > 2 * self.total
+    }
+}
 
 /// The cleaner's open segments, one per stream.
 #[derive(Default)]
@@ -581,8 +641,13 @@ impl Volume {
         };
         let blocks = (decoded.len() as u64).div_ceil(bs);
         let head_blocks: u64 = head.iter().map(|p| p.1).sum();
+        let stream = if self.heat.is_hot(ulba, self.map.mapped_blocks()) {
+            HOT_STREAM
+        } else {
+            usize::from(self.cleaner_segs.contains(&seg))
+        };
         if by_snapshot || head_blocks >= blocks {
-            self.append_copy(seg, off, ulba, blocks as u32, raw)?;
+            self.append_copy(stream, seg, off, ulba, blocks as u32, raw)?;
             report.units_copied += 1;
             report.bytes_copied += raw.len() as u64;
             return Ok(());
@@ -603,7 +668,7 @@ impl Volume {
                 continue;
             };
             let unit = self.encode_unit(l, part);
-            self.append_copy(seg, off, l, n as u32, &unit)?;
+            self.append_copy(stream, seg, off, l, n as u32, &unit)?;
             report.bytes_copied += unit.len() as u64;
         }
         report.units_copied += 1;
@@ -632,6 +697,7 @@ impl Volume {
     /// `unit`) to the cleaner's segment, starting or sealing one as needed.
     fn append_copy(
         &mut self,
+        stream: usize,
         seg: u32,
         off: u32,
         lba: u64,
@@ -651,7 +717,6 @@ impl Volume {
         meta.extend_from_slice(&stored.to_le_bytes());
         let need = (2 * RECORD_HEADER_LEN + body_len + meta.len()) as u64;
         let seg_size = u64::from(self.meta.segment_size);
-        let stream = usize::from(self.cleaner_segs.contains(&seg));
         if let Some(c) = &self.clean_seg.0[stream] {
             if c.records > 0 && c.len + (c.footer.len() + TRAILER_LEN) as u64 + need > seg_size {
                 self.seal_clean_stream(stream)?;

@@ -157,6 +157,7 @@ impl Volume {
             clean_run: None,
             cleaner_segs: Default::default(),
             reclaim: Default::default(),
+            heat: Default::default(),
             spare_buf: None,
             compress_gate: Default::default(),
             failed: None,

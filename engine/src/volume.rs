@@ -193,6 +193,8 @@ pub struct Volume {
     pub(crate) cleaner_segs: std::collections::BTreeSet<u32>,
     /// Segments the cleaner emptied, until no kept checkpoint needs them (see cleaner.rs).
     pub(crate) reclaim: crate::cleaner::Reclaim,
+    /// Where writes went lately (the cleaner keeps hot data apart from cold).
+    pub(crate) heat: crate::cleaner::Heat,
     pub(crate) spare_buf: Option<Vec<u8>>,
     pub(crate) compress_gate: Arc<crate::encode::CompressGate>,
     pub(crate) failed: Option<String>,
@@ -754,6 +756,7 @@ impl Volume {
                 let st = self.segs.entry(seq).or_default();
                 st.written += n;
                 st.live += n;
+                self.heat.touch(hdr.arg, n, self.map.mapped_blocks());
             }
             RecordKind::Zero => {
                 if self.meta.base.is_some() && !self.detached {
