@@ -617,32 +617,31 @@ impl Volume {
         if head.is_empty() && !by_snapshot {
             return Ok(());
         }
-        let obj = segment_name(seg);
+        let compressed = stored & UNIT_COMPRESSED != 0;
         let ok_hdr = raw[..4] == stored.to_le_bytes();
         let crc = u32::from_le_bytes([raw[4], raw[5], raw[6], raw[7]]);
         let data = &raw[UNIT_HEADER_LEN..];
-        let decoded: Option<Vec<u8>> = if !ok_hdr || crc != format::unit_crc(ulba, data) {
+        // The decoded length, from the header of LZ4's output (a unit copied whole is not
+        // decompressed: its CRC, checked here, covers every stored byte).
+        let dlen = if !ok_hdr || crc != format::unit_crc(ulba, data) {
             None
-        } else if stored & UNIT_COMPRESSED != 0 {
-            let n = data.get(..4).map_or(usize::MAX, |b| {
-                u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize
-            });
-            if n as u64 > ub * bs {
-                None
-            } else {
-                lz4_flex::block::decompress_size_prepended(data).ok()
-            }
+        } else if compressed {
+            data.get(..4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
         } else {
-            Some(data.to_vec())
+            Some(data.len())
         };
-        let Some(decoded) = decoded.filter(|d| !d.is_empty() && d.len() as u64 <= ub * bs) else {
+        let damaged = |v: &Volume, kept: &mut BTreeSet<u32>| {
             // Never copy damaged data as if it were good: leave the segment in place so the
             // damage stays visible (reads of it report it).
-            tracing::warn!(volume = %self.loc, segment = %obj, offset = off, "cleaner left a damaged unit in place");
+            tracing::warn!(volume = %v.loc, segment = %segment_name(seg), offset = off, "cleaner left a damaged unit in place");
             kept.insert(seg);
+        };
+        let Some(dlen) = dlen.filter(|d| *d > 0 && *d as u64 <= ub * bs) else {
+            damaged(self, kept);
             return Ok(());
         };
-        let blocks = (decoded.len() as u64).div_ceil(bs);
+        let blocks = (dlen as u64).div_ceil(bs);
         let head_blocks: u64 = head.iter().map(|p| p.1).sum();
         let stream = if self.heat.is_hot(ulba, self.map.mapped_blocks()) {
             HOT_STREAM
@@ -657,6 +656,17 @@ impl Volume {
         }
         // Only the head uses it, and only partly: copy its live runs alone, so dead parts of
         // units do not travel from copy to copy.
+        let decoded: std::borrow::Cow<[u8]> = if compressed {
+            match lz4_flex::block::decompress_size_prepended(data) {
+                Ok(d) if d.len() == dlen => d.into(),
+                _ => {
+                    damaged(self, kept);
+                    return Ok(());
+                }
+            }
+        } else {
+            data.into()
+        };
         let mut runs: Vec<(u64, u64)> = Vec::new();
         for (l, n) in head {
             match runs.last_mut() {
@@ -670,7 +680,8 @@ impl Volume {
                 kept.insert(seg);
                 continue;
             };
-            let unit = self.encode_unit(l, part);
+            // Parts of a unit that did not compress are not tried again.
+            let unit = self.encode_unit(l, part, compressed);
             self.append_copy(stream, seg, off, l, n as u32, &unit)?;
             report.bytes_copied += unit.len() as u64;
         }
@@ -678,9 +689,9 @@ impl Volume {
         Ok(())
     }
 
-    /// A unit as stored: `stored | crc | data`, LZ4 when that is smaller.
-    fn encode_unit(&self, lba: u64, data: &[u8]) -> Vec<u8> {
-        let compressed = if self.meta.compression {
+    /// A unit as stored: `stored | crc | data`, LZ4 when that is smaller (if `try_lz4`).
+    fn encode_unit(&self, lba: u64, data: &[u8], try_lz4: bool) -> Vec<u8> {
+        let compressed = if self.meta.compression && try_lz4 {
             Some(lz4_flex::block::compress_prepend_size(data)).filter(|c| c.len() < data.len())
         } else {
             None
