@@ -17,11 +17,13 @@
 //! in segment order instead, with the same result.
 //!
 //! A pass: choose victims; copy their live units (in bounded steps, `clean_step`, which can be
-//! interleaved with writes, reads and snapshots: liveness is looked up again at each unit); seal
-//! the cleaner's segment (copies durable and applied); seal the writer's segment; write two
-//! checkpoints (so neither kept checkpoint references a victim); only then delete every sealed
-//! segment nothing references. A kill at any moment loses nothing: before the deletion the
-//! victims are still there; after it, nothing references them.
+//! interleaved with writes, reads and snapshots: liveness is looked up again at each unit) into
+//! one of three streams (hot data by the write heat, cold data by origin); seal the cleaner's
+//! segments (copies durable and applied); turn every sealed segment nothing references into a
+//! zombie; write one checkpoint; delete the zombies no kept checkpoint needs any more (see
+//! `Reclaim::deletable`: the others go at a later pass). A kill at any moment loses nothing:
+//! before the deletion the victims are still there; after it, nothing that recovery may load
+//! needs them.
 
 use crate::backend::ObjectWriter;
 use crate::error::{Error, Result};
