@@ -332,7 +332,7 @@ fn inline_cleaning_stays_within_budget_and_deletes_what_it_empties() {
         rng.fill(&mut b);
         let r = rng.next();
         // 90% of writes to the first tenth: hot and cold data.
-        let blk = if r % 10 != 0 {
+        let blk = if !r.is_multiple_of(10) {
             (r >> 8) % (blocks / 10)
         } else {
             (r >> 8) % blocks
