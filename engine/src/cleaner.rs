@@ -282,6 +282,8 @@ impl Reclaim {
     pub(crate) fn checkpoint_written(&mut self, id: u32, start: u32) {
         self.ckpts.insert(id, (start, self.gen));
         self.gen += 1;
+        // Only the kept ones matter: this one and the one before it.
+        self.ckpts.retain(|k, _| k.saturating_add(2) > id);
     }
 
     /// Bytes of segments emptied but not yet deleted (they still take space).
