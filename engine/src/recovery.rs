@@ -251,6 +251,8 @@ impl Volume {
             clean_seg: Default::default(),
             clean_run: None,
             cleaner_segs: Default::default(),
+            reclaim: Default::default(),
+            heat: Default::default(),
             compress_gate: Default::default(),
             failed: None,
             closed: false,

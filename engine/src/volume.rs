@@ -237,6 +237,10 @@ pub struct Volume {
     /// In memory only: segments the cleaner wrote since open (what survives them again goes
     /// to the cleaner's cold stream).
     pub(crate) cleaner_segs: std::collections::BTreeSet<u32>,
+    /// Segments the cleaner emptied, until no kept checkpoint needs them (see cleaner.rs).
+    pub(crate) reclaim: crate::cleaner::Reclaim,
+    /// Where writes went lately (the cleaner keeps hot data apart from cold).
+    pub(crate) heat: crate::cleaner::Heat,
     pub(crate) compress_gate: Arc<crate::encode::CompressGate>,
     pub(crate) failed: Option<String>,
     pub(crate) closed: bool,
@@ -880,6 +884,7 @@ impl Volume {
                 let st = self.segs.entry(seq).or_default();
                 st.written += n;
                 st.live += n;
+                self.heat.touch(hdr.arg, n, self.map.mapped_blocks());
             }
             RecordKind::Zero => {
                 if self.meta.base.is_some() && !self.detached {
@@ -1042,6 +1047,7 @@ impl Volume {
         w.append(&bytes)?;
         w.sync()?;
         self.checkpoints.push(id);
+        self.reclaim.checkpoint_written(id, next);
         while self.checkpoints.len() > 2 {
             let old = self.checkpoints.remove(0);
             self.backend.delete(&format::checkpoint_name(old))?;
@@ -1185,7 +1191,7 @@ impl Volume {
             capacity: self.size,
             allocated: (self.map.mapped_blocks().saturating_sub(self.zero_marked) * self.bs())
                 .min(self.size),
-            log_bytes: sealed + open_bytes,
+            log_bytes: sealed + open_bytes + self.reclaim.zombie_bytes(),
             segments: self.segs.len() as u64,
             live_ratio: if written == 0 {
                 1.0
@@ -1221,6 +1227,9 @@ impl Volume {
             let r = self.write_checkpoint();
             self.fail(r)?;
         }
+        // Emptied segments that the checkpoints no longer need (the rest go at the next open).
+        let r = self.reclaim_now();
+        self.fail(r)?;
         self.closed = true;
         Ok(())
     }
