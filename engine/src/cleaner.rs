@@ -625,9 +625,14 @@ impl Volume {
         let ok_hdr = raw[..4] == stored.to_le_bytes();
         let crc = u32::from_le_bytes([raw[4], raw[5], raw[6], raw[7]]);
         let data = &raw[UNIT_HEADER_LEN..];
+        // One pass over the stored bytes: their CRC extends to the unit CRC checked here and to
+        // the copy record's body CRC (see `append_copy`).
+        let data_crc = crc32c::crc32c(data);
+        let shift = format::crc_math::zeros_cached(data.len());
+        let lba_crc = crc32c::crc32c(&ulba.to_le_bytes());
         // The decoded length, from the header of LZ4's output (a unit copied whole is not
         // decompressed: its CRC, checked here, covers every stored byte).
-        let dlen = if !ok_hdr || crc != format::unit_crc(ulba, data) {
+        let dlen = if !ok_hdr || crc != format::crc_math::concat(lba_crc, data_crc, shift) {
             None
         } else if compressed {
             data.get(..4)
@@ -653,7 +658,8 @@ impl Volume {
             usize::from(self.cleaner_segs.contains(&seg))
         };
         if by_snapshot || head_blocks >= blocks {
-            self.append_copy(stream, seg, off, ulba, blocks as u32, raw)?;
+            let whole = Some((data_crc, shift));
+            self.append_copy(stream, seg, off, ulba, blocks as u32, raw, whole)?;
             report.units_copied += 1;
             report.bytes_copied += raw.len() as u64;
             return Ok(());
@@ -686,7 +692,7 @@ impl Volume {
             };
             // Parts of a unit that did not compress are not tried again.
             let unit = self.encode_unit(l, part, compressed);
-            self.append_copy(stream, seg, off, l, n as u32, &unit)?;
+            self.append_copy(stream, seg, off, l, n as u32, &unit, None)?;
             report.bytes_copied += unit.len() as u64;
         }
         report.units_copied += 1;
@@ -701,7 +707,9 @@ impl Volume {
     }
 
     /// Appends a copy record (blocks `lba .. lba+nblocks` of unit `(seg, off)`, now stored as
-    /// `unit`) to the cleaner's segment, starting or sealing one as needed.
+    /// `unit`) to the cleaner's segment, starting or sealing one as needed. `stored_crc`: the
+    /// CRC of the unit's stored bytes and `zeros` for their length, when the caller has them.
+    #[allow(clippy::too_many_arguments)]
     fn append_copy(
         &mut self,
         stream: usize,
@@ -710,6 +718,7 @@ impl Volume {
         lba: u64,
         nblocks: u32,
         unit: &[u8],
+        stored_crc: Option<(u32, u32)>,
     ) -> Result<()> {
         let stored = u32::from_le_bytes([unit[0], unit[1], unit[2], unit[3]]);
         // The body (old segment, old offset, unit) goes straight into the segment's buffer.
@@ -717,7 +726,13 @@ impl Volume {
         head[..4].copy_from_slice(&seg.to_le_bytes());
         head[4..].copy_from_slice(&off.to_le_bytes());
         let body_len = head.len() + unit.len();
-        let body_crc = crc32c::crc32c_append(crc32c::crc32c(&head), unit);
+        let body_crc = match stored_crc {
+            Some((data, zeros)) => {
+                let front = crc32c::crc32c_append(crc32c::crc32c(&head), &unit[..UNIT_HEADER_LEN]);
+                format::crc_math::concat(front, data, zeros)
+            }
+            None => crc32c::crc32c_append(crc32c::crc32c(&head), unit),
+        };
         let mut meta = Vec::with_capacity(12);
         meta.extend_from_slice(&seg.to_le_bytes());
         meta.extend_from_slice(&off.to_le_bytes());

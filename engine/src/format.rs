@@ -408,6 +408,23 @@ pub mod crc_math {
         }
     }
 
+    thread_local! {
+        static LAST: std::cell::Cell<(usize, u32)> = const { std::cell::Cell::new((0, 1 << 31)) };
+    }
+
+    /// `zeros(n)`, remembering the last length asked on this thread.
+    pub fn zeros_cached(n: usize) -> u32 {
+        LAST.with(|c| {
+            let (len, op) = c.get();
+            if len == n {
+                return op;
+            }
+            let op = zeros(n);
+            c.set((n, op));
+            op
+        })
+    }
+
     /// CRC of `a ++ b` from `crc(a)`, `crc(b)` and `zeros(len(b))`.
     pub fn concat(crc_a: u32, crc_b: u32, zeros_b: u32) -> u32 {
         mul(zeros_b, crc_a) ^ crc_b
