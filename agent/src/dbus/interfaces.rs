@@ -605,24 +605,25 @@ impl Snapshot1 {
     async fn consistency(&self) -> String {
         self.info().await.consistency
     }
-    /// Size of the snapshot's image in bytes.
-    #[zbus(property)]
+    /// Size of the snapshot's image in bytes (a snapshot never changes).
+    #[zbus(property(emits_changed_signal = "const"))]
     async fn size(&self) -> u64 {
         self.info().await.size
     }
     /// Bytes of the image that have data.
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "const"))]
     async fn allocated(&self) -> u64 {
         self.info().await.allocated
     }
     /// Bytes that neither the head nor another snapshot references: what deleting this
-    /// snapshot would free (a kept counter, not a scan).
-    #[zbus(property)]
+    /// snapshot would free (a kept counter, not a scan). It moves with every write to the
+    /// head, so it is not signalled: read it when needed.
+    #[zbus(property(emits_changed_signal = "false"))]
     async fn exclusive_bytes(&self) -> u64 {
         self.info().await.exclusive
     }
     /// Locations of clones made from this snapshot; while any remain it cannot be deleted.
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "false"))]
     async fn clones(&self) -> Vec<String> {
         self.info().await.clones
     }
