@@ -12,6 +12,32 @@ use std::process::{Command, Output, Stdio};
 
 const XML: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/dbus/org.hlfs.Hlfs1.xml");
 
+/// The next PropertiesChanged signal of object `path` on `stream`: (interface, changed
+/// properties).
+async fn next_properties_changed(
+    stream: &mut zbus::MessageStream,
+    path: &str,
+) -> (
+    String,
+    std::collections::HashMap<String, zbus::zvariant::OwnedValue>,
+) {
+    use std::future::poll_fn;
+    use std::pin::Pin;
+    loop {
+        let m = poll_fn(|cx| futures_core::Stream::poll_next(Pin::new(&mut *stream), cx))
+            .await
+            .unwrap()
+            .unwrap();
+        let h = m.header();
+        if h.member().map(|m| m.as_str()) == Some("PropertiesChanged")
+            && h.path().map(|p| p.as_str()) == Some(path)
+        {
+            let (iface, props, _): (String, _, Vec<String>) = m.body().deserialize().unwrap();
+            return (iface, props);
+        }
+    }
+}
+
 fn busctl(addr: &str, args: &[&str]) -> Output {
     let mut a = vec![format!("--address={addr}")];
     a.extend(args.iter().map(|s| s.to_string()));
@@ -434,25 +460,10 @@ fn named_errors_and_properties_changed_over_zbus() {
             .unwrap();
         assert!(changed);
         let got = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-            use std::future::poll_fn;
-            use std::pin::Pin;
             loop {
-                let m = poll_fn(|cx| futures_core::Stream::poll_next(Pin::new(&mut stream), cx))
-                    .await
-                    .unwrap()
-                    .unwrap();
-                let h = m.header();
-                if h.member().map(|m| m.as_str()) == Some("PropertiesChanged")
-                    && h.path().map(|p| p.as_str()) == Some(vol)
-                {
-                    let (iface, props, _): (
-                        String,
-                        std::collections::HashMap<String, zbus::zvariant::OwnedValue>,
-                        Vec<String>,
-                    ) = m.body().deserialize().unwrap();
-                    if let Some(v) = props.get("Size") {
-                        return (iface, u64::try_from(v).unwrap());
-                    }
+                let (iface, props) = next_properties_changed(&mut stream, vol).await;
+                if let Some(v) = props.get("Size") {
+                    return (iface, u64::try_from(v).unwrap());
                 }
             }
         })
@@ -1478,29 +1489,13 @@ fn nbd_writes_emit_properties_changed_for_the_volume() {
             vol: &str,
             window: std::time::Duration,
         ) -> Vec<u64> {
-            use std::future::poll_fn;
-            use std::pin::Pin;
             let mut seen = Vec::new();
             let _ = tokio::time::timeout(window, async {
                 loop {
-                    let m =
-                        poll_fn(|cx| futures_core::Stream::poll_next(Pin::new(&mut *stream), cx))
-                            .await
-                            .unwrap()
-                            .unwrap();
-                    let h = m.header();
-                    if h.member().map(|m| m.as_str()) == Some("PropertiesChanged")
-                        && h.path().map(|p| p.as_str()) == Some(vol)
-                    {
-                        let (iface, props, _): (
-                            String,
-                            std::collections::HashMap<String, zbus::zvariant::OwnedValue>,
-                            Vec<String>,
-                        ) = m.body().deserialize().unwrap();
-                        assert_eq!(iface, "org.hlfs.Volume1");
-                        if let Some(v) = props.get("Allocated") {
-                            seen.push(u64::try_from(v).unwrap());
-                        }
+                    let (iface, props) = next_properties_changed(stream, vol).await;
+                    assert_eq!(iface, "org.hlfs.Volume1");
+                    if let Some(v) = props.get("Allocated") {
+                        seen.push(u64::try_from(v).unwrap());
                     }
                 }
             })
