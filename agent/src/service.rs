@@ -158,6 +158,22 @@ pub struct SnapshotInfo {
     pub clones: Vec<String>,
 }
 
+impl From<hlfs_engine::SnapshotInfo> for SnapshotInfo {
+    fn from(s: hlfs_engine::SnapshotInfo) -> Self {
+        SnapshotInfo {
+            name: s.name,
+            sequence: s.sequence,
+            created: s.created_unix,
+            parent: s.parent.unwrap_or_default(),
+            consistency: format!("{:?}", s.consistency).to_lowercase(),
+            size: s.size,
+            allocated: s.allocated,
+            exclusive: s.exclusive_bytes,
+            clones: s.clones,
+        }
+    }
+}
+
 /// Layout choices for a new volume (absent = engine default).
 #[derive(Debug, Clone, Default)]
 pub struct VolumeOptions {
@@ -311,20 +327,7 @@ impl Service {
         let (mgr, p, v) = (self.mgr.clone(), pool.to_string(), volume.to_string());
         blocking(move || {
             let list = mgr.with_volume(&p, &v, "list snapshots of", |v| Ok(v.snapshots()))?;
-            Ok(list
-                .into_iter()
-                .map(|s| SnapshotInfo {
-                    name: s.name,
-                    sequence: s.sequence,
-                    created: s.created_unix,
-                    parent: s.parent.unwrap_or_default(),
-                    consistency: format!("{:?}", s.consistency).to_lowercase(),
-                    size: s.size,
-                    allocated: s.allocated,
-                    exclusive: s.exclusive_bytes,
-                    clones: s.clones,
-                })
-                .collect())
+            Ok(list.into_iter().map(SnapshotInfo::from).collect())
         })
         .await
     }
@@ -337,18 +340,18 @@ impl Service {
         unix_time: u64,
     ) -> Result<SnapshotInfo> {
         let (mgr, p, v) = (self.mgr.clone(), pool.to_string(), volume.to_string());
-        let name = blocking(move || {
+        blocking(move || {
             mgr.with_volume(&p, &v, "search snapshots of", |v| {
-                Ok(v.snapshot_before(unix_time).map(|s| s.name))
+                Ok(v.snapshot_before(unix_time))
             })
         })
         .await?
+        .map(SnapshotInfo::from)
         .ok_or_else(|| {
             Error::NotFound(format!(
                 "snapshot of {pool}/{volume} taken at or before {unix_time}"
             ))
-        })?;
-        self.snapshot(pool, volume, &name).await
+        })
     }
 
     pub async fn snapshot(&self, pool: &str, volume: &str, name: &str) -> Result<SnapshotInfo> {
