@@ -135,14 +135,12 @@ impl Encoder {
         let mut units = Vec::with_capacity(4 * data.len().div_ceil(unit_bytes));
         // The body CRC, built from each unit's piece CRC (the body is not read twice).
         let mut body_crc = crc32c::crc32c(&[]);
-        let (mut unit_zeros, mut piece_zeros) = Default::default();
         for (i, u) in data.chunks(unit_bytes).enumerate() {
             let ulba = lba + (i * unit_bytes / bs) as u64;
             let compress = self.compression && self.gate.try_now();
             let at = body.len();
-            let (stored, piece) =
-                format::append_unit_crc(&mut body, ulba, u, compress, &mut unit_zeros);
-            let shift = format::crc_math::Zeros::get(&mut piece_zeros, body.len() - at);
+            let (stored, piece) = format::append_unit_crc(&mut body, ulba, u, compress);
+            let shift = format::crc_math::zeros_cached(body.len() - at);
             body_crc = format::crc_math::concat(body_crc, piece, shift);
             if compress {
                 self.gate.record(stored & UNIT_COMPRESSED != 0);

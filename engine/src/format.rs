@@ -320,18 +320,12 @@ impl RecordHeader {
 /// saves at least an eighth (as ZFS requires): data that barely compresses would cost LZ4 on
 /// every write and read for a few percent of space.
 pub fn append_unit(out: &mut Vec<u8>, lba: u64, data: &[u8], compress: bool) -> u32 {
-    append_unit_crc(out, lba, data, compress, &mut crc_math::Zeros::default()).0
+    append_unit_crc(out, lba, data, compress).0
 }
 
 /// `append_unit`, also returning the CRC-32C of all it appended (header and bytes), which a
 /// caller combines into the record's body CRC instead of reading the body again.
-pub fn append_unit_crc(
-    out: &mut Vec<u8>,
-    lba: u64,
-    data: &[u8],
-    compress: bool,
-    zeros: &mut crc_math::Zeros,
-) -> (u32, u32) {
+pub fn append_unit_crc(out: &mut Vec<u8>, lba: u64, data: &[u8], compress: bool) -> (u32, u32) {
     let start = out.len();
     out.extend_from_slice(&[0; UNIT_HEADER_LEN]);
     let stored = match compress.then(|| append_compressed(out, data)).flatten() {
@@ -345,7 +339,7 @@ pub fn append_unit_crc(
     // (header first) both extend the CRC of the bytes alone.
     let bytes = &out[start + UNIT_HEADER_LEN..];
     let tail = crc32c::crc32c(bytes);
-    let shift = zeros.get(bytes.len());
+    let shift = crc_math::zeros_cached(bytes.len());
     let crc = crc_math::concat(crc32c::crc32c(&lba.to_le_bytes()), tail, shift);
     out[start..start + 4].copy_from_slice(&stored.to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
@@ -375,7 +369,7 @@ pub mod crc_math {
     }
 
     /// The operator that appends `n` zero bytes: x^(8n) modulo the polynomial.
-    fn zeros(mut n: usize) -> u32 {
+    pub(crate) fn zeros(mut n: usize) -> u32 {
         let mut p = 1u32 << 31;
         let mut x = 1u32 << (31 - 8);
         while n > 0 {
@@ -388,39 +382,26 @@ pub mod crc_math {
         p
     }
 
-    /// `zeros(n)` for the last length asked (a record's units mostly share one length).
-    #[derive(Debug, Default)]
-    pub struct Zeros {
-        len: usize,
-        op: Option<u32>,
-    }
-
-    impl Zeros {
-        pub fn get(&mut self, n: usize) -> u32 {
-            match self.op {
-                Some(op) if self.len == n => op,
-                _ => {
-                    let op = zeros(n);
-                    (self.len, self.op) = (n, Some(op));
-                    op
-                }
-            }
-        }
-    }
-
     thread_local! {
-        static LAST: std::cell::Cell<(usize, u32)> = const { std::cell::Cell::new((0, 1 << 31)) };
+        /// The last two lengths asked and their operators: a record's units alternate between
+        /// a unit's stored length and that plus its header.
+        static LAST: std::cell::Cell<[(usize, u32); 2]> =
+            const { std::cell::Cell::new([(0, 1 << 31); 2]) };
     }
 
-    /// `zeros(n)`, remembering the last length asked on this thread.
+    /// `zeros(n)`, remembering the last two lengths asked on this thread.
     pub fn zeros_cached(n: usize) -> u32 {
         LAST.with(|c| {
-            let (len, op) = c.get();
-            if len == n {
-                return op;
+            let [a, b] = c.get();
+            if a.0 == n {
+                return a.1;
+            }
+            if b.0 == n {
+                c.set([b, a]);
+                return b.1;
             }
             let op = zeros(n);
-            c.set((n, op));
+            c.set([(n, op), a]);
             op
         })
     }
@@ -496,7 +477,6 @@ mod tests {
     /// of several lengths appended one after another as a record body.
     #[test]
     fn unit_and_body_crcs_match_a_direct_computation() {
-        let mut zeros = crc_math::Zeros::default();
         let mut body = Vec::new();
         let mut body_crc = 0;
         let mut x = 0x1234_5678_9abc_def0u64;
@@ -518,7 +498,7 @@ mod tests {
                 .collect();
             let at = body.len();
             let lba = 1000 + i as u64;
-            let (stored, piece) = append_unit_crc(&mut body, lba, &data, true, &mut zeros);
+            let (stored, piece) = append_unit_crc(&mut body, lba, &data, true);
             assert_eq!(piece, crc32c::crc32c(&body[at..]), "piece {i}");
             let crc = u32::from_le_bytes([body[at + 4], body[at + 5], body[at + 6], body[at + 7]]);
             assert_eq!(
@@ -531,7 +511,7 @@ mod tests {
                 stored
             );
             let n = body.len() - at;
-            body_crc = crc_math::concat(body_crc, piece, crc_math::Zeros::default().get(n));
+            body_crc = crc_math::concat(body_crc, piece, crc_math::zeros(n));
             assert_eq!(body_crc, crc32c::crc32c(&body), "body after unit {i}");
         }
     }

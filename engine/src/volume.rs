@@ -21,6 +21,8 @@ pub const MAX_SIZE: u64 = 1 << 60;
 const MAX_RECORD_BYTES: usize = 1024 * 1024;
 /// Buffered bytes that trigger an append to the backend without a flush.
 const APPEND_BATCH: usize = 512 * 1024;
+/// Bytes one backend read may bring in for a run of units (direct or buffered).
+const MAX_RUN_BYTES: u32 = 4 << 20;
 
 /// How to create a volume.
 #[derive(Debug, Clone)]
@@ -429,7 +431,6 @@ impl Volume {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<usize> {
-        const MAX_RUN_BYTES: u64 = 4 << 20;
         let bs = self.bs();
         let end = offset + buf.len() as u64;
         let open_seq = self.open.as_ref().map(|o| o.seq);
@@ -448,7 +449,7 @@ impl Volume {
                 || !after
                 || x.seg == crate::clone::ZERO_SEG
                 || Some(x.seg) == open_seq
-                || bytes > MAX_RUN_BYTES
+                || bytes > u64::from(MAX_RUN_BYTES)
             {
                 break;
             }
@@ -486,7 +487,6 @@ impl Volume {
     /// back to back in one sealed segment, none of them cached, is read at once (`raw`: its
     /// first offset and bytes); anything else is a run of one piece served on its own.
     fn fetch_run(&self, pieces: &[crate::extent_map::Piece]) -> Result<Run> {
-        const MAX_RUN_BYTES: u32 = 4 << 20;
         let single = Run {
             pieces: 1,
             raw: None,
