@@ -78,6 +78,11 @@ fn piece(lba: u64, x: Extent, from: u64, to: u64) -> Run {
     )
 }
 
+/// Every run of `m` that has data (not a clone's zero marker).
+fn data_runs(m: &ExtentMap) -> Vec<Run> {
+    m.iter().filter(|(_, x)| x.seg != ZERO_SEG).collect()
+}
+
 fn blocks(runs: &[Run]) -> u64 {
     runs.iter().map(|(_, x)| u64::from(x.len)).sum()
 }
@@ -179,17 +184,15 @@ impl Volume {
         let Some(s) = self.snaps.get(&id) else {
             return;
         };
-        let runs: Vec<Run> = s.map.iter().filter(|(_, x)| x.seg != ZERO_SEG).collect();
+        let runs = data_runs(&s.map);
         self.settle_dropped(Node::Snap(id), &runs);
     }
 
     /// The head is about to become a copy of snapshot `id`: its current blocks are dropped,
     /// and everything `id` holds is shared with the head from then on.
     pub(crate) fn head_replacing(&mut self, id: u32) {
-        {
-            let runs: Vec<Run> = self.map.iter().filter(|(_, x)| x.seg != ZERO_SEG).collect();
-            self.settle_dropped(Node::Head, &runs);
-        }
+        let runs = data_runs(&self.map);
+        self.settle_dropped(Node::Head, &runs);
         if let Some(s) = self.snaps.get_mut(&id) {
             s.exclusive = 0;
         }
@@ -209,7 +212,7 @@ impl Volume {
                     .map(|(_, o)| &o.map),
             )
             .collect();
-        let runs: Vec<Run> = s.map.iter().filter(|(_, x)| x.seg != ZERO_SEG).collect();
+        let runs = data_runs(&s.map);
         blocks(&unshared_runs(runs, &others))
     }
 
