@@ -48,10 +48,15 @@ fn overwrite_run(
         v.write(i << 20, &buf)?;
     }
     v.flush()?;
-    v.set_clean_policy(budget.map(|b| CleanPolicy {
-        max_live_ratio: 0.95,
-        max_segments: 4,
-        space_budget: b,
+    v.set_clean_policy(budget.map(|b| {
+        CleanPolicy {
+            max_live_ratio: 0.95,
+            max_segments: std::env::var("MAXSEG")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(4),
+            space_budget: b,
+        }
     }));
     let mut b4 = vec![0u8; 4096];
     let t = Instant::now();

@@ -16,23 +16,22 @@
 //! place, and only for extents that still point at that place. Replay after a crash applies it
 //! in segment order instead, with the same result.
 //!
-//! A pass: choose victims; copy their live units (in bounded steps, `clean_step`, which can be
-//! interleaved with writes, reads and snapshots: liveness is looked up again at each unit) into
-//! one of three streams (hot data by the write heat, cold data by origin); seal the cleaner's
+//! A pass: choose victims; copy their live units (`clean_pass.rs`: inline cleaning copies on a
+//! thread of its own from the plan while writes go on; `clean_step` copies in bounded steps
+//! under the volume, looking liveness up again at each unit) into one of three streams (hot data by the write heat, cold data by origin); seal the cleaner's
 //! segments (copies durable and applied); turn every sealed segment nothing references into a
 //! zombie; write one checkpoint; delete the zombies no kept checkpoint needs any more (see
 //! `Reclaim::deletable`: the others go at a later pass). A kill at any moment loses nothing:
 //! before the deletion the victims are still there; after it, nothing that recovery may load
 //! needs them.
 
-use crate::backend::ObjectWriter;
+use crate::clean_pass::{Liveness, Pass, PassCtx, PlannedUnit, UnitKey, HOT_STREAM};
 use crate::error::{Error, Result};
-use crate::format::{
-    self, segment_name, RecordHeader, RecordKind, RECORD_HEADER_LEN, TRAILER_LEN, UNIT_COMPRESSED,
-    UNIT_HEADER_LEN,
-};
+use crate::format::segment_name;
 use crate::volume::Volume;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// When and how much to clean.
@@ -139,29 +138,6 @@ impl RateLimiter {
     }
 }
 
-/// The cleaner's open segment. Its bytes are appended as they come; its records are applied to
-/// the maps when it is sealed.
-pub(crate) struct CleanSeg {
-    seq: u32,
-    /// Behind a mutex only so that `Volume` stays `Sync`; reached through `&mut`, unlocked.
-    writer: std::sync::Mutex<Box<dyn ObjectWriter>>,
-    /// Bytes not yet handed to the backend.
-    pending: Vec<u8>,
-    /// Length of the segment so far (appended + pending).
-    len: u64,
-    footer: Vec<u8>,
-    records: u32,
-    /// (record offset, header, footer meta) of every record, to apply at the seal.
-    deferred: Vec<(u64, RecordHeader, Vec<u8>)>,
-}
-
-/// Streams of cleaner output: 0 for cold data copied out of the writer's segments (first
-/// survivors), 1 for cold data copied out of the cleaner's own segments (survived twice), 2
-/// for hot data (see `Heat`), which will soon be overwritten: kept apart, it leaves segments
-/// that empty quickly instead of holes in cold ones.
-pub(crate) const STREAMS: usize = 3;
-const HOT_STREAM: usize = 2;
-
 /// Blocks per heat chunk (1 MiB of 4 KiB blocks).
 const HEAT_CHUNK_SHIFT: u32 = 8;
 
@@ -220,39 +196,21 @@ impl Heat {
     }
 }
 
-/// The cleaner's open segments, one per stream.
-#[derive(Default)]
-pub(crate) struct CleanSegs([Option<CleanSeg>; STREAMS]);
-
-impl CleanSegs {
-    /// Bytes in the open cleaner segments.
-    pub(crate) fn len(&self) -> u64 {
-        self.0.iter().flatten().map(|c| c.len).sum()
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.0.iter().all(Option::is_none)
-    }
+/// An inline pass copying on its own thread (see `Volume::maybe_clean`).
+pub(crate) struct CopyJob {
+    /// Returns the pass (with its sealed output) and how the copying ended.
+    thread: Option<std::thread::JoinHandle<(Pass, Result<()>)>>,
+    cancel: Arc<AtomicBool>,
+    done: Arc<AtomicBool>,
+    /// Bytes the pass has written so far.
+    written: Arc<AtomicU64>,
 }
 
-/// A unit of a victim: (segment, offset) -> (first block, stored length).
-type UnitKey = (u32, u32);
-
-/// A pass in progress.
-pub(crate) struct Pass {
-    victims: BTreeSet<u32>,
-    units: Vec<(UnitKey, u64, u32)>,
-    next: usize,
-    kept: BTreeSet<u32>,
-    /// The next segment number when the pass was planned: every copy it makes lands in a
-    /// segment numbered from here on.
-    plan_seq: u32,
-    /// Bytes of a victim read ahead: (segment, offset, bytes).
-    window: Option<(u32, u32, Vec<u8>)>,
+impl CopyJob {
+    fn finished(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
 }
-
-/// Bytes of a victim read at once.
-const READ_WINDOW: u32 = 1 << 20;
 
 /// A segment that nothing references any more (its live data was copied, durably) but that a
 /// kept checkpoint may still need: recovery from that checkpoint replays it, or loads a map
@@ -412,19 +370,155 @@ impl Volume {
 
     /// True while a cleaning pass has victims chosen and not yet deleted.
     pub fn cleaning_in_progress(&self) -> bool {
-        self.clean_run.is_some()
+        self.clean_run.is_some() || self.clean_job.is_some()
     }
 
-    /// Called after a seal: cleans when the log is over its budget.
+    /// Inline cleaning, called after a seal: when the log is over its budget, a pass copies on
+    /// its own thread (`CopyJob`) while writes go on; a finished one is applied here or at the
+    /// next write (`poll_clean`). Writes wait for it only when the log has grown past the
+    /// budget by more than a pass's victims (the writer outruns the cleaner).
     pub(crate) fn maybe_clean(&mut self) -> Result<()> {
         let Some(p) = self.auto_clean.clone() else {
             return Ok(());
         };
-        if self.cleaning || p.space_budget == 0 || self.stat().log_bytes <= p.space_budget {
+        if self.cleaning || p.space_budget == 0 {
             return Ok(());
         }
-        // Finishes the pass in progress, or runs a whole new one.
-        self.step(&p, u64::MAX, false).map(|_| ())
+        let hard = p.space_budget.saturating_add(
+            (p.max_segments.max(2) as u64).saturating_mul(u64::from(self.meta.segment_size)),
+        );
+        loop {
+            if self.clean_job.as_ref().is_some_and(|j| j.finished()) {
+                self.finish_job(false)?;
+            }
+            let log = self.stat().log_bytes;
+            if self.clean_job.is_some() {
+                if log <= hard {
+                    return Ok(());
+                }
+                // Over the hard limit: wait for the copies and apply them.
+                self.finish_job(true)?;
+                continue;
+            }
+            if log <= p.space_budget {
+                return Ok(());
+            }
+            if self.clean_run.is_some() {
+                // A pass of `clean_step` is under way: finish it here.
+                return self.step(&p, u64::MAX, false).map(|_| ());
+            }
+            return self.start_job(&p);
+        }
+    }
+
+    /// Applies the copy job if it has finished (cheap otherwise): called on every commit, so
+    /// that the next pass starts without waiting for a seal.
+    pub(crate) fn poll_clean(&mut self) -> Result<()> {
+        if !self.cleaning && self.clean_job.as_ref().is_some_and(|j| j.finished()) {
+            self.finish_job(false)?;
+            self.maybe_clean()?;
+        }
+        Ok(())
+    }
+
+    /// Plans a pass and starts copying it on a thread; with nothing to copy, deletes what
+    /// earlier passes emptied.
+    fn start_job(&mut self, policy: &CleanPolicy) -> Result<()> {
+        let Some(mut pass) = self.plan_pass(policy) else {
+            if !self.reclaim.zombies.is_empty() {
+                let was = std::mem::replace(&mut self.cleaning, true);
+                let r = self.reclaim_zombies(&mut CleanReport::default(), 1);
+                self.cleaning = was;
+                return self.fail(r);
+            }
+            return Ok(());
+        };
+        let cancel = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicBool::new(false));
+        let written = pass.written.clone();
+        let (c, d) = (cancel.clone(), done.clone());
+        let thread = std::thread::Builder::new()
+            .name("hlfs-clean".into())
+            .spawn(move || {
+                let r = pass.copy(u64::MAX, None, &c).and_then(|()| {
+                    if c.load(Ordering::Relaxed) {
+                        Ok(())
+                    } else {
+                        pass.seal_all()
+                    }
+                });
+                d.store(true, Ordering::Release);
+                (pass, r)
+            })
+            .map_err(|e| Error::io("spawn cleaner thread", self.loc.clone(), e))?;
+        self.clean_job = Some(CopyJob {
+            thread: Some(thread),
+            cancel,
+            done,
+            written,
+        });
+        Ok(())
+    }
+
+    /// Waits for the copy job (if `wait`, else only if it has finished), applies its sealed
+    /// copies and ends its pass. A job that failed is logged and dropped: its victims stay,
+    /// nothing it wrote is referenced, and a later pass tries again.
+    pub(crate) fn finish_job(&mut self, wait: bool) -> Result<Option<CleanReport>> {
+        let Some(job) = self.clean_job.as_mut() else {
+            return Ok(None);
+        };
+        if !wait && !job.finished() {
+            return Ok(None);
+        }
+        let Some(thread) = job.thread.take() else {
+            self.clean_job = None;
+            return Ok(None);
+        };
+        self.clean_job = None;
+        let (mut pass, r) = thread
+            .join()
+            .map_err(|_| Error::Invalid("the cleaner's copy thread panicked".into()))?;
+        let was = std::mem::replace(&mut self.cleaning, true);
+        let mut report = CleanReport {
+            units_copied: pass.units_copied,
+            bytes_copied: pass.bytes_copied,
+            ..Default::default()
+        };
+        let applied = self.apply_sealed(&mut pass);
+        let r = match (r, applied) {
+            (Ok(()), Ok(())) => {
+                report.segments_cleaned = (pass.victims.len() - pass.kept.len()) as u32;
+                report.pass_finished = true;
+                self.finish_cleaning(&mut report, pass.plan_seq, false)
+            }
+            (Err(e), Ok(())) => {
+                tracing::warn!(volume = %self.loc, error = %e, "cleaning pass failed; its victims stay");
+                Ok(())
+            }
+            (_, Err(e)) => Err(e),
+        };
+        self.cleaning = was;
+        self.clean_totals.0 += report.bytes_copied;
+        self.fail(r).map(|()| Some(report))
+    }
+
+    /// Stops the copy job without applying it (a crash, or a volume dropped unclosed): what it
+    /// wrote is referenced by nothing, as after a crash.
+    pub(crate) fn cancel_job(&mut self) {
+        if let Some(mut job) = self.clean_job.take() {
+            job.cancel.store(true, Ordering::Relaxed);
+            if let Some(t) = job.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    /// Bytes the copy job has written so far (its segments are not in `segs` until applied).
+    pub(crate) fn job_bytes(&self) -> u64 {
+        self.clean_job
+            .as_ref()
+            .map_or(0, |j| j.written.load(Ordering::Relaxed))
+            + self.clean_run.as_ref().map_or(0, |p| p.open_bytes())
     }
 
     /// Bytes the cleaner has copied since open (for write amplification).
@@ -436,6 +530,9 @@ impl Volume {
     pub fn clean(&mut self, policy: &CleanPolicy) -> Result<CleanReport> {
         self.writable()?;
         let mut report = CleanReport::default();
+        if let Some(r) = self.finish_job(true)? {
+            report.add(&r);
+        }
         if self.clean_run.is_some() {
             report.add(&self.step(policy, u64::MAX, true)?);
         }
@@ -446,9 +543,13 @@ impl Volume {
     /// A bounded step of cleaning, safe to interleave with any other operation: starts a pass
     /// if none is in progress (victims chosen by the volume's policy, or the default one),
     /// copies live units until about `max_bytes` have been copied (at least one unit), and
-    /// ends the pass (seal, checkpoints, deletion) once its victims are all copied.
+    /// ends the pass (seal, checkpoints, deletion) once its victims are all copied. While an
+    /// inline pass copies on its thread, a step only applies it if it has finished.
     pub fn clean_step(&mut self, max_bytes: u64) -> Result<CleanReport> {
         self.writable()?;
+        if self.clean_job.is_some() {
+            return Ok(self.finish_job(false)?.unwrap_or_default());
+        }
         let policy = self.auto_clean.clone().unwrap_or_default();
         self.step(&policy, max_bytes, false)
     }
@@ -486,70 +587,84 @@ impl Volume {
                 }
             },
         };
-        while run.next < run.units.len() && (report.bytes_copied < max_bytes) {
-            let (key, ulba, stored) = run.units[run.next];
-            // On an error the pass is abandoned; the victims stay until a later pass.
-            let at = self.read_unit(&mut run, stored)?;
-            run.next += 1;
-            // The window is lent out for the copy (which needs the whole volume).
-            let Some(window) = run.window.take() else {
-                return Err(Error::Invalid("cleaner read window missing".into()));
-            };
-            let r = self.copy_unit(key, ulba, stored, &window.2[at], &mut run.kept, report);
-            run.window = Some(window);
-            r?;
-        }
-        if run.next < run.units.len() {
+        let (units0, bytes0) = (run.units_copied, run.bytes_copied);
+        // Under the volume: each unit's references are looked up again just before its copy
+        // (writes between steps may have killed it).
+        let now = |u: &PlannedUnit| self.unit_liveness(u.key, u.ulba);
+        // On an error the pass is abandoned; the victims stay until a later pass.
+        let r = run.copy(max_bytes, Some(&now), &AtomicBool::new(false));
+        report.units_copied += run.units_copied - units0;
+        report.bytes_copied += run.bytes_copied - bytes0;
+        r?;
+        if !run.done() {
+            self.apply_sealed(&mut run)?;
             self.clean_run = Some(run);
             return Ok(());
         }
+        run.seal_all()?;
+        self.apply_sealed(&mut run)?;
         report.segments_cleaned = (run.victims.len() - run.kept.len()) as u32;
         report.pass_finished = true;
         self.finish_cleaning(report, run.plan_seq, eager)
     }
 
-    /// Where the stored bytes (header included) of unit `run.units[run.next]` are in
-    /// `run.window`, which reads up to `READ_WINDOW` bytes of the victim's planned units at
-    /// once (the units are in segment order).
-    fn read_unit(&self, run: &mut Pass, stored: u32) -> Result<std::ops::Range<usize>> {
-        let ((seg, off), _, _) = run.units[run.next];
-        let total = |st: u32| UNIT_HEADER_LEN as u32 + (st & !UNIT_COMPRESSED);
-        let len = total(stored);
-        let hit = |w: &(u32, u32, Vec<u8>)| {
-            w.0 == seg
-                && off >= w.1
-                && u64::from(off) + u64::from(len) <= u64::from(w.1) + w.2.len() as u64
-        };
-        if !run.window.as_ref().is_some_and(hit) {
-            // Up to the end of the last planned unit of this segment within the window.
-            let mut end = off.saturating_add(len);
-            for &((s, o), _, st) in &run.units[run.next + 1..] {
-                let e = o.saturating_add(total(st));
-                if s != seg || e - off > READ_WINDOW {
-                    break;
-                }
-                end = end.max(e);
-            }
-            let mut buf = run.window.take().map(|w| w.2).unwrap_or_default();
-            buf.resize((end - off) as usize, 0);
-            self.backend
-                .read_at(&segment_name(seg), u64::from(off), &mut buf)?;
-            run.window = Some((seg, off, buf));
+    /// Seals and applies the output of a `clean_step` pass in progress (at close: its copies
+    /// become part of the state the checkpoint saves; the pass goes on at the next step).
+    pub(crate) fn seal_clean_run(&mut self) -> Result<()> {
+        if let Some(mut run) = self.clean_run.take() {
+            let r = run.seal_all().and_then(|()| self.apply_sealed(&mut run));
+            self.clean_run = Some(run);
+            r?;
         }
-        let Some((_, start, buf)) = &run.window else {
-            return Err(Error::Invalid("cleaner read window missing".into()));
-        };
-        let at = (off - start) as usize;
-        if at + len as usize > buf.len() {
-            return Err(Error::Invalid("cleaner read window too short".into()));
-        }
-        Ok(at..at + len as usize)
+        Ok(())
     }
 
-    /// Chooses victims and lists the units in them that some map references.
+    /// Applies a pass's sealed output to the maps (its copies are durable).
+    fn apply_sealed(&mut self, pass: &mut Pass) -> Result<()> {
+        for s in std::mem::take(&mut pass.sealed) {
+            self.segs.entry(s.seq).or_default().bytes = s.len;
+            // Marks it as the cleaner's (stream 1 takes what survives it).
+            self.cleaner_segs.insert(s.seq);
+            self.since_ckpt += s.len;
+            for (at, hdr, meta) in &s.records {
+                self.apply_record(s.seq, *at, hdr, meta)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Who references unit `(seg, off)` (first block `ulba`) now, and where its copy goes;
+    /// None if nobody does.
+    fn unit_liveness(&self, (seg, off): UnitKey, ulba: u64) -> Option<Liveness> {
+        let ub = self.unit_blocks();
+        let refs = |m: &crate::extent_map::ExtentMap| -> Vec<(u64, u64)> {
+            m.lookup(ulba, ub)
+                .into_iter()
+                .filter(|p| p.ext.is_some_and(|x| x.seg == seg && x.off == off))
+                .map(|p| (p.lba, p.len))
+                .collect()
+        };
+        let head = refs(&self.map);
+        let by_snapshot = self.snaps.values().any(|s| !refs(&s.map).is_empty());
+        if head.is_empty() && !by_snapshot {
+            return None;
+        }
+        let stream = if self.heat.is_hot(ulba, self.map.mapped_blocks()) {
+            HOT_STREAM
+        } else {
+            usize::from(self.cleaner_segs.contains(&seg))
+        };
+        Some(Liveness {
+            head,
+            by_snapshot,
+            stream,
+        })
+    }
+
+    /// Chooses victims and lists the units in them that some map references, with who does.
     fn plan_pass(&mut self, policy: &CleanPolicy) -> Option<Pass> {
         let open = self.open.as_ref().map(|o| o.seq);
-        let newest = self.next_seq;
+        let newest = self.next_seq.peek();
         let mut cands: Vec<(f64, u32)> = self
             .segs
             .keys()
@@ -586,249 +701,30 @@ impl Volume {
                 }
             }
         }
-        Some(Pass {
-            victims,
-            units: units.into_iter().map(|(k, (l, s))| (k, l, s)).collect(),
-            next: 0,
-            kept: BTreeSet::new(),
-            plan_seq: self.next_seq,
-            window: None,
-        })
-    }
-
-    /// Copies what is still live of one unit into the cleaner's segment.
-    fn copy_unit(
-        &mut self,
-        (seg, off): UnitKey,
-        ulba: u64,
-        stored: u32,
-        raw: &[u8],
-        kept: &mut BTreeSet<u32>,
-        report: &mut CleanReport,
-    ) -> Result<()> {
-        let bs = u64::from(self.meta.block_size);
-        let ub = self.unit_blocks();
-        // Who references it now (the pass was planned earlier; writes may have killed it).
-        let refs = |m: &crate::extent_map::ExtentMap| -> Vec<(u64, u64)> {
-            m.lookup(ulba, ub)
-                .into_iter()
-                .filter(|p| p.ext.is_some_and(|x| x.seg == seg && x.off == off))
-                .map(|p| (p.lba, p.len))
-                .collect()
-        };
-        let head = refs(&self.map);
-        let by_snapshot = self.snaps.values().any(|s| !refs(&s.map).is_empty());
-        if head.is_empty() && !by_snapshot {
-            return Ok(());
-        }
-        let compressed = stored & UNIT_COMPRESSED != 0;
-        let ok_hdr = raw[..4] == stored.to_le_bytes();
-        let crc = u32::from_le_bytes([raw[4], raw[5], raw[6], raw[7]]);
-        let data = &raw[UNIT_HEADER_LEN..];
-        // One pass over the stored bytes: their CRC extends to the unit CRC checked here and to
-        // the copy record's body CRC (see `append_copy`).
-        let data_crc = crc32c::crc32c(data);
-        let shift = format::crc_math::zeros_cached(data.len());
-        let lba_crc = crc32c::crc32c(&ulba.to_le_bytes());
-        // The decoded length, from the header of LZ4's output (a unit copied whole is not
-        // decompressed: its CRC, checked here, covers every stored byte).
-        let dlen = if !ok_hdr || crc != format::crc_math::concat(lba_crc, data_crc, shift) {
-            None
-        } else if compressed {
-            data.get(..4)
-                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-        } else {
-            Some(data.len())
-        };
-        let damaged = |v: &Volume, kept: &mut BTreeSet<u32>| {
-            // Never copy damaged data as if it were good: leave the segment in place so the
-            // damage stays visible (reads of it report it).
-            tracing::warn!(volume = %v.loc, segment = %segment_name(seg), offset = off, "cleaner left a damaged unit in place");
-            kept.insert(seg);
-        };
-        let Some(dlen) = dlen.filter(|d| *d > 0 && *d as u64 <= ub * bs) else {
-            damaged(self, kept);
-            return Ok(());
-        };
-        let blocks = (dlen as u64).div_ceil(bs);
-        let head_blocks: u64 = head.iter().map(|p| p.1).sum();
-        let stream = if self.heat.is_hot(ulba, self.map.mapped_blocks()) {
-            HOT_STREAM
-        } else {
-            usize::from(self.cleaner_segs.contains(&seg))
-        };
-        if by_snapshot || head_blocks >= blocks {
-            let whole = Some((data_crc, shift));
-            self.append_copy(stream, seg, off, ulba, blocks as u32, raw, whole)?;
-            report.units_copied += 1;
-            report.bytes_copied += raw.len() as u64;
-            return Ok(());
-        }
-        // Only the head uses it, and only partly: copy its live runs alone, so dead parts of
-        // units do not travel from copy to copy.
-        let decoded: std::borrow::Cow<[u8]> = if compressed {
-            match lz4_flex::block::decompress_size_prepended(data) {
-                Ok(d) if d.len() == dlen => d.into(),
-                _ => {
-                    damaged(self, kept);
-                    return Ok(());
-                }
-            }
-        } else {
-            data.into()
-        };
-        let mut runs: Vec<(u64, u64)> = Vec::new();
-        for (l, n) in head {
-            match runs.last_mut() {
-                Some(r) if r.0 + r.1 == l => r.1 += n,
-                _ => runs.push((l, n)),
-            }
-        }
-        for (l, n) in runs {
-            let from = ((l - ulba) * bs) as usize;
-            let Some(part) = decoded.get(from..from + (n * bs) as usize) else {
-                kept.insert(seg);
-                continue;
-            };
-            // Parts of a unit that did not compress are not tried again.
-            let unit = self.encode_unit(l, part, compressed);
-            self.append_copy(stream, seg, off, l, n as u32, &unit, None)?;
-            report.bytes_copied += unit.len() as u64;
-        }
-        report.units_copied += 1;
-        Ok(())
-    }
-
-    /// A unit as stored: `stored | crc | data`, LZ4 when that saves an eighth (if `try_lz4`).
-    fn encode_unit(&self, lba: u64, data: &[u8], try_lz4: bool) -> Vec<u8> {
-        let mut out = Vec::with_capacity(UNIT_HEADER_LEN + data.len());
-        format::append_unit(&mut out, lba, data, self.meta.compression && try_lz4);
-        out
-    }
-
-    /// Appends a copy record (blocks `lba .. lba+nblocks` of unit `(seg, off)`, now stored as
-    /// `unit`) to the cleaner's segment, starting or sealing one as needed. `stored_crc`: the
-    /// CRC of the unit's stored bytes and `zeros` for their length, when the caller has them.
-    #[allow(clippy::too_many_arguments)]
-    fn append_copy(
-        &mut self,
-        stream: usize,
-        seg: u32,
-        off: u32,
-        lba: u64,
-        nblocks: u32,
-        unit: &[u8],
-        stored_crc: Option<(u32, u32)>,
-    ) -> Result<()> {
-        let stored = u32::from_le_bytes([unit[0], unit[1], unit[2], unit[3]]);
-        // The body (old segment, old offset, unit) goes straight into the segment's buffer.
-        let mut head = [0u8; 8];
-        head[..4].copy_from_slice(&seg.to_le_bytes());
-        head[4..].copy_from_slice(&off.to_le_bytes());
-        let body_len = head.len() + unit.len();
-        let body_crc = match stored_crc {
-            Some((data, zeros)) => {
-                let front = crc32c::crc32c_append(crc32c::crc32c(&head), &unit[..UNIT_HEADER_LEN]);
-                format::crc_math::concat(front, data, zeros)
-            }
-            None => crc32c::crc32c_append(crc32c::crc32c(&head), unit),
-        };
-        let mut meta = Vec::with_capacity(12);
-        meta.extend_from_slice(&seg.to_le_bytes());
-        meta.extend_from_slice(&off.to_le_bytes());
-        meta.extend_from_slice(&stored.to_le_bytes());
-        let need = (2 * RECORD_HEADER_LEN + body_len + meta.len()) as u64;
-        let seg_size = u64::from(self.meta.segment_size);
-        if let Some(c) = &self.clean_seg.0[stream] {
-            if c.records > 0 && c.len + (c.footer.len() + TRAILER_LEN) as u64 + need > seg_size {
-                self.seal_clean_stream(stream)?;
-            }
-        }
-        if self.clean_seg.0[stream].is_none() {
-            let seq = self.next_seq;
-            let writer = self.backend.create(&segment_name(seq))?;
-            self.next_seq += 1;
-            let pending = format::encode_segment_header(&self.meta.uuid, seq).to_vec();
-            self.clean_seg.0[stream] = Some(CleanSeg {
-                seq,
-                writer: std::sync::Mutex::new(writer),
-                len: pending.len() as u64,
-                pending,
-                footer: Vec::new(),
-                records: 0,
-                deferred: Vec::new(),
-            });
-        }
-        self.serial += 1;
-        let hdr = RecordHeader {
-            kind: RecordKind::Copy,
-            flags: 0,
+        let units = units
+            .into_iter()
+            .filter_map(|(key, (ulba, stored))| {
+                let live = self.unit_liveness(key, ulba)?;
+                Some(PlannedUnit {
+                    key,
+                    ulba,
+                    stored,
+                    live,
+                })
+            })
+            .collect();
+        let ctx = PassCtx {
+            backend: self.backend.clone(),
+            numbers: self.next_seq.clone(),
+            loc: self.loc.clone(),
+            uuid: self.meta.uuid,
+            block_size: self.bs(),
+            unit_blocks: self.unit_blocks(),
+            segment_size: u64::from(self.meta.segment_size),
+            compression: self.meta.compression,
             serial: self.serial,
-            arg: lba,
-            nblocks,
-            body_len: body_len as u32,
-            body_crc,
         };
-        let Some(c) = self.clean_seg.0[stream].as_mut() else {
-            return Err(Error::Invalid("no cleaner segment".into()));
-        };
-        let rec_off = c.len;
-        let mut h = Vec::with_capacity(RECORD_HEADER_LEN);
-        hdr.encode(&mut h);
-        c.pending.extend_from_slice(&h);
-        c.pending.extend_from_slice(&head);
-        c.pending.extend_from_slice(unit);
-        c.footer.extend_from_slice(&h);
-        c.footer.extend_from_slice(&meta);
-        c.records += 1;
-        c.len += (h.len() + body_len) as u64;
-        c.deferred.push((rec_off, hdr, meta));
-        if c.pending.len() >= 512 * 1024 {
-            c.writer
-                .get_mut()
-                .unwrap_or_else(|p| p.into_inner())
-                .append(&c.pending)?;
-            c.pending.clear();
-        }
-        Ok(())
-    }
-
-    /// Seals the cleaner's segment (footer, sync, close) and only then applies its copies to
-    /// the maps, so that no map ever points into an unsealed cleaner segment.
-    pub(crate) fn seal_clean_seg(&mut self) -> Result<()> {
-        for stream in 0..STREAMS {
-            self.seal_clean_stream(stream)?;
-        }
-        Ok(())
-    }
-
-    fn seal_clean_stream(&mut self, stream: usize) -> Result<()> {
-        let Some(mut c) = self.clean_seg.0[stream].take() else {
-            return Ok(());
-        };
-        let start = c.len;
-        let mut footer = std::mem::take(&mut c.footer);
-        format::encode_trailer(&mut footer, start, c.records);
-        c.len += footer.len() as u64;
-        c.pending.extend_from_slice(&footer);
-        c.writer
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .append(&c.pending)?;
-        c.writer
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .sync()?;
-        drop(c.writer);
-        self.segs.entry(c.seq).or_default().bytes = c.len;
-        // Marks it as the cleaner's (stream 1 takes what survives it).
-        self.cleaner_segs.insert(c.seq);
-        self.since_ckpt += c.len;
-        for (at, hdr, meta) in &c.deferred {
-            self.apply_record(c.seq, *at, hdr, meta)?;
-        }
-        tracing::debug!(volume = %self.loc, seq = c.seq, bytes = c.len, records = c.records, "sealed cleaner segment");
-        Ok(())
+        Some(Pass::new(ctx, victims, units, newest))
     }
 
     /// Makes the copies durable and applied, then turns every sealed segment that nothing
@@ -842,13 +738,13 @@ impl Volume {
         plan_seq: u32,
         eager: bool,
     ) -> Result<()> {
-        self.seal_clean_seg()?;
         let open = self.open.as_ref().map(|o| o.seq);
+        let next = self.next_seq.peek();
         let dead: Vec<u32> = self
             .segs
             .keys()
             .copied()
-            .filter(|s| *s < self.next_seq && Some(*s) != open && !self.segment_referenced(*s))
+            .filter(|s| *s < next && Some(*s) != open && !self.segment_referenced(*s))
             .collect();
         // Forget them first, so that later checkpoints no longer list them.
         for seq in dead {

@@ -5,6 +5,7 @@
 pub mod backend;
 mod cache;
 mod checkpoint;
+mod clean_pass;
 mod cleaner;
 mod clone;
 mod encode;
@@ -13,6 +14,7 @@ mod exclusive;
 pub mod extent_map;
 pub mod format;
 mod recovery;
+mod seg_numbers;
 mod segbuf;
 mod snapshot;
 mod volume;

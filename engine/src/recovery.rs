@@ -178,10 +178,12 @@ impl Volume {
                 format!("segment missing while segment {later:08x} exists; the log has a gap"),
             ));
         }
-        vol.next_seq = segments
-            .keys()
-            .next_back()
-            .map_or(start, |m| (m + 1).max(start));
+        vol.next_seq.set(
+            segments
+                .keys()
+                .next_back()
+                .map_or(start, |m| (m + 1).max(start)),
+        );
         // Segments the checkpoint no longer lists are the cleaner's victims whose deletion a
         // crash interrupted: nothing references them. Listed ones that are gone were deleted.
         vol.segs
@@ -238,7 +240,7 @@ impl Volume {
             map: state.map,
             segs: state.segs,
             open: None,
-            next_seq: start,
+            next_seq: Arc::new(crate::seg_numbers::SegNumbers::new(start)),
             since_ckpt: 0,
             checkpoints,
             staged: Vec::new(),
@@ -248,8 +250,8 @@ impl Volume {
             auto_clean: None,
             cleaning: false,
             clean_totals: (0,),
-            clean_seg: Default::default(),
             clean_run: None,
+            clean_job: None,
             cleaner_segs: Default::default(),
             reclaim: Default::default(),
             heat: Default::default(),
@@ -267,7 +269,7 @@ impl Volume {
     /// the base's size). The head is left out, so the view keeps no chunk the head drops.
     pub(crate) fn read_only_view(&self, id: u32, open: &OpenOptions) -> Volume {
         let state = Checkpoint {
-            next_seq: self.next_seq,
+            next_seq: self.next_seq.peek(),
             serial: self.serial,
             size: self.size,
             map: crate::extent_map::ExtentMap::new(),

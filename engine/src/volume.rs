@@ -219,7 +219,8 @@ pub struct Volume {
     pub(crate) map: ExtentMap,
     pub(crate) segs: BTreeMap<u32, SegStat>,
     pub(crate) open: Option<OpenSeg>,
-    pub(crate) next_seq: u32,
+    /// Shared with the cleaner's copy thread, which creates segments too.
+    pub(crate) next_seq: Arc<crate::seg_numbers::SegNumbers>,
     pub(crate) since_ckpt: u64,
     pub(crate) checkpoints: Vec<u32>,
     /// Shared by concurrent readers (`read` takes `&self`).
@@ -232,10 +233,10 @@ pub struct Volume {
     pub(crate) auto_clean: Option<crate::cleaner::CleanPolicy>,
     pub(crate) cleaning: bool,
     pub(crate) clean_totals: (u64,),
-    /// The cleaner's own open segment (cold data, apart from new writes; see cleaner.rs).
-    pub(crate) clean_seg: crate::cleaner::CleanSegs,
-    /// A cleaning pass in progress (victims chosen, units left to copy).
-    pub(crate) clean_run: Option<crate::cleaner::Pass>,
+    /// A pass of `clean_step` in progress (victims chosen, units left to copy).
+    pub(crate) clean_run: Option<crate::clean_pass::Pass>,
+    /// An inline pass copying on its own thread.
+    pub(crate) clean_job: Option<crate::cleaner::CopyJob>,
     /// In memory only: segments the cleaner wrote since open (what survives them again goes
     /// to the cleaner's cold stream).
     pub(crate) cleaner_segs: std::collections::BTreeSet<u32>,
@@ -286,7 +287,7 @@ impl Volume {
         &self.recovery
     }
 
-    fn bs(&self) -> u64 {
+    pub(crate) fn bs(&self) -> u64 {
         u64::from(self.meta.block_size)
     }
 
@@ -782,6 +783,7 @@ impl Volume {
         if staged.is_empty() {
             return Ok(());
         }
+        self.poll_clean()?;
         let r = self.commit_group(staged);
         self.fail(r)
     }
@@ -969,9 +971,7 @@ impl Volume {
     }
 
     fn start_segment(&mut self) -> Result<()> {
-        let seq = self.next_seq;
-        let writer = self.backend.create(&segment_name(seq))?;
-        self.next_seq += 1;
+        let (seq, writer) = self.next_seq.create(&*self.backend)?;
         let mut buf = crate::segbuf::SegBuf::default();
         buf.extend(&format::encode_segment_header(&self.meta.uuid, seq));
         self.segs.entry(seq).or_default();
@@ -1026,7 +1026,7 @@ impl Volume {
     /// but the previous checkpoint, which stays as a fallback should the new one be damaged.
     pub(crate) fn write_checkpoint(&mut self) -> Result<()> {
         debug_assert!(self.open.is_none());
-        let next = self.next_seq;
+        let next = self.next_seq.peek();
         let bytes = checkpoint::encode(&checkpoint::CheckpointRef {
             uuid: &self.meta.uuid,
             next_seq: next,
@@ -1175,8 +1175,7 @@ impl Volume {
             .segs
             .values()
             .fold((0u64, 0u64), |a, s| (a.0 + s.written, a.1 + s.live));
-        let open_bytes =
-            self.open.as_ref().map_or(0, |o| o.buf.len() as u64) + self.clean_seg.len();
+        let open_bytes = self.open.as_ref().map_or(0, |o| o.buf.len() as u64) + self.job_bytes();
         let sealed: u64 = self
             .segs
             .iter()
@@ -1219,9 +1218,10 @@ impl Volume {
             return Ok(());
         }
         self.writable()?;
-        // The cleaner's segment first: its copies become part of the state the checkpoint saves.
-        let had_open = self.open.is_some() || !self.clean_seg.is_empty();
-        let r = self.seal_clean_seg().and_then(|()| self.seal());
+        // The cleaner's pass first: its copies become part of the state the checkpoint saves.
+        let had_open = self.open.is_some() || self.cleaning_in_progress();
+        self.finish_job(true)?;
+        let r = self.seal_clean_run().and_then(|()| self.seal());
         self.fail(r)?;
         if had_open && self.since_ckpt > 0 {
             let r = self.write_checkpoint();
@@ -1237,12 +1237,15 @@ impl Volume {
     /// Drops the volume as a crash would: nothing buffered reaches the backend. For tests.
     #[doc(hidden)]
     pub fn crash(mut self) {
+        self.cancel_job();
         self.closed = true;
     }
 }
 
 impl Drop for Volume {
     fn drop(&mut self) {
+        // The copy thread must not write after the volume (and its lease) is gone.
+        self.cancel_job();
         if !self.closed && !self.read_only && self.failed.is_none() {
             if let Err(e) = self.flush() {
                 tracing::error!(volume = %self.loc, error = %e, "flush on drop failed");

@@ -104,10 +104,12 @@ fn torture_child_cleaning() {
         op.apply_volume(&mut v).expect("child op");
         if matches!(op, Op::Flush) {
             say(format!("F {}", i + 1));
+            say(format!("C {}", v.cleaner_bytes_copied()));
         }
-        // Background-style cleaning in small steps between writes: the cleaner's segment and
-        // the writer's are open at once when the kill comes.
-        if i % 5 == 4 {
+        // Even seeds also clean in small steps between writes, background-style; odd ones
+        // only inline, on the cleaner's own thread. Either way the cleaner's segment and the
+        // writer's are open at once when the kill comes.
+        if seed % 2 == 0 && i % 5 == 4 {
             v.clean_step(32 * 1024).expect("clean step");
         }
         if i % 97 == 96 {
@@ -136,6 +138,7 @@ fn kill_during_cleaning_and_snapshots() {
     let mut image = vec![0u8; size as usize];
     let mut expected: std::collections::BTreeMap<String, Vec<u8>> = Default::default();
     let mut rng = Rng::new(7);
+    let mut copied_on_thread = 0u64;
     for round in 0..16u64 {
         let seed = 5000 + round;
         let lines = run_and_kill(
@@ -151,6 +154,7 @@ fn kill_during_cleaning_and_snapshots() {
             let w: Vec<&str> = l.split_whitespace().collect();
             match w.as_slice() {
                 ["F", n] => flushed = n.parse().expect("n"),
+                ["C", n] if seed % 2 == 1 => copied_on_thread += n.parse::<u64>().expect("n"),
                 ["S", name, n] => {
                     let n: usize = n.parse().expect("n");
                     flushed = flushed.max(n);
@@ -195,6 +199,10 @@ fn kill_during_cleaning_and_snapshots() {
         image = img;
         v.close().expect("close");
     }
+    assert!(
+        copied_on_thread > 0,
+        "inline cleaning on its thread never ran in the children"
+    );
     // The cleaner ran: segment numbers have gaps where victims were deleted.
     let segs: Vec<u32> = std::fs::read_dir(dir.path())
         .expect("ls")
