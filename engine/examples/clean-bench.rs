@@ -31,7 +31,8 @@ fn volume(dir: &Path, name: &str, size: u64) -> R<Volume> {
     )?)
 }
 
-/// Fills the volume, then overwrites at random; returns (MiB/s of overwrites, log bytes, copied).
+/// Fills the volume, then overwrites at random; returns (MiB/s of overwrites, largest log size
+/// seen, bytes copied by the cleaner).
 fn overwrite_run(
     dir: &Path,
     name: &str,
@@ -48,16 +49,16 @@ fn overwrite_run(
         v.write(i << 20, &buf)?;
     }
     v.flush()?;
-    v.set_clean_policy(budget.map(|b| {
-        CleanPolicy {
-            max_live_ratio: 0.95,
-            max_segments: std::env::var("MAXSEG")
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(4),
-            space_budget: b,
-        }
+    // Each run starts with nothing dirty in the page cache: the kernel's writeback of an
+    // earlier run must not slow this one down.
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    v.set_clean_policy(budget.map(|b| CleanPolicy {
+        max_live_ratio: 0.95,
+        max_segments: 4,
+        space_budget: b,
     }));
+    let mut peak = 0u64;
     let mut b4 = vec![0u8; 4096];
     let t = Instant::now();
     for i in 0..over / 4096 {
@@ -73,15 +74,15 @@ fn overwrite_run(
         v.write(block * 4096, &b4)?;
         if i % 64 == 63 {
             v.flush()?;
+            peak = peak.max(v.stat().log_bytes);
         }
     }
     v.flush()?;
     let mibs = (over as f64 / 1048576.0) / t.elapsed().as_secs_f64();
-    let st = v.stat();
     let copied = v.cleaner_bytes_copied();
     v.close()?;
     let _ = std::fs::remove_dir_all(dir.join(name));
-    Ok((mibs, st.log_bytes, copied))
+    Ok((mibs, peak, copied))
 }
 
 /// Snapshot and clone creation on a volume full of data: (snapshot ms, clone ms, extents).
@@ -188,30 +189,63 @@ fn main() -> R<()> {
     println!("Live data {live_mib} MiB = 80% of a {} MiB budget; {over_mib} MiB of random 4 KiB overwrites, flush every 64\n", budget >> 20);
     println!("| measure | result | target | |\n|---|---|---|---|");
     if which == "all" || which == "uniform" {
-        let (on_mibs, on_log, copied) =
-            overwrite_run(&dir, "clean-on", live, over, Some(budget), false)?;
-        let (off_mibs, off_log, _) = overwrite_run(&dir, "clean-off", live, over, None, false)?;
-        let wa = (over + copied) as f64 / over as f64;
-        println!(
-            "| write amplification, cleaner on | {wa:.2} ({} MiB copied for {over_mib} MiB written; log {} MiB, budget {} MiB) | <= 1.5 | {} |",
-            copied >> 20,
-            on_log >> 20,
-            budget >> 20,
-            if wa <= 1.5 { "met" } else { "MISSED" }
-        );
-        println!(
-            "| throughput, cleaner on vs off | {on_mibs:.1} vs {off_mibs:.1} MiB/s = {:.0}% (log without cleaning: {} MiB) | >= 60% | {} |",
-            100.0 * on_mibs / off_mibs,
-            off_log >> 20,
-            if on_mibs >= 0.6 * off_mibs { "met" } else { "MISSED" }
-        );
+        // Rounds of three runs (cleaning off; cleaning from the budget on, the log may pass it
+        // by one pass's copies; cleaning from one pass below the budget, the log never passes
+        // it), in rotating order; the median round by ratio is reported for each (the disk's
+        // speed drifts between runs).
+        let reps: usize = std::env::var("CLEAN_BENCH_ROUNDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3);
+        let strict = budget - 4 * (8 << 20);
+        let mut rounds: Vec<[(f64, u64, u64); 3]> = Vec::new();
+        for k in 0..reps.max(1) {
+            let mut r = [(0.0, 0, 0); 3];
+            for j in 0..3 {
+                let which = (j + k) % 3;
+                let b = [None, Some(budget), Some(strict)][which];
+                r[which] = overwrite_run(&dir, "clean", live, over, b, false)?;
+            }
+            rounds.push(r);
+        }
+        for (which, what) in [
+            (1, "from the budget on"),
+            (2, "one pass below the budget, log never above it"),
+        ] {
+            let mut by: Vec<(f64, usize)> = rounds
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r[which].0 / r[0].0, i))
+                .collect();
+            let all: Vec<String> = by.iter().map(|p| format!("{:.0}%", 100.0 * p.0)).collect();
+            by.sort_by(|x, y| x.0.total_cmp(&y.0));
+            let (ratio, i) = by[by.len() / 2];
+            let [(off_mibs, off_log, _), (on_mibs, peak, copied), _] =
+                [rounds[i][0], rounds[i][which], rounds[i][2]];
+            let wa = (over + copied) as f64 / over as f64;
+            println!(
+                "| write amplification, cleaning {what} | {wa:.2} ({} MiB copied for {over_mib} MiB written; log at most {} MiB, budget {} MiB) | <= 1.5 | {} |",
+                copied >> 20,
+                peak >> 20,
+                budget >> 20,
+                if wa <= 1.5 { "met" } else { "MISSED" }
+            );
+            println!(
+                "| throughput, cleaning {what} vs off (median of {} rounds: {}) | {on_mibs:.1} vs {off_mibs:.1} MiB/s = {:.0}% (log without cleaning: {} MiB) | >= 60% | {} |",
+                by.len(),
+                all.join(", "),
+                100.0 * ratio,
+                off_log >> 20,
+                if ratio >= 0.6 { "met" } else { "MISSED" }
+            );
+        }
     }
     if which == "all" || which == "skewed" {
         let (sk_mibs, sk_log, sk_copied) =
             overwrite_run(&dir, "clean-skewed", live, over, Some(budget), true)?;
         let sk_wa = (over + sk_copied) as f64 / over as f64;
         println!(
-            "| write amplification, cleaner on, skewed (90% of writes to 10% of the data) | {sk_wa:.2} ({} MiB copied; log {} MiB), {sk_mibs:.1} MiB/s | <= 1.5 | {} |",
+            "| write amplification, cleaner on, skewed (90% of writes to 10% of the data) | {sk_wa:.2} ({} MiB copied; log at most {} MiB), {sk_mibs:.1} MiB/s | <= 1.5 | {} |",
             sk_copied >> 20,
             sk_log >> 20,
             if sk_wa <= 1.5 { "met" } else { "MISSED" }

@@ -384,9 +384,9 @@ impl Volume {
         if self.cleaning || p.space_budget == 0 {
             return Ok(());
         }
-        let hard = p.space_budget.saturating_add(
-            (p.max_segments.max(2) as u64).saturating_mul(u64::from(self.meta.segment_size)),
-        );
+        // Room for one pass's copies before its victims go.
+        let pass = (p.max_segments.max(2) as u64).saturating_mul(u64::from(self.meta.segment_size));
+        let hard = p.space_budget.saturating_add(pass);
         loop {
             if self.clean_job.as_ref().is_some_and(|j| j.finished()) {
                 self.finish_job(false)?;

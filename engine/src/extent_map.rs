@@ -337,29 +337,29 @@ impl ExtentMap {
             if ch.first().is_none_or(|e| e.0 >= end) {
                 break;
             }
-            let hits: Vec<usize> = ch
-                .iter()
-                .enumerate()
-                .filter(|(_, (k, e))| {
-                    *k >= lba
-                        && *k + u64::from(e.len) <= end
-                        && *k - lba <= u64::from(u16::MAX)
-                        && e.seg == seg
-                        && e.off == off
-                })
-                .map(|(i, _)| i)
-                .collect();
-            if !hits.is_empty() {
+            // Extents starting inside the range, found by bisection (chunks are sorted).
+            let (i0, i1) = (
+                ch.partition_point(|e| e.0 < lba),
+                ch.partition_point(|e| e.0 < end),
+            );
+            let hit = |&(k, e): &Entry| {
+                k + u64::from(e.len) <= end
+                    && k - lba <= u64::from(u16::MAX)
+                    && e.seg == seg
+                    && e.off == off
+            };
+            if ch[i0..i1].iter().any(hit) {
                 let chunks = Arc::make_mut(&mut self.chunks);
                 let ch = Arc::make_mut(&mut chunks[ci]);
-                for i in hits {
-                    let k = ch[i].0;
-                    let e = &mut ch[i].1;
-                    e.seg = new_seg;
-                    e.off = new_off;
-                    e.stored = new_stored;
-                    e.skip = (k - lba) as u16;
-                    moved += u64::from(e.len);
+                for entry in &mut ch[i0..i1] {
+                    if hit(&*entry) {
+                        let (k, e) = (entry.0, &mut entry.1);
+                        e.seg = new_seg;
+                        e.off = new_off;
+                        e.stored = new_stored;
+                        e.skip = (k - lba) as u16;
+                        moved += u64::from(e.len);
+                    }
                 }
             }
             ci += 1;
