@@ -196,6 +196,15 @@ impl Heat {
     }
 }
 
+/// How many checkpoints a cleaning step may write to free zombies.
+#[derive(Debug, Clone, Copy)]
+enum Ckpts {
+    /// Up to this many, in place.
+    Write(usize),
+    /// One on its thread, unless one is being written already.
+    OnThread,
+}
+
 /// An inline pass copying on its own thread (see `Volume::maybe_clean`).
 pub(crate) struct CopyJob {
     /// Returns the pass (with its sealed output) and how the copying ended.
@@ -219,7 +228,7 @@ struct Zombie {
     bytes: u64,
     /// `Pass::plan_seq` of the pass that emptied it.
     plan_seq: u32,
-    /// Checkpoints written by this process before it became a zombie.
+    /// Checkpoints encoded by this process before it became a zombie.
     gen: u64,
 }
 
@@ -230,16 +239,22 @@ pub(crate) struct Reclaim {
     zombies: BTreeMap<u32, Zombie>,
     /// Checkpoints written by this process: id -> (replay start, generation).
     ckpts: BTreeMap<u32, (u32, u64)>,
-    /// Checkpoints written by this process so far.
+    /// Checkpoints encoded by this process so far.
     gen: u64,
     deleter: Option<Deleter>,
 }
 
 impl Reclaim {
-    /// Called by `write_checkpoint` once checkpoint `id`, starting replay at `start`, is durable.
-    pub(crate) fn checkpoint_written(&mut self, id: u32, start: u32) {
-        self.ckpts.insert(id, (start, self.gen));
+    /// Called when a checkpoint is encoded: its generation (zombies made from now on are
+    /// younger than it, even if it lands later).
+    pub(crate) fn checkpoint_encoded(&mut self) -> u64 {
         self.gen += 1;
+        self.gen - 1
+    }
+
+    /// Called once checkpoint `id` (generation `gen`), starting replay at `start`, is durable.
+    pub(crate) fn checkpoint_written(&mut self, id: u32, start: u32, gen: u64) {
+        self.ckpts.insert(id, (start, gen));
         // Only the kept ones matter: this one and the one before it.
         self.ckpts.retain(|k, _| k.saturating_add(2) > id);
     }
@@ -291,7 +306,7 @@ impl Deleter {
                 for name in rx {
                     if let Err(e) = backend.delete(&name) {
                         // Left behind: recovery deletes it (unlisted, below the checkpoint).
-                        tracing::warn!(object = %name, error = %e, "deleting a cleaned segment failed");
+                        tracing::warn!(object = %name, error = %e, "deleting a cleaned segment or old checkpoint failed");
                     }
                 }
             })
@@ -388,6 +403,9 @@ impl Volume {
         let pass = (p.max_segments.max(2) as u64).saturating_mul(u64::from(self.meta.segment_size));
         let hard = p.space_budget.saturating_add(pass);
         loop {
+            if self.checkpoint_ready() {
+                self.land_and_reclaim()?;
+            }
             if self.clean_job.as_ref().is_some_and(|j| j.finished()) {
                 self.finish_job(false)?;
             }
@@ -400,7 +418,12 @@ impl Volume {
                 self.finish_job(true)?;
                 continue;
             }
-            if log <= p.space_budget {
+            // The zombies a checkpoint on its thread will free are not counted: it lands
+            // within milliseconds, and a pass started for them would clean too early.
+            if log <= p.space_budget
+                || (self.checkpoint_pending()
+                    && log.saturating_sub(self.reclaim.zombie_bytes()) <= p.space_budget)
+            {
                 return Ok(());
             }
             if self.clean_run.is_some() {
@@ -414,11 +437,33 @@ impl Volume {
     /// Applies the copy job if it has finished (cheap otherwise): called on every commit, so
     /// that the next pass starts without waiting for a seal.
     pub(crate) fn poll_clean(&mut self) -> Result<()> {
-        if !self.cleaning && self.clean_job.as_ref().is_some_and(|j| j.finished()) {
+        if self.cleaning {
+            return Ok(());
+        }
+        let landed = self.checkpoint_ready();
+        if landed {
+            self.land_and_reclaim()?;
+        }
+        let finished = self.clean_job.as_ref().is_some_and(|j| j.finished());
+        if finished {
             self.finish_job(false)?;
+        }
+        if landed || finished {
             self.maybe_clean()?;
         }
         Ok(())
+    }
+
+    /// Lands the checkpoint written on its thread (waiting for it) and deletes the zombies
+    /// that frees.
+    fn land_and_reclaim(&mut self) -> Result<()> {
+        let r = self.land_checkpoint(true).and_then(|landed| {
+            if landed {
+                self.reclaim_now()?;
+            }
+            Ok(())
+        });
+        self.fail(r)
     }
 
     /// Plans a pass and starts copying it on a thread; with nothing to copy, deletes what
@@ -427,7 +472,7 @@ impl Volume {
         let Some(mut pass) = self.plan_pass(policy) else {
             if !self.reclaim.zombies.is_empty() {
                 let was = std::mem::replace(&mut self.cleaning, true);
-                let r = self.reclaim_zombies(&mut CleanReport::default(), 1);
+                let r = self.reclaim_zombies(&mut CleanReport::default(), Ckpts::OnThread);
                 self.cleaning = was;
                 return self.fail(r);
             }
@@ -478,6 +523,8 @@ impl Volume {
         let (mut pass, r) = thread
             .join()
             .map_err(|_| Error::Invalid("the cleaner's copy thread panicked".into()))?;
+        // Zombies are made only after the checkpoint before them has landed.
+        self.land_and_reclaim()?;
         let was = std::mem::replace(&mut self.cleaning, true);
         let mut report = CleanReport {
             units_copied: pass.units_copied,
@@ -489,7 +536,7 @@ impl Volume {
             (Ok(()), Ok(())) => {
                 report.segments_cleaned = (pass.victims.len() - pass.kept.len()) as u32;
                 report.pass_finished = true;
-                self.finish_cleaning(&mut report, pass.plan_seq, false)
+                self.finish_cleaning(&mut report, pass.plan_seq, Ckpts::OnThread)
             }
             (Err(e), Ok(())) => {
                 tracing::warn!(volume = %self.loc, error = %e, "cleaning pass failed; its victims stay");
@@ -573,6 +620,7 @@ impl Volume {
         eager: bool,
         report: &mut CleanReport,
     ) -> Result<()> {
+        let ckpts = Ckpts::Write(if eager { 2 } else { 1 });
         let mut run = match self.clean_run.take() {
             Some(r) => r,
             None => match self.plan_pass(policy) {
@@ -581,7 +629,7 @@ impl Volume {
                     report.pass_finished = true;
                     // Nothing to copy; emptied segments left by earlier passes still go.
                     if !self.reclaim.zombies.is_empty() {
-                        self.reclaim_zombies(report, if eager { 2 } else { 1 })?;
+                        self.reclaim_zombies(report, ckpts)?;
                     }
                     return Ok(());
                 }
@@ -605,7 +653,7 @@ impl Volume {
         self.apply_sealed(&mut run)?;
         report.segments_cleaned = (run.victims.len() - run.kept.len()) as u32;
         report.pass_finished = true;
-        self.finish_cleaning(report, run.plan_seq, eager)
+        self.finish_cleaning(report, run.plan_seq, ckpts)
     }
 
     /// Seals and applies the output of a `clean_step` pass in progress (at close: its copies
@@ -727,16 +775,16 @@ impl Volume {
         Some(Pass::new(ctx, victims, units, newest))
     }
 
-    /// Makes the copies durable and applied, then turns every sealed segment that nothing
-    /// references into a zombie, and deletes the zombies no kept checkpoint needs. `eager`
-    /// (an on-demand pass) writes up to two checkpoints so that all of them go; otherwise one:
-    /// most victims are older than both kept checkpoints already, and those that are not go at
-    /// a later pass.
+    /// Turns every sealed segment that nothing references (the pass's copies are applied) into
+    /// a zombie, and deletes the zombies no kept checkpoint needs, writing checkpoints as
+    /// `ckpts` says: up to two for an on-demand pass, so that all of them go; otherwise one
+    /// (on its thread for inline passes): most victims are older than both kept checkpoints
+    /// already, and those that are not go at a later pass.
     fn finish_cleaning(
         &mut self,
         report: &mut CleanReport,
         plan_seq: u32,
-        eager: bool,
+        ckpts: Ckpts,
     ) -> Result<()> {
         let open = self.open.as_ref().map(|o| o.seq);
         let next = self.next_seq.peek();
@@ -768,14 +816,14 @@ impl Volume {
                 },
             );
         }
-        self.reclaim_zombies(report, if eager { 2 } else { 1 })?;
+        self.reclaim_zombies(report, ckpts)?;
         tracing::info!(volume = %self.loc, ?report, zombies = self.reclaim.zombies.len(), "cleaning pass done");
         Ok(())
     }
 
     /// Deletes the zombies no kept checkpoint needs; while some remain, seals the writer's
-    /// segment and writes a checkpoint (at most `max_ckpts`), which frees more.
-    fn reclaim_zombies(&mut self, report: &mut CleanReport, max_ckpts: usize) -> Result<()> {
+    /// segment and writes a checkpoint (`Ckpts`), which frees more.
+    fn reclaim_zombies(&mut self, report: &mut CleanReport, ckpts: Ckpts) -> Result<()> {
         let mut written = 0;
         loop {
             let kept = self.checkpoints.clone();
@@ -788,10 +836,15 @@ impl Volume {
                 .collect();
             for seq in go {
                 self.reclaim.zombies.remove(&seq);
-                self.delete_segment(seq)?;
+                self.delete_object(segment_name(seq))?;
                 report.segments_deleted += 1;
             }
-            if self.reclaim.zombies.is_empty() || written == max_ckpts {
+            let enough = match ckpts {
+                Ckpts::Write(n) => written == n,
+                // The one on its thread frees them when it lands.
+                Ckpts::OnThread => self.checkpoint_pending(),
+            };
+            if self.reclaim.zombies.is_empty() || enough {
                 return Ok(());
             }
             if self.open.is_some() {
@@ -799,18 +852,22 @@ impl Volume {
                 self.seal()?;
                 continue;
             }
-            self.write_checkpoint()?;
+            match ckpts {
+                Ckpts::Write(_) => self.write_checkpoint()?,
+                Ckpts::OnThread => self.begin_checkpoint()?,
+            }
             written += 1;
         }
     }
 
     /// Deletes the zombies the kept checkpoints allow, writing none.
     pub(crate) fn reclaim_now(&mut self) -> Result<()> {
-        self.reclaim_zombies(&mut CleanReport::default(), 0)
+        self.reclaim_zombies(&mut CleanReport::default(), Ckpts::Write(0))
     }
 
-    fn delete_segment(&mut self, seq: u32) -> Result<()> {
-        let name = segment_name(seq);
+    /// Deletes an object nothing needs (a cleaned segment, an old checkpoint): on the deleter
+    /// thread for local backends.
+    pub(crate) fn delete_object(&mut self, name: String) -> Result<()> {
         if self.loc.starts_with("local://") {
             if self.reclaim.deleter.is_none() {
                 self.reclaim.deleter = Deleter::start(self.backend.clone());

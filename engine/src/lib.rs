@@ -5,6 +5,7 @@
 pub mod backend;
 mod cache;
 mod checkpoint;
+mod checkpoint_thread;
 mod clean_pass;
 mod cleaner;
 mod clone;

@@ -252,6 +252,7 @@ impl Volume {
             clean_totals: (0,),
             clean_run: None,
             clean_job: None,
+            pending_ckpt: None,
             cleaner_segs: Default::default(),
             reclaim: Default::default(),
             heat: Default::default(),

@@ -3,7 +3,7 @@
 
 use crate::backend::{Backend, Lease, ObjectWriter};
 use crate::cache::ReadCache;
-use crate::checkpoint::{self, SegStat};
+use crate::checkpoint::SegStat;
 use crate::encode::{is_zero, EncodedWrite, Encoder, Pending};
 use crate::error::{Error, Result};
 use crate::extent_map::{Extent, ExtentMap};
@@ -237,6 +237,8 @@ pub struct Volume {
     pub(crate) clean_run: Option<crate::clean_pass::Pass>,
     /// An inline pass copying on its own thread.
     pub(crate) clean_job: Option<crate::cleaner::CopyJob>,
+    /// The cleaner's checkpoint, being written on its thread.
+    pub(crate) pending_ckpt: Option<crate::checkpoint_thread::PendingCheckpoint>,
     /// In memory only: segments the cleaner wrote since open (what survives them again goes
     /// to the cleaner's cold stream).
     pub(crate) cleaner_segs: std::collections::BTreeSet<u32>,
@@ -1022,41 +1024,6 @@ impl Volume {
         self.maybe_clean()
     }
 
-    /// Saves the map at the current segment boundary (no segment may be open) and prunes all
-    /// but the previous checkpoint, which stays as a fallback should the new one be damaged.
-    pub(crate) fn write_checkpoint(&mut self) -> Result<()> {
-        debug_assert!(self.open.is_none());
-        let next = self.next_seq.peek();
-        let bytes = checkpoint::encode(&checkpoint::CheckpointRef {
-            uuid: &self.meta.uuid,
-            next_seq: next,
-            serial: self.serial,
-            size: self.size,
-            map: &self.map,
-            segs: &self.segs,
-            snaps: &self.snaps,
-            head_parent: self.head_parent,
-            next_snap_id: self.next_snap_id,
-            detached: self.detached,
-        });
-        // Checkpoints are numbered, not named after their segment, so that the cleaner can
-        // write two in a row (see cleaner.rs).
-        let id = self.checkpoints.last().map_or(0, |c| c + 1);
-        let name = format::checkpoint_name(id);
-        let mut w = self.backend.create(&name)?;
-        w.append(&bytes)?;
-        w.sync()?;
-        self.checkpoints.push(id);
-        self.reclaim.checkpoint_written(id, next);
-        while self.checkpoints.len() > 2 {
-            let old = self.checkpoints.remove(0);
-            self.backend.delete(&format::checkpoint_name(old))?;
-        }
-        self.since_ckpt = 0;
-        tracing::debug!(volume = %self.loc, next, bytes = bytes.len(), "checkpoint written");
-        Ok(())
-    }
-
     /// Makes every acknowledged write durable.
     pub fn flush(&mut self) -> Result<()> {
         let wait = self.flush_begin()?;
@@ -1221,6 +1188,8 @@ impl Volume {
         // The cleaner's pass first: its copies become part of the state the checkpoint saves.
         let had_open = self.open.is_some() || self.cleaning_in_progress();
         self.finish_job(true)?;
+        let r = self.land_checkpoint(true);
+        self.fail(r)?;
         let r = self.seal_clean_run().and_then(|()| self.seal());
         self.fail(r)?;
         if had_open && self.since_ckpt > 0 {
@@ -1238,6 +1207,7 @@ impl Volume {
     #[doc(hidden)]
     pub fn crash(mut self) {
         self.cancel_job();
+        self.abandon_checkpoint();
         self.closed = true;
     }
 }
@@ -1246,6 +1216,7 @@ impl Drop for Volume {
     fn drop(&mut self) {
         // The copy thread must not write after the volume (and its lease) is gone.
         self.cancel_job();
+        self.abandon_checkpoint();
         if !self.closed && !self.read_only && self.failed.is_none() {
             if let Err(e) = self.flush() {
                 tracing::error!(volume = %self.loc, error = %e, "flush on drop failed");
