@@ -406,6 +406,16 @@ impl Pass {
         Ok(())
     }
 
+    /// Closes the output segments a failed pass left unsealed: (number, bytes) of each. Nothing
+    /// references them; they go like emptied segments (see `Volume::abandon_pass`).
+    pub(crate) fn unsealed(&mut self) -> Vec<(u32, u64)> {
+        self.out
+            .iter_mut()
+            .filter_map(Option::take)
+            .map(|o| (o.seq, o.len))
+            .collect()
+    }
+
     /// Seals every output segment (footer, sync, close): their copies are then ready to apply.
     pub(crate) fn seal_all(&mut self) -> Result<()> {
         for stream in 0..STREAMS {

@@ -540,6 +540,7 @@ impl Volume {
             }
             (Err(e), Ok(())) => {
                 tracing::warn!(volume = %self.loc, error = %e, "cleaning pass failed; its victims stay");
+                self.abandon_pass(&mut pass);
                 Ok(())
             }
             (_, Err(e)) => Err(e),
@@ -547,6 +548,22 @@ impl Volume {
         self.cleaning = was;
         self.clean_totals.0 += report.bytes_copied;
         self.fail(r).map(|()| Some(report))
+    }
+
+    /// After a failed pass: its unsealed output segments (a disk that filled up, say) hold
+    /// copies nothing references. They are deleted like emptied segments, once no kept
+    /// checkpoint would replay them (deleting one sooner would leave a gap in the numbering).
+    fn abandon_pass(&mut self, pass: &mut Pass) {
+        for (seq, bytes) in pass.unsealed() {
+            self.reclaim.zombies.insert(
+                seq,
+                Zombie {
+                    bytes,
+                    plan_seq: 0,
+                    gen: 0,
+                },
+            );
+        }
     }
 
     /// Stops the copy job without applying it (a crash, or a volume dropped unclosed): what it
@@ -643,13 +660,18 @@ impl Volume {
         let r = run.copy(max_bytes, Some(&now), &AtomicBool::new(false));
         report.units_copied += run.units_copied - units0;
         report.bytes_copied += run.bytes_copied - bytes0;
-        r?;
+        let r = r.and_then(|()| if run.done() { run.seal_all() } else { Ok(()) });
+        if let Err(e) = r {
+            // What was sealed is good; the rest is abandoned.
+            self.apply_sealed(&mut run)?;
+            self.abandon_pass(&mut run);
+            return Err(e);
+        }
         if !run.done() {
             self.apply_sealed(&mut run)?;
             self.clean_run = Some(run);
             return Ok(());
         }
-        run.seal_all()?;
         self.apply_sealed(&mut run)?;
         report.segments_cleaned = (run.victims.len() - run.kept.len()) as u32;
         report.pass_finished = true;
