@@ -383,20 +383,7 @@ fn crash_at_every_backend_operation(inline: bool) {
                     "seed {seed}: after {n} backend ops (torn {torn:?}, power {power}): image is not the state after any prefix >= {must} ops"
                 );
                 // The recovered volume keeps working and cleaning.
-                r.write(0, &[7u8; 4096]).expect("write after recovery");
-                let all = CleanPolicy {
-                    max_live_ratio: 1.0,
-                    max_segments: 1000,
-                    space_budget: 0,
-                };
-                r.clean(&all).expect("clean after recovery");
-                let mut b = vec![0u8; img.len()];
-                r.read(0, &mut b).expect("read after clean");
-                assert!(b[..4096.min(b.len())].iter().all(|x| *x == 7));
-                assert!(
-                    b[4096.min(b.len())..] == img[4096.min(img.len())..],
-                    "seed {seed}: clean after recovery changed data"
-                );
+                common::write_then_clean_all(&mut r, &img, 7, &format!("seed {seed}, {n} ops"));
                 r.crash();
                 checked += 1;
             }

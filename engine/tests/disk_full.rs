@@ -29,13 +29,6 @@ fn mount_tmpfs(at: &Path, size: &str) -> Option<Mounted> {
     ok.then(|| Mounted(at.to_path_buf()))
 }
 
-fn open(dir: &Path) -> hlfs_engine::Result<Volume> {
-    Volume::open(
-        Arc::new(LocalBackend::new(dir).expect("backend")),
-        &OpenOptions::default(),
-    )
-}
-
 #[test]
 fn disk_full_while_cleaning_loses_nothing_flushed() {
     for seed in [11, 12, 13] {
@@ -126,28 +119,15 @@ fn disk_full_run(seed: u64) -> bool {
         .status()
         .is_ok_and(|s| s.success());
     assert!(grown, "remount with more space failed");
-    let mut r = open(&dir).expect("open after the disk filled up");
+    let mut r = common::open(&dir).expect("open after the disk filled up");
     let img = read_all(&mut r);
     let h = common::hash(&img);
     assert!(
         images.iter().skip(flushed).any(|x| *x == h),
         "after {failure}: the image is not the state after any prefix of at least {flushed} ops"
     );
-    // And it keeps working: writes, then a full cleaning, change nothing else.
-    r.write(0, &[9u8; 4096]).expect("write after growing");
-    let all = CleanPolicy {
-        max_live_ratio: 1.0,
-        max_segments: 1000,
-        space_budget: 0,
-    };
-    r.clean(&all).expect("clean after growing");
-    let mut b = vec![0u8; img.len()];
-    r.read(0, &mut b).expect("read after clean");
-    assert!(b[..4096].iter().all(|x| *x == 9));
-    assert!(
-        b[4096..] == img[4096..],
-        "cleaning after the full disk changed data"
-    );
+    // And it keeps working: a write, then a full cleaning, change nothing else.
+    common::write_then_clean_all(&mut r, &img, 9, &format!("seed {seed}"));
     r.close().expect("close");
     true
 }

@@ -147,6 +147,29 @@ impl Op {
     }
 }
 
+/// A recovered volume keeps working: a write of `fill` at offset 0 and a full cleaning pass
+/// leave the rest of `img` (what it read after recovery) as it was.
+pub fn write_then_clean_all(r: &mut Volume, img: &[u8], fill: u8, what: &str) {
+    r.write(0, &[fill; 4096]).expect("write after recovery");
+    let all = hlfs_engine::CleanPolicy {
+        max_live_ratio: 1.0,
+        max_segments: 1000,
+        space_budget: 0,
+    };
+    r.clean(&all).expect("clean after recovery");
+    let mut b = vec![0u8; img.len()];
+    r.read(0, &mut b).expect("read after clean");
+    let head = 4096.min(b.len());
+    assert!(
+        b[..head].iter().all(|x| *x == fill),
+        "{what}: the write after recovery is lost"
+    );
+    assert!(
+        b[head..] == img[head..],
+        "{what}: cleaning after recovery changed data"
+    );
+}
+
 pub fn hash(img: &[u8]) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
