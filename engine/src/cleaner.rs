@@ -27,7 +27,9 @@
 
 use crate::clean_pass::{Liveness, Pass, PassCtx, PlannedUnit, UnitKey, HOT_STREAM};
 use crate::error::{Error, Result};
-use crate::format::segment_name;
+use crate::format::{
+    segment_name, RecordKind, RECORD_HEADER_LEN, UNIT_COMPRESSED, UNIT_HEADER_LEN,
+};
 use crate::volume::Volume;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -731,6 +733,46 @@ impl Volume {
         })
     }
 
+    /// Adds the units segment `seq` holds, from its footer: (segment, offset) -> (first
+    /// block, stored length). False if it has no readable, valid footer.
+    fn footer_units(&self, seq: u32, units: &mut BTreeMap<UnitKey, (u64, u32)>) -> bool {
+        let len = self.segs.get(&seq).map_or(0, |s| s.bytes);
+        let Ok(Some(f)) = self.read_footer(seq, len, &mut 0) else {
+            return false;
+        };
+        let Ok(records) = self.footer_records(seq, &f) else {
+            return false;
+        };
+        let ub = self.unit_blocks();
+        for (rec_off, hdr, meta) in records {
+            match hdr.kind {
+                RecordKind::Write => {
+                    let mut off = rec_off + RECORD_HEADER_LEN as u64;
+                    for (i, st) in meta.chunks_exact(4).enumerate() {
+                        let stored = u32::from_le_bytes([st[0], st[1], st[2], st[3]]);
+                        let Ok(o) = u32::try_from(off) else {
+                            return false;
+                        };
+                        units.insert((seq, o), (hdr.arg + i as u64 * ub, stored));
+                        off += (UNIT_HEADER_LEN + (stored & !UNIT_COMPRESSED) as usize) as u64;
+                    }
+                }
+                RecordKind::Copy => {
+                    let (Some(st), Ok(o)) = (
+                        meta.get(8..12),
+                        u32::try_from(rec_off + (RECORD_HEADER_LEN + 8) as u64),
+                    ) else {
+                        return false;
+                    };
+                    let stored = u32::from_le_bytes([st[0], st[1], st[2], st[3]]);
+                    units.insert((seq, o), (hdr.arg, stored));
+                }
+                _ => {}
+            }
+        }
+        true
+    }
+
     /// Chooses victims and lists the units in them that some map references, with who does.
     fn plan_pass(&mut self, policy: &CleanPolicy) -> Option<Pass> {
         let open = self.open.as_ref().map(|o| o.seq);
@@ -762,12 +804,23 @@ impl Volume {
             return None;
         }
         let mut units: BTreeMap<UnitKey, (u64, u32)> = BTreeMap::new();
-        for m in std::iter::once(&self.map).chain(self.snaps.values().map(|s| &s.map)) {
-            for (lba, x) in m.iter() {
-                if victims.contains(&x.seg) {
-                    units
-                        .entry((x.seg, x.off))
-                        .or_insert((lba - u64::from(x.skip), x.stored));
+        // A victim's units come from its footer (the cost of a pass follows its victims, not
+        // the size of the maps); only a segment without one (replayed record by record after
+        // a crash) is looked for in the maps.
+        let mut unlisted: BTreeSet<u32> = BTreeSet::new();
+        for &v in &victims {
+            if !self.footer_units(v, &mut units) {
+                unlisted.insert(v);
+            }
+        }
+        if !unlisted.is_empty() {
+            for m in std::iter::once(&self.map).chain(self.snaps.values().map(|s| &s.map)) {
+                for (lba, x) in m.iter() {
+                    if unlisted.contains(&x.seg) {
+                        units
+                            .entry((x.seg, x.off))
+                            .or_insert((lba - u64::from(x.skip), x.stored));
+                    }
                 }
             }
         }

@@ -316,28 +316,17 @@ impl Volume {
                 format!("segment of {len} bytes is larger than possible"),
             ));
         }
-        if len >= (SEG_HEADER_LEN + TRAILER_LEN) as u64 {
-            let mut t = [0u8; TRAILER_LEN];
-            self.backend
-                .read_at(&name, len - TRAILER_LEN as u64, &mut t)?;
-            if let Some((start, count, crc)) = decode_trailer(&t) {
-                let fend = len - TRAILER_LEN as u64;
-                if start >= SEG_HEADER_LEN as u64 && start <= fend {
-                    let mut body = vec![0u8; (fend - start) as usize];
-                    self.backend.read_at(&name, start, &mut body)?;
-                    report.bytes_read += body.len() as u64 + TRAILER_LEN as u64;
-                    if footer_ok(&body, start, count, crc) {
-                        self.replay_footer(seq, &body, count, start)?;
-                        report.segments_from_footer += 1;
-                        report.records_replayed += u64::from(count);
-                        self.segs.entry(seq).or_default().bytes = len;
-                        return Ok(Some(true));
-                    }
-                }
+        if let Some(f) = self.read_footer(seq, len, &mut report.bytes_read)? {
+            for (rec_off, hdr, meta) in self.footer_records(seq, &f)? {
+                self.apply_record(seq, rec_off, &hdr, meta)?;
             }
-            if !self.read_only {
-                tracing::warn!(volume = %self.loc, segment = %name, "segment has no valid footer; replaying record by record");
-            }
+            report.segments_from_footer += 1;
+            report.records_replayed += u64::from(f.count);
+            self.segs.entry(seq).or_default().bytes = len;
+            return Ok(Some(true));
+        }
+        if !self.read_only && len >= (SEG_HEADER_LEN + TRAILER_LEN) as u64 {
+            tracing::warn!(volume = %self.loc, segment = %name, "segment has no valid footer; replaying record by record");
         }
         if self.read_only {
             return Ok(None);
@@ -428,39 +417,63 @@ impl Volume {
         }
     }
 
-    fn replay_footer(
-        &mut self,
-        seq: u32,
-        body: &[u8],
-        count: u32,
-        footer_start: u64,
-    ) -> Result<()> {
+    /// The footer of sealed segment `seq` (`len` bytes), if it has a valid one; `read` counts
+    /// the bytes read.
+    pub(crate) fn read_footer(&self, seq: u32, len: u64, read: &mut u64) -> Result<Option<Footer>> {
+        if len < (SEG_HEADER_LEN + TRAILER_LEN) as u64 {
+            return Ok(None);
+        }
         let name = segment_name(seq);
-        let mut d = Dec::new(body);
+        let mut t = [0u8; TRAILER_LEN];
+        self.backend
+            .read_at(&name, len - TRAILER_LEN as u64, &mut t)?;
+        *read += TRAILER_LEN as u64;
+        let Some((start, count, crc)) = decode_trailer(&t) else {
+            return Ok(None);
+        };
+        let fend = len - TRAILER_LEN as u64;
+        if start < SEG_HEADER_LEN as u64 || start > fend {
+            return Ok(None);
+        }
+        let mut body = vec![0u8; (fend - start) as usize];
+        self.backend.read_at(&name, start, &mut body)?;
+        *read += body.len() as u64;
+        Ok(footer_ok(&body, start, count, crc).then_some(Footer { body, count, start }))
+    }
+
+    /// The records a footer describes: (record offset, header, footer meta).
+    pub(crate) fn footer_records<'a>(
+        &self,
+        seq: u32,
+        f: &'a Footer,
+    ) -> Result<Vec<(u64, RecordHeader, &'a [u8])>> {
+        let bad = |what: &str| Error::corrupt(&self.loc, segment_name(seq), f.start, what);
+        let mut d = Dec::new(&f.body);
         let mut rec_off = SEG_HEADER_LEN as u64;
-        for _ in 0..count {
+        let mut out = Vec::with_capacity(f.count as usize);
+        for _ in 0..f.count {
             let hdr = d
                 .take(RECORD_HEADER_LEN)
                 .and_then(RecordHeader::decode)
-                .ok_or_else(|| {
-                    Error::corrupt(&self.loc, &name, footer_start, "footer entry damaged")
-                })?;
-            let meta = d.take(self.footer_meta_len(&hdr)).ok_or_else(|| {
-                Error::corrupt(&self.loc, &name, footer_start, "footer truncated")
-            })?;
-            self.apply_record(seq, rec_off, &hdr, meta)?;
+                .ok_or_else(|| bad("footer entry damaged"))?;
+            let meta = d
+                .take(self.footer_meta_len(&hdr))
+                .ok_or_else(|| bad("footer truncated"))?;
+            out.push((rec_off, hdr, meta));
             rec_off += RECORD_HEADER_LEN as u64 + u64::from(hdr.body_len);
         }
-        if rec_off != footer_start {
-            return Err(Error::corrupt(
-                &self.loc,
-                &name,
-                footer_start,
-                "footer does not describe the segment",
-            ));
+        if rec_off != f.start {
+            return Err(bad("footer does not describe the segment"));
         }
-        Ok(())
+        Ok(out)
     }
+}
+
+/// A sealed segment's footer, checked.
+pub(crate) struct Footer {
+    body: Vec<u8>,
+    count: u32,
+    start: u64,
 }
 
 fn validate(o: &CreateOptions) -> Result<()> {
