@@ -57,15 +57,47 @@ fn check_all(v: &mut Volume, model: &[u8], snaps: &BTreeMap<String, Vec<u8>>) {
     assert_eq!(l, expected, "snapshot list");
 }
 
-fn run(steps: Vec<Step>) {
+/// `inline`: also clean inline (on the copy thread) whenever the log passes a small budget, so
+/// that copying overlaps snapshots, deletions and rollbacks.
+fn run(steps: Vec<Step>, inline: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let size = 200_000u64;
-    let mut v = common::create(dir.path(), size, 64 * 1024, 100_000);
+    let opts = hlfs_engine::CreateOptions {
+        size,
+        segment_size: 64 * 1024,
+        checkpoint_interval: 100_000,
+        ..Default::default()
+    };
+    // Inline cleaning copies slowly (see `SlowCopyReads`), so that it overlaps the steps.
+    let backend = |dir: &std::path::Path| -> std::sync::Arc<dyn hlfs_engine::Backend> {
+        let local = hlfs_engine::LocalBackend::new(dir).expect("backend");
+        if inline {
+            std::sync::Arc::new(common::SlowCopyReads(local))
+        } else {
+            std::sync::Arc::new(local)
+        }
+    };
+    let reopen = || Volume::open(backend(dir.path()), &hlfs_engine::OpenOptions::default());
+    let mut v = Volume::create(
+        backend(dir.path()),
+        &opts,
+        &hlfs_engine::OpenOptions::default(),
+    )
+    .expect("create");
     let policy = CleanPolicy {
         max_live_ratio: 0.9,
         max_segments: 3,
         space_budget: 0,
     };
+    let auto = |v: &mut Volume| {
+        if inline {
+            v.set_clean_policy(Some(CleanPolicy {
+                space_budget: 250_000,
+                ..policy.clone()
+            }));
+        }
+    };
+    auto(&mut v);
     let mut model = vec![0u8; size as usize];
     let mut snaps: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut n = 0;
@@ -107,12 +139,14 @@ fn run(steps: Vec<Step>) {
             }
             Step::Reopen => {
                 v.close().expect("close");
-                v = open(dir.path()).expect("reopen");
+                v = reopen().expect("reopen");
+                auto(&mut v);
             }
             Step::CrashAfterFlush => {
                 v.flush().expect("flush");
                 v.crash();
-                v = open(dir.path()).expect("recover");
+                v = reopen().expect("recover");
+                auto(&mut v);
             }
         }
         check_all(&mut v, &model, &snaps);
@@ -147,7 +181,12 @@ proptest! {
 
     #[test]
     fn snapshots_rollback_clean_model(steps in proptest::collection::vec(step(), 1..60)) {
-        run(steps);
+        run(steps, false);
+    }
+
+    #[test]
+    fn snapshots_rollback_model_with_cleaning_on_a_thread(steps in proptest::collection::vec(step(), 1..60)) {
+        run(steps, true);
     }
 }
 

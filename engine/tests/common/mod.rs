@@ -46,6 +46,42 @@ impl Rng {
     }
 }
 
+/// A local backend on a slow disk, for the cleaner's copy thread only: its reads take a
+/// millisecond each, so that a pass is still copying while the test goes on with writes,
+/// snapshots, deletions and rollbacks (timing, not a fault: the data is the disk's).
+#[derive(Debug)]
+pub struct SlowCopyReads(pub LocalBackend);
+
+impl hlfs_engine::Backend for SlowCopyReads {
+    fn location(&self) -> String {
+        self.0.location()
+    }
+    fn create(
+        &self,
+        name: &str,
+    ) -> hlfs_engine::Result<Box<dyn hlfs_engine::backend::ObjectWriter>> {
+        self.0.create(name)
+    }
+    fn read_at(&self, name: &str, offset: u64, buf: &mut [u8]) -> hlfs_engine::Result<()> {
+        if std::thread::current().name() == Some("hlfs-clean") {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        self.0.read_at(name, offset, buf)
+    }
+    fn read_all(&self, name: &str) -> hlfs_engine::Result<Vec<u8>> {
+        self.0.read_all(name)
+    }
+    fn list(&self) -> hlfs_engine::Result<Vec<hlfs_engine::backend::ObjectInfo>> {
+        self.0.list()
+    }
+    fn delete(&self, name: &str) -> hlfs_engine::Result<()> {
+        self.0.delete(name)
+    }
+    fn lease(&self, holder: &str) -> hlfs_engine::Result<Box<dyn hlfs_engine::backend::Lease>> {
+        self.0.lease(holder)
+    }
+}
+
 pub fn backend(dir: &Path) -> Arc<LocalBackend> {
     Arc::new(LocalBackend::new(dir).expect("backend"))
 }
