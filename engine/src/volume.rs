@@ -1185,6 +1185,9 @@ impl Volume {
             return Ok(());
         }
         self.writable()?;
+        // No pass starts from here on (the seal below would start one on its thread, writing
+        // after the last checkpoint).
+        self.cleaning = true;
         // The cleaner's pass first: its copies become part of the state the checkpoint saves.
         let had_open = self.open.is_some() || self.cleaning_in_progress();
         self.finish_job(true)?;
