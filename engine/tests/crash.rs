@@ -10,16 +10,17 @@ use std::path::Path;
 
 type Files = BTreeMap<String, Vec<u8>>;
 
+/// The volume's files now. A file deleted while they are read (the volume deletes emptied
+/// segments and old checkpoints on a thread of its own) is left out, as if listed a moment later.
 fn snapshot(dir: &Path) -> Files {
     std::fs::read_dir(dir)
         .expect("ls")
         .map(|e| e.expect("entry"))
         .filter(|e| e.file_name() != "lock")
-        .map(|e| {
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                std::fs::read(e.path()).expect("read"),
-            )
+        .filter_map(|e| match std::fs::read(e.path()) {
+            Ok(data) => Some((e.file_name().to_string_lossy().into_owned(), data)),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+            Err(err) => panic!("read {}: {err}", e.path().display()),
         })
         .collect()
 }
