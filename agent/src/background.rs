@@ -1,11 +1,13 @@
 //! The background cleaner: one timer-driven thread per open volume. At every tick it looks at
 //! the volume's kept counters (no scan) and, when the log is over its space budget or holds too
-//! much reclaimable space (or a pass is already under way), it runs bounded cleaning steps
-//! (`Volume::clean_step`) under the volume's lock, one small step per lock, at no more than the
-//! configured bytes per second (a token bucket). Writes and reads interleave with the steps.
+//! much reclaimable space (or a pass is already under way), it starts a pass, or applies the
+//! one that finished (`Volume::clean_background`), under the volume's lock for that moment only.
+//! The pass copies on the engine's copy thread at no more than the configured bytes per second
+//! (a token bucket kept across passes), without the volume: writes and reads go on meanwhile,
+//! and on HDFS the victims' reads do not hold the lock either.
 
 use crate::manager::SharedVolume;
-use hlfs_engine::{RateLimiter, Stat, Volume};
+use hlfs_engine::{Stat, Volume};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -18,7 +20,7 @@ pub struct BackgroundSettings {
     pub reclaimable_ratio: f64,
     /// Time between ticks.
     pub interval: Duration,
-    /// Largest step (bytes copied under one hold of the volume's lock).
+    /// Largest burst of copying above the rate (the token bucket's size).
     pub step_bytes: u64,
 }
 
@@ -50,7 +52,6 @@ pub struct Worker {
     settings: BackgroundSettings,
     /// Log size above which cleaning starts (the volume's space budget).
     budget: u64,
-    limiter: RateLimiter,
     /// Ticks to skip after a tick that found nothing to clean.
     idle: u32,
 }
@@ -59,16 +60,12 @@ pub struct Worker {
 /// nothing was cleanable).
 pub type StepOut = hlfs_engine::Result<(bool, u64, u32, bool)>;
 
-/// Steps smaller than this are not worth a lock: wait for more tokens instead.
-const MIN_STEP: u64 = 64 * 1024;
-/// Steps per tick at most.
-const MAX_STEPS: u32 = 16;
+/// The smallest burst (bytes): at least a few units.
+const MIN_BURST: u64 = 64 * 1024;
 
 impl Worker {
     pub fn new(settings: BackgroundSettings, budget: u64) -> Worker {
-        let burst = settings.step_bytes.max(MIN_STEP);
         Worker {
-            limiter: RateLimiter::new(settings.rate, burst),
             settings,
             budget,
             idle: 0,
@@ -83,8 +80,9 @@ impl Worker {
                 && st.reclaimable as f64 > self.settings.reclaimable_ratio * st.log_bytes as f64)
     }
 
-    /// One tick: up to `MAX_STEPS` bounded steps, each through `run` (which takes the volume's
-    /// lock for that step only). Returns what was done, or the first error.
+    /// One tick: one call under the volume's lock, through `run` (which takes the lock for that
+    /// call only): start a pass, or apply the one that finished. Returns what was done, or the
+    /// first error.
     pub fn tick(
         &mut self,
         mut run: impl FnMut(&mut dyn FnMut(&mut Volume) -> StepOut) -> Option<StepOut>,
@@ -94,37 +92,29 @@ impl Worker {
             return Ok(Some(TickReport::default()));
         }
         let mut rep = TickReport::default();
-        while rep.steps < MAX_STEPS {
-            let allowance = self.limiter.available().min(self.settings.step_bytes);
-            if allowance < MIN_STEP.min(self.settings.step_bytes) {
-                break;
-            }
-            let me = &*self;
-            let mut step = |v: &mut Volume| {
-                let go = v.cleaning_in_progress() || me.over_threshold(&v.stat());
-                if !go {
-                    return Ok((false, 0, 0, true));
-                }
-                let r = v.clean_step(allowance)?;
-                // Nothing to do although over the threshold: nothing is cleanable now.
-                let idle = r.pass_finished && r.bytes_copied == 0 && r.segments_deleted == 0;
-                Ok((true, r.bytes_copied, r.segments_deleted, idle))
-            };
-            let Some(r) = run(&mut step) else {
-                return Ok(None);
-            };
-            let (go, copied, deleted, idle) = r?;
-            rep.over_threshold |= go;
+        let (rate, burst) = (self.settings.rate, self.settings.step_bytes.max(MIN_BURST));
+        let me = &*self;
+        let mut step = |v: &mut Volume| {
+            let go = v.cleaning_in_progress() || me.over_threshold(&v.stat());
             if !go {
-                break;
+                return Ok((false, 0, 0, true));
             }
-            rep.steps += 1;
-            rep.bytes_copied += copied;
-            rep.segments_deleted += deleted;
-            self.limiter.consume(copied);
+            let r = v.clean_background(rate, burst)?;
+            // Nothing to do although over the threshold: nothing is cleanable now.
+            let idle = r.pass_finished && r.bytes_copied == 0 && r.segments_deleted == 0;
+            Ok((true, r.bytes_copied, r.segments_deleted, idle))
+        };
+        let Some(r) = run(&mut step) else {
+            return Ok(None);
+        };
+        let (go, copied, deleted, idle) = r?;
+        rep.over_threshold = go;
+        if go {
+            rep.steps = 1;
+            rep.bytes_copied = copied;
+            rep.segments_deleted = deleted;
             if idle {
                 self.idle = 20;
-                break;
             }
         }
         Ok(Some(rep))

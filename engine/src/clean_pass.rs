@@ -114,6 +114,11 @@ pub(crate) struct Pass {
     pub(crate) written: Arc<AtomicU64>,
     pub(crate) units_copied: u64,
     pub(crate) bytes_copied: u64,
+    /// Background passes copy at a limited rate (the bucket goes back to the volume at the
+    /// end, so the rate holds across passes)...
+    pub(crate) limiter: Option<crate::cleaner::RateLimiter>,
+    /// ...unless someone waits for the pass (writes over their limit, close, `clean`).
+    pub(crate) unthrottle: Arc<AtomicBool>,
 }
 
 impl Pass {
@@ -136,6 +141,8 @@ impl Pass {
             written: Arc::default(),
             units_copied: 0,
             bytes_copied: 0,
+            limiter: None,
+            unthrottle: Arc::default(),
         }
     }
 
@@ -180,11 +187,29 @@ impl Pass {
             let Some(window) = self.window.take() else {
                 return Err(Error::Invalid("cleaner read window missing".into()));
             };
+            let before = self.bytes_copied;
             let r = self.copy_unit(key, ulba, stored, &window.2[at], &live);
             self.window = Some(window);
             r?;
+            self.pace(self.bytes_copied - before, cancel);
         }
         Ok(())
+    }
+
+    /// Waits while the rate limit (if any) is in debt after copying `n` bytes.
+    fn pace(&mut self, n: u64, cancel: &AtomicBool) {
+        let Some(l) = self.limiter.as_mut() else {
+            return;
+        };
+        l.consume(n);
+        while !cancel.load(Ordering::Relaxed) && !self.unthrottle.load(Ordering::Relaxed) {
+            let wait = l.wait_for(1);
+            if wait.is_zero() {
+                return;
+            }
+            // In slices, so that cancelling or unthrottling takes effect soon.
+            std::thread::sleep(wait.min(std::time::Duration::from_millis(10)));
+        }
     }
 
     /// Where the stored bytes (header included) of unit `units[next]` are in the window, which

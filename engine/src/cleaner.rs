@@ -84,6 +84,8 @@ impl CleanReport {
 /// A token bucket: at most `rate` bytes per second on average, bursts up to `burst` bytes.
 #[derive(Debug, Clone)]
 pub struct RateLimiter {
+    /// (rate, burst) as given.
+    configured: (u64, u64),
     rate: f64,
     burst: f64,
     tokens: f64,
@@ -94,11 +96,17 @@ impl RateLimiter {
     /// `rate` bytes per second (0: unlimited); the bucket starts full.
     pub fn new(rate: u64, burst: u64) -> RateLimiter {
         RateLimiter {
+            configured: (rate, burst),
             rate: rate as f64,
             burst: burst.max(1) as f64,
             tokens: burst.max(1) as f64,
             last: Instant::now(),
         }
+    }
+
+    /// (rate, burst) as given to `new`.
+    pub fn configured(&self) -> (u64, u64) {
+        self.configured
     }
 
     fn refill(&mut self, now: Instant) {
@@ -215,6 +223,8 @@ pub(crate) struct CopyJob {
     done: Arc<AtomicBool>,
     /// Bytes the pass has written so far.
     written: Arc<AtomicU64>,
+    /// Lifts the pass's rate limit (see `Pass::unthrottle`).
+    unthrottle: Arc<AtomicBool>,
 }
 
 impl CopyJob {
@@ -432,7 +442,7 @@ impl Volume {
                 // A pass of `clean_step` is under way: finish it here.
                 return self.step(&p, u64::MAX, false).map(|_| ());
             }
-            return self.start_job(&p);
+            return self.start_job(&p, None).map(|_| ());
         }
     }
 
@@ -470,16 +480,20 @@ impl Volume {
 
     /// Plans a pass and starts copying it on a thread; with nothing to copy, deletes what
     /// earlier passes emptied.
-    fn start_job(&mut self, policy: &CleanPolicy) -> Result<()> {
+    /// Returns whether a pass started. `limiter`: the rate the pass copies at (background).
+    fn start_job(&mut self, policy: &CleanPolicy, limiter: Option<RateLimiter>) -> Result<bool> {
         let Some(mut pass) = self.plan_pass(policy) else {
+            self.bg_limiter = limiter.or(self.bg_limiter.take());
             if !self.reclaim.zombies.is_empty() {
                 let was = std::mem::replace(&mut self.cleaning, true);
                 let r = self.reclaim_zombies(&mut CleanReport::default(), Ckpts::OnThread);
                 self.cleaning = was;
-                return self.fail(r);
+                return self.fail(r).map(|()| false);
             }
-            return Ok(());
+            return Ok(false);
         };
+        pass.limiter = limiter;
+        let unthrottle = pass.unthrottle.clone();
         let cancel = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicBool::new(false));
         let written = pass.written.clone();
@@ -503,8 +517,9 @@ impl Volume {
             cancel,
             done,
             written,
+            unthrottle,
         });
-        Ok(())
+        Ok(true)
     }
 
     /// Waits for the copy job (if `wait`, else only if it has finished), applies its sealed
@@ -517,6 +532,8 @@ impl Volume {
         if !wait && !job.finished() {
             return Ok(None);
         }
+        // Whoever waits for a background pass does not wait at its rate.
+        job.unthrottle.store(true, Ordering::Relaxed);
         let Some(thread) = job.thread.take() else {
             self.clean_job = None;
             return Ok(None);
@@ -525,6 +542,9 @@ impl Volume {
         let (mut pass, r) = thread
             .join()
             .map_err(|_| Error::Invalid("the cleaner's copy thread panicked".into()))?;
+        if pass.limiter.is_some() {
+            self.bg_limiter = pass.limiter.take();
+        }
         // Zombies are made only after the checkpoint before them has landed.
         self.land_and_reclaim()?;
         let was = std::mem::replace(&mut self.cleaning, true);
@@ -585,6 +605,32 @@ impl Volume {
             .as_ref()
             .map_or(0, |j| j.written.load(Ordering::Relaxed))
             + self.clean_run.as_ref().map_or(0, |p| p.open_bytes())
+    }
+
+    /// Background cleaning (the agent's cleaner thread, at every tick over its threshold):
+    /// applies the pass copying on its thread if it has finished, or starts one that copies at
+    /// no more than `rate` bytes per second (0: no limit; bursts of `burst` bytes). Writes and
+    /// reads go on meanwhile. Returns what was applied; a report that finished a pass with
+    /// nothing copied or deleted means there is nothing to clean.
+    pub fn clean_background(&mut self, rate: u64, burst: u64) -> Result<CleanReport> {
+        self.writable()?;
+        if self.clean_job.is_some() {
+            return Ok(self.finish_job(false)?.unwrap_or_default());
+        }
+        if self.clean_run.is_some() {
+            // A pass of `clean_step` is under way: go on with it in a step.
+            return self.clean_step(burst.max(1));
+        }
+        let limiter = match self.bg_limiter.take() {
+            Some(l) if l.configured() == (rate, burst) => l,
+            _ => RateLimiter::new(rate, burst),
+        };
+        let policy = self.auto_clean.clone().unwrap_or_default();
+        let started = self.start_job(&policy, Some(limiter))?;
+        Ok(CleanReport {
+            pass_finished: !started,
+            ..Default::default()
+        })
     }
 
     /// Bytes the cleaner has copied since open (for write amplification).

@@ -253,6 +253,7 @@ impl Volume {
             clean_run: None,
             clean_job: None,
             pending_ckpt: None,
+            bg_limiter: None,
             cleaner_segs: Default::default(),
             reclaim: Default::default(),
             heat: Default::default(),

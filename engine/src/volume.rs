@@ -237,6 +237,8 @@ pub struct Volume {
     pub(crate) clean_run: Option<crate::clean_pass::Pass>,
     /// An inline pass copying on its own thread.
     pub(crate) clean_job: Option<crate::cleaner::CopyJob>,
+    /// The background cleaner's rate limit, kept between its passes.
+    pub(crate) bg_limiter: Option<crate::cleaner::RateLimiter>,
     /// The cleaner's checkpoint, being written on its thread.
     pub(crate) pending_ckpt: Option<crate::checkpoint_thread::PendingCheckpoint>,
     /// In memory only: segments the cleaner wrote since open (what survives them again goes
