@@ -96,11 +96,7 @@ fn qemu_img_convert_in_and_out_and_compare() {
         "qemu-img",
         &["convert", "-n", "-f", "raw", "-O", "raw", src, &uri],
     );
-    let out = run(
-        "qemu-img",
-        &["compare", "-f", "raw", "-F", "raw", src, &uri],
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("Images are identical"));
+    assert_identical(src, &uri);
     // And out again, through qemu-img and through nbdcopy.
     let back = d.dir.path().join("back.raw");
     run(
@@ -135,19 +131,7 @@ fn qemu_img_convert_in_and_out_and_compare() {
             &uri,
         ],
     );
-    let out = run(
-        "qemu-img",
-        &[
-            "compare",
-            "-f",
-            "raw",
-            "-F",
-            "raw",
-            src2.to_str().unwrap(),
-            &uri,
-        ],
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("Images are identical"));
+    assert_identical(src2.to_str().unwrap(), &uri);
     run(
         "qemu-img",
         &["convert", "-n", "-f", "raw", "-O", "raw", src, &uri],
@@ -360,6 +344,16 @@ fn kill9_keeps_every_flushed_write() {
     assert!(ok(&new) || ok(&old), "torn write at round {i}");
 }
 
+/// `qemu-img compare` of a raw file with an NBD export says they are identical.
+fn assert_identical(raw: &str, uri: &str) {
+    let out = run("qemu-img", &["compare", "-f", "raw", "-F", "raw", raw, uri]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Images are identical"),
+        "{raw} vs {uri}: {text}"
+    );
+}
+
 /// Bytes of the segments under `dir`, at any depth (a volume's log on disk).
 fn segment_bytes(dir: &std::path::Path) -> u64 {
     let Ok(rd) = std::fs::read_dir(dir) else {
@@ -458,21 +452,5 @@ fn cleaning_while_qemu_io_rewrites_keeps_every_byte() {
     eprintln!("cleaning: {written} bytes written, {log} bytes of log after cleaning");
     let expected = d.dir.path().join("expected.raw");
     std::fs::write(&expected, &model).unwrap();
-    let out = run(
-        "qemu-img",
-        &[
-            "compare",
-            "-f",
-            "raw",
-            "-F",
-            "raw",
-            expected.to_str().unwrap(),
-            &uri,
-        ],
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("Images are identical"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_identical(expected.to_str().unwrap(), &uri);
 }
