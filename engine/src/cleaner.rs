@@ -16,10 +16,11 @@
 //! place, and only for extents that still point at that place. Replay after a crash applies it
 //! in segment order instead, with the same result.
 //!
-//! A pass: choose victims; copy their live units (`clean_pass.rs`: inline cleaning copies on a
-//! thread of its own from the plan while writes go on; `clean_step` copies in bounded steps
-//! under the volume, looking liveness up again at each unit) into one of three streams (hot data by the write heat, cold data by origin); seal the cleaner's
-//! segments (copies durable and applied); turn every sealed segment nothing references into a
+//! A pass: choose victims; copy their live units (`clean_pass.rs`: inline and background
+//! cleaning copy on a thread of their own from the plan while writes go on; `clean_step` copies
+//! in bounded steps under the volume, looking liveness up again at each unit) into one of three
+//! streams (hot data by the write heat, cold data by origin); seal the cleaner's segments
+//! (copies durable and applied); turn every sealed segment nothing references into a
 //! zombie; write one checkpoint; delete the zombies no kept checkpoint needs any more (see
 //! `Reclaim::deletable`: the others go at a later pass). A kill at any moment loses nothing:
 //! before the deletion the victims are still there; after it, nothing that recovery may load
@@ -27,9 +28,7 @@
 
 use crate::clean_pass::{Liveness, Pass, PassCtx, PlannedUnit, UnitKey, HOT_STREAM};
 use crate::error::{Error, Result};
-use crate::format::{
-    segment_name, RecordKind, RECORD_HEADER_LEN, UNIT_COMPRESSED, UNIT_HEADER_LEN,
-};
+use crate::format::{self, segment_name, RecordKind};
 use crate::volume::Volume;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -421,7 +420,7 @@ impl Volume {
             if self.clean_job.as_ref().is_some_and(|j| j.finished()) {
                 self.finish_job(false)?;
             }
-            let log = self.stat().log_bytes;
+            let log = self.log_bytes();
             if self.clean_job.is_some() {
                 if log <= hard {
                     return Ok(());
@@ -709,18 +708,16 @@ impl Volume {
         report.units_copied += run.units_copied - units0;
         report.bytes_copied += run.bytes_copied - bytes0;
         let r = r.and_then(|()| if run.done() { run.seal_all() } else { Ok(()) });
+        // What was sealed is good whatever happened after.
+        self.apply_sealed(&mut run)?;
         if let Err(e) = r {
-            // What was sealed is good; the rest is abandoned.
-            self.apply_sealed(&mut run)?;
             self.abandon_pass(&mut run);
             return Err(e);
         }
         if !run.done() {
-            self.apply_sealed(&mut run)?;
             self.clean_run = Some(run);
             return Ok(());
         }
-        self.apply_sealed(&mut run)?;
         report.segments_cleaned = (run.victims.len() - run.kept.len()) as u32;
         report.pass_finished = true;
         self.finish_cleaning(report, run.plan_seq, ckpts)
@@ -793,20 +790,19 @@ impl Volume {
         for (rec_off, hdr, meta) in records {
             match hdr.kind {
                 RecordKind::Write => {
-                    let mut off = rec_off + RECORD_HEADER_LEN as u64;
-                    for (i, st) in meta.chunks_exact(4).enumerate() {
-                        let stored = u32::from_le_bytes([st[0], st[1], st[2], st[3]]);
+                    for (ulba, off, stored) in
+                        format::write_record_units(rec_off, hdr.arg, ub, meta)
+                    {
                         let Ok(o) = u32::try_from(off) else {
                             return false;
                         };
-                        units.insert((seq, o), (hdr.arg + i as u64 * ub, stored));
-                        off += (UNIT_HEADER_LEN + (stored & !UNIT_COMPRESSED) as usize) as u64;
+                        units.insert((seq, o), (ulba, stored));
                     }
                 }
                 RecordKind::Copy => {
                     let (Some(st), Ok(o)) = (
                         meta.get(8..12),
-                        u32::try_from(rec_off + (RECORD_HEADER_LEN + 8) as u64),
+                        u32::try_from(format::copy_record_unit_offset(rec_off)),
                     ) else {
                         return false;
                     };

@@ -315,6 +315,29 @@ impl RecordHeader {
     }
 }
 
+/// The units a write record holds, from its offset in the segment, its first block and its
+/// footer meta (one `stored` word per unit): (first block, offset of the unit's header, stored
+/// word) of each. Replay and the cleaner's planning both walk records this way.
+pub fn write_record_units(
+    rec_off: u64,
+    first_lba: u64,
+    unit_blocks: u64,
+    meta: &[u8],
+) -> impl Iterator<Item = (u64, u64, u32)> + '_ {
+    let mut off = rec_off + RECORD_HEADER_LEN as u64;
+    meta.chunks_exact(4).enumerate().map(move |(i, st)| {
+        let stored = u32::from_le_bytes([st[0], st[1], st[2], st[3]]);
+        let at = off;
+        off += (UNIT_HEADER_LEN + (stored & !UNIT_COMPRESSED) as usize) as u64;
+        (first_lba + i as u64 * unit_blocks, at, stored)
+    })
+}
+
+/// Offset of the unit a copy record carries: after the record header and the old location.
+pub fn copy_record_unit_offset(rec_off: u64) -> u64 {
+    rec_off + (RECORD_HEADER_LEN + 8) as u64
+}
+
 /// Appends one unit (`stored u32 | crc u32 | bytes`) for blocks starting at `lba` to `out` and
 /// returns its `stored` word. With `compress`, the unit is stored LZ4-compressed only when that
 /// saves at least an eighth (as ZFS requires): data that barely compresses would cost LZ4 on

@@ -872,10 +872,7 @@ impl Volume {
                 {
                     return Err(bad("write record with impossible extent"));
                 }
-                let mut off = rec_off + RECORD_HEADER_LEN as u64;
-                for (i, st) in meta.chunks_exact(4).enumerate() {
-                    let stored = u32::from_le_bytes([st[0], st[1], st[2], st[3]]);
-                    let ulba = hdr.arg + i as u64 * ub;
+                for (ulba, off, stored) in format::write_record_units(rec_off, hdr.arg, ub, meta) {
                     let len = ub.min(hdr.arg + n - ulba) as u16;
                     let ext = Extent {
                         seg: seq,
@@ -885,7 +882,6 @@ impl Volume {
                         skip: 0,
                     };
                     self.map.insert(ulba, ext, &mut dead);
-                    off += (UNIT_HEADER_LEN + (stored & !UNIT_COMPRESSED) as usize) as u64;
                 }
                 let st = self.segs.entry(seq).or_default();
                 st.written += n;
@@ -955,7 +951,7 @@ impl Volume {
                 else {
                     return Err(bad("copy record malformed"));
                 };
-                let new_off = u32::try_from(rec_off + (RECORD_HEADER_LEN + 8) as u64)
+                let new_off = u32::try_from(format::copy_record_unit_offset(rec_off))
                     .map_err(|_| bad("unit offset beyond 4 GiB"))?;
                 self.relocate_unit(
                     old_seg,
@@ -1138,12 +1134,9 @@ impl Volume {
         self.commit()
     }
 
-    /// Space and layout figures.
-    pub fn stat(&self) -> Stat {
-        let (written, live) = self
-            .segs
-            .values()
-            .fold((0u64, 0u64), |a, s| (a.0 + s.written, a.1 + s.live));
+    /// Bytes of the log: sealed and open segments (the writer's and the cleaner's), and
+    /// emptied segments not yet deleted.
+    pub(crate) fn log_bytes(&self) -> u64 {
         let open_bytes = self.open.as_ref().map_or(0, |o| o.buf.len() as u64) + self.job_bytes();
         let sealed: u64 = self
             .segs
@@ -1151,6 +1144,15 @@ impl Volume {
             .filter(|(seq, _)| self.open.as_ref().is_none_or(|o| o.seq != **seq))
             .map(|(_, s)| s.bytes)
             .sum();
+        sealed + open_bytes + self.reclaim.zombie_bytes()
+    }
+
+    /// Space and layout figures.
+    pub fn stat(&self) -> Stat {
+        let (written, live) = self
+            .segs
+            .values()
+            .fold((0u64, 0u64), |a, s| (a.0 + s.written, a.1 + s.live));
         let (cache_hits, cache_misses) = {
             let c = self.cache();
             (c.hits, c.misses)
@@ -1159,7 +1161,7 @@ impl Volume {
             capacity: self.size,
             allocated: (self.map.mapped_blocks().saturating_sub(self.zero_marked) * self.bs())
                 .min(self.size),
-            log_bytes: sealed + open_bytes + self.reclaim.zombie_bytes(),
+            log_bytes: self.log_bytes(),
             segments: self.segs.len() as u64,
             live_ratio: if written == 0 {
                 1.0
