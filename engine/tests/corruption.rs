@@ -15,6 +15,25 @@ fn copy_dir(src: &Path, dst: &Path) {
     }
 }
 
+/// A copy of the volume in `src` with one bit flipped in one of `files`, in its first
+/// `share` (0..=1) of bytes: (the copy, the file, the byte's offset).
+fn copy_with_a_flipped_bit(
+    src: &Path,
+    files: &[String],
+    share: f64,
+    rng: &mut Rng,
+) -> (tempfile::TempDir, String, usize) {
+    let work = tempfile::tempdir().expect("tempdir");
+    copy_dir(src, work.path());
+    let victim = files[rng.below(files.len() as u64) as usize].clone();
+    let path = work.path().join(&victim);
+    let mut bytes = std::fs::read(&path).expect("read");
+    let at = rng.below((bytes.len() as f64 * share) as u64) as usize;
+    bytes[at] ^= 1 << rng.below(8);
+    std::fs::write(&path, &bytes).expect("write");
+    (work, victim, at)
+}
+
 #[test]
 fn flipped_bytes_are_reported_never_served() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -43,14 +62,7 @@ fn flipped_bytes_are_reported_never_served() {
     let bs = 4096u64;
     let mut damaged_reads = 0;
     for trial in 0..150 {
-        let work = tempfile::tempdir().expect("tempdir");
-        copy_dir(dir.path(), work.path());
-        let victim = &files[rng.below(files.len() as u64) as usize];
-        let path = work.path().join(victim);
-        let mut bytes = std::fs::read(&path).expect("read");
-        let at = rng.below(bytes.len() as u64) as usize;
-        bytes[at] ^= 1 << rng.below(8);
-        std::fs::write(&path, &bytes).expect("write");
+        let (work, victim, at) = copy_with_a_flipped_bit(dir.path(), &files, 1.0, &mut rng);
         let v = match open(work.path()) {
             Ok(v) => v,
             Err(e) => {
@@ -130,15 +142,8 @@ fn large_reads_verify_units_read_in_place() {
     let chunk = 512usize << 10;
     let mut failed = 0;
     for trial in 0..40 {
-        let work = tempfile::tempdir().expect("tempdir");
-        copy_dir(dir.path(), work.path());
-        let victim = &segs[rng.below(segs.len() as u64) as usize];
-        let path = work.path().join(victim);
-        let mut bytes = std::fs::read(&path).expect("read");
         // Inside the records, not the footer: a damaged footer only costs a slower replay.
-        let at = rng.below(bytes.len() as u64 * 3 / 4) as usize;
-        bytes[at] ^= 1 << rng.below(8);
-        std::fs::write(&path, &bytes).expect("write");
+        let (work, victim, at) = copy_with_a_flipped_bit(dir.path(), &segs, 0.75, &mut rng);
         let Ok(v) = open(work.path()) else { continue };
         let mut bad = 0;
         for (i, want) in model.chunks(chunk).enumerate() {
