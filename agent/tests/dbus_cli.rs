@@ -672,12 +672,7 @@ fn session_bus_serves_the_api_and_checks_callers_through_the_bus() {
             .unwrap()
     };
     let v = json(&cli(true, &["volume", "list", "--json"]));
-    let names: Vec<&str> = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x["name"].as_str().unwrap())
-        .collect();
+    let names = strings(&v, "name");
     assert_eq!(names, ["vm1", "vm2"]);
     let e = err(&cli(true, &["volume", "delete", "vm2"]));
     assert!(e.contains("org.hlfs.Error.PermissionDenied"), "{e}");
@@ -852,12 +847,7 @@ fn cli_round_trips_a_qcow2_image_and_manages_volumes_and_snapshots() {
     ));
     assert_eq!(r["volume"], "a/v1");
     let pools = json(&hlfs(&d, false, &["pool", "list", "--json"]));
-    let names: Vec<&str> = pools
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
+    let names = strings(&pools, "name");
     assert_eq!(names, ["a", "default"]);
     let human = ok(&hlfs(&d, false, &["pool", "info", "a"]));
     assert!(human.contains("v1"), "{human}");
@@ -1061,12 +1051,7 @@ fn cli_round_trips_a_qcow2_image_and_manages_volumes_and_snapshots() {
         })
         .collect();
     assert_eq!(excl, [("one", 0), ("two", 65536), ("three", 0)], "{snaps}");
-    let consistency: Vec<&str> = snaps
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["consistency"].as_str().unwrap())
-        .collect();
+    let consistency = strings(&snaps, "consistency");
     assert_eq!(consistency, ["crash", "crash", "frozen"], "{snaps}");
     assert!(lines[2].contains("64.0 KiB exclusive"), "{tree}");
     // The newest snapshot at or before a time; none before the first.

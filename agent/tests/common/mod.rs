@@ -306,6 +306,16 @@ pub fn err(o: &Output) -> String {
 }
 
 /// `hlfs --json` output, parsed.
+/// The string field `key` of every object of the JSON array `v` (panics where one is missing:
+/// a test's failure).
+pub fn strings<'a>(v: &'a serde_json::Value, key: &str) -> Vec<&'a str> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x[key].as_str().unwrap())
+        .collect()
+}
+
 pub fn json(o: &Output) -> serde_json::Value {
     serde_json::from_str(&ok(o)).expect("hlfs --json output is JSON")
 }
