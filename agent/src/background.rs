@@ -100,8 +100,13 @@ impl Worker {
                 return Ok((false, 0, 0, true));
             }
             let r = v.clean_background(rate, burst)?;
-            // Nothing to do although over the threshold: nothing is cleanable now.
-            let idle = r.pass_finished && r.bytes_copied == 0 && r.segments_deleted == 0;
+            // Nothing to do although over the threshold: nothing is cleanable now. (A pass that
+            // only emptied segments reports its victims; their deletion waits for its
+            // checkpoint.)
+            let idle = r.pass_finished
+                && r.segments_cleaned == 0
+                && r.bytes_copied == 0
+                && r.segments_deleted == 0;
             Ok((true, r.bytes_copied, r.segments_deleted, idle))
         };
         let Some(r) = run(&mut step) else {
