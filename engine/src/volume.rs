@@ -907,9 +907,12 @@ impl Volume {
                 let old_blocks = self.size.div_ceil(bs);
                 self.size = hdr.arg;
                 let from = hdr.arg.div_ceil(bs);
-                self.map.remove(from, u64::MAX - from, &mut dead);
-                if self.meta.base.is_some() && !self.detached && old_blocks > from {
-                    // Shrunk away: growing again must read zeros, not the base.
+                if self.meta.base.is_none() || self.detached {
+                    self.map.remove(from, u64::MAX - from, &mut dead);
+                } else if old_blocks > from {
+                    // Shrunk away: growing again must read zeros, not the base. Beyond the old
+                    // size lie only the markers of earlier shrinks, which stay for the same
+                    // reason (removing them let a shrink, shrink, grow read the base again).
                     zero_added +=
                         Volume::mark_zero(&mut self.map, from, old_blocks - from, &mut dead);
                 }

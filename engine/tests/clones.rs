@@ -201,3 +201,14 @@ fn clone_model_regression_markers_after_reopen() {
         (8762430324496839237, 55),
     ]);
 }
+
+/// A case proptest found: the clone shrinks, shrinks again, then grows; the second shrink
+/// dropped the first one's "reads as zeros" markers, so the grown range read the base.
+#[test]
+fn clone_model_regression_three_clone_writes() {
+    run(vec![
+        (12775552662746457266, 2),
+        (7065858985587489074, 180),
+        (920810526320716525, 32),
+    ]);
+}
