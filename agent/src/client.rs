@@ -148,6 +148,25 @@ impl Client {
             .await
     }
 
+    /// Resolves what the user typed for a command that acts on a volume: a snapshot reference
+    /// (`VOLUME%SNAP`) is refused, never silently taken for its volume (a `volume delete` of
+    /// `vm%snap` must not delete `vm`).
+    pub async fn resolve_volume(&self, spec: &str) -> Result<VolRef> {
+        let r = self.resolve(spec).await?;
+        match &r.snapshot {
+            Some(s) => Err(Error::invalid(
+                "volume",
+                spec,
+                format!(
+                    "this command takes a volume, and {spec:?} names snapshot {s:?} of {}/{} \
+                     (snapshots are managed with `hlfs snapshot ...`)",
+                    r.pool, r.volume
+                ),
+            )),
+            None => Ok(r),
+        }
+    }
+
     /// Resolves what the user typed into `(pool, volume, snapshot)`.
     pub async fn resolve(&self, spec: &str) -> Result<VolRef> {
         let (path, snap) = split_snapshot(spec);

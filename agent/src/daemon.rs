@@ -5,11 +5,11 @@
 use crate::config::{Cli, Settings};
 use crate::dbus;
 use crate::error::{Error, Result};
+use crate::fsutil::{self, LockFile, OwnedSocket};
 use crate::manager::Manager;
 use crate::names::PoolUri;
 use crate::nbd;
 use crate::pools::{PoolEnv, Registry};
-use std::fs::File;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,33 +34,50 @@ pub fn init_logging() {
         .init();
 }
 
-/// Holds the data directory's lock file: one daemon per data directory.
-struct DataLock(#[allow(dead_code)] File);
+/// File that holds the data directory's lock: one daemon per data directory.
+pub const DATA_LOCK_FILE: &str = "hlfsd.lock";
+/// File that holds the runtime directory's lock: one daemon per runtime directory, so that a
+/// daemon refused there never touches the sockets of the one that runs.
+pub const RUNTIME_LOCK_FILE: &str = "hlfsd-runtime.lock";
 
-fn lock_data_dir(settings: &Settings) -> Result<DataLock> {
+/// Takes the data and runtime directories' locks (creating the directories: the data directory
+/// private, the runtime directory searchable so that every user can reach the D-Bus socket).
+fn lock_dirs(settings: &Settings) -> Result<(LockFile, Option<LockFile>)> {
     let dir = &settings.data_dir;
-    std::fs::create_dir_all(dir).map_err(|e| Error::io("create data directory", dir, e))?;
-    let path = dir.join("hlfsd.lock");
-    let f = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::io("open lock file", &path, e))?;
-    match f.try_lock() {
-        Ok(()) => Ok(DataLock(f)),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Busy(format!(
+    let ours = dir.join(DATA_LOCK_FILE).exists() || dir.join(crate::pools::REGISTRY_FILE).exists();
+    fsutil::create_dir_with_mode(dir, fsutil::PRIVATE_DIR)?;
+    if ours {
+        fsutil::tighten_dir(dir)?;
+    }
+    let data = LockFile::acquire(
+        &dir.join(DATA_LOCK_FILE),
+        &format!(
             "another hlfsd is running on data directory {}",
             dir.display()
-        ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(Error::io("lock", &path, e)),
-    }
+        ),
+    )?;
+    let run = &settings.runtime_dir;
+    fsutil::create_dir_with_mode(run, 0o755)?;
+    let same = |a: &std::path::Path, b: &std::path::Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b);
+    let runtime = if same(dir, run) {
+        None // the data directory's lock covers it
+    } else {
+        Some(LockFile::acquire(
+            &run.join(RUNTIME_LOCK_FILE),
+            &format!(
+                "runtime directory {} is in use by a running server (another hlfsd)",
+                run.display()
+            ),
+        )?)
+    };
+    Ok((data, runtime))
 }
 
 /// Runs the daemon until a termination signal. Blocking: builds its own runtime.
 pub fn run(cli: Cli) -> Result<()> {
     let settings = Settings::resolve(&cli)?;
-    let _lock = lock_data_dir(&settings)?;
+    fsutil::set_private_umask();
+    let _locks = lock_dirs(&settings)?;
     let mut registry = Registry::load_with(PoolEnv {
         data_dir: settings.data_dir.clone(),
         hdfs: settings.hdfs.clone(),
@@ -92,11 +109,6 @@ pub fn run(cli: Cli) -> Result<()> {
     for e in &errors {
         tracing::error!(error = %e, "closing failed");
     }
-    for sock in [&settings.nbd_unix, &settings.dbus_socket] {
-        if let Err(e) = std::fs::remove_file(sock) {
-            tracing::debug!(error = %e, "removing the socket");
-        }
-    }
     served?;
     match errors.into_iter().next() {
         Some(e) => Err(e),
@@ -109,6 +121,8 @@ pub fn run(cli: Cli) -> Result<()> {
 
 async fn serve(settings: &Settings, mgr: Arc<Manager>) -> Result<()> {
     let unix = nbd::bind_unix(&settings.nbd_unix)?;
+    // Removed when serving ends, if still ours.
+    let _nbd_socket = OwnedSocket::new(&settings.nbd_unix);
     let tcp = match settings.nbd_tcp {
         Some(a) => Some(nbd::bind_tcp(a).await?),
         None => None,
@@ -136,6 +150,7 @@ async fn serve(settings: &Settings, mgr: Arc<Manager>) -> Result<()> {
     let publisher = dbus::Publisher::start(svc);
     publisher.sync().await;
     let p2p = dbus::bind_p2p(&settings.dbus_socket)?;
+    let _dbus_socket = OwnedSocket::new(&settings.dbus_socket);
     let p2p_task = tokio::spawn(dbus::serve_p2p(p2p, publisher.clone(), stop_rx.clone()));
     let _bus = match settings.bus {
         Some(kind) => {

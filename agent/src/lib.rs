@@ -8,6 +8,7 @@ pub mod config;
 pub mod daemon;
 pub mod dbus;
 pub mod error;
+pub mod fsutil;
 pub mod jobs;
 pub mod manager;
 pub mod names;

@@ -345,6 +345,14 @@ impl Manager {
 
     /// Resizes `pool/volume`; returns whether the size changed.
     pub fn resize(&self, pool: &str, volume: &str, size: u64) -> Result<bool> {
+        // The same rule as at creation: a volume of no bytes is not a volume.
+        if size == 0 {
+            return Err(Error::invalid(
+                "size",
+                "0",
+                "a volume needs a size above zero",
+            ));
+        }
         let v = self.volume(pool, volume)?;
         let ctx = || format!("resize volume {pool}/{volume}");
         v.with(|v| {

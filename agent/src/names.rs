@@ -144,6 +144,7 @@ impl PoolUri {
                     "expected hdfs://host:port/absolute/path",
                 ));
             }
+            check_authority(authority).map_err(|why| Error::invalid("pool URI", s, why))?;
             return Ok(PoolUri::Hdfs(format!("{base}{path}")));
         }
         Err(Error::invalid(
@@ -162,6 +163,28 @@ impl PoolUri {
     }
 }
 
+/// Checks the `host:port` of an HDFS URI: a host, and a port from 1 to 65535 (or no port, for
+/// the NameNode's default), so that a typo is an invalid argument rather than a connection
+/// error later.
+fn check_authority(authority: &str) -> std::result::Result<(), String> {
+    let (host, port) = match authority.rsplit_once(':') {
+        // `[v6]:port`, or `host:port`, but not a bare IPv6 address.
+        Some((h, p)) if !h.is_empty() && (h.ends_with(']') || !h.contains(':')) => (h, Some(p)),
+        Some(("", _)) => return Err("the NameNode host is missing (hdfs://host:port/path)".into()),
+        _ => (authority, None),
+    };
+    if host.is_empty() {
+        return Err("the NameNode host is missing (hdfs://host:port/path)".into());
+    }
+    if let Some(p) = port {
+        match p.parse::<u16>() {
+            Ok(n) if n > 0 => {}
+            _ => return Err(format!("port {p:?} is not a number from 1 to 65535")),
+        }
+    }
+    Ok(())
+}
+
 /// What an NBD client asked for: `POOL/VOLUME` or `POOL/VOLUME@SNAPSHOT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportName {
@@ -171,11 +194,18 @@ pub struct ExportName {
 }
 
 impl ExportName {
-    /// Parses and validates an export name. A leading `/` is tolerated (some clients keep the
-    /// URI path's slash).
+    /// Parses and validates an export name. Names are exact: `/POOL/VOLUME` is refused (NBD URI
+    /// clients such as qemu and libnbd take the path's first `/` off themselves, so a name
+    /// that still has one was typed with two).
     pub fn parse(s: &str) -> Result<ExportName> {
-        let s2 = s.strip_prefix('/').unwrap_or(s);
-        let Some((pool, rest)) = s2.split_once('/') else {
+        if s.starts_with('/') {
+            return Err(Error::InvalidName {
+                kind: "export",
+                name: s.to_string(),
+                why: "export names have no leading '/' (POOL/VOLUME)".into(),
+            });
+        }
+        let Some((pool, rest)) = s.split_once('/') else {
             return Err(Error::InvalidName {
                 kind: "export",
                 name: s.to_string(),
@@ -301,6 +331,8 @@ mod tests {
             PoolUri::parse("hdfs://h:9000/a/p/").unwrap(),
             PoolUri::Hdfs("hdfs://h:9000/a/p".into())
         );
+        PoolUri::parse("hdfs://[::1]:9000/a").unwrap();
+        PoolUri::parse("hdfs://nn/a").unwrap();
         for bad in [
             "local://rel",
             "local:///a/../b",
@@ -314,6 +346,11 @@ mod tests {
             "hdfs://h:9000/a//b",
             "hdfs://h:9000/a%b",
             "hdfs://u@h:9000/a",
+            "hdfs://:0/x",
+            "hdfs://:9000/x",
+            "hdfs://h:0/x",
+            "hdfs://h:99999/x",
+            "hdfs://h:port/x",
         ] {
             assert!(PoolUri::parse(bad).is_err(), "{bad:?} accepted");
         }
@@ -326,8 +363,8 @@ mod tests {
             (e.pool.as_str(), e.volume.as_str(), e.snapshot.as_deref()),
             ("default", "vm1", Some("snap"))
         );
-        assert_eq!(ExportName::parse("/p/v").unwrap().to_string(), "p/v");
-        for bad in ["", "vm1", "p/", "p/../x", "p/v/w", "../v"] {
+        assert_eq!(ExportName::parse("p/v").unwrap().to_string(), "p/v");
+        for bad in ["", "vm1", "p/", "p/../x", "p/v/w", "../v", "/p/v", "//p/v"] {
             assert!(ExportName::parse(bad).is_err(), "{bad:?} accepted");
         }
         let s: VolumeSpec = "default/vm1:1G".parse().unwrap();

@@ -13,6 +13,7 @@
 use crate::error::{Error, Result};
 use crate::names::{check_name, PoolUri};
 use hlfs_engine::backend::{HdfsBackend, HdfsOptions, JournalOptions, JournaledBackend};
+use hlfs_engine::format::{parse_name, META_MAGIC, META_OBJECT};
 use hlfs_engine::{Backend, CreateOptions, LocalBackend, OpenOptions, Volume};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -29,6 +30,76 @@ pub const JOURNAL_DIR: &str = "journal";
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether local directory `dir` is an HLFS volume: a real directory (not a symlink) holding a
+/// regular file `volume.meta` that starts with the superblock magic. Only such directories are
+/// listed, opened or deleted, so a pool on a directory with other things in it never offers
+/// them as volumes. A superblock that is damaged past its magic still names a volume (one that
+/// reports itself damaged).
+pub fn is_local_volume(dir: &Path) -> bool {
+    let is_dir = fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir());
+    let meta = dir.join(META_OBJECT);
+    if !is_dir || !fs::symlink_metadata(&meta).is_ok_and(|m| m.is_file()) {
+        return false;
+    }
+    let mut magic = [0u8; 8];
+    fs::File::open(&meta)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok_and(|()| &magic == META_MAGIC)
+}
+
+/// Whether `name` is one of the files the engine keeps in a volume directory: the superblock,
+/// segments, checkpoints and the lease file. Deleting a volume removes these and nothing else.
+fn is_volume_file(name: &str) -> bool {
+    name == META_OBJECT
+        || name == "lock"
+        || parse_name(name, "seg-").is_some()
+        || parse_name(name, "ckpt-").is_some()
+}
+
+/// Removes local volume directory `vdir`'s own files (never following symlinks; the superblock
+/// last, so that an interrupted delete leaves a volume that can be deleted again), then the
+/// directory if nothing else is in it. Returns the names of what was left (the user's files).
+fn remove_local_volume(vdir: &Path) -> Result<Vec<String>> {
+    let rd = fs::read_dir(vdir).map_err(|e| Error::io("list volume", vdir, e))?;
+    let mut ours = Vec::new();
+    let mut strays = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::io("list volume", vdir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let regular = entry.file_type().is_ok_and(|t| t.is_file());
+        if regular && is_volume_file(&name) {
+            ours.push(name);
+        } else {
+            strays.push(name);
+        }
+    }
+    let last = |n: &String| match n.as_str() {
+        "lock" => 2,
+        META_OBJECT => 1,
+        _ => 0,
+    };
+    ours.sort_by_key(last);
+    for name in &ours {
+        let p = vdir.join(name);
+        match fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("delete volume file", &p, e)),
+        }
+    }
+    if strays.is_empty() {
+        match fs::remove_dir(vdir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove volume directory", vdir, e)),
+        }
+    } else {
+        strays.sort();
+        tracing::warn!(dir = %vdir.display(), left = ?strays, "deleted the volume's files; kept files that are not the volume's, and so the directory");
+    }
+    Ok(strays)
 }
 
 /// How HDFS pools reach HDFS and size their journals (the `[hdfs]` configuration).
@@ -185,6 +256,24 @@ impl HdfsStore {
             (None, Some((why, _))) => Some(why.clone()),
             (None, None) => Some("not connected yet".into()),
         }
+    }
+
+    /// Whether `name` is a volume of this pool: a directory holding a superblock object (a
+    /// directory that is not a volume is never listed as one, opened or deleted).
+    fn has_volume(&self, name: &str) -> Result<bool> {
+        let ctx = || format!("look up volume {}/{name}", self.pool);
+        if !self
+            .dir()?
+            .dir_exists(name)
+            .map_err(|e| Error::engine(ctx(), e))?
+        {
+            return Ok(false);
+        }
+        let remote =
+            HdfsBackend::connect_with(&self.volume_url(name), self.settings.backend_options())
+                .map_err(|e| Error::engine(ctx(), e))?;
+        let objects = remote.list().map_err(|e| Error::engine(ctx(), e))?;
+        Ok(objects.iter().any(|o| o.name == META_OBJECT))
     }
 
     fn volume_url(&self, name: &str) -> String {
@@ -347,11 +436,8 @@ impl Pool {
     pub fn has_volume(&self, name: &str) -> Result<bool> {
         check_name("volume", name)?;
         match &self.store {
-            Store::Local(dir) => Ok(Self::local_volume_dir(dir, name)?.is_dir()),
-            Store::Hdfs(h) => h
-                .dir()?
-                .dir_exists(name)
-                .map_err(|e| Error::engine(format!("look up {}", self.label(name)), e)),
+            Store::Local(dir) => Ok(is_local_volume(&Self::local_volume_dir(dir, name)?)),
+            Store::Hdfs(h) => h.has_volume(name),
         }
     }
 
@@ -364,9 +450,11 @@ impl Pool {
                 let mut out = Vec::new();
                 for entry in rd {
                     let entry = entry.map_err(|e| Error::io("list pool", dir, e))?;
-                    let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
-                    if let (true, Some(name)) = (is_dir, entry.file_name().to_str()) {
-                        out.push(name.to_string());
+                    let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                        continue;
+                    };
+                    if check_name("volume", &name).is_ok() && is_local_volume(&entry.path()) {
+                        out.push(name);
                     }
                 }
                 out
@@ -426,7 +514,18 @@ impl Pool {
         match fs::create_dir(&vdir) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                return Err(Error::Exists(self.label(name)))
+                if is_local_volume(&vdir) {
+                    return Err(Error::Exists(self.label(name)));
+                }
+                // What a crash during a create leaves (an empty directory, or one with only the
+                // lease file) is taken over; anything else is not ours.
+                if !Self::leftover_of_create(&vdir) {
+                    return Err(Error::Exists(format!(
+                        "{} (a directory {} that is not an HLFS volume)",
+                        self.label(name),
+                        vdir.display()
+                    )));
+                }
             }
             Err(e) => return Err(Error::io("create volume directory", &vdir, e)),
         }
@@ -437,12 +536,23 @@ impl Pool {
                 journal: None,
             }),
             Err(e) => {
-                if let Err(e) = fs::remove_dir_all(&vdir) {
+                if let Err(e) = remove_local_volume(&vdir) {
                     tracing::warn!(dir = %vdir.display(), error = %e, "could not remove a half-created volume");
                 }
                 Err(Error::engine(what.to_string(), e))
             }
         }
+    }
+
+    /// Whether `vdir` (a real directory) holds nothing but what an interrupted create leaves.
+    fn leftover_of_create(vdir: &Path) -> bool {
+        if !fs::symlink_metadata(vdir).is_ok_and(|m| m.is_dir()) {
+            return false;
+        }
+        fs::read_dir(vdir).is_ok_and(|rd| {
+            rd.into_iter()
+                .all(|e| e.is_ok_and(|e| e.file_name() == "lock" && e.path().is_file()))
+        })
     }
 
     /// Creates volume `name` as a clone of `base`'s snapshot `snapshot` (no data copied; the
@@ -480,6 +590,8 @@ impl Pool {
         match &self.store {
             Store::Local(dir) => {
                 let vdir = Self::local_volume_dir(dir, name)?;
+                // Guest data is private, whatever mode an older version or a person gave it.
+                crate::fsutil::tighten_dir(&vdir)?;
                 let backend: Arc<dyn Backend> =
                     Arc::new(LocalBackend::new(&vdir).map_err(|e| Error::engine(ctx(), e))?);
                 let volume = Volume::open(backend, open).map_err(|e| Error::engine(ctx(), e))?;
@@ -545,8 +657,11 @@ impl Pool {
             Store::Local(dir) => {
                 let vdir = Self::local_volume_dir(dir, name)?;
                 let backend = LocalBackend::new(&vdir).map_err(|e| Error::engine(ctx(), e))?;
-                let _lease = backend.lease("hlfsd (deleting)").map_err(busy)?;
-                fs::remove_dir_all(&vdir).map_err(|e| Error::io("delete volume", &vdir, e))
+                let lease = backend.lease("hlfsd (deleting)").map_err(busy)?;
+                drop(backend);
+                let r = remove_local_volume(&vdir).map(|_| ());
+                drop(lease);
+                r
             }
             Store::Hdfs(h) => {
                 let dir = h.dir()?;
@@ -560,6 +675,25 @@ impl Pool {
                 // `create_with`), a volume without its journal would lose writes.
                 h.remove_journal(name)
             }
+        }
+    }
+}
+
+/// `path` with symlinks resolved as far as it exists (the rest appended as written), so that
+/// paths can be compared for overlap before the pool directory is made.
+fn resolve_path(path: &Path) -> PathBuf {
+    let mut rest = Vec::new();
+    let mut cur = path;
+    loop {
+        if let Ok(real) = cur.canonicalize() {
+            return rest.iter().rev().fold(real, |p, c| p.join(c));
+        }
+        match (cur.parent(), cur.file_name()) {
+            (Some(parent), Some(c)) => {
+                rest.push(c.to_os_string());
+                cur = parent;
+            }
+            _ => return path.to_path_buf(),
         }
     }
 }
@@ -637,6 +771,7 @@ impl Registry {
                 uri.to_uri()
             )));
         }
+        self.check_overlap(&uri)?;
         let pool = Pool::open(name, uri, &self.env, strict)?;
         self.pools.insert(name.to_string(), pool);
         if let Err(e) = self.save() {
@@ -644,6 +779,77 @@ impl Registry {
             return Err(e);
         }
         Ok(true)
+    }
+
+    /// Refuses a pool location that overlaps what is not its own: the root or a system tree
+    /// (`/proc`, `/sys`, `/dev`), the daemon's data directory (other than a directory under
+    /// `DATA/pools`) or one of its ancestors, another pool's directory (the same, inside it, or
+    /// around it), or anything inside a volume. Symlinks are resolved first, so `/proc/self`
+    /// or a link to another pool is seen for what it is.
+    fn check_overlap(&self, uri: &PoolUri) -> Result<()> {
+        let refuse = |why: String| Err(Error::invalid("pool URI", uri.to_uri(), why));
+        match uri {
+            PoolUri::Local(dir) => {
+                let real = resolve_path(dir);
+                if real == Path::new("/") {
+                    return refuse("the root directory cannot be a pool".into());
+                }
+                for sys in ["/proc", "/sys", "/dev"] {
+                    if real.starts_with(sys) {
+                        return refuse(format!("{sys} is not a place for volumes"));
+                    }
+                }
+                for top in [
+                    "/bin", "/boot", "/etc", "/lib", "/lib64", "/sbin", "/usr", "/var", "/home",
+                    "/root", "/run", "/tmp", "/srv", "/opt", "/mnt", "/media",
+                ] {
+                    if real == Path::new(top) {
+                        return refuse(format!(
+                            "{top} is a system directory; use a directory of its own below it"
+                        ));
+                    }
+                }
+                let data = resolve_path(&self.env.data_dir);
+                if data.starts_with(&real) {
+                    return refuse(format!(
+                        "it contains hlfsd's data directory {}",
+                        data.display()
+                    ));
+                }
+                if real.starts_with(&data) && real.parent() != Some(&data.join("pools")) {
+                    return refuse(format!(
+                        "inside hlfsd's data directory only {}/NAME may be a pool",
+                        data.join("pools").display()
+                    ));
+                }
+                for p in self.pools.values() {
+                    if let PoolUri::Local(other) = p.uri() {
+                        let other = resolve_path(other);
+                        if real.starts_with(&other) || other.starts_with(&real) {
+                            return refuse(format!(
+                                "it overlaps pool {} on {}",
+                                p.name(),
+                                other.display()
+                            ));
+                        }
+                    }
+                }
+                if let Some(v) = real.ancestors().find(|a| is_local_volume(a)) {
+                    return refuse(format!("{} is an HLFS volume", v.display()));
+                }
+            }
+            PoolUri::Hdfs(url) => {
+                let inside = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}/"));
+                for p in self.pools.values() {
+                    if let PoolUri::Hdfs(other) = p.uri() {
+                        if inside(url, other) || inside(other, url) {
+                            return refuse(format!("it overlaps pool {} on {other}", p.name()));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Forgets a pool (its data stays where it is) and saves the registry.

@@ -45,25 +45,6 @@ fn busctl(addr: &str, args: &[&str]) -> Output {
     try_run("busctl", &a)
 }
 
-/// Runs `hlfs ARGS` against the daemon's p2p socket, optionally as an unprivileged user.
-fn hlfs(d: &Daemon, nobody: bool, args: &[&str]) -> Output {
-    let exe = env!("CARGO_BIN_EXE_hlfs");
-    let mut c = if nobody {
-        require_tool("setpriv");
-        let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", exe]);
-        c
-    } else {
-        Command::new(exe)
-    };
-    c.arg("--socket")
-        .arg(d.dbus_socket())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run hlfs")
-}
-
 #[test]
 fn busctl_on_the_p2p_socket_introspects_calls_and_gets_named_errors() {
     let d = Daemon::start("dbus-p2p", &["--create-volume", "default/vm1:8M"]);

@@ -270,6 +270,23 @@ fn need_snapshot(r: &VolRef, spec: &str) -> Result<String> {
         .ok_or_else(|| Error::invalid("snapshot", spec, "expected VOLUME%SNAPSHOT"))
 }
 
+/// A volume's properties, or the agent's reason they cannot be read (a damaged superblock):
+/// GetAll leaves out what fails, and a `Get` of `Size` brings the error itself.
+async fn volume_props(c: &Client, path: &str) -> Result<Props> {
+    let p = c.props(path, VOLUME).await?;
+    if !p.contains_key("Size") {
+        let _: zbus::zvariant::OwnedValue = c
+            .call(
+                path,
+                "org.freedesktop.DBus.Properties",
+                "Get",
+                &(VOLUME, "Size"),
+            )
+            .await?;
+    }
+    Ok(p)
+}
+
 fn volume_json(p: &Props) -> Value {
     json!({
         "pool": prop_str(p, "Pool"), "name": prop_str(p, "Name"), "size": prop_u64(p, "Size"),
@@ -380,7 +397,7 @@ async fn run(cli: Cli) -> Result<()> {
             segment_size,
             no_compression,
         }) => {
-            let r = c.resolve(volume).await?;
+            let r = c.resolve_volume(volume).await?;
             let size = parse_size(size)?;
             let mut opts: HashMap<&str, ZValue> = HashMap::new();
             if let Some(b) = block_size {
@@ -415,12 +432,19 @@ async fn run(cli: Cli) -> Result<()> {
                 None => c.pools().await?.into_iter().map(|(n, _)| n).collect(),
             };
             let mut rows = Vec::new();
+            let mut damaged = Vec::new();
             for p in pools {
                 let path = hlfs_agent::dbus::paths::pool(&p);
                 let vols: Vec<(String, OwnedObjectPath)> =
                     c.call(path.as_str(), POOL, "ListVolumes", &()).await?;
-                for (_, vp) in vols {
-                    rows.push(volume_json(&c.props(vp.as_str(), VOLUME).await?));
+                for (name, vp) in vols {
+                    match volume_props(&c, vp.as_str()).await {
+                        Ok(props) => rows.push(volume_json(&props)),
+                        Err(e) => {
+                            damaged.push(format!("{p}/{name}: {e}"));
+                            rows.push(json!({"pool": p, "name": name, "error": e.to_string()}));
+                        }
+                    }
                 }
             }
             out(json, Value::Array(rows.clone()), || {
@@ -429,6 +453,17 @@ async fn run(cli: Cli) -> Result<()> {
                     "VOLUME", "SIZE", "ALLOCATED", "PHYSICAL", "COMPRESSION"
                 );
                 for r in &rows {
+                    if let Some(e) = r["error"].as_str() {
+                        s += &format!(
+                            "{:<28} DAMAGED: {e}\n",
+                            format!(
+                                "{}/{}",
+                                r["pool"].as_str().unwrap_or(""),
+                                r["name"].as_str().unwrap_or("")
+                            )
+                        );
+                        continue;
+                    }
                     s += &format!(
                         "{:<28} {:>10} {:>10} {:>10}  {}\n",
                         format!(
@@ -448,10 +483,20 @@ async fn run(cli: Cli) -> Result<()> {
                 }
                 s
             });
+            if !damaged.is_empty() {
+                return Err(Error::Remote {
+                    name: "org.hlfs.Error.Corrupt".into(),
+                    message: format!(
+                        "{} volume(s) cannot be read: {}",
+                        damaged.len(),
+                        damaged.join("; ")
+                    ),
+                });
+            }
         }
         Cmd::Volume(VolumeCmd::Info { volume }) => {
-            let r = c.resolve(volume).await?;
-            let p = c.props(&r.path(), VOLUME).await?;
+            let r = c.resolve_volume(volume).await?;
+            let p = volume_props(&c, &r.path()).await?;
             let v = volume_json(&p);
             out(json, v.clone(), || {
                 format!(
@@ -465,7 +510,7 @@ async fn run(cli: Cli) -> Result<()> {
             });
         }
         Cmd::Volume(VolumeCmd::Resize { volume, size }) => {
-            let r = c.resolve(volume).await?;
+            let r = c.resolve_volume(volume).await?;
             let size = parse_size(size)?;
             let changed: bool = c.call(&r.path(), VOLUME, "Resize", &(size,)).await?;
             out(
@@ -481,7 +526,7 @@ async fn run(cli: Cli) -> Result<()> {
             );
         }
         Cmd::Volume(VolumeCmd::Delete { volume }) => {
-            let r = c.resolve(volume).await?;
+            let r = c.resolve_volume(volume).await?;
             let pool_path = hlfs_agent::dbus::paths::pool(&r.pool);
             let _: bool = c
                 .call(pool_path.as_str(), POOL, "DeleteVolume", &(&r.volume,))
@@ -527,7 +572,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Snapshot(SnapCmd::List { volume }) => snapshot_tree(&c, json, volume).await?,
         Cmd::Snapshot(SnapCmd::Before { volume, time }) => {
-            let r = c.resolve(volume).await?;
+            let r = c.resolve_volume(volume).await?;
             let t = parse_time(time)?;
             let (name, path): (String, OwnedObjectPath) =
                 c.call(&r.path(), VOLUME, "SnapshotBefore", &(t,)).await?;
@@ -542,7 +587,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Clone { source, new } => {
             let src = c.resolve(source).await?;
             let s = need_snapshot(&src, source)?;
-            let dst = c.resolve(new).await?;
+            let dst = c.resolve_volume(new).await?;
             let _: OwnedObjectPath = c
                 .call(&src.path(), VOLUME, "Clone", &(&s, &dst.pool, &dst.volume))
                 .await?;
@@ -553,12 +598,12 @@ async fn run(cli: Cli) -> Result<()> {
             );
         }
         Cmd::Volume(VolumeCmd::Clean { volume }) => {
-            let r = c.resolve(volume).await?;
+            let r = c.resolve_volume(volume).await?;
             let job: OwnedObjectPath = c.call(&r.path(), VOLUME, "Clean", &()).await?;
             follow_job(&c, json, job.as_str(), &format!("clean {r}")).await?;
         }
         Cmd::Flatten { volume } => {
-            let r = c.resolve(volume).await?;
+            let r = c.resolve_volume(volume).await?;
             let job: OwnedObjectPath = c.call(&r.path(), VOLUME, "Flatten", &()).await?;
             follow_job(&c, json, job.as_str(), &format!("flatten {r}")).await?;
         }
@@ -567,7 +612,7 @@ async fn run(cli: Cli) -> Result<()> {
             volume,
             format,
         } => {
-            let r = c.resolve(volume).await?;
+            let r = c.resolve_volume(volume).await?;
             let img = std::path::absolute(image).map_err(|e| Error::io("resolve", image, e))?;
             let src = img.to_str().ok_or_else(|| {
                 Error::invalid("image path", img.display().to_string(), "not UTF-8")
@@ -670,7 +715,7 @@ async fn follow_job(c: &Client, json: bool, job: &str, what: &str) -> Result<()>
 
 /// Prints the snapshots as a tree (children under their parent, by sequence).
 async fn snapshot_tree(c: &Client, json: bool, volume: &str) -> Result<()> {
-    let r = c.resolve(volume).await?;
+    let r = c.resolve_volume(volume).await?;
     let snaps: Vec<(String, OwnedObjectPath)> =
         c.call(&r.path(), VOLUME, "ListSnapshots", &()).await?;
     let mut rows = Vec::new();

@@ -261,11 +261,17 @@ pub struct Volume1 {
 }
 
 impl Volume1 {
-    async fn info(&self) -> VolumeInfo {
-        log_err(
-            &format!("volume {}/{} properties", self.pool, self.volume),
-            self.ctx.svc.volume(&self.pool, &self.volume).await,
-        )
+    /// The volume's figures, or the reason it cannot be read (a damaged superblock): its data
+    /// properties then fail (GetAll leaves them out) instead of reading as zeros.
+    async fn info(&self) -> zbus::fdo::Result<VolumeInfo> {
+        self.ctx
+            .svc
+            .volume(&self.pool, &self.volume)
+            .await
+            .map_err(|e| {
+                tracing::warn!(volume = %format!("{}/{}", self.pool, self.volume), error = %e, "volume properties");
+                zbus::fdo::Error::Failed(e.to_string())
+            })
     }
 
     async fn snapshot(
@@ -480,42 +486,42 @@ impl Volume1 {
         self.pool.clone()
     }
     #[zbus(property)]
-    async fn size(&self) -> u64 {
-        self.info().await.size
+    async fn size(&self) -> zbus::fdo::Result<u64> {
+        Ok(self.info().await?.size)
     }
     #[zbus(property)]
-    async fn allocated(&self) -> u64 {
-        self.info().await.allocated
+    async fn allocated(&self) -> zbus::fdo::Result<u64> {
+        Ok(self.info().await?.allocated)
     }
     /// Bytes of the volume's log.
     #[zbus(property)]
-    async fn physical(&self) -> u64 {
-        self.info().await.physical
+    async fn physical(&self) -> zbus::fdo::Result<u64> {
+        Ok(self.info().await?.physical)
     }
     /// Bytes of the log the cleaner could give back.
     #[zbus(property)]
-    async fn reclaimable(&self) -> u64 {
-        self.info().await.reclaimable
+    async fn reclaimable(&self) -> zbus::fdo::Result<u64> {
+        Ok(self.info().await?.reclaimable)
     }
     #[zbus(property)]
-    async fn compression(&self) -> bool {
-        self.info().await.compression
+    async fn compression(&self) -> zbus::fdo::Result<bool> {
+        Ok(self.info().await?.compression)
     }
     #[zbus(property)]
-    async fn block_size(&self) -> u32 {
-        self.info().await.block_size
+    async fn block_size(&self) -> zbus::fdo::Result<u32> {
+        Ok(self.info().await?.block_size)
     }
     #[zbus(property)]
-    async fn base(&self) -> String {
-        self.info().await.base
+    async fn base(&self) -> zbus::fdo::Result<String> {
+        Ok(self.info().await?.base)
     }
     #[zbus(property)]
-    async fn segments(&self) -> u64 {
-        self.info().await.segments
+    async fn segments(&self) -> zbus::fdo::Result<u64> {
+        Ok(self.info().await?.segments)
     }
     #[zbus(property)]
-    async fn live_ratio(&self) -> f64 {
-        self.info().await.live_ratio
+    async fn live_ratio(&self) -> zbus::fdo::Result<f64> {
+        Ok(self.info().await?.live_ratio)
     }
     #[zbus(property(emits_changed_signal = "const"))]
     async fn export_name(&self) -> String {

@@ -47,14 +47,28 @@ pub fn bind_unix(path: &Path) -> Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create runtime directory", dir, e))?;
     }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+    if let Ok(md) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !md.file_type().is_socket() {
             return Err(Error::Busy(format!(
-                "{} is in use by a running server (another hlfsd?)",
+                "{} exists and is not a socket; not replacing it",
                 path.display()
             )));
         }
-        std::fs::remove_file(path).map_err(|e| Error::io("remove stale socket", path, e))?;
+        // Only a socket nobody listens on is stale (ECONNREFUSED); a live server whose backlog
+        // is full (EAGAIN) or any other answer means the path is not ours to replace.
+        match std::os::unix::net::UnixStream::connect(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                std::fs::remove_file(path)
+                    .map_err(|e| Error::io("remove stale socket", path, e))?;
+            }
+            _ => {
+                return Err(Error::Busy(format!(
+                    "{} is in use by a running server (another hlfsd?)",
+                    path.display()
+                )))
+            }
+        }
     }
     UnixListener::bind(path).map_err(|e| Error::io("listen on", path, e))
 }

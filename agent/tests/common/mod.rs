@@ -319,3 +319,22 @@ pub fn strings<'a>(v: &'a serde_json::Value, key: &str) -> Vec<&'a str> {
 pub fn json(o: &Output) -> serde_json::Value {
     serde_json::from_str(&ok(o)).expect("hlfs --json output is JSON")
 }
+
+/// Runs `hlfs ARGS` against the daemon's p2p socket, optionally as an unprivileged user.
+pub fn hlfs(d: &Daemon, nobody: bool, args: &[&str]) -> Output {
+    let exe = env!("CARGO_BIN_EXE_hlfs");
+    let mut c = if nobody {
+        require_tool("setpriv");
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", exe]);
+        c
+    } else {
+        Command::new(exe)
+    };
+    c.arg("--socket")
+        .arg(d.dbus_socket())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run hlfs")
+}

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -317,8 +317,17 @@ impl Backend for LocalBackend {
             .write(true)
             .create(true)
             .truncate(false)
+            // Only the owner may open it: `flock` needs nothing but a descriptor, so a lock
+            // file others can read is one they can take, locking the volume's owner out.
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .map_err(|e| Error::io("open lock", path.display().to_string(), e))?;
+        let private = file.metadata().is_ok_and(|m| m.mode() & 0o077 == 0);
+        if !private {
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| Error::io("set permissions of", path.display().to_string(), e))?;
+        }
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
