@@ -2,7 +2,8 @@
 # Fault campaign (issue 17): kill -9 hlfsd under verified NBD load, restart, verify; repeat.
 #
 # Usage: scripts/fault-campaign.sh --cycles N [--qd 1|32] [--dir DIR] [--flush-every N]
-#                                  [--size 32M] [--segment-size 256K] [--no-build] [--resume]
+#                                  [--size 32M] [--segment-size 256K] [--cleaner background|inline]
+#                                  [--no-build] [--resume]
 #
 # Per cycle: `fault-load run` writes over NBD (QD1 or QD32, a FLUSH every --flush-every writes)
 # while a side loop takes, clones and deletes snapshots with `hlfs`; after a random 0.5-3 s
@@ -17,7 +18,7 @@
 # hlfsd and keeps DIR (data dir, state + journal, logs) plus a copy in DIR/violation-cN.
 # Summary line: "campaign: cycles=... violations=... writes_sent=... writes_acked=..."
 set -euo pipefail
-CYCLES=10; QD=1; DIR=; FLUSH_EVERY=; SIZE=32M; SEG=256K; BUILD=1; RESUME=0
+CYCLES=10; QD=1; DIR=; FLUSH_EVERY=; SIZE=32M; SEG=256K; BUILD=1; RESUME=0; CLEANER=background
 while [ $# -gt 0 ]; do
   case "$1" in
     --cycles) CYCLES=$2; shift 2;;
@@ -26,9 +27,10 @@ while [ $# -gt 0 ]; do
     --flush-every) FLUSH_EVERY=$2; shift 2;;
     --size) SIZE=$2; shift 2;;
     --segment-size) SEG=$2; shift 2;;
+    --cleaner) CLEANER=$2; shift 2;;
     --no-build) BUILD=0; shift;;
     --resume) RESUME=1; shift;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0;;
     *) echo "unknown option $1" >&2; exit 2;;
   esac
 done
@@ -48,8 +50,10 @@ mkdir -p "$DIR/logs"
 RUN=$DIR/run; NBD=$RUN/nbd.sock; DBUS=$RUN/dbus.sock; VOL=default/fault
 cat > "$DIR/hlfsd.toml" <<EOF
 # a cleaner that never rests: clean as soon as the log is 5% above the volume's size or 10% of
-# it is reclaimable, look every 20 ms, copy up to 32 MiB/s in 256 KiB steps
+# it is reclaimable, look every 20 ms, copy up to 32 MiB/s in 256 KiB steps (--cleaner inline:
+# no background cleaner, inline passes at segment seals only)
 [cleaner]
+background = $([ "$CLEANER" = inline ] && echo false || echo true)
 space_overhead = 0.05
 max_live_ratio = 0.95
 max_segments_per_pass = 4
@@ -159,5 +163,5 @@ verify after-clean-restart
 hlfs --json volume info "$VOL" >"$DIR/logs/volume-info.json" 2>&1 || true
 PASSES=$(grep -c 'cleaning pass done' "$DIR/logs/hlfsd.log" || true)
 SNAPS=$(grep -c '^snapshot' "$DIR/logs/snap.log" || true); CLONES=$(grep -c '^clone' "$DIR/logs/snap.log" || true)
-echo "campaign: cycles=$DONE violations=$VIOL writes_sent=$SENT writes_acked=$ACKED qd=$QD flush_every=${FLUSH_EVERY:-random} verifications=$VERIFIED cleaner_passes=$PASSES snapshots=$SNAPS clones=$CLONES secs=$(( $(date +%s) - T0 )) dir=$DIR"
+echo "campaign: cycles=$DONE violations=$VIOL writes_sent=$SENT writes_acked=$ACKED qd=$QD flush_every=${FLUSH_EVERY:-random} cleaner=$CLEANER segment_size=$SEG verifications=$VERIFIED cleaner_passes=$PASSES snapshots=$SNAPS clones=$CLONES secs=$(( $(date +%s) - T0 )) dir=$DIR"
 [ $VIOL = 0 ]
