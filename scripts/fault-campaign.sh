@@ -139,6 +139,12 @@ for c in $(seq 1 "$CYCLES"); do
   fe=${FLUSH_EVERY:-${FLUSH_CHOICES[$((RANDOM % 3))]}}
   "$LOAD" run "${LOADARGS[@]}" --qd "$QD" --flush-every "$fe" \
     >"$DIR/logs/run.out" 2>&1 & LOAD_PID=$!
+  # the random delay starts once the load is connected (its journal exists): on a busy machine
+  # starting it can take longer than the shortest delay
+  for _ in $(seq 800); do
+    [ -e "$DIR/state/journal" ] || ! kill -0 "$LOAD_PID" 2>/dev/null && break
+    sleep 0.025
+  done
   snap_loop "$c" & SNAP_PID=$!
   ms=$((500 + RANDOM % 2501))
   sleep "$(printf '%d.%03d' $((ms / 1000)) $((ms % 1000)))"
