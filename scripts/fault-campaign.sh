@@ -17,6 +17,8 @@
 # Exit status 0 only if every verification passed. On a violation the campaign stops, kills
 # hlfsd and keeps DIR (data dir, state + journal, logs) plus a copy in DIR/violation-cN.
 # Summary line: "campaign: cycles=... violations=... writes_sent=... writes_acked=..."
+# --flush-every: default a random 8, 64 or 512 per cycle. --resume: keep DIR (volume, checker
+# state, logs) and go on from where an earlier run stopped (the first verify covers its crash).
 set -euo pipefail
 CYCLES=10; QD=1; DIR=; FLUSH_EVERY=; SIZE=32M; SEG=256K; BUILD=1; RESUME=0; CLEANER=background
 while [ $# -gt 0 ]; do
@@ -30,7 +32,7 @@ while [ $# -gt 0 ]; do
     --cleaner) CLEANER=$2; shift 2;;
     --no-build) BUILD=0; shift;;
     --resume) RESUME=1; shift;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0;;
     *) echo "unknown option $1" >&2; exit 2;;
   esac
 done
