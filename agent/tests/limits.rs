@@ -369,8 +369,8 @@ fn dbus_flood_from_one_uid_under_a_low_descriptor_limit_starves_neither_root_nor
     drop(flood);
 }
 
-/// hlfsd with a `[limits]` section.
-fn daemon_with_limits(tag: &str, limits: &str) -> Daemon {
+/// hlfsd with a `[limits]` section (in the returned directory, kept until the test ends).
+fn daemon_with_limits(tag: &str, limits: &str) -> (Daemon, TempDir) {
     let dir = TempDir::new(&format!("{tag}-cfg"));
     let cfg = dir.path().join("hlfsd.toml");
     std::fs::write(&cfg, format!("[limits]\n{limits}")).unwrap();
@@ -383,8 +383,7 @@ fn daemon_with_limits(tag: &str, limits: &str) -> Daemon {
             cfg.to_str().unwrap(),
         ],
     );
-    std::mem::forget(dir); // read at start only; removed with the test's temporary files
-    d
+    (d, dir)
 }
 
 /// True once the server has closed `s` (within `limit`).
@@ -403,7 +402,7 @@ fn closed_within(s: &mut UnixStream, limit: Duration) -> bool {
 
 #[test]
 fn dbus_unauthenticated_and_idle_connections_time_out() {
-    let d = daemon_with_limits(
+    let (d, _cfg) = daemon_with_limits(
         "dbus-idle",
         "dbus_auth_timeout = 1\ndbus_idle_timeout = 2\n",
     );
@@ -421,7 +420,7 @@ fn dbus_unauthenticated_and_idle_connections_time_out() {
 
 #[test]
 fn nbd_idle_timeout_is_off_by_default_and_configurable() {
-    let d = daemon_with_limits("nbd-idle", "nbd_idle_timeout = 1\n");
+    let (d, _cfg) = daemon_with_limits("nbd-idle", "nbd_idle_timeout = 1\n");
     let s = UnixStream::connect(&d.socket).unwrap();
     let mut s = attach(s, "default/vm1").expect("attach");
     // A client sending requests stays.
