@@ -488,7 +488,7 @@ mod limits_tests {
         assert_eq!(d.nbd_idle_timeout, None);
         let s = parse(
             "[limits]\nnbd_connections = 10\nnbd_connections_per_peer = 4\n\
-             nbd_root_reserve = 2\nnbd_in_flight = \"128M\"\nnbd_idle_timeout = 30\n\
+             nbd_root_reserve = 2\nnbd_in_flight = \"512M\"\nnbd_idle_timeout = 30\n\
              dbus_idle_timeout = 0\n",
         )
         .expect("set");
@@ -496,7 +496,7 @@ mod limits_tests {
             (s.nbd.total, s.nbd.per_peer, s.nbd.root_reserve),
             (10, 4, 2)
         );
-        assert_eq!(s.nbd_in_flight, 128 << 20);
+        assert_eq!(s.nbd_in_flight, 512 << 20);
         assert_eq!(s.nbd_idle_timeout, Some(std::time::Duration::from_secs(30)));
         assert_eq!(s.dbus_idle_timeout, None);
         for bad in [
