@@ -74,6 +74,8 @@ pub struct ConfigFile {
     pub cleaner: Option<CleanerSection>,
     /// `[hdfs]`: how HDFS pools reach HDFS and size their local journals.
     pub hdfs: Option<HdfsSection>,
+    /// `[limits]`: connection, memory and descriptor limits.
+    pub limits: Option<LimitsSection>,
 }
 
 /// `[hdfs]`: settings of every HDFS pool.
@@ -157,6 +159,8 @@ pub struct Settings {
     pub cleaner: Option<crate::manager::CleanerSettings>,
     /// Settings of HDFS pools.
     pub hdfs: HdfsSettings,
+    /// Connection, memory and descriptor limits.
+    pub limits: crate::limits::LimitSettings,
 }
 
 impl ConfigFile {
@@ -307,6 +311,7 @@ impl Settings {
             }
         };
         let hdfs = hdfs_settings(file.hdfs.as_ref(), cli.config.as_deref())?;
+        let limits = limit_settings(file.limits.as_ref(), cli.config.as_deref())?;
         let create_volumes = cli
             .create_volume
             .iter()
@@ -333,6 +338,7 @@ impl Settings {
             create_volumes,
             cleaner,
             hdfs,
+            limits,
         })
     }
 }
@@ -364,6 +370,146 @@ fn hdfs_settings(sec: Option<&HdfsSection>, path: Option<&Path>) -> Result<HdfsS
     s.connect_timeout = secs("connect_timeout", sec.connect_timeout, s.connect_timeout)?;
     s.op_timeout = secs("op_timeout", sec.op_timeout, s.op_timeout)?;
     Ok(s)
+}
+
+// ---- [limits] (issue 17: lock-out defences; see crate::limits) ----
+
+/// `[limits]`: caps on connections, in-flight memory and open files. Defaults are sized from
+/// the descriptor limit (see docs/nbd.md and docs/dbus.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// NBD connections in all (Unix socket and TCP).
+    pub nbd_connections: Option<usize>,
+    /// NBD connections of one uid (Unix socket) or one IP address (TCP).
+    pub nbd_connections_per_peer: Option<usize>,
+    /// Of `nbd_connections`, slots only root may use.
+    pub nbd_root_reserve: Option<usize>,
+    /// NBD payload bytes in flight over all connections.
+    pub nbd_in_flight: Option<SizeValue>,
+    /// NBD payload bytes in flight for one uid or IP address.
+    pub nbd_in_flight_per_peer: Option<SizeValue>,
+    /// Of `nbd_in_flight`, bytes only root's connections may use.
+    pub nbd_in_flight_root_reserve: Option<SizeValue>,
+    /// Seconds an NBD connection may stay without a request after the handshake; 0: forever.
+    pub nbd_idle_timeout: Option<f64>,
+    /// D-Bus p2p connections in all.
+    pub dbus_connections: Option<usize>,
+    /// D-Bus p2p connections of one uid.
+    pub dbus_connections_per_uid: Option<usize>,
+    /// Of `dbus_connections`, slots only root may use.
+    pub dbus_root_reserve: Option<usize>,
+    /// Seconds a D-Bus p2p client may stay without sending anything; 0: forever.
+    pub dbus_idle_timeout: Option<f64>,
+    /// Seconds a D-Bus p2p client has to authenticate.
+    pub dbus_auth_timeout: Option<f64>,
+    /// Segment files kept open for reading, over all local volumes.
+    pub open_segment_files: Option<usize>,
+}
+
+/// The `[limits]` section over the defaults (sized from the descriptor limit), checked.
+fn limit_settings(
+    sec: Option<&LimitsSection>,
+    path: Option<&Path>,
+) -> Result<crate::limits::LimitSettings> {
+    let mut s = crate::limits::LimitSettings::default();
+    let bad = |why: String| Error::Config {
+        path: path.map(Path::to_path_buf).unwrap_or_default(),
+        why: format!("[limits] {why}"),
+    };
+    if let Some(sec) = sec {
+        let secs = |name: &str, v: f64| {
+            if v.is_finite() && (0.0..=86400.0 * 365.0).contains(&v) {
+                Ok(std::time::Duration::from_secs_f64(v))
+            } else {
+                Err(bad(format!("{name} = {v}: expected seconds, 0 or more")))
+            }
+        };
+        let size = |v: &SizeValue| {
+            size_of(v).and_then(|n| {
+                usize::try_from(n).map_err(|_| bad(format!("{n} bytes is too large")))
+            })
+        };
+        let set = |dst: &mut usize, v: Option<usize>| {
+            if let Some(v) = v {
+                *dst = v;
+            }
+        };
+        set(&mut s.nbd.total, sec.nbd_connections);
+        set(&mut s.nbd.per_peer, sec.nbd_connections_per_peer);
+        set(&mut s.nbd.root_reserve, sec.nbd_root_reserve);
+        set(&mut s.dbus.total, sec.dbus_connections);
+        set(&mut s.dbus.per_peer, sec.dbus_connections_per_uid);
+        set(&mut s.dbus.root_reserve, sec.dbus_root_reserve);
+        set(&mut s.open_segment_files, sec.open_segment_files);
+        if let Some(v) = &sec.nbd_in_flight {
+            s.nbd_in_flight = size(v)?;
+        }
+        if let Some(v) = &sec.nbd_in_flight_per_peer {
+            s.nbd_in_flight_per_peer = size(v)?;
+        }
+        if let Some(v) = &sec.nbd_in_flight_root_reserve {
+            s.nbd_in_flight_root_reserve = size(v)?;
+        }
+        let off_if_zero = |d: std::time::Duration| (!d.is_zero()).then_some(d);
+        if let Some(v) = sec.nbd_idle_timeout {
+            s.nbd_idle_timeout = off_if_zero(secs("nbd_idle_timeout", v)?);
+        }
+        if let Some(v) = sec.dbus_idle_timeout {
+            s.dbus_idle_timeout = off_if_zero(secs("dbus_idle_timeout", v)?);
+        }
+        if let Some(v) = sec.dbus_auth_timeout {
+            s.dbus_auth_timeout = secs("dbus_auth_timeout", v)?;
+            if s.dbus_auth_timeout.is_zero() {
+                return Err(bad("dbus_auth_timeout must be above 0".into()));
+            }
+        }
+    }
+    s.check().map_err(bad)?;
+    Ok(s)
+}
+
+#[cfg(test)]
+mod limits_tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<crate::limits::LimitSettings> {
+        let f: ConfigFile = toml::from_str(text).map_err(|e| Error::Config {
+            path: PathBuf::new(),
+            why: e.to_string(),
+        })?;
+        limit_settings(f.limits.as_ref(), None)
+    }
+
+    #[test]
+    fn limits_section() {
+        let d = parse("").expect("defaults");
+        assert_eq!(d, crate::limits::LimitSettings::default());
+        assert_eq!(d.nbd_idle_timeout, None);
+        let s = parse(
+            "[limits]\nnbd_connections = 10\nnbd_connections_per_peer = 4\n\
+             nbd_root_reserve = 2\nnbd_in_flight = \"512M\"\nnbd_idle_timeout = 30\n\
+             dbus_idle_timeout = 0\n",
+        )
+        .expect("set");
+        assert_eq!(
+            (s.nbd.total, s.nbd.per_peer, s.nbd.root_reserve),
+            (10, 4, 2)
+        );
+        assert_eq!(s.nbd_in_flight, 512 << 20);
+        assert_eq!(s.nbd_idle_timeout, Some(std::time::Duration::from_secs(30)));
+        assert_eq!(s.dbus_idle_timeout, None);
+        for bad in [
+            "[limits]\nnbd_connections = 0\n",
+            "[limits]\nnbd_connections = 4\nnbd_root_reserve = 4\n",
+            "[limits]\nnbd_in_flight_per_peer = \"1M\"\n",
+            "[limits]\ndbus_auth_timeout = 0\n",
+            "[limits]\nnbd_idle_timeout = -1\n",
+            "[limits]\nbogus = 1\n",
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -130,7 +130,8 @@ async fn serve(settings: &Settings, mgr: Arc<Manager>) -> Result<()> {
     let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
-    let limits = nbd::Limits::default();
+    let limits = nbd::Limits::new(&settings.limits);
+    hlfs_engine::backend::local::set_open_file_limit(settings.limits.open_segment_files);
     servers.spawn(nbd::serve(
         nbd::Listener::Unix(unix),
         mgr.clone(),
@@ -151,7 +152,12 @@ async fn serve(settings: &Settings, mgr: Arc<Manager>) -> Result<()> {
     publisher.sync().await;
     let p2p = dbus::bind_p2p(&settings.dbus_socket)?;
     let _dbus_socket = OwnedSocket::new(&settings.dbus_socket);
-    let p2p_task = tokio::spawn(dbus::serve_p2p(p2p, publisher.clone(), stop_rx.clone()));
+    let p2p_task = tokio::spawn(dbus::serve_p2p(
+        p2p,
+        publisher.clone(),
+        settings.limits.clone(),
+        stop_rx.clone(),
+    ));
     let _bus = match settings.bus {
         Some(kind) => {
             let c = dbus::serve_bus(kind, publisher.clone()).await?;

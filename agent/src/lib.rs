@@ -10,6 +10,7 @@ pub mod dbus;
 pub mod error;
 pub mod fsutil;
 pub mod jobs;
+pub mod limits;
 pub mod manager;
 pub mod names;
 pub mod nbd;

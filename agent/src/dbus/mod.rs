@@ -10,10 +10,11 @@ pub mod interfaces;
 pub mod paths;
 
 use crate::error::{Error, Result};
+use crate::limits::{Admission, LimitSettings, PeerKey, RateLog, Refused};
 use crate::service::{Caller, Event, Service};
 use interfaces::{Ctx, Job1, Manager1, Peer, Pool1, Snapshot1, Volume1};
 use std::collections::BTreeSet;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 use tokio::net::UnixListener;
@@ -200,13 +201,21 @@ impl Publisher {
         stream: tokio::net::UnixStream,
         guid: zbus::OwnedGuid,
         caller: Caller,
+        auth_timeout: std::time::Duration,
     ) -> Result<(u64, Connection, Ready)> {
+        let known = KnownPeer {
+            stream,
+            creds: Arc::new(PeerCreds {
+                uid: caller.uid,
+                gids: caller.gids.clone(),
+            }),
+        };
         let peer = Peer::Direct(caller);
         let ready: Ready = Arc::new(false.into());
         let (attached_tx, attached) = watch::channel(false);
         let ctx = self.ctx(&peer);
         let snapshot = self.inner.lock().await.published.clone();
-        let mut b = zbus::connection::Builder::unix_stream(stream)
+        let mut b = zbus::connection::Builder::socket(known)
             .server(guid)
             .map_err(reg_err)?
             .p2p()
@@ -223,7 +232,16 @@ impl Publisher {
         for o in &snapshot {
             b = serve_obj(b, &ctx, o).map_err(reg_err)?;
         }
-        let conn = b.build().await.map_err(reg_err)?;
+        // The authentication is part of the build: a client that does not authenticate in
+        // time must not keep its slot.
+        let conn = tokio::time::timeout(auth_timeout, b.build())
+            .await
+            .map_err(|_| {
+                Error::Busy(format!(
+                    "D-Bus client did not authenticate within {auth_timeout:?}"
+                ))
+            })?
+            .map_err(reg_err)?;
         let mut inner = self.inner.lock().await;
         for o in snapshot
             .difference(&inner.published)
@@ -482,6 +500,99 @@ async fn job_changed(c: &Connection, path: &zbus::zvariant::OwnedObjectPath) -> 
     i.error_changed(e).await
 }
 
+/// A peer's credentials, read once at accept (SO_PEERCRED, SO_PEERGROUPS).
+#[derive(Debug)]
+struct PeerCreds {
+    uid: u32,
+    gids: Vec<u32>,
+}
+
+impl PeerCreds {
+    fn to_zbus(&self) -> zbus::fdo::ConnectionCredentials {
+        let mut c = zbus::fdo::ConnectionCredentials::default().set_unix_user_id(self.uid);
+        for g in &self.gids {
+            c = c.add_unix_group_id(*g);
+        }
+        c
+    }
+}
+
+/// A p2p client's Unix stream with the credentials already known. zbus's own tokio stream
+/// looks them up on a blocking thread at every connection (getpwuid_r and getgrouplist, NSS
+/// calls that may open files or ask a directory service), so a burst of connections grew
+/// the blocking pool towards its 512 threads (543 threads for 3000 connections); here they
+/// cost no thread and no descriptor.
+#[derive(Debug)]
+struct KnownPeer {
+    stream: tokio::net::UnixStream,
+    creds: Arc<PeerCreds>,
+}
+
+#[derive(Debug)]
+struct KnownRead {
+    inner: tokio::net::unix::OwnedReadHalf,
+    creds: Arc<PeerCreds>,
+}
+
+#[derive(Debug)]
+struct KnownWrite {
+    inner: tokio::net::unix::OwnedWriteHalf,
+    creds: Arc<PeerCreds>,
+}
+
+impl zbus::connection::socket::Socket for KnownPeer {
+    type ReadHalf = KnownRead;
+    type WriteHalf = KnownWrite;
+
+    fn split(self) -> zbus::connection::socket::Split<KnownRead, KnownWrite> {
+        let (r, w) = self.stream.into_split();
+        zbus::connection::socket::Split::new(
+            KnownRead {
+                inner: r,
+                creds: self.creds.clone(),
+            },
+            KnownWrite {
+                inner: w,
+                creds: self.creds,
+            },
+        )
+    }
+}
+
+#[async_trait::async_trait]
+impl zbus::connection::socket::ReadHalf for KnownRead {
+    async fn recvmsg(&mut self, buf: &mut [u8]) -> std::io::Result<(usize, Vec<OwnedFd>)> {
+        zbus::connection::socket::ReadHalf::recvmsg(&mut self.inner, buf).await
+    }
+
+    fn can_pass_unix_fd(&self) -> bool {
+        true
+    }
+
+    async fn peer_credentials(&mut self) -> std::io::Result<zbus::fdo::ConnectionCredentials> {
+        Ok(self.creds.to_zbus())
+    }
+}
+
+#[async_trait::async_trait]
+impl zbus::connection::socket::WriteHalf for KnownWrite {
+    async fn sendmsg(&mut self, buf: &[u8], fds: &[BorrowedFd<'_>]) -> std::io::Result<usize> {
+        zbus::connection::socket::WriteHalf::sendmsg(&mut self.inner, buf, fds).await
+    }
+
+    async fn close(&mut self) -> std::io::Result<()> {
+        zbus::connection::socket::WriteHalf::close(&mut self.inner).await
+    }
+
+    fn can_pass_unix_fd(&self) -> bool {
+        true
+    }
+
+    async fn peer_credentials(&mut self) -> std::io::Result<zbus::fdo::ConnectionCredentials> {
+        Ok(self.creds.to_zbus())
+    }
+}
+
 /// Binds the p2p socket, open to every local user (reads are for everyone; mutations are
 /// checked per call).
 pub fn bind_p2p(path: &Path) -> Result<UnixListener> {
@@ -494,7 +605,7 @@ pub fn bind_p2p(path: &Path) -> Result<UnixListener> {
 
 /// Credentials of the peer of a Unix socket: SO_PEERCRED, plus SO_PEERGROUPS for the
 /// supplementary groups.
-fn peer_caller(s: &tokio::net::UnixStream) -> std::io::Result<Caller> {
+fn peer_caller(s: &tokio::net::UnixStream) -> std::io::Result<(Caller, i32)> {
     let cred = s.peer_cred()?;
     let mut gids = vec![cred.gid()];
     let mut buf = vec![0u32; 256];
@@ -512,19 +623,30 @@ fn peer_caller(s: &tokio::net::UnixStream) -> std::io::Result<Caller> {
     if rc == 0 {
         gids.extend_from_slice(&buf[..len as usize / 4]);
     }
-    Ok(Caller {
-        uid: cred.uid(),
-        gids,
-    })
+    Ok((
+        Caller {
+            uid: cred.uid(),
+            gids,
+        },
+        cred.pid().unwrap_or(0),
+    ))
 }
 
 /// Accepts p2p clients until `stop`: each gets a zbus server connection with the whole tree.
+///
+/// Connections are capped in all and per uid, with a reserve only root may use (see
+/// [`crate::limits`]): a flood from one user fills its own share, never root's. A client must
+/// authenticate within `dbus_auth_timeout` and is dropped after `dbus_idle_timeout` without
+/// sending anything.
 pub async fn serve_p2p(
     listener: UnixListener,
     publisher: Arc<Publisher>,
+    limits: LimitSettings,
     mut stop: watch::Receiver<bool>,
 ) {
     let guid: zbus::OwnedGuid = zbus::Guid::generate().into();
+    let admission = Admission::new(limits.dbus);
+    let refusals = RateLog::default();
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r {
@@ -537,21 +659,50 @@ pub async fn serve_p2p(
             },
             _ = stop.changed() => break,
         };
-        let caller = match peer_caller(&stream) {
+        let (caller, pid) = match peer_caller(&stream) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "D-Bus peer credentials");
                 continue;
             }
         };
+        let slot = match admission.try_admit(PeerKey::Uid(caller.uid)) {
+            Ok(s) => s,
+            Err(why) => {
+                if let Some(more) = refusals.due() {
+                    let caps = admission.caps();
+                    let why = match why {
+                        Refused::Full => format!(
+                            "all {} connections unprivileged users may use are taken",
+                            caps.total - caps.root_reserve
+                        ),
+                        Refused::PeerFull => {
+                            format!("the uid has its maximum of {}", caps.per_peer)
+                        }
+                    };
+                    tracing::warn!(
+                        uid = caller.uid,
+                        pid,
+                        refused_since_last = more,
+                        "D-Bus connection refused: {why}"
+                    );
+                }
+                continue; // dropping the stream closes it
+            }
+        };
         let publisher = publisher.clone();
         let guid = guid.clone();
+        let (auth_timeout, idle_timeout) = (limits.dbus_auth_timeout, limits.dbus_idle_timeout);
         tokio::spawn(async move {
+            let _slot = slot;
             let uid = caller.uid;
-            let (id, conn, ready) = match publisher.attach_p2p(stream, guid, caller).await {
+            let (id, conn, ready) = match publisher
+                .attach_p2p(stream, guid, caller, auth_timeout)
+                .await
+            {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::debug!(error = %e, "D-Bus client");
+                    tracing::debug!(uid, error = %e, "D-Bus client");
                     return;
                 }
             };
@@ -559,7 +710,18 @@ pub async fn serve_p2p(
             // The stream ends when the client goes away.
             let mut msgs = zbus::MessageStream::from(&conn);
             let mut first = true;
-            while let Some(m) = next_message(&mut msgs).await {
+            loop {
+                let m = match idle_timeout {
+                    Some(t) => match tokio::time::timeout(t, next_message(&mut msgs)).await {
+                        Ok(m) => m,
+                        Err(_) => {
+                            tracing::debug!(uid, "D-Bus client idle for {t:?}; closing");
+                            break;
+                        }
+                    },
+                    None => next_message(&mut msgs).await,
+                };
+                let Some(m) = m else { break };
                 if std::mem::take(&mut first)
                     && m.header().member().map(|m| m.as_str()) != Some("Hello")
                 {
@@ -567,6 +729,10 @@ pub async fn serve_p2p(
                 }
             }
             publisher.detach(id).await;
+            drop(msgs);
+            if let Err(e) = conn.close().await {
+                tracing::debug!(uid, error = %e, "closing a D-Bus connection");
+            }
         });
     }
 }

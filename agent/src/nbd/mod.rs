@@ -6,6 +6,7 @@ pub mod proto;
 pub mod transmission;
 
 use crate::error::{Error, Result};
+use crate::limits::{Admission, ByteBudget, Caps, LimitSettings, PeerKey, Refused};
 use crate::manager::Manager;
 use handshake::Outcome;
 use std::net::SocketAddr;
@@ -17,27 +18,48 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-/// A client must finish negotiating within this time (a silent client must not hold a task).
-const NEGOTIATION_TIMEOUT: Duration = Duration::from_secs(60);
-/// Connections served at once, over all listeners; more are closed on accept.
-pub const MAX_CONNECTIONS: usize = 256;
-/// Request payload bytes in flight over all connections (each connection also has its own cap).
-pub const MAX_TOTAL_IN_FLIGHT_BYTES: usize = 1 << 30;
+/// A client must finish negotiating within this time (a silent client must not hold a slot):
+/// QEMU and libnbd negotiate in milliseconds, a remote client in a few round trips.
+const NEGOTIATION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Read reply buffers kept for reuse, over all connections.
+const REPLY_POOL_BYTES: usize = 32 << 20;
 
-/// Budgets shared by every connection of every listener, so that the daemon's memory stays
-/// bounded whatever the number of clients.
-#[derive(Debug, Clone)]
+/// Budgets shared by every connection of every listener, so that the daemon's memory and
+/// descriptors stay bounded whatever the number of clients, and no unprivileged peer can lock
+/// others out (see [`crate::limits`] and docs/nbd.md).
+#[derive(Clone)]
 pub struct Limits {
-    connections: Arc<tokio::sync::Semaphore>,
-    pub(crate) bytes: Arc<tokio::sync::Semaphore>,
+    connections: Arc<Admission>,
+    bytes: Arc<ByteBudget>,
+    pool: Arc<transmission::ReplyPool>,
+    idle_timeout: Option<Duration>,
+    refusals: Arc<crate::limits::RateLog>,
+}
+
+impl Limits {
+    pub fn new(s: &LimitSettings) -> Limits {
+        Limits {
+            connections: Admission::new(s.nbd),
+            bytes: ByteBudget::new(
+                s.nbd_in_flight,
+                s.nbd_in_flight_per_peer,
+                s.nbd_in_flight_root_reserve,
+            ),
+            pool: Arc::new(transmission::ReplyPool::new(REPLY_POOL_BYTES)),
+            idle_timeout: s.nbd_idle_timeout,
+            refusals: Arc::default(),
+        }
+    }
+
+    /// The connection caps in force.
+    pub fn caps(&self) -> Caps {
+        self.connections.caps()
+    }
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
-            bytes: Arc::new(tokio::sync::Semaphore::new(MAX_TOTAL_IN_FLIGHT_BYTES)),
-        }
+        Limits::new(&LimitSettings::default())
     }
 }
 
@@ -101,27 +123,50 @@ pub async fn serve(
             _ = stop.changed() => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             accepted = accept(&listener) => match accepted {
-                Ok((stream, peer)) => {
-                    let Ok(permit) = limits.connections.clone().try_acquire_owned() else {
-                        tracing::warn!(%peer, "too many connections ({MAX_CONNECTIONS}); refusing");
-                        continue;
+                Ok((stream, peer, key)) => {
+                    let slot = match limits.connections.try_admit(key) {
+                        Ok(slot) => slot,
+                        Err(why) => {
+                            // A flood must not flood the log too.
+                            if let Some(more) = limits.refusals.due() {
+                                let caps = limits.connections.caps();
+                                let why = match why {
+                                    Refused::Full => format!(
+                                        "all {} connections unprivileged peers may use are taken",
+                                        caps.total - caps.root_reserve
+                                    ),
+                                    Refused::PeerFull => {
+                                        format!("{key} has its maximum of {}", caps.per_peer)
+                                    }
+                                };
+                                tracing::warn!(%peer, refused_since_last = more, "NBD connection refused: {why}");
+                            }
+                            continue;
+                        }
                     };
                     let mgr = mgr.clone();
                     let sd = shutdown.clone();
-                    let bytes = limits.bytes.clone();
+                    let conn_limits = transmission::ConnLimits {
+                        budget: limits.bytes.for_peer(key),
+                        pool: limits.pool.clone(),
+                        idle_timeout: limits.idle_timeout,
+                    };
                     conns.spawn(async move {
-                        let _permit = permit;
+                        let _slot = slot;
                         tracing::debug!(%peer, "NBD connection");
                         match stream {
                             Stream::Unix(s) => {
                                 let (r, w) = s.into_split();
-                                connection(r, w, &peer, mgr, bytes, sd).await
+                                connection(r, w, &peer, mgr, conn_limits, sd).await
                             }
                             Stream::Tcp(s) => {
                                 let (r, w) = s.into_split();
-                                connection(r, w, &peer, mgr, bytes, sd).await
+                                connection(r, w, &peer, mgr, conn_limits, sd).await
                             }
                         }
+                        // What the connection's requests allocated goes back to the system,
+                        // not only to the allocator.
+                        crate::limits::release_memory_soon();
                     });
                 }
                 Err(e) => {
@@ -141,21 +186,27 @@ enum Stream {
     Tcp(tokio::net::TcpStream),
 }
 
-async fn accept(l: &Listener) -> std::io::Result<(Stream, String)> {
+/// A peer whose credentials cannot be read: capped like any unprivileged uid.
+const UNKNOWN_UID: u32 = u32::MAX;
+
+async fn accept(l: &Listener) -> std::io::Result<(Stream, String, PeerKey)> {
     match l {
         Listener::Unix(l) => {
             let (s, _) = l.accept().await?;
-            let peer = match s.peer_cred() {
-                Ok(c) => format!("unix pid {} uid {}", c.pid().unwrap_or(0), c.uid()),
-                Err(_) => "unix".to_string(),
+            let (peer, uid) = match s.peer_cred() {
+                Ok(c) => (
+                    format!("unix pid {} uid {}", c.pid().unwrap_or(0), c.uid()),
+                    c.uid(),
+                ),
+                Err(_) => ("unix".to_string(), UNKNOWN_UID),
             };
-            Ok((Stream::Unix(s), peer))
+            Ok((Stream::Unix(s), peer, PeerKey::Uid(uid)))
         }
         Listener::Tcp(l) => {
             let (s, a) = l.accept().await?;
             // Replies are written whole; do not let Nagle delay the small ones.
             s.set_nodelay(true)?;
-            Ok((Stream::Tcp(s), a.to_string()))
+            Ok((Stream::Tcp(s), a.to_string(), PeerKey::ip(a.ip())))
         }
     }
 }
@@ -203,7 +254,7 @@ async fn connection<R, W>(
     w: W,
     peer: &str,
     mgr: Arc<Manager>,
-    global_bytes: Arc<tokio::sync::Semaphore>,
+    limits: transmission::ConnLimits,
     mut shutdown: watch::Receiver<bool>,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
@@ -231,7 +282,7 @@ async fn connection<R, W>(
     tracing::info!(peer, export = %neg.export.name, structured = neg.structured, "client attached");
     let name = neg.export.name.clone();
     let Duplex { r, w } = io;
-    if let Err(e) = transmission::serve(r, w, neg, global_bytes, shutdown).await {
+    if let Err(e) = transmission::serve(r, w, neg, limits, shutdown).await {
         tracing::info!(peer, export = %name, error = %e, "connection ended with an error");
     } else {
         tracing::info!(peer, export = %name, "client detached");

@@ -6,18 +6,24 @@
 //! single writer task through a channel, so they leave in completion order (out of order, as NBD
 //! allows).
 //!
-//! Memory is bounded per connection: a request holds a slot and its payload bytes in two
-//! semaphores from before its payload is read until its reply is written. A WRITE whose payload
-//! is over the limit cannot be skipped without reading it, so that one closes the connection.
+//! Memory is bounded per connection and over all of them: a request holds a slot and its
+//! payload bytes (a READ's reply, a WRITE's data, a BLOCK_STATUS reply's maximum) from before
+//! its payload is read until its reply is written, in the connection's budget, its peer's and
+//! the global one (see `crate::limits::ByteBudget`). When one is spent the reader stops taking
+//! requests off the socket (back-pressure): a client that does not read its replies holds at
+//! most its budgets, never more. A WRITE whose payload is over the limit cannot be skipped
+//! without reading it, so that one closes the connection.
 
 use super::handshake::{Export, Negotiated};
 use super::proto::*;
+use crate::limits::{PeerBudget, Reserved};
 use crate::manager::SharedVolume;
 use hlfs_engine::{EncodedWrite, Encoder, Volume};
 use std::collections::VecDeque;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 /// Requests in flight per connection.
@@ -26,6 +32,8 @@ pub const MAX_IN_FLIGHT: usize = 64;
 pub const MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
 /// Block status descriptors in one reply (the spec lets a server answer for less than asked).
 const MAX_DESCRIPTORS: usize = 16 * 1024;
+/// Bytes a BLOCK_STATUS holds in the budgets: its largest reply.
+const BLOCK_STATUS_RESERVE: u32 = (8 * MAX_DESCRIPTORS + 64) as u32;
 /// Blocking workers per connection: enough to keep both reads in flight on every core and a
 /// flush's disk sync from stalling the writes queued behind it.
 const WORKERS: usize = 4;
@@ -44,7 +52,17 @@ struct Job {
     encoded: Option<EncodedWrite>,
     check: Result<(), Fail>,
     slot: OwnedSemaphorePermit,
-    reserved: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+    reserved: Option<(OwnedSemaphorePermit, Reserved)>,
+}
+
+/// What a connection draws on from the server-wide limits.
+pub struct ConnLimits {
+    /// Payload bytes of its peer and of the server.
+    pub budget: PeerBudget,
+    /// Read reply buffers, shared by every connection.
+    pub pool: Arc<ReplyPool>,
+    /// Close the connection after this long without a request (and none in flight).
+    pub idle_timeout: Option<Duration>,
 }
 
 /// Requests waiting for a worker, and how many workers are draining them.
@@ -336,7 +354,7 @@ fn run_mutations(shared: &Shared, run: Vec<Job>) {
 struct Outgoing {
     bytes: Vec<u8>,
     _slot: OwnedSemaphorePermit,
-    _bytes: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+    _bytes: Option<(OwnedSemaphorePermit, Reserved)>,
 }
 
 /// Per-connection facts every request needs.
@@ -349,32 +367,46 @@ struct Conn {
     read_only: bool,
     structured: bool,
     base_allocation: bool,
-    /// Read reply buffers, given back by the reply writer.
+    /// Read reply buffers, given back by the reply writer (shared by all connections).
     pool: Arc<ReplyPool>,
 }
 
 /// Reply buffers of large reads, reused: a fresh 1 MiB buffer costs a zero-fill (and page
-/// faults) before the volume overwrites every byte of it.
-#[derive(Default)]
-struct ReplyPool(Mutex<Vec<Vec<u8>>>);
+/// faults) before the volume overwrites every byte of it. One pool for every connection, so
+/// that what it keeps is bounded whatever the number of connections (it was 32 MiB for each).
+pub struct ReplyPool {
+    bufs: Mutex<(Vec<Vec<u8>>, usize)>,
+    max_bytes: usize,
+}
 
 impl ReplyPool {
-    const KEEP: usize = 8;
     const MIN: usize = 64 << 10;
-    /// Larger (rare) replies are not kept: at most KEEP x MAX bytes stay per connection.
+    /// Larger (rare) replies are not kept.
     const MAX: usize = (4 << 20) + 64;
+
+    /// A pool keeping buffers of at most `max_bytes` in all.
+    pub fn new(max_bytes: usize) -> ReplyPool {
+        ReplyPool {
+            bufs: Mutex::default(),
+            max_bytes,
+        }
+    }
 
     /// A buffer of `len` bytes whose contents are left over: the caller overwrites them all.
     fn get(&self, len: usize) -> Vec<u8> {
         if len < Self::MIN {
             return vec![0; len];
         }
-        let mut b = self
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop()
-            .unwrap_or_default();
+        let mut b = {
+            let mut p = self.bufs.lock().unwrap_or_else(|p| p.into_inner());
+            match p.0.pop() {
+                Some(b) => {
+                    p.1 -= b.capacity();
+                    b
+                }
+                None => Vec::new(),
+            }
+        };
         if b.len() < len {
             b.resize(len, 0);
         }
@@ -383,10 +415,12 @@ impl ReplyPool {
     }
 
     fn put(&self, b: Vec<u8>) {
-        if (Self::MIN..=Self::MAX).contains(&b.len()) {
-            let mut p = self.0.lock().unwrap_or_else(|p| p.into_inner());
-            if p.len() < Self::KEEP {
-                p.push(b);
+        let cap = b.capacity();
+        if (Self::MIN..=Self::MAX).contains(&cap) {
+            let mut p = self.bufs.lock().unwrap_or_else(|p| p.into_inner());
+            if p.1 + cap <= self.max_bytes {
+                p.1 += cap;
+                p.0.push(b);
             }
         }
     }
@@ -419,7 +453,7 @@ pub async fn serve<R, W>(
     rd: R,
     wr: W,
     neg: Negotiated,
-    global_budget: Arc<Semaphore>,
+    limits: ConnLimits,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()>
 where
@@ -446,7 +480,7 @@ where
         read_only,
         structured,
         base_allocation,
-        pool: Arc::default(),
+        pool: limits.pool.clone(),
     };
     // Buffered: one read from the socket brings in many pipelined requests, not one syscall
     // per header and another per payload.
@@ -469,6 +503,27 @@ where
     let result: io::Result<()> = loop {
         if shared.tx.is_closed() {
             break Ok(()); // the writer failed: the client is gone
+        }
+        if let Some(idle) = limits.idle_timeout {
+            // Wait for the next request; a connection with nothing in flight that stays
+            // silent for `idle` is closed (off by default: see docs/nbd.md).
+            let idle_out = loop {
+                tokio::select! {
+                    _ = rd.fill_buf() => break false,
+                    _ = tokio::time::sleep(idle) => {
+                        if slots.available_permits() == MAX_IN_FLIGHT {
+                            break true;
+                        }
+                    }
+                    _ = shutdown.changed() => break true,
+                }
+            };
+            if idle_out {
+                if !*shutdown.borrow() {
+                    tracing::info!(export = %name, "idle for {idle:?}; disconnecting");
+                }
+                break Ok(());
+            }
         }
         let mut hdr = [0u8; REQUEST_LEN];
         tokio::select! {
@@ -494,6 +549,11 @@ where
             CMD_READ | CMD_WRITE => req.len,
             _ => 0,
         };
+        let reserve = match req.kind {
+            CMD_BLOCK_STATUS => BLOCK_STATUS_RESERVE,
+            _ if payload_len <= MAX_PAYLOAD => payload_len,
+            _ => 0, // a READ refused by `validate`
+        };
         if payload_len > MAX_PAYLOAD && req.kind == CMD_WRITE {
             tracing::warn!(export = %name, len = req.len, "WRITE larger than {MAX_PAYLOAD} bytes; disconnecting");
             break Ok(());
@@ -501,14 +561,16 @@ where
         let Ok(slot) = slots.clone().acquire_owned().await else {
             break Ok(());
         };
-        // Always the connection's budget first, then the global one: no lock-order cycle.
-        let reserved = if payload_len > 0 && payload_len <= MAX_PAYLOAD {
-            let mine = budget.clone().acquire_many_owned(payload_len).await;
-            let all = global_budget.clone().acquire_many_owned(payload_len).await;
-            match (mine, all) {
-                (Ok(a), Ok(b)) => Some((a, b)),
-                _ => break Ok(()),
-            }
+        // Always the connection's budget first, then its peer's and the global ones (in
+        // `PeerBudget::acquire`): no lock-order cycle. Waiting here is the back-pressure.
+        let reserved = if reserve > 0 {
+            let Ok(mine) = budget.clone().acquire_many_owned(reserve).await else {
+                break Ok(());
+            };
+            let Some(shared) = limits.budget.acquire(reserve).await else {
+                break Ok(());
+            };
+            Some((mine, shared))
         } else {
             None
         };

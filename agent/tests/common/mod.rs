@@ -80,6 +80,8 @@ pub struct Daemon {
     /// Extra environment for the daemon (e.g. DBUS_SESSION_BUS_ADDRESS).
     pub env: Vec<(String, String)>,
     pub socket: PathBuf,
+    /// Soft and hard RLIMIT_NOFILE of the daemon (None: inherited).
+    pub nofile: Option<u64>,
     starts: u32,
 }
 
@@ -91,6 +93,17 @@ impl Daemon {
 
     /// As [`Daemon::start`], with extra environment variables.
     pub fn start_with_env(tag: &str, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_full(tag, extra, env, None)
+    }
+
+    /// As [`Daemon::start_with_env`], with the daemon's descriptor limit (soft and hard) set to
+    /// `nofile` if given.
+    pub fn start_full(
+        tag: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> Daemon {
         let dir = TempDir::new(tag);
         let socket = dir.path().join("run/nbd.sock");
         let mut d = Daemon {
@@ -102,6 +115,7 @@ impl Daemon {
                 .collect(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             socket,
+            nofile,
             starts: 0,
         };
         d.spawn();
@@ -136,7 +150,24 @@ impl Daemon {
         self.starts += 1;
         let stdout = std::fs::File::create(self.stdout_path()).unwrap();
         let stderr = std::fs::File::create(self.stderr_path()).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_hlfsd"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hlfsd"));
+        if let Some(n) = self.nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let r = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .arg("--data-dir")
             .arg(self.data_dir())
             .arg("--runtime-dir")

@@ -9,16 +9,105 @@ use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 const LOCK_FILE: &str = "lock";
+
+/// Read handles open over every local backend of the process, and the most there may be (see
+/// [`set_open_file_limit`]). Each backend keeps its own handles and evicts its least recently
+/// used one when the total is at the limit, so the total stays within the limit plus one per
+/// backend.
+static OPEN_READERS: AtomicUsize = AtomicUsize::new(0);
+static MAX_OPEN_READERS: AtomicUsize = AtomicUsize::new(DEFAULT_OPEN_FILE_LIMIT);
+/// Read handles kept open over every local backend unless [`set_open_file_limit`] says
+/// otherwise.
+pub const DEFAULT_OPEN_FILE_LIMIT: usize = 256;
+/// Descriptors held in reserve (on /dev/null) for reads that find the process out of them and
+/// nothing of their own to close.
+const RESERVE_FDS: usize = 4;
+static RESERVE: Mutex<Vec<File>> = Mutex::new(Vec::new());
+
+/// Sets how many object files the local backends of this process keep open for reading, in
+/// all (at least 1). Reads of other objects close the least recently used handle first.
+pub fn set_open_file_limit(n: usize) {
+    MAX_OPEN_READERS.store(n.max(1), Ordering::Relaxed);
+}
+
+/// Read handles open over every local backend of the process.
+pub fn open_readers() -> usize {
+    OPEN_READERS.load(Ordering::Relaxed)
+}
+
+/// Tops up the descriptor reserve (a failure to open just leaves it short).
+fn refill_reserve() {
+    let mut r = RESERVE.lock().unwrap_or_else(|p| p.into_inner());
+    while r.len() < RESERVE_FDS {
+        match File::open("/dev/null") {
+            Ok(f) => r.push(f),
+            Err(_) => break,
+        }
+    }
+}
+
+/// Closes a reserved descriptor; false if none is left.
+fn release_reserve() -> bool {
+    RESERVE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .pop()
+        .is_some()
+}
+
+fn out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+}
+
+/// A backend's open read handles, least recently used first out.
+#[derive(Debug, Default)]
+struct Readers {
+    files: HashMap<String, (Arc<File>, u64)>,
+    clock: u64,
+}
+
+impl Readers {
+    /// Closes the least recently used handle (once no read uses it); false if none is open.
+    fn evict_one(&mut self) -> bool {
+        let Some(name) = self
+            .files
+            .iter()
+            .min_by_key(|(_, (_, used))| *used)
+            .map(|(n, _)| n.clone())
+        else {
+            return false;
+        };
+        self.forget(&name);
+        true
+    }
+
+    fn forget(&mut self, name: &str) {
+        if self.files.remove(name).is_some() {
+            OPEN_READERS.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
 
 /// A directory of objects.
 #[derive(Debug)]
 pub struct LocalBackend {
     dir: PathBuf,
-    /// Open read handles, so that a read is one `pread`.
-    readers: Mutex<HashMap<String, Arc<File>>>,
+    /// Open read handles, so that a read is one `pread`; bounded (least recently used out).
+    readers: Mutex<Readers>,
+    /// Handles this backend keeps at most (besides the process-wide limit).
+    max_readers: usize,
+}
+
+impl Drop for LocalBackend {
+    fn drop(&mut self) {
+        let r = self.readers.get_mut().unwrap_or_else(|p| p.into_inner());
+        OPEN_READERS.fetch_sub(r.files.len(), Ordering::Relaxed);
+        r.files.clear();
+    }
 }
 
 impl LocalBackend {
@@ -27,10 +116,22 @@ impl LocalBackend {
         let dir = dir.as_ref().to_path_buf();
         fs::create_dir_all(&dir)
             .map_err(|e| Error::io("create directory", dir.display().to_string(), e))?;
+        refill_reserve();
         Ok(LocalBackend {
             dir,
-            readers: Mutex::new(HashMap::new()),
+            readers: Mutex::default(),
+            max_readers: usize::MAX,
         })
+    }
+
+    /// Keeps at most `n` (at least 1) read handles open in this backend.
+    pub fn with_max_readers(mut self, n: usize) -> Self {
+        self.max_readers = n.max(1);
+        self
+    }
+
+    fn readers(&self) -> MutexGuard<'_, Readers> {
+        self.readers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The directory this backend stores its objects in.
@@ -43,21 +144,48 @@ impl LocalBackend {
         Ok(self.dir.join(name))
     }
 
+    /// The read handle of `name`, opened if need be. Out of descriptors (EMFILE, ENFILE), it
+    /// closes handles of its own, or one of the reserve, and tries again rather than fail the
+    /// read: the data path must not fail because other parts of the process hold descriptors.
     fn reader(&self, name: &str) -> Result<Arc<File>> {
-        let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(f) = readers.get(name) {
+        let mut r = self.readers();
+        r.clock += 1;
+        let now = r.clock;
+        if let Some((f, used)) = r.files.get_mut(name) {
+            *used = now;
             return Ok(f.clone());
         }
         let path = self.path(name)?;
-        let f = File::open(&path).map_err(|e| {
-            if e.kind() == ErrorKind::NotFound {
-                Error::NotFound(format!("object {}", path.display()))
-            } else {
-                Error::io("open", path.display().to_string(), e)
+        let max = MAX_OPEN_READERS.load(Ordering::Relaxed);
+        while (r.files.len() >= self.max_readers || OPEN_READERS.load(Ordering::Relaxed) >= max)
+            && r.evict_one()
+        {}
+        let mut retries = 0;
+        let f = loop {
+            match File::open(&path) {
+                Ok(f) => break f,
+                Err(e) if out_of_descriptors(&e) && retries < 8 => {
+                    retries += 1;
+                    // Half of our own handles (at least one), else one of the reserve.
+                    let n = r.files.len().div_ceil(2);
+                    let freed = (0..n).filter(|_| r.evict_one()).count() > 0 || release_reserve();
+                    if !freed {
+                        return Err(Error::io("open", path.display().to_string(), e));
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    return Err(Error::NotFound(format!("object {}", path.display())))
+                }
+                Err(e) => return Err(Error::io("open", path.display().to_string(), e)),
             }
-        })?;
+        };
         let f = Arc::new(f);
-        readers.insert(name.to_string(), f.clone());
+        r.files.insert(name.to_string(), (f.clone(), now));
+        OPEN_READERS.fetch_add(1, Ordering::Relaxed);
+        if retries > 0 {
+            drop(r);
+            refill_reserve();
+        }
         Ok(f)
     }
 }
@@ -299,10 +427,7 @@ impl Backend for LocalBackend {
 
     fn delete(&self, name: &str) -> Result<()> {
         let path = self.path(name)?;
-        self.readers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name);
+        self.readers().forget(name);
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
@@ -366,4 +491,43 @@ pub fn this_process() -> String {
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "?".into());
     format!("pid {} ({exe}) on {}", std::process::id(), host.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_handles_stay_bounded_least_recently_used_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let b = LocalBackend::new(dir.path())
+            .expect("backend")
+            .with_max_readers(3);
+        for i in 0..10u8 {
+            let mut w = b.create(&format!("seg{i}")).expect("create");
+            w.append(&[i; 100]).expect("append");
+            w.sync().expect("sync");
+        }
+        let read = |i: u8| {
+            let mut buf = [0u8; 10];
+            b.read_at(&format!("seg{i}"), 50, &mut buf).expect("read");
+            assert_eq!(buf, [i; 10]);
+        };
+        for round in 0..3 {
+            for i in 0..10u8 {
+                read(i);
+                assert!(b.readers().files.len() <= 3, "round {round}");
+            }
+        }
+        // The most recently used stays open while others come and go.
+        read(0);
+        read(1);
+        read(0);
+        read(2);
+        read(3);
+        let open: Vec<String> = b.readers().files.keys().cloned().collect();
+        assert!(open.contains(&"seg0".to_string()), "{open:?}");
+        b.delete("seg0").expect("delete");
+        assert!(!b.readers().files.contains_key("seg0"));
+    }
 }
