@@ -26,10 +26,19 @@ pub(crate) struct PendingCheckpoint {
 /// An encoded checkpoint: (id, replay start, generation, bytes).
 type Encoded = (u32, u32, u64, Vec<u8>);
 
+/// Writes and syncs checkpoint `id`. On a failure (a full disk) the partial object is removed:
+/// none is left behind to pile up, or to take the number of the next attempt.
 fn store(backend: &dyn crate::backend::Backend, id: u32, bytes: &[u8]) -> Result<()> {
-    let mut w = backend.create(&format::checkpoint_name(id))?;
-    w.append(bytes)?;
-    w.sync()
+    let name = format::checkpoint_name(id);
+    let mut w = backend.create(&name)?;
+    let r = w.append(bytes).and_then(|()| w.sync());
+    drop(w);
+    if r.is_err() {
+        if let Err(e) = backend.delete(&name) {
+            tracing::warn!(object = %name, error = %e, "cannot remove a checkpoint whose write failed");
+        }
+    }
+    r
 }
 
 impl Volume {
@@ -51,7 +60,13 @@ impl Volume {
         });
         // Checkpoints are numbered, not named after their segment, so that the cleaner can
         // write two in a row (see cleaner.rs).
-        let id = self.checkpoints.last().map_or(0, |c| c + 1);
+        // Never a number a failed attempt may have left an object under.
+        let id = self
+            .checkpoints
+            .last()
+            .map_or(0, |c| c + 1)
+            .max(self.next_ckpt_id);
+        self.next_ckpt_id = id + 1;
         self.since_ckpt = 0;
         (id, next, self.reclaim.checkpoint_encoded(), bytes)
     }
@@ -117,7 +132,12 @@ impl Volume {
             Some(Ok(r)) => r,
             _ => Err(Error::Invalid("the checkpoint thread panicked".into())),
         };
-        r?;
+        if let Err(e) = r {
+            // Nothing depends on a checkpoint until it lands: the state stays as it was, and
+            // what waited for it (deletions) waits for the next one.
+            tracing::warn!(volume = %self.loc, error = %e, "checkpoint on its thread failed; a later one is written instead");
+            return Ok(false);
+        }
         tracing::debug!(volume = %self.loc, next = p.next, "checkpoint written on its thread");
         self.checkpoint_landed(p.id, p.next, p.gen)?;
         Ok(true)

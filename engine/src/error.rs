@@ -45,9 +45,15 @@ pub enum Error {
     /// The named thing already exists.
     #[error("{0} already exists")]
     Exists(String),
-    /// An earlier write-path I/O error left the volume's state uncertain; writes stop until reopen.
-    #[error("volume {volume} stopped accepting writes after an I/O error ({cause}); reopen it to recover")]
-    Failed { volume: String, cause: String },
+    /// A write-path I/O error left the volume's state uncertain; writes are refused until the
+    /// volume has derived its state again from what is durable (tried at the next write or
+    /// flush). `no_space`: the error was a full disk (reported as ENOSPC, not EIO).
+    #[error("volume {volume} is not accepting writes after an I/O error ({cause}); it recovers by itself at a later write or flush")]
+    Failed {
+        volume: String,
+        cause: String,
+        no_space: bool,
+    },
     /// The operation conflicts with something that depends on it (a protected snapshot).
     #[error("{0}")]
     Busy(String),
@@ -63,6 +69,19 @@ impl Error {
             op,
             path: path.into(),
             source,
+        }
+    }
+
+    /// True if the error is a full disk (ENOSPC), directly or as the cause of a volume's
+    /// failed state: a client should see "no space", which it may wait out, not an I/O error.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            Error::Io { source, .. } => {
+                source.raw_os_error() == Some(libc::ENOSPC)
+                    || source.kind() == io::ErrorKind::StorageFull
+            }
+            Error::Failed { no_space, .. } => *no_space,
+            _ => false,
         }
     }
 

@@ -86,6 +86,125 @@ impl Volume {
         open: &OpenOptions,
         view: Option<crate::clone::BaseView>,
     ) -> Result<Volume> {
+        let read_only = lease.is_none();
+        let (mut vol, replayed, unsealed) = Self::load(backend, read_only, open, view, true, None)?;
+        *vol._lease.get_mut().unwrap_or_else(|p| p.into_inner()) = lease;
+        if !read_only {
+            if let Err(e) = vol.cover_replayed(&replayed, unsealed) {
+                // Opened all the same (reads need nothing more); the first write or flush
+                // recovers again once the disk takes the checkpoint (see `writable`).
+                tracing::warn!(volume = %vol.loc, error = %e, "cannot write the recovery checkpoint; the volume serves reads and takes writes once it can");
+                vol.failed = Some(crate::volume::Failure {
+                    cause: e.to_string(),
+                    no_space: e.is_no_space(),
+                    retry_at: Instant::now(),
+                });
+            }
+        }
+        Ok(vol)
+    }
+
+    /// Makes the segments recovery replayed durable (the writer that appended them may have
+    /// died or failed before its sync: what recovery read may be only in the page cache), then,
+    /// if an unsealed one was replayed, covers them with a checkpoint, so that new segments
+    /// never follow an unsealed one in replay and no torn tail is parsed again.
+    fn cover_replayed(&mut self, replayed: &[u32], unsealed: bool) -> Result<()> {
+        for &seq in replayed {
+            self.backend.sync_object(&segment_name(seq))?;
+        }
+        if unsealed {
+            self.write_checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Recovers from a write-path failure without a reopen: what the cleaner and checkpoint
+    /// threads were doing is dropped as at a crash, the open segment is closed, and the state
+    /// is derived again from what is durable, exactly as at open (newest valid checkpoint,
+    /// then replay, torn tails cut; a segment whose sync failed is read only up to what its
+    /// last good sync covered), then covered by a checkpoint. Writes go on in a new segment.
+    /// Acknowledged writes that are not on disk are reported by the next flush. On an error
+    /// (the disk is still full), nothing changes: the volume stays failed and reads go on.
+    pub(crate) fn reload(&mut self) -> Result<()> {
+        self.cancel_job();
+        self.abandon_checkpoint();
+        self.clean_run = None;
+        // Waits for queued deletions: the listing below must not race them.
+        self.reclaim = Default::default();
+        let uncertain = self.uncertain.or_else(|| {
+            self.open
+                .as_ref()
+                .filter(|o| o.sync.failed())
+                .map(|o| (o.seq, o.sync.durable()))
+        });
+        self.uncertain = uncertain;
+        // A failure elsewhere (a checkpoint, the cleaner) left the open segment sound: its
+        // acknowledged bytes are made durable first, so that none is lost; while they cannot
+        // be (the disk is still full), the volume waits.
+        if self
+            .open
+            .as_ref()
+            .is_some_and(|o| !o.broken && !o.sync.failed())
+        {
+            if let Err(e) = self.append_pending() {
+                self.transient = false;
+                return Err(e);
+            }
+            if let Some(o) = self.open.as_mut() {
+                let upto = o.buf.len() as u64;
+                let r = o.writer().sync();
+                o.sync.synced(upto, r.is_ok());
+                r?;
+            }
+        }
+        if let Some(o) = self.open.as_mut() {
+            // Closed (HDFS reads no object open for writing); memory still serves reads.
+            *o.writer.get_mut().unwrap_or_else(|p| p.into_inner()) =
+                Box::new(crate::volume::ClosedWriter);
+        }
+        let opts = self.open_opts.clone();
+        let (mut new, replayed, unsealed) =
+            Self::load(self.backend.clone(), false, &opts, None, false, uncertain)?;
+        if let Err(e) = new.cover_replayed(&replayed, unsealed) {
+            new.closed = true;
+            return Err(e);
+        }
+        *new._lease.get_mut().unwrap_or_else(|p| p.into_inner()) = self
+            ._lease
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if new.has_base() {
+            new.base_view = self.base_view.take();
+        }
+        new.auto_clean = self.auto_clean.clone();
+        new.bg_limiter = self.bg_limiter.take();
+        new.clean_totals = self.clean_totals;
+        new.compress_gate = self.compress_gate.clone();
+        let cause = self
+            .failed
+            .as_ref()
+            .map_or_else(String::new, |f| f.cause.clone());
+        let lost = new.serial < self.acked_serial;
+        new.lost = self.lost.take().or_else(|| lost.then(|| cause.clone()));
+        tracing::warn!(volume = %new.loc, %cause, lost_writes = lost, "volume recovered after a write-path failure");
+        let mut old = std::mem::replace(self, new);
+        old.closed = true;
+        Ok(())
+    }
+
+    /// Reads the state of a volume: superblock, newest valid checkpoint, replay. Returns the
+    /// volume (without its lease), the segments replayed and whether one was unsealed.
+    /// `open_base`: open a clone's base (else the caller moves its view over). `uncertain`: a
+    /// segment read only up to that many bytes (its later sync failed).
+    fn load(
+        backend: Arc<dyn Backend>,
+        read_only: bool,
+        open: &OpenOptions,
+        view: Option<crate::clone::BaseView>,
+        open_base: bool,
+        uncertain: Option<(u32, u64)>,
+    ) -> Result<(Volume, Vec<u32>, bool)> {
         let t0 = Instant::now();
         let loc = backend.location();
         let meta_buf = backend.read_all(META_OBJECT).map_err(|e| match e {
@@ -141,7 +260,7 @@ impl Volume {
         });
         let start = state.next_seq;
         let exclusive_known = state.exclusive_known;
-        let mut vol = Volume::assemble(backend, loc, lease, meta, state, ckpts, open);
+        let mut vol = Volume::assemble(backend, loc, read_only, meta, state, ckpts, open);
         if !exclusive_known {
             let ids: Vec<u32> = vol.snaps.keys().copied().collect();
             for id in ids {
@@ -160,13 +279,19 @@ impl Volume {
             .sum();
         let mut seq = start;
         let mut unsealed = false;
+        let mut replayed = Vec::new();
         while let Some(&len) = segments.get(&seq) {
+            let len = match uncertain {
+                Some((s, n)) if s == seq => len.min(n),
+                _ => len,
+            };
             // A reader skips unsealed segments: the writer's open one, and the cleaner's open
             // one, which may precede sealed segments and whose copies no map points at yet.
             if let Some(sealed) = vol.replay_segment(seq, len, &mut report)? {
                 unsealed |= !sealed;
                 report.segments_replayed += 1;
                 vol.since_ckpt += len;
+                replayed.push(seq);
             }
             seq += 1;
         }
@@ -196,7 +321,7 @@ impl Volume {
                 }
             }
         }
-        if vol.has_base() {
+        if vol.has_base() && open_base {
             if let Some(b) = vol.meta.base.clone() {
                 vol.base_view = Some(match view {
                     Some(v) => v,
@@ -204,22 +329,18 @@ impl Volume {
                 });
             }
         }
-        if unsealed && !vol.read_only {
-            // Cover the crashed segment with a checkpoint: later segments never follow an
-            // unsealed one in the replay path, and its torn tail is never parsed again.
-            vol.write_checkpoint()?;
-        }
+        vol.acked_serial = vol.serial;
         report.elapsed = t0.elapsed();
         tracing::info!(volume = %vol.loc, ?report, "volume opened");
         vol.recovery = report;
-        Ok(vol)
+        Ok((vol, replayed, unsealed))
     }
 
     /// The in-memory volume for a loaded state: shared by open and by read-only views.
     fn assemble(
         backend: Arc<dyn Backend>,
         loc: String,
-        lease: Option<Box<dyn Lease>>,
+        read_only: bool,
         meta: Meta,
         state: Checkpoint,
         checkpoints: Vec<u32>,
@@ -230,8 +351,8 @@ impl Volume {
             backend,
             loc,
             cache: std::sync::Mutex::new(ReadCache::new(open.cache_bytes)),
-            read_only: lease.is_none(),
-            _lease: std::sync::Mutex::new(lease),
+            read_only,
+            _lease: std::sync::Mutex::new(None),
             base_view: None,
             detached: state.detached,
             zero_marked: 0,
@@ -259,6 +380,12 @@ impl Volume {
             heat: Default::default(),
             compress_gate: Default::default(),
             failed: None,
+            transient: false,
+            uncertain: None,
+            acked_serial: 0,
+            lost: None,
+            next_ckpt_id: 0,
+            open_opts: open.clone(),
             closed: false,
             recovery: RecoveryReport::default(),
             meta,
@@ -290,7 +417,7 @@ impl Volume {
         let mut v = Volume::assemble(
             self.backend.clone(),
             self.loc.clone(),
-            None,
+            true,
             self.meta.clone(),
             state,
             Vec::new(),

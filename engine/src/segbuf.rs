@@ -18,6 +18,8 @@ pub(crate) struct SegBuf {
     len: usize,
     /// Parts already handed to the backend: never changed again.
     appended: usize,
+    /// Bytes of part `appended` handed to the backend too (an append a full disk cut short).
+    part_off: usize,
 }
 
 impl SegBuf {
@@ -67,20 +69,47 @@ impl SegBuf {
 
     /// Bytes not yet handed to the backend.
     pub fn pending_bytes(&self) -> usize {
-        self.len - self.starts.get(self.appended).copied().unwrap_or(self.len)
+        self.len - self.appended_len()
+    }
+
+    /// Bytes handed to the backend (the object's length).
+    pub fn appended_len(&self) -> usize {
+        self.starts
+            .get(self.appended)
+            .map_or(self.len, |s| s + self.part_off)
     }
 
     /// The parts not yet handed to the backend, in order.
     pub fn pending(&self) -> Vec<&[u8]> {
-        self.parts[self.appended..]
+        let mut out: Vec<&[u8]> = self.parts[self.appended..]
             .iter()
             .map(|p| p.as_slice())
-            .collect()
+            .collect();
+        if let Some(first) = out.first_mut() {
+            *first = &first[self.part_off..];
+        }
+        out
     }
 
     /// Records that every part so far was handed to the backend.
     pub fn mark_appended(&mut self) {
         self.appended = self.parts.len();
+        self.part_off = 0;
+    }
+
+    /// Records that the object now holds the first `total` bytes of the segment (an append
+    /// that stopped part-way); the rest stays pending.
+    pub fn mark_appended_to(&mut self, total: usize) {
+        let total = total.min(self.len);
+        while self.appended < self.parts.len() {
+            let end = self.starts[self.appended] + self.parts[self.appended].len();
+            if total < end {
+                self.part_off = total - self.starts[self.appended];
+                return;
+            }
+            self.appended += 1;
+            self.part_off = 0;
+        }
     }
 }
 
@@ -119,5 +148,35 @@ mod tests {
             assert_eq!(s.get(off, n), Some(&whole[off..off + n]));
         }
         assert_eq!(s.get(whole.len(), 1), None);
+    }
+
+    #[test]
+    fn an_append_cut_short_leaves_exactly_the_rest_pending() {
+        let mut s = SegBuf::default();
+        let mut whole = Vec::new();
+        for i in 0..40usize {
+            let b: Vec<u8> = (0..(OWN_PART / 3 + i * 997))
+                .map(|j| (i + j) as u8)
+                .collect();
+            whole.extend_from_slice(&b);
+            s.push(b);
+        }
+        let mut on_disk: Vec<u8> = Vec::new();
+        // A disk that takes an odd number of bytes per append, as a filling one does.
+        for cut in [1usize, 5000, 16 << 10, 3, 100_000] {
+            let flat = s.pending().concat();
+            assert_eq!(flat.len(), s.pending_bytes());
+            assert_eq!(flat, whole[on_disk.len()..]);
+            let take = cut.min(flat.len());
+            on_disk.extend_from_slice(&flat[..take]);
+            s.mark_appended_to(on_disk.len());
+            assert_eq!(s.appended_len(), on_disk.len());
+            s.extend(b"more");
+            whole.extend_from_slice(b"more");
+        }
+        on_disk.extend(s.pending().concat());
+        s.mark_appended();
+        assert_eq!(on_disk, whole);
+        assert_eq!(s.pending_bytes(), 0);
     }
 }

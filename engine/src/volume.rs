@@ -108,15 +108,76 @@ pub struct RecoveryReport {
 /// What remains of a flush once its data is with the backend: a disk sync that needs no lock on
 /// the volume (see `Volume::flush_begin`).
 #[must_use = "a flush is not durable until its wait returns"]
-pub struct FlushWait(Option<Arc<dyn crate::backend::Syncer>>);
+pub struct FlushWait(Option<(Arc<dyn crate::backend::Syncer>, u64, Arc<SyncState>)>);
 
 impl FlushWait {
     /// Blocks until every byte handed over before `flush_begin` returned is durable.
     pub fn wait(self) -> Result<()> {
         match self.0 {
-            Some(s) => s.sync(),
+            Some((s, upto, state)) => {
+                let r = s.sync();
+                state.synced(upto, r.is_ok());
+                r
+            }
             None => Ok(()),
         }
+    }
+}
+
+/// What is known durable of the open segment: the bytes the last good sync covered, and
+/// whether any sync of it failed (after which the kernel may report a later sync as good
+/// although pages were lost: the segment is trusted only up to `durable`).
+#[derive(Debug, Default)]
+pub(crate) struct SyncState {
+    durable: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicBool,
+}
+
+impl SyncState {
+    pub(crate) fn synced(&self, upto: u64, ok: bool) {
+        use std::sync::atomic::Ordering;
+        if ok {
+            self.durable.fetch_max(upto, Ordering::AcqRel);
+        } else {
+            self.failed.store(true, Ordering::Release);
+        }
+    }
+
+    pub(crate) fn durable(&self) -> u64 {
+        self.durable.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub(crate) fn failed(&self) -> bool {
+        self.failed.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// A write-path failure the volume recovers from at its next write (see `Volume::writable`).
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub cause: String,
+    pub no_space: bool,
+    /// No recovery is tried before then (a full disk is not re-read at every request).
+    pub retry_at: std::time::Instant,
+}
+
+/// How long a volume whose recovery failed waits before it tries again.
+const RETRY_AFTER: Duration = Duration::from_millis(200);
+
+/// The open segment's writer after a write-path failure: the object is closed, its bytes in
+/// memory still serve reads until the volume recovers.
+pub(crate) struct ClosedWriter;
+
+impl ObjectWriter for ClosedWriter {
+    fn append(&mut self, _data: &[u8]) -> Result<()> {
+        Err(Error::Invalid(
+            "segment writer closed after an I/O error".into(),
+        ))
+    }
+    fn sync(&mut self) -> Result<()> {
+        Err(Error::Invalid(
+            "segment writer closed after an I/O error".into(),
+        ))
     }
 }
 
@@ -192,6 +253,11 @@ pub(crate) struct OpenSeg {
     /// Footer under construction: record headers and unit lengths.
     pub footer: Vec<u8>,
     pub records: u32,
+    /// The footer is in `buf`: an append or sync of it failed, and nothing more goes in.
+    pub sealing: bool,
+    /// An append failed leaving the object in an unknown state: nothing more goes in.
+    pub broken: bool,
+    pub sync: Arc<SyncState>,
 }
 
 impl OpenSeg {
@@ -249,7 +315,19 @@ pub struct Volume {
     /// Where writes went lately (the cleaner keeps hot data apart from cold).
     pub(crate) heat: crate::cleaner::Heat,
     pub(crate) compress_gate: Arc<crate::encode::CompressGate>,
-    pub(crate) failed: Option<String>,
+    pub(crate) failed: Option<Failure>,
+    /// The last append failed part-way but the object is exactly the bytes counted as appended
+    /// (see `ObjectWriter::appended`): nothing is lost, the next append goes on from there.
+    pub(crate) transient: bool,
+    /// A segment whose sync failed, and the bytes of it known durable: recovery reads no more.
+    pub(crate) uncertain: Option<(u32, u64)>,
+    /// The serial of the last operation acknowledged.
+    pub(crate) acked_serial: u64,
+    /// Acknowledged writes a recovery could not find on disk: the next flush reports it.
+    pub(crate) lost: Option<String>,
+    /// The number the next checkpoint takes at least.
+    pub(crate) next_ckpt_id: u32,
+    pub(crate) open_opts: OpenOptions,
     pub(crate) closed: bool,
     pub(crate) recovery: RecoveryReport,
     /// None when open read-only (a clone's view of its base). Last, so that it is released
@@ -316,25 +394,52 @@ impl Volume {
         }
     }
 
-    pub(crate) fn writable(&self) -> Result<()> {
+    /// Checks that the volume may take writes; after a write-path failure, first recovers
+    /// (`reload`: the state is derived again from what is durable). While that fails (a disk
+    /// still full), its error is returned, with its kind.
+    pub(crate) fn writable(&mut self) -> Result<()> {
         if self.read_only {
             return Err(Error::ReadOnly(self.loc.clone()));
         }
-        match &self.failed {
-            Some(cause) => Err(Error::Failed {
+        let Some(f) = &self.failed else {
+            return Ok(());
+        };
+        if std::time::Instant::now() < f.retry_at {
+            return Err(Error::Failed {
                 volume: self.loc.clone(),
-                cause: cause.clone(),
-            }),
-            None => Ok(()),
+                cause: f.cause.clone(),
+                no_space: f.no_space,
+            });
+        }
+        match self.reload() {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::warn!(volume = %self.loc, error = %e, "recovery after a write-path failure failed; retrying later");
+                self.failed = Some(Failure {
+                    cause: e.to_string(),
+                    no_space: e.is_no_space(),
+                    retry_at: std::time::Instant::now() + RETRY_AFTER,
+                });
+                Err(e)
+            }
         }
     }
 
-    /// Records a write-path failure: after it nothing more is appended until reopen.
+    /// Records a write-path failure: nothing more is appended until the volume recovers, at
+    /// its next write or flush (see `writable`). An append a full disk cut short at a known
+    /// byte (`transient`) is no failure: the bytes are still in memory and go at the next one.
     pub(crate) fn fail<T>(&mut self, r: Result<T>) -> Result<T> {
         if let Err(e) = &r {
+            if std::mem::take(&mut self.transient) {
+                return r;
+            }
             if self.failed.is_none() {
-                tracing::error!(volume = %self.loc, error = %e, "write path failed; volume stops accepting writes");
-                self.failed = Some(e.to_string());
+                tracing::error!(volume = %self.loc, error = %e, "write path failed; the volume recovers at its next write");
+                self.failed = Some(Failure {
+                    cause: e.to_string(),
+                    no_space: e.is_no_space(),
+                    retry_at: std::time::Instant::now(),
+                });
             }
         }
         r
@@ -789,6 +894,9 @@ impl Volume {
         }
         self.poll_clean()?;
         let r = self.commit_group(staged);
+        if r.is_ok() {
+            self.acked_serial = self.serial;
+        }
         self.fail(r)
     }
 
@@ -799,12 +907,19 @@ impl Volume {
             .sum();
         let seg_size = self.meta.segment_size as usize;
         if let Some(o) = &self.open {
-            if o.records > 0 && o.buf.len() + o.footer.len() + need + TRAILER_LEN > seg_size {
+            if o.sealing
+                || (o.records > 0 && o.buf.len() + o.footer.len() + need + TRAILER_LEN > seg_size)
+            {
                 self.seal()?;
             }
         }
         if self.open.is_none() {
             self.start_segment()?;
+        }
+        // Bytes an earlier append could not write (a full disk) go first: while they cannot,
+        // the operation is refused before it changes anything.
+        if self.open.as_ref().map_or(0, |o| o.buf.pending_bytes()) >= APPEND_BATCH {
+            self.append_pending()?;
         }
         let n = staged.len();
         for (i, rec) in staged.iter_mut().enumerate() {
@@ -827,7 +942,14 @@ impl Volume {
         }
         let pending = self.open.as_ref().map_or(0, |o| o.buf.pending_bytes());
         if pending >= APPEND_BATCH {
-            self.append_pending()?;
+            if let Err(e) = self.append_pending() {
+                if !std::mem::take(&mut self.transient) {
+                    return Err(e);
+                }
+                // Applied and kept in memory: acknowledged like any buffered write; the next
+                // operation or flush appends it, or reports the full disk.
+                tracing::debug!(volume = %self.loc, error = %e, "append deferred");
+            }
         }
         Ok(())
     }
@@ -984,18 +1106,33 @@ impl Volume {
             buf,
             footer: Vec::new(),
             records: 0,
+            sealing: false,
+            broken: false,
+            sync: Arc::default(),
         });
         Ok(())
     }
 
-    fn append_pending(&mut self) -> Result<()> {
+    /// Hands the open segment's pending bytes to the backend. If an append fails where the
+    /// writer knows exactly what the object holds (a full disk), the rest stays pending and
+    /// `transient` is set: the error is reported, the volume goes on.
+    pub(crate) fn append_pending(&mut self) -> Result<()> {
         if let Some(o) = self.open.as_mut() {
             if o.buf.pending_bytes() > 0 {
-                o.writer
-                    .get_mut()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .append_parts(&o.buf.pending())?;
-                o.buf.mark_appended();
+                let w = o.writer.get_mut().unwrap_or_else(|p| p.into_inner());
+                let r = w.append_parts(&o.buf.pending());
+                match (r, w.appended()) {
+                    (Ok(()), _) => o.buf.mark_appended(),
+                    (Err(e), Some(n)) if n as usize <= o.buf.len() => {
+                        o.buf.mark_appended_to(n as usize);
+                        self.transient = true;
+                        return Err(e);
+                    }
+                    (Err(e), _) => {
+                        o.broken = true;
+                        return Err(e);
+                    }
+                }
             }
         }
         Ok(())
@@ -1006,21 +1143,46 @@ impl Volume {
         let Some(o) = self.open.as_mut() else {
             return Ok(());
         };
-        let start = o.buf.len() as u64;
-        let mut footer = std::mem::take(&mut o.footer);
-        format::encode_trailer(&mut footer, start, o.records);
-        o.buf.push(footer);
+        if !o.sealing {
+            let start = o.buf.len() as u64;
+            let mut footer = std::mem::take(&mut o.footer);
+            format::encode_trailer(&mut footer, start, o.records);
+            o.buf.push(footer);
+            o.sealing = true;
+        }
         self.append_pending()?;
         let Some(mut o) = self.open.take() else {
             return Ok(());
         };
-        o.writer().sync()?;
+        let r = o.writer().sync();
+        let upto = o.buf.len() as u64;
+        o.sync.synced(upto, r.is_ok());
+        // A flush's sync of this segment failed: this one may be reported good although the
+        // kernel dropped pages (the error is reported once per file).
+        let r = r.and_then(|()| match o.sync.failed() {
+            true => Err(Error::io(
+                "fdatasync",
+                segment_name(o.seq),
+                std::io::Error::other("an earlier sync of this segment failed"),
+            )),
+            false => Ok(()),
+        });
+        if let Err(e) = r {
+            self.uncertain = Some((o.seq, o.sync.durable()));
+            // Reads go on from memory until the volume recovers.
+            *o.writer.get_mut().unwrap_or_else(|p| p.into_inner()) = Box::new(ClosedWriter);
+            self.open = Some(o);
+            return Err(e);
+        }
         let bytes = o.buf.len() as u64;
         self.segs.entry(o.seq).or_default().bytes = bytes;
         self.since_ckpt += bytes;
         tracing::debug!(volume = %self.loc, seq = o.seq, bytes, "sealed segment");
         if self.since_ckpt >= self.meta.checkpoint_interval {
-            self.write_checkpoint()?;
+            // Only replay time depends on it: a failure (a full disk) leaves it for the next seal.
+            if let Err(e) = self.write_checkpoint() {
+                tracing::warn!(volume = %self.loc, error = %e, "checkpoint after a seal failed; retried at the next seal");
+            }
         }
         self.maybe_clean()
     }
@@ -1037,16 +1199,27 @@ impl Volume {
     /// flushes that overlap share one disk sync (group commit). Finish with `flush_end`.
     pub fn flush_begin(&mut self) -> Result<FlushWait> {
         self.writable()?;
+        if let Some(cause) = self.lost.take() {
+            return Err(Error::Failed {
+                volume: self.loc.clone(),
+                cause: format!(
+                    "writes acknowledged since the last flush were lost after an I/O error ({cause})"
+                ),
+                no_space: false,
+            });
+        }
         let r = self.append_pending();
         self.fail(r)?;
         let Some(o) = self.open.as_mut() else {
             return Ok(FlushWait(None));
         };
+        let upto = o.buf.len() as u64;
         match o.writer().syncer() {
-            Some(s) => Ok(FlushWait(Some(s))),
+            Some(s) => Ok(FlushWait(Some((s, upto, o.sync.clone())))),
             None => {
                 // This backend cannot sync from outside its writer: sync now, under the lock.
                 let r = o.writer().sync();
+                o.sync.synced(upto, r.is_ok());
                 self.fail(r)?;
                 Ok(FlushWait(None))
             }
@@ -1056,6 +1229,10 @@ impl Volume {
     /// The second half of a flush: records a failed sync, after which the volume refuses
     /// writes (what reached the disk is unknown), and passes the result on.
     pub fn flush_end(&mut self, r: Result<()>) -> Result<()> {
+        // A sync error is never `transient`, whatever an append left.
+        if r.is_err() {
+            self.transient = false;
+        }
         self.fail(r)
     }
 

@@ -434,7 +434,9 @@ fn engine_errno(e: &hlfs_engine::Error) -> u32 {
     match e {
         E::OutOfRange { .. } | E::Invalid(_) => EINVAL,
         E::ReadOnly(_) => EPERM,
-        E::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => ENOSPC,
+        // A full disk, also while the volume waits for space to recover (`Failed`): the client
+        // may pause and retry (QEMU's werror=enospc), where EIO fails the guest's I/O.
+        e if e.is_no_space() => ENOSPC,
         _ => EIO,
     }
 }

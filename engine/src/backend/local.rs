@@ -231,33 +231,38 @@ impl Syncer for LocalSyncer {
 
 impl ObjectWriter for LocalWriter {
     fn append(&mut self, data: &[u8]) -> Result<()> {
-        self.file
-            .write_all(data)
-            .map_err(|e| Error::io("append", self.path.display().to_string(), e))?;
-        start_writeback(&self.file, self.written, data.len());
-        self.written += data.len() as u64;
-        Ok(())
+        self.append_parts(&[data])
     }
 
     fn append_parts(&mut self, parts: &[&[u8]]) -> Result<()> {
-        let total: usize = parts.iter().map(|p| p.len()).sum();
         let mut iov: Vec<std::io::IoSlice> =
             parts.iter().map(|p| std::io::IoSlice::new(p)).collect();
         let mut slices = iov.as_mut_slice();
-        while !slices.is_empty() {
-            match self.file.write_vectored(slices) {
-                Ok(0) => {
-                    let e = std::io::Error::from(ErrorKind::WriteZero);
-                    return Err(Error::io("append", self.path.display().to_string(), e));
-                }
-                Ok(n) => std::io::IoSlice::advance_slices(&mut slices, n),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io("append", self.path.display().to_string(), e)),
+        let from = self.written;
+        // `written` counts every byte a call wrote, even one that then fails (a full disk
+        // takes part of a write): the file is always exactly the first `written` bytes.
+        let r = loop {
+            if slices.is_empty() {
+                break Ok(());
             }
+            match self.file.write_vectored(slices) {
+                Ok(0) => break Err(std::io::Error::from(ErrorKind::WriteZero)),
+                Ok(n) => {
+                    self.written += n as u64;
+                    std::io::IoSlice::advance_slices(&mut slices, n);
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        if self.written > from {
+            start_writeback(&self.file, from, (self.written - from) as usize);
         }
-        start_writeback(&self.file, self.written, total);
-        self.written += total as u64;
-        Ok(())
+        r.map_err(|e| Error::io("append", self.path.display().to_string(), e))
+    }
+
+    fn appended(&self) -> Option<u64> {
+        Some(self.written)
     }
 
     fn sync(&mut self) -> Result<()> {
@@ -435,6 +440,14 @@ impl Backend for LocalBackend {
         }
     }
 
+    fn sync_object(&self, name: &str) -> Result<()> {
+        let path = self.path(name)?;
+        File::open(&path)
+            .and_then(|f| f.sync_data())
+            .map_err(|e| Error::io("fdatasync", path.display().to_string(), e))?;
+        sync_dir(&self.dir)
+    }
+
     fn lease(&self, holder: &str) -> Result<Box<dyn Lease>> {
         let path = self.dir.join(LOCK_FILE);
         let mut file = OpenOptions::new()
@@ -478,7 +491,11 @@ impl Backend for LocalBackend {
             file.write_all(holder.as_bytes())?;
             file.write_all(b"\n")
         };
-        write(&mut file).map_err(|e| Error::io("write lock", path.display().to_string(), e))?;
+        // The holder's name is only for the message a refused opener gets: a full disk that
+        // cannot take it must not refuse the lease (a delete frees space).
+        if let Err(e) = write(&mut file) {
+            tracing::warn!(lock = %path.display(), error = %e, "could not record the lease holder");
+        }
         Ok(Box::new(LocalLease { _file: file }))
     }
 }

@@ -40,6 +40,13 @@ pub trait ObjectWriter: Send {
     fn syncer(&mut self) -> Option<Arc<dyn Syncer>> {
         None
     }
+    /// The object's exact length, if this writer knows it even after a failed append (a local
+    /// file on a full disk: what a failed call wrote is a prefix of its bytes, counted). Then the
+    /// object is exactly the first `n` bytes ever handed to it, and a retry appends the rest.
+    /// None: a failed append may have left anything behind.
+    fn appended(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Syncs an object from outside its writer (see `ObjectWriter::syncer`).
@@ -78,6 +85,13 @@ pub trait Backend: Send + Sync + Debug {
     fn list(&self) -> Result<Vec<ObjectInfo>>;
     /// Deletes an object.
     fn delete(&self, name: &str) -> Result<()>;
+    /// Makes the bytes an existing object holds now durable, whoever appended them (recovery,
+    /// before a checkpoint covers segments an earlier writer may not have synced). Backends
+    /// that make bytes readable only once they are durable keep the default.
+    fn sync_object(&self, name: &str) -> Result<()> {
+        let _ = name;
+        Ok(())
+    }
     /// Takes the exclusive writer lease, naming `holder` so that a refused opener can say who
     /// holds it.
     fn lease(&self, holder: &str) -> Result<Box<dyn Lease>>;
