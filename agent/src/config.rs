@@ -167,7 +167,12 @@ impl ConfigFile {
     /// Reads and parses a configuration file.
     pub fn load(path: &Path) -> Result<ConfigFile> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io("read config", path, e))?;
-        toml::from_str(&text).map_err(|e| Error::Config {
+        ConfigFile::parse(&text, path)
+    }
+
+    /// Parses the text of a configuration file (`path` is for error messages).
+    pub fn parse(text: &str, path: &Path) -> Result<ConfigFile> {
+        toml::from_str(text).map_err(|e| Error::Config {
             path: path.to_path_buf(),
             why: e.to_string(),
         })
@@ -211,6 +216,12 @@ impl Settings {
             Some(p) => ConfigFile::load(p)?,
             None => ConfigFile::default(),
         };
+        Settings::resolve_with(cli, &file)
+    }
+
+    /// Merges flags, a parsed configuration file (`cli.config` names it in errors) and the
+    /// defaults. Reads no file; a TCP address given as a host name is resolved.
+    pub fn resolve_with(cli: &Cli, file: &ConfigFile) -> Result<Settings> {
         let data_dir = cli
             .data_dir
             .clone()

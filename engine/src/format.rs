@@ -194,7 +194,22 @@ impl Meta {
             let snapshot = String::from_utf8(d.take(n)?.to_vec()).ok()?;
             m.base = Some(BaseRef { location, snapshot });
         }
-        Some(m)
+        m.plausible().then_some(m)
+    }
+
+    /// Whether the layout is one the engine can create (a superblock with a valid CRC but an
+    /// impossible block, segment or unit size would make recovery divide by zero or allocate
+    /// gigabytes). Unit size is checked loosely: at most a segment.
+    fn plausible(&self) -> bool {
+        let (bs, seg) = (u64::from(self.block_size), u64::from(self.segment_size));
+        self.block_size.is_power_of_two()
+            && (512..=65536).contains(&self.block_size)
+            && (64 << 10..=1 << 30).contains(&seg)
+            && seg >= 8 * bs
+            && self.unit_blocks >= 1
+            && u64::from(self.unit_blocks) * bs <= seg
+            && self.initial_size <= crate::volume::MAX_SIZE
+            && self.checkpoint_interval > 0
     }
 }
 

@@ -14,6 +14,8 @@ pub mod error;
 mod exclusive;
 pub mod extent_map;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 mod recovery;
 mod seg_numbers;
 mod segbuf;

@@ -578,7 +578,8 @@ impl Volume {
         let bad = |what: &str| Error::corrupt(&self.loc, segment_name(seq), f.start, what);
         let mut d = Dec::new(&f.body);
         let mut rec_off = SEG_HEADER_LEN as u64;
-        let mut out = Vec::with_capacity(f.count as usize);
+        // The count is data: reserve no more entries than the footer's bytes can hold.
+        let mut out = Vec::with_capacity((f.count as usize).min(f.body.len() / RECORD_HEADER_LEN));
         for _ in 0..f.count {
             let hdr = d
                 .take(RECORD_HEADER_LEN)

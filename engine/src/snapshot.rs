@@ -121,6 +121,12 @@ impl Volume {
         }
         self.writable()?;
         let id = self.next_snap_id;
+        if self.snaps.contains_key(&id) {
+            return Err(Error::Invalid(format!(
+                "volume {}: no snapshot id left (the log names snapshot {id})",
+                self.loc
+            )));
+        }
         self.staged.clear();
         self.stage(
             RecordKind::Snapshot,
@@ -292,7 +298,7 @@ impl Volume {
             },
         );
         self.head_parent = Some(id);
-        self.next_snap_id = self.next_snap_id.max(id + 1);
+        self.next_snap_id = self.next_snap_id.max(id.saturating_add(1));
     }
 
     pub(crate) fn remove_snapshot(&mut self, id: u32) {

@@ -1056,7 +1056,11 @@ impl Volume {
             RecordKind::Snapshot => {
                 let (created, frozen, name) = crate::snapshot::decode_snapshot_body(meta)
                     .ok_or_else(|| bad("snapshot record malformed"))?;
-                let id = u32::try_from(hdr.arg).map_err(|_| bad("snapshot id out of range"))?;
+                // u32::MAX is no id: checkpoints store a parent as id + 1.
+                let id = u32::try_from(hdr.arg)
+                    .ok()
+                    .filter(|id| *id < u32::MAX)
+                    .ok_or_else(|| bad("snapshot id out of range"))?;
                 self.add_snapshot(id, name, created, frozen, hdr.serial);
             }
             RecordKind::SnapshotDelete => {
