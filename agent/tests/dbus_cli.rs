@@ -348,7 +348,7 @@ fn named_errors_and_properties_changed_over_zbus() {
             ),
             "org.hlfs.Error.NotFound"
         );
-        // Nothing listens on port 1: a clear I/O error, at once.
+        // Nothing listens on port 1: the pool is unavailable (a kind clients can retry), at once.
         let hdfs: hlfs_agent::Result<(zbus::zvariant::OwnedObjectPath, bool)> = c
             .call(
                 "/org/hlfs/Hlfs1",
@@ -357,7 +357,7 @@ fn named_errors_and_properties_changed_over_zbus() {
                 &("h", "hdfs://127.0.0.1:1/p"),
             )
             .await;
-        assert_eq!(name(hdfs.map(|(p, _)| p)), "org.hlfs.Error.Io");
+        assert_eq!(name(hdfs.map(|(p, _)| p)), "org.hlfs.Error.Unavailable");
         let bad_uri: hlfs_agent::Result<(zbus::zvariant::OwnedObjectPath, bool)> = c
             .call(
                 "/org/hlfs/Hlfs1",
@@ -761,7 +761,7 @@ fn introspection_matches_the_xml_in_the_repo() {
         ]
     );
     if std::env::var_os("HLFS_UPDATE_XML").is_some() {
-        let mut x = String::from("<!DOCTYPE node PUBLIC \"-//freedesktop//DTD D-BUS Object Introspection 1.0//EN\"\n \"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd\">\n<!-- The D-Bus API of hlfsd (service org.hlfs.Hlfs1), as introspected. See docs/dbus.md.\n     Regenerate: HLFS_UPDATE_XML=1 cargo test -p hlfs-agent --test dbus_cli introspection -->\n<node>\n");
+        let mut x = String::from("<!DOCTYPE node PUBLIC \"-//freedesktop//DTD D-BUS Object Introspection 1.0//EN\"\n \"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd\">\n<!-- The D-Bus API of hlfsd (service org.hlfs.Hlfs1), as introspected. See docs/dbus.md.\n     Regenerate: run the dbus_cli test introspection_matches_the_xml_in_the_repo (hlfs-agent)\n     with HLFS_UPDATE_XML=1 set. -->\n<node>\n");
         let mut rest = live.as_str();
         let mut seen = std::collections::BTreeSet::new();
         while let Some(i) = rest.find("  <interface name=\"org.hlfs.") {
@@ -781,6 +781,16 @@ fn introspection_matches_the_xml_in_the_repo() {
         x.push_str("</node>\n");
         std::fs::write(XML, x).unwrap();
     }
+    // Well-formed XML: a comment must not hold "--" (xmllint reads the file as any tool would).
+    let lint = std::process::Command::new("xmllint")
+        .args(["--noout", XML])
+        .output()
+        .expect("run xmllint (libxml2-utils)");
+    assert!(
+        lint.status.success(),
+        "{XML} is not well-formed: {}",
+        String::from_utf8_lossy(&lint.stderr)
+    );
     let repo = std::fs::read_to_string(XML).expect("read the repo's introspection XML");
     let repo_ifaces = hlfs_interfaces(&repo);
     for (name, live_xml) in &live_ifaces {
