@@ -128,19 +128,42 @@ pub async fn connect_to(e: &Endpoint) -> std::result::Result<zbus::Connection, S
     }
 }
 
-/// Connects to the first endpoint that answers; the error lists each one tried and why.
-pub async fn connect(endpoints: &[Endpoint]) -> Result<(zbus::Connection, Endpoint)> {
+/// Connects to the first endpoint that answers; else every endpoint tried with why it failed.
+pub async fn try_connect(
+    endpoints: &[Endpoint],
+) -> std::result::Result<(zbus::Connection, Endpoint), Vec<(Endpoint, String)>> {
     let mut tried = Vec::new();
     for e in endpoints {
         match connect_to(e).await {
             Ok(c) => return Ok((c, e.clone())),
-            Err(why) => tried.push(format!("{e} ({why})")),
+            Err(why) => tried.push((e.clone(), why)),
         }
     }
-    Err(HlfsError::Unavailable(format!(
-        "cannot reach hlfsd (is it running?); tried: {}",
-        tried.join("; ")
-    )))
+    Err(tried)
+}
+
+/// The message for a failed [`try_connect`]: `cannot reach hlfsd at PATH (is it running?): WHY`
+/// for one endpoint, else every endpoint tried and why each failed.
+pub fn describe_failure(tried: &[(Endpoint, String)]) -> String {
+    match tried {
+        [(e, why)] => format!("cannot reach hlfsd at {e} (is it running?): {why}"),
+        _ => format!(
+            "cannot reach hlfsd (is it running?); tried {}",
+            tried
+                .iter()
+                .map(|(e, why)| format!("{e} ({why})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Connects to the first endpoint that answers; the error (`Unavailable`) lists each one
+/// tried and why.
+pub async fn connect(endpoints: &[Endpoint]) -> Result<(zbus::Connection, Endpoint)> {
+    try_connect(endpoints)
+        .await
+        .map_err(|tried| HlfsError::Unavailable(describe_failure(&tried)))
 }
 
 #[cfg(test)]

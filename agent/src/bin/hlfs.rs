@@ -18,6 +18,13 @@ const VOLUME: &str = "org.hlfs.Volume1";
 const MANAGER: &str = "org.hlfs.Manager1";
 const SNAPSHOT: &str = "org.hlfs.Snapshot1";
 
+/// A bus to reach hlfsd through.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum BusArg {
+    Session,
+    System,
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "hlfs",
@@ -25,12 +32,13 @@ const SNAPSHOT: &str = "org.hlfs.Snapshot1";
     about = "HLFS admin CLI: pools, volumes, snapshots, import and export"
 )]
 struct Cli {
-    /// hlfsd's peer-to-peer D-Bus socket [$HLFS_SOCKET, else RUNTIME_DIR/dbus.sock]
-    #[arg(long, value_name = "PATH", global = true)]
+    /// hlfsd's peer-to-peer D-Bus socket [default: your own daemon's RUNTIME_DIR/dbus.sock,
+    /// then /run/hlfs/dbus.sock, then the system bus]
+    #[arg(long, value_name = "PATH", global = true, env = "HLFS_SOCKET")]
     socket: Option<PathBuf>,
-    /// Reach hlfsd through a bus instead: session or system
-    #[arg(long, value_name = "BUS", global = true, conflicts_with = "socket")]
-    bus: Option<String>,
+    /// Reach hlfsd through a bus instead
+    #[arg(long, value_enum, global = true, conflicts_with = "socket")]
+    bus: Option<BusArg>,
     /// Machine-readable output
     #[arg(long, global = true)]
     json: bool,
@@ -186,19 +194,11 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn connect(cli: &Cli) -> Result<Client> {
-    match cli.bus.as_deref() {
-        Some("session") => Client::bus(false).await,
-        Some("system") => Client::bus(true).await,
-        Some(other) => Err(Error::invalid("bus", other, "expected session or system")),
-        None => {
-            let sock = cli
-                .socket
-                .clone()
-                .or_else(|| std::env::var_os("HLFS_SOCKET").map(PathBuf::from))
-                .unwrap_or_else(|| hlfs_agent::paths::default_runtime_dir().join("dbus.sock"));
-            Client::p2p(&sock).await
-        }
-    }
+    let bus = cli.bus.map(|b| match b {
+        BusArg::Session => hlfs_client::socket::Bus::Session,
+        BusArg::System => hlfs_client::socket::Bus::System,
+    });
+    Client::connect(cli.socket.as_deref(), bus).await
 }
 
 /// Prints JSON, or the human text.
