@@ -1151,6 +1151,31 @@ fn cli_round_trips_a_qcow2_image_and_manages_volumes_and_snapshots() {
         e.contains("cannot reach hlfsd at /nonexistent/dbus.sock"),
         "{e}"
     );
+    assert!(
+        e.trim_end().ends_with("[org.hlfs.Error.Unavailable]"),
+        "{e}"
+    );
+    // Under --json the error is one JSON object with the D-Bus name; exit status 1.
+    let o = Command::new(env!("CARGO_BIN_EXE_hlfs"))
+        .args([
+            "--json",
+            "--socket",
+            "/nonexistent/dbus.sock",
+            "pool",
+            "list",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_str(err(&o).trim()).unwrap();
+    assert_eq!(v["error"]["name"], "org.hlfs.Error.Unavailable");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot reach hlfsd at /nonexistent/dbus.sock"),
+        "{v}"
+    );
 }
 
 /// Whether `qemu-img compare` finds the two images equal (exit 0) or different (exit 1).

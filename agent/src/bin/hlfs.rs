@@ -181,12 +181,20 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    let json = cli.json;
     match rt.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            match &e {
-                Error::Remote { name, .. } => eprintln!("hlfs: {e} [{name}]"),
-                _ => eprintln!("hlfs: {e}"),
+            // Every error carries its D-Bus name: hlfsd's, or the one its kind maps to.
+            let name = match &e {
+                Error::Remote { name, .. } => name.clone(),
+                _ => e.kind().dbus_name().to_string(),
+            };
+            if json {
+                let v = serde_json::json!({"error": {"name": name, "message": e.to_string()}});
+                eprintln!("{v}");
+            } else {
+                eprintln!("hlfs: {e} [{name}]");
             }
             std::process::ExitCode::FAILURE
         }
