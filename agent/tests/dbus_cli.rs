@@ -1539,3 +1539,45 @@ fn nbd_writes_emit_properties_changed_for_the_volume() {
         assert_eq!(seen.last(), Some(&(512 << 10)), "after a trim: {seen:?}");
     });
 }
+
+/// `hlfs completions` and `hlfs man` need no daemon; clap suggests a misspelt command.
+#[test]
+fn completions_man_page_and_suggestions() {
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_hlfs"))
+            .args(args)
+            .env_remove("HLFS_SOCKET")
+            .output()
+            .unwrap()
+    };
+    for (shell, marker) in [
+        ("bash", "_hlfs()"),
+        ("zsh", "#compdef hlfs"),
+        ("fish", "complete -c hlfs"),
+    ] {
+        let o = run(&["completions", shell]);
+        assert!(o.status.success(), "{shell}");
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(text.contains(marker), "{shell}: {text}");
+        assert!(
+            text.contains("snapshot") && text.contains("import"),
+            "{shell}"
+        );
+    }
+    let o = run(&["man"]);
+    assert!(o.status.success());
+    let man = String::from_utf8_lossy(&o.stdout);
+    assert!(man.contains(".TH hlfs"), "{man}");
+    assert!(man.contains("HLFS admin CLI"), "{man}");
+    let o = run(&["completions", "powershell"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("bash, zsh, fish"));
+    let o = run(&["volum", "list"]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(e.contains("similar subcommand exists: 'volume'"), "{e}");
+    let o = run(&["--bus", "sesion", "pool", "list"]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(e.contains("'session'"), "{e}");
+}

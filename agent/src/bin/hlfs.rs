@@ -77,6 +77,37 @@ enum Cmd {
         #[arg(long, short = 'O', default_value = "raw")]
         format: String,
     },
+    /// Print the completion script for SHELL (packaging installs them)
+    Completions { shell: ShellArg },
+    /// Print the man page hlfs(1), in roff
+    Man,
+}
+
+/// A shell to complete for.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ShellArg {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// `hlfs completions` and `hlfs man`: generated from the command definition, no daemon needed.
+fn generate(cmd: &Cmd) -> Option<std::io::Result<()>> {
+    use clap::CommandFactory;
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        Cmd::Completions { shell } => {
+            let shell = match shell {
+                ShellArg::Bash => clap_complete::Shell::Bash,
+                ShellArg::Zsh => clap_complete::Shell::Zsh,
+                ShellArg::Fish => clap_complete::Shell::Fish,
+            };
+            clap_complete::generate(shell, &mut Cli::command(), "hlfs", &mut out);
+            Some(out.flush())
+        }
+        Cmd::Man => Some(clap_mangen::Man::new(Cli::command()).render(&mut out)),
+        _ => None,
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -171,6 +202,14 @@ enum SnapCmd {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    match generate(&cli.cmd) {
+        Some(Ok(())) => return std::process::ExitCode::SUCCESS,
+        Some(Err(e)) => {
+            eprintln!("hlfs: cannot write to stdout: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+        None => {}
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -659,6 +698,8 @@ async fn run(cli: Cli) -> Result<()> {
             need_snapshot(&r, snapshot)?;
             export(&c, json, &r, image, format).await?;
         }
+        // Handled in main, before connecting.
+        Cmd::Completions { .. } | Cmd::Man => {}
     }
     Ok(())
 }
