@@ -1581,3 +1581,35 @@ fn completions_man_page_and_suggestions() {
     let e = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(e.contains("'session'"), "{e}");
 }
+
+/// `hlfs job list` shows a finished job; `hlfs job cancel` of it says it was not running, and
+/// of an unknown job fails with NotFound.
+#[test]
+fn job_list_and_cancel() {
+    let d = Daemon::start("job-cli", &["--create-volume", "default/vm1:1M"]);
+    let none = json(&hlfs(&d, false, &["--json", "job", "list"]));
+    assert_eq!(none, serde_json::json!([]));
+    ok(&hlfs(&d, false, &["volume", "clean", "vm1"]));
+    let jobs = json(&hlfs(&d, false, &["--json", "job", "list"]));
+    let jobs = jobs.as_array().unwrap();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0]["kind"], "clean");
+    assert_eq!(jobs[0]["state"], "done");
+    let id = jobs[0]["id"].as_u64().unwrap().to_string();
+    let human = ok(&hlfs(&d, false, &["job", "list"]));
+    assert!(
+        human
+            .lines()
+            .any(|l| l.trim_start().starts_with(&format!("{id} "))
+                && l.contains("clean")
+                && l.contains("done")),
+        "{human}"
+    );
+    let c = json(&hlfs(&d, false, &["--json", "job", "cancel", &id]));
+    assert_eq!(c["cancelled"], false);
+    let e = err(&hlfs(&d, false, &["job", "cancel", "999"]));
+    assert!(
+        e.contains("job 999 not found") && e.contains("org.hlfs.Error.NotFound"),
+        "{e}"
+    );
+}

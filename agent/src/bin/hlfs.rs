@@ -57,6 +57,9 @@ enum Cmd {
     /// Snapshots: create, list (tree), delete, rollback, export
     #[command(subcommand)]
     Snapshot(SnapCmd),
+    /// Jobs (import, export, clean, flatten): list, cancel
+    #[command(subcommand)]
+    Job(JobCmd),
     /// Create volume NEW (pool/name or name) from snapshot VOLUME%SNAP, instantly
     Clone { source: String, new: String },
     /// Copy everything a clone reads from its base into it
@@ -108,6 +111,14 @@ fn generate(cmd: &Cmd) -> Option<std::io::Result<()>> {
         Cmd::Man => Some(clap_mangen::Man::new(Cli::command()).render(&mut out)),
         _ => None,
     }
+}
+
+#[derive(Debug, Subcommand)]
+enum JobCmd {
+    /// Running and recently finished jobs (finished ones stay 5 minutes)
+    List,
+    /// Stop running job ID (waits for nothing: see `job list`)
+    Cancel { id: u32 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -697,6 +708,77 @@ async fn run(cli: Cli) -> Result<()> {
             let r = c.resolve(snapshot).await?;
             need_snapshot(&r, snapshot)?;
             export(&c, json, &r, image, format).await?;
+        }
+        Cmd::Job(JobCmd::List) => {
+            // The job objects are the children of ROOT/job (the ObjectManager is not served
+            // to a p2p connection before its first call is answered).
+            let root = format!("{}/job", hlfs_agent::dbus::paths::ROOT);
+            let xml: String = match c
+                .call(
+                    &root,
+                    "org.freedesktop.DBus.Introspectable",
+                    "Introspect",
+                    &(),
+                )
+                .await
+            {
+                Ok(x) => x,
+                Err(Error::NotFound(_)) => String::new(),
+                Err(e) => return Err(e),
+            };
+            let ids: Vec<u32> = xml
+                .split("<node name=\"")
+                .skip(1)
+                .filter_map(|r| r.split('"').next()?.parse().ok())
+                .collect();
+            let mut rows: Vec<(u32, Value)> = Vec::new();
+            for id in ids {
+                let path = hlfs_agent::dbus::paths::job(id);
+                let p = match c.props(path.as_str(), "org.hlfs.Job1").await {
+                    Ok(p) => p,
+                    // Gone meanwhile (finished jobs expire).
+                    Err(Error::NotFound(_)) => continue,
+                    Err(e) => return Err(e),
+                };
+                rows.push((
+                    id,
+                    json!({"id": id, "kind": prop_str(&p, "Kind"),
+                    "state": prop_str(&p, "State"), "progress": prop_f64(&p, "Progress"),
+                    "description": prop_str(&p, "Description"), "error": prop_str(&p, "Error")}),
+                ));
+            }
+            rows.sort_by_key(|(id, _)| *id);
+            let rows: Vec<Value> = rows.into_iter().map(|(_, v)| v).collect();
+            out(json, Value::Array(rows.clone()), || {
+                let mut s = format!(
+                    "{:>4}  {:<8} {:<10} {:>6}  DESCRIPTION\n",
+                    "ID", "KIND", "STATE", "DONE"
+                );
+                for r in &rows {
+                    s += &format!(
+                        "{:>4}  {:<8} {:<10} {:>5.1}%  {}\n",
+                        r["id"],
+                        r["kind"].as_str().unwrap_or(""),
+                        r["state"].as_str().unwrap_or(""),
+                        r["progress"].as_f64().unwrap_or(0.0),
+                        r["description"].as_str().unwrap_or("")
+                    );
+                }
+                s
+            });
+        }
+        Cmd::Job(JobCmd::Cancel { id }) => {
+            let path = hlfs_agent::dbus::paths::job(*id);
+            let was_running: bool = c
+                .call(path.as_str(), "org.hlfs.Job1", "Cancel", &())
+                .await?;
+            out(json, json!({"id": id, "cancelled": was_running}), || {
+                if was_running {
+                    format!("cancelled job {id}")
+                } else {
+                    format!("job {id} was not running")
+                }
+            });
         }
         // Handled in main, before connecting.
         Cmd::Completions { .. } | Cmd::Man => {}
