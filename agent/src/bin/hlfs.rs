@@ -757,7 +757,7 @@ async fn run(cli: Cli) -> Result<()> {
                 for r in &rows {
                     s += &format!(
                         "{:>4}  {:<8} {:<10} {:>5.1}%  {}\n",
-                        r["id"],
+                        r["id"].as_u64().unwrap_or(0),
                         r["kind"].as_str().unwrap_or(""),
                         r["state"].as_str().unwrap_or(""),
                         r["progress"].as_f64().unwrap_or(0.0),
