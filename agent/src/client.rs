@@ -5,6 +5,7 @@
 use crate::dbus::paths;
 use crate::error::{Error, Result};
 use crate::names::check_name;
+use hlfs_client::socket;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -44,6 +45,32 @@ fn remote(e: zbus::Error) -> Error {
 }
 
 impl Client {
+    /// Connects by the socket rule ([`hlfs_client::socket`]): `socket` or `bus` alone if given,
+    /// else `$HLFS_SOCKET`, else the caller's own daemon, `/run/hlfs/dbus.sock`, the system bus.
+    pub async fn connect(socket: Option<&Path>, bus: Option<socket::Bus>) -> Result<Client> {
+        let eps = socket::endpoints(socket, bus);
+        match socket::try_connect(&eps).await {
+            Ok((conn, _)) => Ok(Client { conn }),
+            Err(tried) => Err(match &tried[..] {
+                [(e, why)] => Error::Connect {
+                    context: format!("cannot reach hlfsd at {e} (is it running?)"),
+                    why: why.clone(),
+                },
+                _ => Error::Connect {
+                    context: "cannot reach hlfsd (is it running?)".into(),
+                    why: format!(
+                        "tried {}",
+                        tried
+                            .iter()
+                            .map(|(e, why)| format!("{e} ({why})"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                },
+            }),
+        }
+    }
+
     /// Connects to hlfsd's peer-to-peer socket.
     pub async fn p2p(socket: &Path) -> Result<Client> {
         let ctx = format!(

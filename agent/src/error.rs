@@ -99,3 +99,48 @@ impl Error {
         }
     }
 }
+
+impl Error {
+    /// What kind of failure this is; the D-Bus error name is chosen by it (an HDFS pool whose
+    /// NameNode is down reaches clients as `org.hlfs.Error.Unavailable`).
+    pub fn kind(&self) -> hlfs_client::ErrorKind {
+        use hlfs_client::ErrorKind as K;
+        match self {
+            Error::Io { source, .. } => engine_kind(hlfs_engine::ErrorKind::of_io(source)),
+            Error::Engine { source, .. } => engine_kind(source.kind()),
+            Error::InvalidName { .. } | Error::InvalidValue { .. } | Error::Config { .. } => {
+                K::InvalidArgument
+            }
+            Error::NotFound(_) => K::NotFound,
+            Error::Exists(_) => K::Exists,
+            Error::Busy(_) => K::Busy,
+            Error::Unavailable { .. } => K::Unavailable,
+            Error::Unsupported(_) => K::NotSupported,
+            Error::PermissionDenied(_) => K::PermissionDenied,
+            Error::Remote { name, .. } => hlfs_client::ErrorKind::ALL
+                .into_iter()
+                .find(|k| k.dbus_name() == name)
+                .unwrap_or(K::Io),
+            Error::Connect { .. } => K::Unavailable,
+            Error::Tool { .. } => K::Io,
+        }
+    }
+}
+
+/// The client-side kind of an engine error kind.
+pub fn engine_kind(k: hlfs_engine::ErrorKind) -> hlfs_client::ErrorKind {
+    use hlfs_client::ErrorKind as K;
+    use hlfs_engine::ErrorKind as E;
+    match k {
+        E::NotFound => K::NotFound,
+        E::Exists => K::Exists,
+        E::Busy => K::Busy,
+        E::InvalidArgument => K::InvalidArgument,
+        E::PermissionDenied => K::PermissionDenied,
+        E::Unavailable => K::Unavailable,
+        E::ReadOnly => K::ReadOnly,
+        E::NoSpace => K::NoSpace,
+        E::Corrupt => K::Corrupt,
+        E::Io => K::Io,
+    }
+}

@@ -348,7 +348,7 @@ fn named_errors_and_properties_changed_over_zbus() {
             ),
             "org.hlfs.Error.NotFound"
         );
-        // Nothing listens on port 1: a clear I/O error, at once.
+        // Nothing listens on port 1: the pool is unavailable (a kind clients can retry), at once.
         let hdfs: hlfs_agent::Result<(zbus::zvariant::OwnedObjectPath, bool)> = c
             .call(
                 "/org/hlfs/Hlfs1",
@@ -357,7 +357,7 @@ fn named_errors_and_properties_changed_over_zbus() {
                 &("h", "hdfs://127.0.0.1:1/p"),
             )
             .await;
-        assert_eq!(name(hdfs.map(|(p, _)| p)), "org.hlfs.Error.Io");
+        assert_eq!(name(hdfs.map(|(p, _)| p)), "org.hlfs.Error.Unavailable");
         let bad_uri: hlfs_agent::Result<(zbus::zvariant::OwnedObjectPath, bool)> = c
             .call(
                 "/org/hlfs/Hlfs1",
@@ -761,7 +761,7 @@ fn introspection_matches_the_xml_in_the_repo() {
         ]
     );
     if std::env::var_os("HLFS_UPDATE_XML").is_some() {
-        let mut x = String::from("<!DOCTYPE node PUBLIC \"-//freedesktop//DTD D-BUS Object Introspection 1.0//EN\"\n \"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd\">\n<!-- The D-Bus API of hlfsd (service org.hlfs.Hlfs1), as introspected. See docs/dbus.md.\n     Regenerate: HLFS_UPDATE_XML=1 cargo test -p hlfs-agent --test dbus_cli introspection -->\n<node>\n");
+        let mut x = String::from("<!DOCTYPE node PUBLIC \"-//freedesktop//DTD D-BUS Object Introspection 1.0//EN\"\n \"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd\">\n<!-- The D-Bus API of hlfsd (service org.hlfs.Hlfs1), as introspected. See docs/dbus.md.\n     Regenerate: run the dbus_cli test introspection_matches_the_xml_in_the_repo (hlfs-agent)\n     with HLFS_UPDATE_XML=1 set. -->\n<node>\n");
         let mut rest = live.as_str();
         let mut seen = std::collections::BTreeSet::new();
         while let Some(i) = rest.find("  <interface name=\"org.hlfs.") {
@@ -781,6 +781,16 @@ fn introspection_matches_the_xml_in_the_repo() {
         x.push_str("</node>\n");
         std::fs::write(XML, x).unwrap();
     }
+    // Well-formed XML: a comment must not hold "--" (xmllint reads the file as any tool would).
+    let lint = std::process::Command::new("xmllint")
+        .args(["--noout", XML])
+        .output()
+        .expect("run xmllint (libxml2-utils)");
+    assert!(
+        lint.status.success(),
+        "{XML} is not well-formed: {}",
+        String::from_utf8_lossy(&lint.stderr)
+    );
     let repo = std::fs::read_to_string(XML).expect("read the repo's introspection XML");
     let repo_ifaces = hlfs_interfaces(&repo);
     for (name, live_xml) in &live_ifaces {
@@ -1140,6 +1150,31 @@ fn cli_round_trips_a_qcow2_image_and_manages_volumes_and_snapshots() {
     assert!(
         e.contains("cannot reach hlfsd at /nonexistent/dbus.sock"),
         "{e}"
+    );
+    assert!(
+        e.trim_end().ends_with("[org.hlfs.Error.Unavailable]"),
+        "{e}"
+    );
+    // Under --json the error is one JSON object with the D-Bus name; exit status 1.
+    let o = Command::new(env!("CARGO_BIN_EXE_hlfs"))
+        .args([
+            "--json",
+            "--socket",
+            "/nonexistent/dbus.sock",
+            "pool",
+            "list",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_str(err(&o).trim()).unwrap();
+    assert_eq!(v["error"]["name"], "org.hlfs.Error.Unavailable");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot reach hlfsd at /nonexistent/dbus.sock"),
+        "{v}"
     );
 }
 
@@ -1503,4 +1538,78 @@ fn nbd_writes_emit_properties_changed_for_the_volume() {
         let seen = allocated_signals(&mut stream, vol, std::time::Duration::from_secs(4)).await;
         assert_eq!(seen.last(), Some(&(512 << 10)), "after a trim: {seen:?}");
     });
+}
+
+/// `hlfs completions` and `hlfs man` need no daemon; clap suggests a misspelt command.
+#[test]
+fn completions_man_page_and_suggestions() {
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_hlfs"))
+            .args(args)
+            .env_remove("HLFS_SOCKET")
+            .output()
+            .unwrap()
+    };
+    for (shell, marker) in [
+        ("bash", "_hlfs()"),
+        ("zsh", "#compdef hlfs"),
+        ("fish", "complete -c hlfs"),
+    ] {
+        let o = run(&["completions", shell]);
+        assert!(o.status.success(), "{shell}");
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(text.contains(marker), "{shell}: {text}");
+        assert!(
+            text.contains("snapshot") && text.contains("import"),
+            "{shell}"
+        );
+    }
+    let o = run(&["man"]);
+    assert!(o.status.success());
+    let man = String::from_utf8_lossy(&o.stdout);
+    assert!(man.contains(".TH hlfs"), "{man}");
+    assert!(man.contains("HLFS admin CLI"), "{man}");
+    let o = run(&["completions", "powershell"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("bash, zsh, fish"));
+    let o = run(&["volum", "list"]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(e.contains("similar subcommand exists: 'volume'"), "{e}");
+    let o = run(&["--bus", "sesion", "pool", "list"]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(e.contains("'session'"), "{e}");
+}
+
+/// `hlfs job list` shows a finished job; `hlfs job cancel` of it says it was not running, and
+/// of an unknown job fails with NotFound.
+#[test]
+fn job_list_and_cancel() {
+    let d = Daemon::start("job-cli", &["--create-volume", "default/vm1:1M"]);
+    let none = json(&hlfs(&d, false, &["--json", "job", "list"]));
+    assert_eq!(none, serde_json::json!([]));
+    ok(&hlfs(&d, false, &["volume", "clean", "vm1"]));
+    let jobs = json(&hlfs(&d, false, &["--json", "job", "list"]));
+    let jobs = jobs.as_array().unwrap();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0]["kind"], "clean");
+    assert_eq!(jobs[0]["state"], "done");
+    let id = jobs[0]["id"].as_u64().unwrap().to_string();
+    let human = ok(&hlfs(&d, false, &["job", "list"]));
+    assert!(
+        human
+            .lines()
+            .any(|l| l.trim_start().starts_with(&format!("{id} "))
+                && l.contains("clean")
+                && l.contains("done")),
+        "{human}"
+    );
+    let c = json(&hlfs(&d, false, &["--json", "job", "cancel", &id]));
+    assert_eq!(c["cancelled"], false);
+    let e = err(&hlfs(&d, false, &["job", "cancel", "999"]));
+    assert!(
+        e.contains("job 999 not found") && e.contains("org.hlfs.Error.NotFound"),
+        "{e}"
+    );
 }

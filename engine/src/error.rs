@@ -100,3 +100,82 @@ impl Error {
         }
     }
 }
+
+/// The kind of an [`Error`], for callers that act on it (the agent picks the D-Bus error name
+/// from it; a client maps it to its own codes) without parsing messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    NotFound,
+    Exists,
+    Busy,
+    InvalidArgument,
+    PermissionDenied,
+    /// The backend does not answer now (an HDFS NameNode or DataNode that is down).
+    Unavailable,
+    ReadOnly,
+    NoSpace,
+    Corrupt,
+    Io,
+}
+
+impl ErrorKind {
+    /// The kind of an operating-system or backend I/O error.
+    pub fn of_io(e: &io::Error) -> ErrorKind {
+        use io::ErrorKind as K;
+        match e.kind() {
+            K::StorageFull | K::QuotaExceeded => ErrorKind::NoSpace,
+            K::ReadOnlyFilesystem => ErrorKind::ReadOnly,
+            K::PermissionDenied => ErrorKind::PermissionDenied,
+            K::ConnectionRefused
+            | K::ConnectionReset
+            | K::ConnectionAborted
+            | K::NotConnected
+            | K::TimedOut
+            | K::HostUnreachable
+            | K::NetworkUnreachable
+            | K::NetworkDown => ErrorKind::Unavailable,
+            _ => ErrorKind::Io,
+        }
+    }
+}
+
+impl Error {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Io { source, .. } => ErrorKind::of_io(source),
+            Error::Corrupt { .. } => ErrorKind::Corrupt,
+            Error::Locked { .. } | Error::Busy(_) => ErrorKind::Busy,
+            Error::Invalid(_) | Error::OutOfRange { .. } => ErrorKind::InvalidArgument,
+            Error::NotFound(_) => ErrorKind::NotFound,
+            Error::Exists(_) => ErrorKind::Exists,
+            Error::Failed { .. } => ErrorKind::Io,
+            Error::ReadOnly(_) => ErrorKind::ReadOnly,
+        }
+    }
+}
+
+#[cfg(test)]
+mod kind_tests {
+    use super::*;
+
+    #[test]
+    fn kinds_of_errors() {
+        let io = |k: io::ErrorKind| Error::io("write", "seg", io::Error::from(k));
+        assert_eq!(io(io::ErrorKind::StorageFull).kind(), ErrorKind::NoSpace);
+        assert_eq!(
+            io(io::ErrorKind::ConnectionRefused).kind(),
+            ErrorKind::Unavailable
+        );
+        assert_eq!(io(io::ErrorKind::UnexpectedEof).kind(), ErrorKind::Io);
+        assert_eq!(
+            Error::corrupt("v", "seg", 0, "crc").kind(),
+            ErrorKind::Corrupt
+        );
+        assert_eq!(Error::ReadOnly("v".into()).kind(), ErrorKind::ReadOnly);
+        assert_eq!(
+            Error::Invalid("x".into()).kind(),
+            ErrorKind::InvalidArgument
+        );
+    }
+}

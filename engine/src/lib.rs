@@ -25,7 +25,7 @@ mod volume;
 pub use backend::{Backend, LocalBackend};
 pub use cleaner::{CleanPolicy, CleanReport, RateLimiter};
 pub use encode::{EncodedWrite, Encoder};
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use format::BaseRef;
 pub use snapshot::{check_snapshot_name, Consistency, SnapshotInfo};
 pub use volume::{CreateOptions, FlushWait, OpenOptions, RecoveryReport, Stat, Volume, MAX_SIZE};

@@ -18,6 +18,13 @@ const VOLUME: &str = "org.hlfs.Volume1";
 const MANAGER: &str = "org.hlfs.Manager1";
 const SNAPSHOT: &str = "org.hlfs.Snapshot1";
 
+/// A bus to reach hlfsd through.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum BusArg {
+    Session,
+    System,
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "hlfs",
@@ -25,12 +32,13 @@ const SNAPSHOT: &str = "org.hlfs.Snapshot1";
     about = "HLFS admin CLI: pools, volumes, snapshots, import and export"
 )]
 struct Cli {
-    /// hlfsd's peer-to-peer D-Bus socket [$HLFS_SOCKET, else RUNTIME_DIR/dbus.sock]
-    #[arg(long, value_name = "PATH", global = true)]
+    /// hlfsd's peer-to-peer D-Bus socket [default: your own daemon's RUNTIME_DIR/dbus.sock,
+    /// then /run/hlfs/dbus.sock, then the system bus]
+    #[arg(long, value_name = "PATH", global = true, env = "HLFS_SOCKET")]
     socket: Option<PathBuf>,
-    /// Reach hlfsd through a bus instead: session or system
-    #[arg(long, value_name = "BUS", global = true, conflicts_with = "socket")]
-    bus: Option<String>,
+    /// Reach hlfsd through a bus instead
+    #[arg(long, value_enum, global = true, conflicts_with = "socket")]
+    bus: Option<BusArg>,
     /// Machine-readable output
     #[arg(long, global = true)]
     json: bool,
@@ -49,6 +57,9 @@ enum Cmd {
     /// Snapshots: create, list (tree), delete, rollback, export
     #[command(subcommand)]
     Snapshot(SnapCmd),
+    /// Jobs (import, export, clean, flatten): list, cancel
+    #[command(subcommand)]
+    Job(JobCmd),
     /// Create volume NEW (pool/name or name) from snapshot VOLUME%SNAP, instantly
     Clone { source: String, new: String },
     /// Copy everything a clone reads from its base into it
@@ -69,6 +80,45 @@ enum Cmd {
         #[arg(long, short = 'O', default_value = "raw")]
         format: String,
     },
+    /// Print the completion script for SHELL (packaging installs them)
+    Completions { shell: ShellArg },
+    /// Print the man page hlfs(1), in roff
+    Man,
+}
+
+/// A shell to complete for.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ShellArg {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// `hlfs completions` and `hlfs man`: generated from the command definition, no daemon needed.
+fn generate(cmd: &Cmd) -> Option<std::io::Result<()>> {
+    use clap::CommandFactory;
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        Cmd::Completions { shell } => {
+            let shell = match shell {
+                ShellArg::Bash => clap_complete::Shell::Bash,
+                ShellArg::Zsh => clap_complete::Shell::Zsh,
+                ShellArg::Fish => clap_complete::Shell::Fish,
+            };
+            clap_complete::generate(shell, &mut Cli::command(), "hlfs", &mut out);
+            Some(out.flush())
+        }
+        Cmd::Man => Some(clap_mangen::Man::new(Cli::command()).render(&mut out)),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum JobCmd {
+    /// Running and recently finished jobs (finished ones stay 5 minutes)
+    List,
+    /// Stop running job ID (waits for nothing: see `job list`)
+    Cancel { id: u32 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -163,6 +213,14 @@ enum SnapCmd {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    match generate(&cli.cmd) {
+        Some(Ok(())) => return std::process::ExitCode::SUCCESS,
+        Some(Err(e)) => {
+            eprintln!("hlfs: cannot write to stdout: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+        None => {}
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -173,12 +231,20 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    let json = cli.json;
     match rt.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            match &e {
-                Error::Remote { name, .. } => eprintln!("hlfs: {e} [{name}]"),
-                _ => eprintln!("hlfs: {e}"),
+            // Every error carries its D-Bus name: hlfsd's, or the one its kind maps to.
+            let name = match &e {
+                Error::Remote { name, .. } => name.clone(),
+                _ => e.kind().dbus_name().to_string(),
+            };
+            if json {
+                let v = serde_json::json!({"error": {"name": name, "message": e.to_string()}});
+                eprintln!("{v}");
+            } else {
+                eprintln!("hlfs: {e} [{name}]");
             }
             std::process::ExitCode::FAILURE
         }
@@ -186,19 +252,11 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn connect(cli: &Cli) -> Result<Client> {
-    match cli.bus.as_deref() {
-        Some("session") => Client::bus(false).await,
-        Some("system") => Client::bus(true).await,
-        Some(other) => Err(Error::invalid("bus", other, "expected session or system")),
-        None => {
-            let sock = cli
-                .socket
-                .clone()
-                .or_else(|| std::env::var_os("HLFS_SOCKET").map(PathBuf::from))
-                .unwrap_or_else(|| hlfs_agent::paths::default_runtime_dir().join("dbus.sock"));
-            Client::p2p(&sock).await
-        }
-    }
+    let bus = cli.bus.map(|b| match b {
+        BusArg::Session => hlfs_client::socket::Bus::Session,
+        BusArg::System => hlfs_client::socket::Bus::System,
+    });
+    Client::connect(cli.socket.as_deref(), bus).await
 }
 
 /// Prints JSON, or the human text.
@@ -651,6 +709,79 @@ async fn run(cli: Cli) -> Result<()> {
             need_snapshot(&r, snapshot)?;
             export(&c, json, &r, image, format).await?;
         }
+        Cmd::Job(JobCmd::List) => {
+            // The job objects are the children of ROOT/job (the ObjectManager is not served
+            // to a p2p connection before its first call is answered).
+            let root = format!("{}/job", hlfs_agent::dbus::paths::ROOT);
+            let xml: String = match c
+                .call(
+                    &root,
+                    "org.freedesktop.DBus.Introspectable",
+                    "Introspect",
+                    &(),
+                )
+                .await
+            {
+                Ok(x) => x,
+                Err(Error::NotFound(_)) => String::new(),
+                Err(e) => return Err(e),
+            };
+            let ids: Vec<u32> = xml
+                .split("<node name=\"")
+                .skip(1)
+                .filter_map(|r| r.split('"').next()?.parse().ok())
+                .collect();
+            let mut rows: Vec<(u32, Value)> = Vec::new();
+            for id in ids {
+                let path = hlfs_agent::dbus::paths::job(id);
+                let p = match c.props(path.as_str(), "org.hlfs.Job1").await {
+                    Ok(p) => p,
+                    // Gone meanwhile (finished jobs expire).
+                    Err(Error::NotFound(_)) => continue,
+                    Err(e) => return Err(e),
+                };
+                rows.push((
+                    id,
+                    json!({"id": id, "kind": prop_str(&p, "Kind"),
+                    "state": prop_str(&p, "State"), "progress": prop_f64(&p, "Progress"),
+                    "description": prop_str(&p, "Description"), "error": prop_str(&p, "Error")}),
+                ));
+            }
+            rows.sort_by_key(|(id, _)| *id);
+            let rows: Vec<Value> = rows.into_iter().map(|(_, v)| v).collect();
+            out(json, Value::Array(rows.clone()), || {
+                let mut s = format!(
+                    "{:>4}  {:<8} {:<10} {:>6}  DESCRIPTION\n",
+                    "ID", "KIND", "STATE", "DONE"
+                );
+                for r in &rows {
+                    s += &format!(
+                        "{:>4}  {:<8} {:<10} {:>5.1}%  {}\n",
+                        r["id"].as_u64().unwrap_or(0),
+                        r["kind"].as_str().unwrap_or(""),
+                        r["state"].as_str().unwrap_or(""),
+                        r["progress"].as_f64().unwrap_or(0.0),
+                        r["description"].as_str().unwrap_or("")
+                    );
+                }
+                s
+            });
+        }
+        Cmd::Job(JobCmd::Cancel { id }) => {
+            let path = hlfs_agent::dbus::paths::job(*id);
+            let was_running: bool = c
+                .call(path.as_str(), "org.hlfs.Job1", "Cancel", &())
+                .await?;
+            out(json, json!({"id": id, "cancelled": was_running}), || {
+                if was_running {
+                    format!("cancelled job {id}")
+                } else {
+                    format!("job {id} was not running")
+                }
+            });
+        }
+        // Handled in main, before connecting.
+        Cmd::Completions { .. } | Cmd::Man => {}
     }
     Ok(())
 }
