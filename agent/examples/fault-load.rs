@@ -90,9 +90,17 @@ fn block_image(block: u64, seq: u64, out: &mut [u8]) {
 /// go to the first eighth of the volume (hot), so data is overwritten and the cleaner has work.
 fn write_range(seed: u64, seq: u64, nblocks: u64) -> (u64, u64) {
     let r = splitmix(seed ^ seq.wrapping_mul(0x2545_f491_4f6c_dd1d));
-    let span = if r & 1 == 0 { (nblocks / 8).max(1) } else { nblocks };
+    let span = if r & 1 == 0 {
+        (nblocks / 8).max(1)
+    } else {
+        nblocks
+    };
     let first = (r >> 8) % span;
-    let len = if (r >> 4) % 8 == 0 { 1 + (r >> 40) % MAX_RUN } else { 1 };
+    let len = if (r >> 4) % 8 == 0 {
+        1 + (r >> 40) % MAX_RUN
+    } else {
+        1
+    };
     (first, len.min(nblocks - first))
 }
 
@@ -187,7 +195,10 @@ fn request(typ: u16, handle: u64, offset: u64, len: u32) -> [u8; 28] {
 /// Reads one simple reply header: (error, handle).
 fn reply(s: &mut impl Read) -> io::Result<(u32, u64)> {
     if rd_u32(s)? != REPLY_MAGIC {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "bad reply magic"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "bad reply magic",
+        ));
     }
     let err = rd_u32(s)?;
     Ok((err, rd_u64(s)?))
@@ -208,15 +219,26 @@ fn state_path(dir: &Path) -> PathBuf {
 fn load_state(dir: &Path, nblocks: u64) -> io::Result<State> {
     let p = state_path(dir);
     if !p.exists() {
-        return Ok(State { next_seq: 1, cycles: 0, seqs: vec![0; nblocks as usize] });
+        return Ok(State {
+            next_seq: 1,
+            cycles: 0,
+            seqs: vec![0; nblocks as usize],
+        });
     }
     let mut b = Vec::new();
     File::open(&p)?.read_to_end(&mut b)?;
     let u = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
     if b.len() < 24 || u(0) != nblocks || b.len() != 24 + 8 * nblocks as usize {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "state file does not match the export"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "state file does not match the export",
+        ));
     }
-    Ok(State { next_seq: u(1), cycles: u(2), seqs: (0..nblocks as usize).map(|i| u(3 + i)).collect() })
+    Ok(State {
+        next_seq: u(1),
+        cycles: u(2),
+        seqs: (0..nblocks as usize).map(|i| u(3 + i)).collect(),
+    })
 }
 
 fn fsync_dir(dir: &Path) -> io::Result<()> {
@@ -225,7 +247,10 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
 
 fn save_state(dir: &Path, st: &State) -> io::Result<()> {
     let mut b = Vec::with_capacity(24 + st.seqs.len() * 8);
-    for v in [st.seqs.len() as u64, st.next_seq, st.cycles].iter().chain(st.seqs.iter()) {
+    for v in [st.seqs.len() as u64, st.next_seq, st.cycles]
+        .iter()
+        .chain(st.seqs.iter())
+    {
         b.extend_from_slice(&v.to_le_bytes());
     }
     let tmp = dir.join("state.tmp");
@@ -283,7 +308,10 @@ fn read_journal(dir: &Path) -> io::Result<Option<Cycle>> {
             Some("R") => c.reserved = c.reserved.max(num(1)),
             Some("F") => {
                 c.flushes += 1;
-                c.flush = Some((num(1), w[2..].iter().filter_map(|x| x.parse().ok()).collect()));
+                c.flush = Some((
+                    num(1),
+                    w[2..].iter().filter_map(|x| x.parse().ok()).collect(),
+                ));
             }
             Some("X") => c.end = Some(w[1..].join(" ")),
             _ => {} // a torn last line cannot be a record we rely on: every R/F line is fsynced
@@ -308,12 +336,22 @@ fn run(a: &Args) -> io::Result<()> {
     let nblocks = size / BS as u64;
     let st = load_state(&a.dir, nblocks)?;
     if a.dir.join("journal").exists() {
-        return Err(io::Error::other("journal of an unverified cycle exists: verify first"));
+        return Err(io::Error::other(
+            "journal of an unverified cycle exists: verify first",
+        ));
     }
     let seed = a.seed.unwrap_or_else(|| {
-        splitmix(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64)
+        splitmix(
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64,
+        )
     });
-    let f = OpenOptions::new().create(true).append(true).open(a.dir.join("journal"))?;
+    let f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(a.dir.join("journal"))?;
     let mut j = Journal(f);
     fsync_dir(&a.dir)?;
     j.line(&format!("C {} {} {}", a.qd, seed, st.next_seq), true)?;
@@ -369,11 +407,15 @@ fn run(a: &Args) -> io::Result<()> {
         let (first, len) = write_range(seed, seq, nblocks);
         // wait for room and for any overlapping write to finish
         loop {
-            let overlap = inflight.values().any(|&(f, l)| f < first + len && first < f + l);
+            let overlap = inflight
+                .values()
+                .any(|&(f, l)| f < first + len && first < f + l);
             if inflight.len() + flush_inflight.len() < qd && !overlap {
                 break;
             }
-            let r = rx.recv().map_err(|_| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+            let r = rx
+                .recv()
+                .map_err(|_| io::Error::from(io::ErrorKind::UnexpectedEof))?;
             on_reply(r, &mut inflight, &mut flush_inflight, &mut j)?;
         }
         if seq >= reserved {
@@ -384,7 +426,13 @@ fn run(a: &Args) -> io::Result<()> {
         for (i, c) in data.chunks_mut(BS).enumerate() {
             block_image(first + i as u64, seq, c);
         }
-        let mut msg = request(CMD_WRITE, seq, first * BS as u64, (len as usize * BS) as u32).to_vec();
+        let mut msg = request(
+            CMD_WRITE,
+            seq,
+            first * BS as u64,
+            (len as usize * BS) as u32,
+        )
+        .to_vec();
         msg.extend_from_slice(data);
         inflight.insert(seq, (first, len));
         s.write_all(&msg)?;
@@ -394,7 +442,9 @@ fn run(a: &Args) -> io::Result<()> {
             since_flush = 0;
             if qd == 1 {
                 // QD1: the write must be acked before the flush is sent
-                let r = rx.recv().map_err(|_| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+                let r = rx
+                    .recv()
+                    .map_err(|_| io::Error::from(io::ErrorKind::UnexpectedEof))?;
                 on_reply(r, &mut inflight, &mut flush_inflight, &mut j)?;
             }
             let mut pend: Vec<u64> = inflight.keys().copied().collect();
@@ -404,7 +454,9 @@ fn run(a: &Args) -> io::Result<()> {
             flush_inflight.insert(h, (seq, pend));
             s.write_all(&request(CMD_FLUSH, h, 0, 0))?;
             if qd == 1 {
-                let r = rx.recv().map_err(|_| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+                let r = rx
+                    .recv()
+                    .map_err(|_| io::Error::from(io::ErrorKind::UnexpectedEof))?;
                 on_reply(r, &mut inflight, &mut flush_inflight, &mut j)?;
             }
         }
@@ -413,7 +465,13 @@ fn run(a: &Args) -> io::Result<()> {
         Err(e) => e.to_string().replace(char::is_whitespace, "_"),
         Ok(()) => "done".into(),
     };
-    j.line(&format!("X sent={} acked={acked} flushes={flushed} end={why}", seq - st.next_seq), true)?;
+    j.line(
+        &format!(
+            "X sent={} acked={acked} flushes={flushed} end={why}",
+            seq - st.next_seq
+        ),
+        true,
+    )?;
     println!(
         "run qd={} flush_every={} seed={seed} sent={} acked={acked} flushes={flushed} secs={:.2} end={why}",
         a.qd,
@@ -449,7 +507,9 @@ fn read_all(s: &mut UnixStream, size: u64) -> io::Result<Vec<u8>> {
         s.write_all(&request(CMD_READ, off, off, len as u32))?;
         let (err, h) = reply(s)?;
         if err != 0 || h != off {
-            return Err(io::Error::other(format!("read at {off} failed: errno {err}")));
+            return Err(io::Error::other(format!(
+                "read at {off} failed: errno {err}"
+            )));
         }
         s.read_exact(&mut img[off as usize..(off + len) as usize])?;
         off += len;
@@ -479,9 +539,16 @@ fn verify(a: &Args) -> io::Result<bool> {
     let t0 = Instant::now();
     let img = read_all(&mut s, size)?;
     let read_secs = t0.elapsed().as_secs_f64();
-    let c = cyc.unwrap_or(Cycle { start: st.next_seq, reserved: st.next_seq, ..Default::default() });
+    let c = cyc.unwrap_or(Cycle {
+        start: st.next_seq,
+        reserved: st.next_seq,
+        ..Default::default()
+    });
     if c.start != st.next_seq {
-        return Err(io::Error::other(format!("journal starts at seq {} but state expects {}", c.start, st.next_seq)));
+        return Err(io::Error::other(format!(
+            "journal starts at seq {} but state expects {}",
+            c.start, st.next_seq
+        )));
     }
 
     let mut bad: Vec<String> = Vec::new();
@@ -493,13 +560,18 @@ fn verify(a: &Args) -> io::Result<bool> {
         let base = st.seqs[b as usize];
         if got.iter().all(|&x| x == 0) {
             if base != 0 {
-                bad.push(format!("block {b}: reads zeros, but held seq {base} at the last verification"));
+                bad.push(format!(
+                    "block {b}: reads zeros, but held seq {base} at the last verification"
+                ));
             }
             continue;
         }
         let seq = u64::from_le_bytes(got[16..24].try_into().unwrap());
         let hblock = u64::from_le_bytes(got[8..16].try_into().unwrap());
-        if &got[..8] != MAGIC || hblock != b || fnv(&got[..BS - 8]) != u64::from_le_bytes(got[BS - 8..].try_into().unwrap()) {
+        if &got[..8] != MAGIC
+            || hblock != b
+            || fnv(&got[..BS - 8]) != u64::from_le_bytes(got[BS - 8..].try_into().unwrap())
+        {
             bad.push(format!(
                 "block {b}: garbage (magic {:?}, header block {hblock}, header seq {seq}, checksum {})",
                 String::from_utf8_lossy(&got[..8]),
@@ -509,7 +581,9 @@ fn verify(a: &Args) -> io::Result<bool> {
         }
         block_image(b, seq, &mut expect);
         if got != &expect[..] {
-            bad.push(format!("block {b}: seq {seq}: payload differs from what was written"));
+            bad.push(format!(
+                "block {b}: seq {seq}: payload differs from what was written"
+            ));
             continue;
         }
         let legit = if seq == base {
@@ -567,7 +641,8 @@ fn verify(a: &Args) -> io::Result<bool> {
         }
         let mut n = 0;
         for b in 0..nblocks as usize {
-            if want[b] != observed[b] && !bad.iter().any(|m| m.starts_with(&format!("block {b}:"))) {
+            if want[b] != observed[b] && !bad.iter().any(|m| m.starts_with(&format!("block {b}:")))
+            {
                 n += 1;
                 if n <= 20 {
                     bad.push(format!(
@@ -582,7 +657,11 @@ fn verify(a: &Args) -> io::Result<bool> {
         }
     }
 
-    let applied = if max_seen >= c.start { max_seen - c.start + 1 } else { 0 };
+    let applied = if max_seen >= c.start {
+        max_seen - c.start + 1
+    } else {
+        0
+    };
     let summary = format!(
         "cycle={} qd={} seqs={}..{} max_seen_offset={} flush_covered={} flushes={} read_secs={:.2} run=[{}]",
         st.cycles + 1,
@@ -609,7 +688,9 @@ fn verify(a: &Args) -> io::Result<bool> {
     s.write_all(&request(CMD_FLUSH, 1, 0, 0))?;
     let (err, _) = reply(&mut s)?;
     if err != 0 {
-        return Err(io::Error::other(format!("flush after verify failed: errno {err}")));
+        return Err(io::Error::other(format!(
+            "flush after verify failed: errno {err}"
+        )));
     }
     let _ = s.write_all(&request(CMD_DISC, 2, 0, 0));
     st.seqs = observed;

@@ -9,7 +9,7 @@ use hlfs_agent::manager::{CleanerSettings, Manager};
 use hlfs_agent::names::PoolUri;
 use hlfs_agent::nbd::handshake::{self, Export, Negotiated, Outcome};
 use hlfs_agent::nbd::proto::*;
-use hlfs_agent::nbd::{transmission, MAX_TOTAL_IN_FLIGHT_BYTES};
+use hlfs_agent::nbd::{transmission, Limits};
 use hlfs_agent::pools::Registry;
 use hlfs_engine::CreateOptions;
 use std::collections::HashMap;
@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
 /// The export every connection finds: `default/vm1`, with snapshot `s1`.
 pub const POOL: &str = "default";
@@ -157,7 +157,7 @@ async fn transmit(input: &[u8], neg: Negotiated) {
     let structured = neg.structured;
     let out = Sink::default();
     let (_keep, shutdown) = watch::channel(false);
-    let budget = Arc::new(Semaphore::new(MAX_TOTAL_IN_FLIGHT_BYTES));
+    let budget = Limits::default().for_connection(hlfs_agent::limits::PeerKey::Uid(0));
     // An error is the server's verdict on a broken stream (here: the input ending mid-payload).
     let _ = transmission::serve(input, out.clone(), neg, budget, shutdown).await;
     check_replies(input, &out.take(), structured);

@@ -51,6 +51,16 @@ impl Limits {
         }
     }
 
+    /// What one connection of `key` draws on (also how in-process harnesses such as the fuzz
+    /// targets run the transmission phase with the daemon's limits).
+    pub fn for_connection(&self, key: crate::limits::PeerKey) -> transmission::ConnLimits {
+        transmission::ConnLimits {
+            budget: self.bytes.for_peer(key),
+            pool: self.pool.clone(),
+            idle_timeout: self.idle_timeout,
+        }
+    }
+
     /// The connection caps in force.
     pub fn caps(&self) -> Caps {
         self.connections.caps()
@@ -146,11 +156,7 @@ pub async fn serve(
                     };
                     let mgr = mgr.clone();
                     let sd = shutdown.clone();
-                    let conn_limits = transmission::ConnLimits {
-                        budget: limits.bytes.for_peer(key),
-                        pool: limits.pool.clone(),
-                        idle_timeout: limits.idle_timeout,
-                    };
+                    let conn_limits = limits.for_connection(key);
                     conns.spawn(async move {
                         let _slot = slot;
                         tracing::debug!(%peer, "NBD connection");
