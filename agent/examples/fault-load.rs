@@ -68,7 +68,7 @@ fn block_image(block: u64, seq: u64, out: &mut [u8]) {
     out[8..16].copy_from_slice(&block.to_le_bytes());
     out[16..24].copy_from_slice(&seq.to_le_bytes());
     let body = &mut out[24..BS - 8];
-    if seq % 4 == 0 {
+    if seq.is_multiple_of(4) {
         // compressible: a short repeated pattern
         let p = splitmix(block ^ seq.rotate_left(32)).to_le_bytes();
         for (i, b) in body.iter_mut().enumerate() {
@@ -96,7 +96,7 @@ fn write_range(seed: u64, seq: u64, nblocks: u64) -> (u64, u64) {
         nblocks
     };
     let first = (r >> 8) % span;
-    let len = if (r >> 4) % 8 == 0 {
+    let len = if (r >> 4).is_multiple_of(8) {
         1 + (r >> 40) % MAX_RUN
     } else {
         1
