@@ -795,7 +795,8 @@ impl Registry {
                     return refuse("the root directory cannot be a pool".into());
                 }
                 for sys in ["/proc", "/sys", "/dev"] {
-                    if real.starts_with(sys) {
+                    // /dev/shm is a tmpfs: a place for scratch volumes, not a device tree.
+                    if real.starts_with(sys) && !real.starts_with("/dev/shm/") {
                         return refuse(format!("{sys} is not a place for volumes"));
                     }
                 }
