@@ -101,6 +101,18 @@ impl Admission {
         self.caps
     }
 
+    /// Why a connection was refused, for the log: `others` names who shares the unprivileged
+    /// slots ("users", "peers"), `who` the refused peer.
+    pub fn refusal(&self, why: Refused, others: &str, who: &str) -> String {
+        match why {
+            Refused::Full => format!(
+                "all {} connections unprivileged {others} may use are taken",
+                self.caps.total - self.caps.root_reserve
+            ),
+            Refused::PeerFull => format!("{who} has its maximum of {}", self.caps.per_peer),
+        }
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, AdmissionState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }

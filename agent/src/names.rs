@@ -6,79 +6,27 @@ use crate::error::{Error, Result};
 use std::path::PathBuf;
 
 /// Longest pool or volume name, in bytes.
-pub const MAX_NAME: usize = 128;
+pub const MAX_NAME: usize = hlfs_client::names::MAX_NAME;
 
-/// Checks a pool or volume name: 1 to 128 characters from `A-Z a-z 0-9 _ - . +`, not starting
-/// with `.` or `-` (no hidden files, no option look-alikes, no `..`).
+/// Checks a pool or volume name by the client crate's rule ([`hlfs_client::names::name_problem`]):
+/// 1 to 128 characters from `A-Z a-z 0-9 _ - . +`, not starting with `.` or `-` (no hidden
+/// files, no option look-alikes, no `..`).
 pub fn check_name(kind: &'static str, name: &str) -> Result<()> {
-    let bad = |why: String| {
-        Err(Error::InvalidName {
+    match hlfs_client::names::name_problem(name) {
+        Some(why) => Err(Error::InvalidName {
             kind,
             name: name.to_string(),
             why,
-        })
-    };
-    if name.is_empty() {
-        return bad("it is empty".into());
+        }),
+        None => Ok(()),
     }
-    if name.len() > MAX_NAME {
-        return bad(format!("it is longer than {MAX_NAME} bytes"));
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '+')))
-    {
-        let why = match c {
-            '/' => "'/' would be a path separator".to_string(),
-            '@' => "'@' separates a snapshot in export names".to_string(),
-            '%' => "'%' separates a snapshot in HLFS URIs".to_string(),
-            c if c.is_control() => format!("control character {:?} is not allowed", c),
-            c => {
-                format!("character {c:?} is not allowed (use letters, digits, '_', '-', '.', '+')")
-            }
-        };
-        return bad(why);
-    }
-    if name.starts_with('.') || name.starts_with('-') {
-        return bad("it must not start with '.' or '-'".into());
-    }
-    Ok(())
 }
 
-/// Parses a size: bytes, or a number with a binary suffix `K`, `M`, `G`, `T`, `P`, `E`
-/// (optionally followed by `B` or `iB`, any case). `"10G"` = 10 GiB.
+/// Parses a size by the client crate's rule ([`hlfs_client::names::size_value`]): bytes, or a
+/// number with a binary suffix `K`, `M`, `G`, `T`, `P`, `E` (optionally followed by `B` or
+/// `iB`, any case). `"10G"` = 10 GiB.
 pub fn parse_size(s: &str) -> Result<u64> {
-    let t = s.trim();
-    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
-    if digits == 0 {
-        return Err(Error::invalid(
-            "size",
-            s,
-            "expected a number such as 4096, 512M or 10G",
-        ));
-    }
-    let n: u64 = t[..digits]
-        .parse()
-        .map_err(|_| Error::invalid("size", s, "number too large"))?;
-    let suffix = t[digits..].trim().to_ascii_lowercase();
-    let shift = match suffix.as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        "p" | "pb" | "pib" => 50,
-        "e" | "eb" | "eib" => 60,
-        _ => {
-            return Err(Error::invalid(
-                "size",
-                s,
-                "unknown suffix (use K, M, G, T, P or E)",
-            ))
-        }
-    };
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| Error::invalid("size", s, "too large"))
+    hlfs_client::names::size_value(s).map_err(|why| Error::invalid("size", s, why))
 }
 
 /// A backend URI for a pool: `local:///absolute/path` or `hdfs://host:port/absolute/path`.

@@ -10,7 +10,7 @@ pub mod interfaces;
 pub mod paths;
 
 use crate::error::{Error, Result};
-use crate::limits::{Admission, LimitSettings, PeerKey, RateLog, Refused};
+use crate::limits::{Admission, LimitSettings, PeerKey, RateLog};
 use crate::service::{Caller, Event, Service};
 use interfaces::{Ctx, Job1, Manager1, Peer, Pool1, Snapshot1, Volume1};
 use std::collections::BTreeSet;
@@ -670,16 +670,7 @@ pub async fn serve_p2p(
             Ok(s) => s,
             Err(why) => {
                 if let Some(more) = refusals.due() {
-                    let caps = admission.caps();
-                    let why = match why {
-                        Refused::Full => format!(
-                            "all {} connections unprivileged users may use are taken",
-                            caps.total - caps.root_reserve
-                        ),
-                        Refused::PeerFull => {
-                            format!("the uid has its maximum of {}", caps.per_peer)
-                        }
-                    };
+                    let why = admission.refusal(why, "users", "the uid");
                     tracing::warn!(
                         uid = caller.uid,
                         pid,

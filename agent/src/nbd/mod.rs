@@ -6,7 +6,7 @@ pub mod proto;
 pub mod transmission;
 
 use crate::error::{Error, Result};
-use crate::limits::{Admission, ByteBudget, Caps, LimitSettings, PeerKey, Refused};
+use crate::limits::{Admission, ByteBudget, Caps, LimitSettings, PeerKey};
 use crate::manager::Manager;
 use handshake::Outcome;
 use std::net::SocketAddr;
@@ -139,16 +139,11 @@ pub async fn serve(
                         Err(why) => {
                             // A flood must not flood the log too.
                             if let Some(more) = limits.refusals.due() {
-                                let caps = limits.connections.caps();
-                                let why = match why {
-                                    Refused::Full => format!(
-                                        "all {} connections unprivileged peers may use are taken",
-                                        caps.total - caps.root_reserve
-                                    ),
-                                    Refused::PeerFull => {
-                                        format!("{key} has its maximum of {}", caps.per_peer)
-                                    }
-                                };
+                                let why = limits.connections.refusal(
+                                    why,
+                                    "peers",
+                                    &key.to_string(),
+                                );
                                 tracing::warn!(%peer, refused_since_last = more, "NBD connection refused: {why}");
                             }
                             continue;
