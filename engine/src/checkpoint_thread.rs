@@ -14,6 +14,20 @@ use crate::volume::Volume;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+/// A volume's checkpoints, owned by this module: which are kept, how much was written since
+/// the last, and the one being written on its thread.
+#[derive(Default)]
+pub(crate) struct Checkpoints {
+    /// Sealed-segment bytes since the last checkpoint (one is due at the volume's interval).
+    pub since: u64,
+    /// Ids of the checkpoints on the backend, oldest first.
+    pub kept: Vec<u32>,
+    /// The number the next checkpoint takes at least.
+    pub next_id: u32,
+    /// The cleaner's checkpoint, being written on its thread.
+    pub pending: Option<PendingCheckpoint>,
+}
+
 /// A checkpoint being written on its thread.
 pub(crate) struct PendingCheckpoint {
     id: u32,
@@ -53,22 +67,23 @@ impl Volume {
             size: self.size,
             map: &self.map,
             segs: &self.segs,
-            snaps: &self.snaps,
-            head_parent: self.head_parent,
-            next_snap_id: self.next_snap_id,
-            detached: self.detached,
+            snaps: &self.snapshots.tree,
+            head_parent: self.snapshots.head_parent,
+            next_snap_id: self.snapshots.next_id,
+            detached: self.origin.detached,
         });
         // Checkpoints are numbered, not named after their segment, so that the cleaner can
         // write two in a row (see cleaner.rs).
         // Never a number a failed attempt may have left an object under.
         let id = self
-            .checkpoints
+            .ckpt
+            .kept
             .last()
             .map_or(0, |c| c + 1)
-            .max(self.next_ckpt_id);
-        self.next_ckpt_id = id + 1;
-        self.since_ckpt = 0;
-        (id, next, self.reclaim.checkpoint_encoded(), bytes)
+            .max(self.ckpt.next_id);
+        self.ckpt.next_id = id + 1;
+        self.ckpt.since = 0;
+        (id, next, self.cleaner.reclaim.checkpoint_encoded(), bytes)
     }
 
     /// Saves the map at the current segment boundary (no segment may be open) and prunes all
@@ -97,7 +112,7 @@ impl Volume {
                 r
             })
             .map_err(|e| Error::io("spawn checkpoint thread", self.loc.clone(), e))?;
-        self.pending_ckpt = Some(PendingCheckpoint {
+        self.ckpt.pending = Some(PendingCheckpoint {
             id,
             next,
             gen,
@@ -109,12 +124,13 @@ impl Volume {
 
     /// True if a checkpoint is being written on its thread.
     pub(crate) fn checkpoint_pending(&self) -> bool {
-        self.pending_ckpt.is_some()
+        self.ckpt.pending.is_some()
     }
 
     /// True if the checkpoint on its thread has been written and waits to land.
     pub(crate) fn checkpoint_ready(&self) -> bool {
-        self.pending_ckpt
+        self.ckpt
+            .pending
             .as_ref()
             .is_some_and(|p| p.done.load(Ordering::Acquire))
     }
@@ -125,7 +141,7 @@ impl Volume {
         if !wait && !self.checkpoint_ready() {
             return Ok(false);
         }
-        let Some(mut p) = self.pending_ckpt.take() else {
+        let Some(mut p) = self.ckpt.pending.take() else {
             return Ok(false);
         };
         let r = match p.thread.take().map(|t| t.join()) {
@@ -146,16 +162,16 @@ impl Volume {
     /// Waits for the checkpoint on its thread without registering it (a crash, or a volume
     /// dropped): the object may exist, as after a crash.
     pub(crate) fn abandon_checkpoint(&mut self) {
-        if let Some(t) = self.pending_ckpt.take().and_then(|mut p| p.thread.take()) {
+        if let Some(t) = self.ckpt.pending.take().and_then(|mut p| p.thread.take()) {
             let _ = t.join();
         }
     }
 
     fn checkpoint_landed(&mut self, id: u32, next: u32, gen: u64) -> Result<()> {
-        self.checkpoints.push(id);
-        self.reclaim.checkpoint_written(id, next, gen);
-        while self.checkpoints.len() > 2 {
-            let old = self.checkpoints.remove(0);
+        self.ckpt.kept.push(id);
+        self.cleaner.reclaim.checkpoint_written(id, next, gen);
+        while self.ckpt.kept.len() > 2 {
+            let old = self.ckpt.kept.remove(0);
             self.delete_object(format::checkpoint_name(old))?;
         }
         Ok(())

@@ -214,6 +214,31 @@ enum Ckpts {
     OnThread,
 }
 
+/// A volume's cleaner state, owned by this module: the policy, the pass in progress (stepped
+/// inline or copying on its thread), what this process's cleaning wrote and emptied.
+#[derive(Default)]
+pub(crate) struct CleanerState {
+    /// Cleaning after writes, by this policy (None: only when asked).
+    pub auto: Option<CleanPolicy>,
+    /// A pass is being run (guards against re-entry from the writes it makes).
+    pub running: bool,
+    /// Bytes reclaimed since open.
+    pub totals: (u64,),
+    /// A pass of `clean_step` in progress (victims chosen, units left to copy).
+    pub pass: Option<Pass>,
+    /// An inline pass copying on its own thread.
+    pub job: Option<CopyJob>,
+    /// The background cleaner's rate limit, kept between its passes.
+    pub bg_limiter: Option<RateLimiter>,
+    /// In memory only: segments the cleaner wrote since open (what survives them again goes
+    /// to the cleaner's cold stream).
+    pub written: BTreeSet<u32>,
+    /// Segments the cleaner emptied, until no kept checkpoint needs them.
+    pub reclaim: Reclaim,
+    /// Where writes went lately (the cleaner keeps hot data apart from cold).
+    pub heat: Heat,
+}
+
 /// An inline pass copying on its own thread (see `Volume::maybe_clean`).
 pub(crate) struct CopyJob {
     /// Returns the pass (with its sealed output) and how the copying ended.
@@ -349,7 +374,8 @@ impl Volume {
             return 0.0;
         }
         let live = self
-            .snaps
+            .snapshots
+            .tree
             .values()
             .map(|s| s.live.get(&seq).copied().unwrap_or(0))
             .fold(st.live, u64::max);
@@ -363,7 +389,8 @@ impl Volume {
             .iter()
             .map(|(k, s)| {
                 let sl = self
-                    .snaps
+                    .snapshots
+                    .tree
                     .values()
                     .map(|x| x.live.get(k).copied().unwrap_or(0))
                     .max()
@@ -386,17 +413,17 @@ impl Volume {
     /// Turns inline cleaning on (with a space budget) or off. The policy's victim choice also
     /// applies to `clean_step`.
     pub fn set_clean_policy(&mut self, policy: Option<CleanPolicy>) {
-        self.auto_clean = policy;
+        self.cleaner.auto = policy;
     }
 
     /// The policy set by `set_clean_policy`, if any.
     pub fn clean_policy(&self) -> Option<&CleanPolicy> {
-        self.auto_clean.as_ref()
+        self.cleaner.auto.as_ref()
     }
 
     /// True while a cleaning pass has victims chosen and not yet deleted.
     pub fn cleaning_in_progress(&self) -> bool {
-        self.clean_run.is_some() || self.clean_job.is_some()
+        self.cleaner.pass.is_some() || self.cleaner.job.is_some()
     }
 
     /// Inline cleaning, called after a seal: when the log is over its budget, a pass copies on
@@ -404,10 +431,10 @@ impl Volume {
     /// next write (`poll_clean`). Writes wait for it only when the log has grown past the
     /// budget by more than a pass's victims (the writer outruns the cleaner).
     pub(crate) fn maybe_clean(&mut self) -> Result<()> {
-        let Some(p) = self.auto_clean.clone() else {
+        let Some(p) = self.cleaner.auto.clone() else {
             return Ok(());
         };
-        if self.cleaning || p.space_budget == 0 {
+        if self.cleaner.running || p.space_budget == 0 {
             return Ok(());
         }
         // Room for one pass's copies before its victims go.
@@ -417,11 +444,11 @@ impl Volume {
             if self.checkpoint_ready() {
                 self.land_and_reclaim()?;
             }
-            if self.clean_job.as_ref().is_some_and(|j| j.finished()) {
+            if self.cleaner.job.as_ref().is_some_and(|j| j.finished()) {
                 self.finish_job(false)?;
             }
             let log = self.log_bytes();
-            if self.clean_job.is_some() {
+            if self.cleaner.job.is_some() {
                 if log <= hard {
                     return Ok(());
                 }
@@ -433,11 +460,11 @@ impl Volume {
             // within milliseconds, and a pass started for them would clean too early.
             if log <= p.space_budget
                 || (self.checkpoint_pending()
-                    && log.saturating_sub(self.reclaim.zombie_bytes()) <= p.space_budget)
+                    && log.saturating_sub(self.cleaner.reclaim.zombie_bytes()) <= p.space_budget)
             {
                 return Ok(());
             }
-            if self.clean_run.is_some() {
+            if self.cleaner.pass.is_some() {
                 // A pass of `clean_step` is under way: finish it here.
                 return self.step(&p, u64::MAX, false).map(|_| ());
             }
@@ -448,14 +475,14 @@ impl Volume {
     /// Applies the copy job if it has finished (cheap otherwise): called on every commit, so
     /// that the next pass starts without waiting for a seal.
     pub(crate) fn poll_clean(&mut self) -> Result<()> {
-        if self.cleaning {
+        if self.cleaner.running {
             return Ok(());
         }
         let landed = self.checkpoint_ready();
         if landed {
             self.land_and_reclaim()?;
         }
-        let finished = self.clean_job.as_ref().is_some_and(|j| j.finished());
+        let finished = self.cleaner.job.as_ref().is_some_and(|j| j.finished());
         if finished {
             self.finish_job(false)?;
         }
@@ -482,11 +509,11 @@ impl Volume {
     /// Returns whether a pass started. `limiter`: the rate the pass copies at (background).
     fn start_job(&mut self, policy: &CleanPolicy, limiter: Option<RateLimiter>) -> Result<bool> {
         let Some(mut pass) = self.plan_pass(policy) else {
-            self.bg_limiter = limiter.or(self.bg_limiter.take());
-            if !self.reclaim.zombies.is_empty() {
-                let was = std::mem::replace(&mut self.cleaning, true);
+            self.cleaner.bg_limiter = limiter.or(self.cleaner.bg_limiter.take());
+            if !self.cleaner.reclaim.zombies.is_empty() {
+                let was = std::mem::replace(&mut self.cleaner.running, true);
                 let r = self.reclaim_zombies(&mut CleanReport::default(), Ckpts::OnThread);
-                self.cleaning = was;
+                self.cleaner.running = was;
                 return self.fail(r).map(|()| false);
             }
             return Ok(false);
@@ -511,7 +538,7 @@ impl Volume {
                 (pass, r)
             })
             .map_err(|e| Error::io("spawn cleaner thread", self.loc.clone(), e))?;
-        self.clean_job = Some(CopyJob {
+        self.cleaner.job = Some(CopyJob {
             thread: Some(thread),
             cancel,
             done,
@@ -525,7 +552,7 @@ impl Volume {
     /// copies and ends its pass. A job that failed is logged and dropped: its victims stay,
     /// nothing it wrote is referenced, and a later pass tries again.
     pub(crate) fn finish_job(&mut self, wait: bool) -> Result<Option<CleanReport>> {
-        let Some(job) = self.clean_job.as_mut() else {
+        let Some(job) = self.cleaner.job.as_mut() else {
             return Ok(None);
         };
         if !wait && !job.finished() {
@@ -534,19 +561,19 @@ impl Volume {
         // Whoever waits for a background pass does not wait at its rate.
         job.unthrottle.store(true, Ordering::Relaxed);
         let Some(thread) = job.thread.take() else {
-            self.clean_job = None;
+            self.cleaner.job = None;
             return Ok(None);
         };
-        self.clean_job = None;
+        self.cleaner.job = None;
         let (mut pass, r) = thread
             .join()
             .map_err(|_| Error::Invalid("the cleaner's copy thread panicked".into()))?;
         if pass.limiter.is_some() {
-            self.bg_limiter = pass.limiter.take();
+            self.cleaner.bg_limiter = pass.limiter.take();
         }
         // Zombies are made only after the checkpoint before them has landed.
         self.land_and_reclaim()?;
-        let was = std::mem::replace(&mut self.cleaning, true);
+        let was = std::mem::replace(&mut self.cleaner.running, true);
         let mut report = CleanReport {
             units_copied: pass.units_copied,
             bytes_copied: pass.bytes_copied,
@@ -566,8 +593,8 @@ impl Volume {
             }
             (_, Err(e)) => Err(e),
         };
-        self.cleaning = was;
-        self.clean_totals.0 += report.bytes_copied;
+        self.cleaner.running = was;
+        self.cleaner.totals.0 += report.bytes_copied;
         self.fail(r).map(|()| Some(report))
     }
 
@@ -576,7 +603,7 @@ impl Volume {
     /// checkpoint would replay them (deleting one sooner would leave a gap in the numbering).
     fn abandon_pass(&mut self, pass: &mut Pass) {
         for (seq, bytes) in pass.unsealed() {
-            self.reclaim.zombies.insert(
+            self.cleaner.reclaim.zombies.insert(
                 seq,
                 Zombie {
                     bytes,
@@ -590,7 +617,7 @@ impl Volume {
     /// Stops the copy job without applying it (a crash, or a volume dropped unclosed): what it
     /// wrote is referenced by nothing, as after a crash.
     pub(crate) fn cancel_job(&mut self) {
-        if let Some(mut job) = self.clean_job.take() {
+        if let Some(mut job) = self.cleaner.job.take() {
             job.cancel.store(true, Ordering::Relaxed);
             if let Some(t) = job.thread.take() {
                 let _ = t.join();
@@ -600,10 +627,11 @@ impl Volume {
 
     /// Bytes the copy job has written so far (its segments are not in `segs` until applied).
     pub(crate) fn job_bytes(&self) -> u64 {
-        self.clean_job
+        self.cleaner
+            .job
             .as_ref()
             .map_or(0, |j| j.written.load(Ordering::Relaxed))
-            + self.clean_run.as_ref().map_or(0, |p| p.open_bytes())
+            + self.cleaner.pass.as_ref().map_or(0, |p| p.open_bytes())
     }
 
     /// Background cleaning (the agent's cleaner thread, at every tick over its threshold):
@@ -613,18 +641,18 @@ impl Volume {
     /// nothing copied or deleted means there is nothing to clean.
     pub fn clean_background(&mut self, rate: u64, burst: u64) -> Result<CleanReport> {
         self.writable()?;
-        if self.clean_job.is_some() {
+        if self.cleaner.job.is_some() {
             return Ok(self.finish_job(false)?.unwrap_or_default());
         }
-        if self.clean_run.is_some() {
+        if self.cleaner.pass.is_some() {
             // A pass of `clean_step` is under way: go on with it in a step.
             return self.clean_step(burst.max(1));
         }
-        let limiter = match self.bg_limiter.take() {
+        let limiter = match self.cleaner.bg_limiter.take() {
             Some(l) if l.configured() == (rate, burst) => l,
             _ => RateLimiter::new(rate, burst),
         };
-        let policy = self.auto_clean.clone().unwrap_or_default();
+        let policy = self.cleaner.auto.clone().unwrap_or_default();
         let started = self.start_job(&policy, Some(limiter))?;
         Ok(CleanReport {
             pass_finished: !started,
@@ -634,7 +662,7 @@ impl Volume {
 
     /// Bytes the cleaner has copied since open (for write amplification).
     pub fn cleaner_bytes_copied(&self) -> u64 {
-        self.clean_totals.0
+        self.cleaner.totals.0
     }
 
     /// One cleaning pass, on demand: finishes a pass in progress, then runs a whole new one.
@@ -644,7 +672,7 @@ impl Volume {
         if let Some(r) = self.finish_job(true)? {
             report.add(&r);
         }
-        if self.clean_run.is_some() {
+        if self.cleaner.pass.is_some() {
             report.add(&self.step(policy, u64::MAX, true)?);
         }
         report.add(&self.step(policy, u64::MAX, true)?);
@@ -658,21 +686,21 @@ impl Volume {
     /// inline pass copies on its thread, a step only applies it if it has finished.
     pub fn clean_step(&mut self, max_bytes: u64) -> Result<CleanReport> {
         self.writable()?;
-        if self.clean_job.is_some() {
+        if self.cleaner.job.is_some() {
             return Ok(self.finish_job(false)?.unwrap_or_default());
         }
-        let policy = self.auto_clean.clone().unwrap_or_default();
+        let policy = self.cleaner.auto.clone().unwrap_or_default();
         self.step(&policy, max_bytes, false)
     }
 
     /// `eager`: an on-demand pass, which deletes every emptied segment before it returns.
     fn step(&mut self, policy: &CleanPolicy, max_bytes: u64, eager: bool) -> Result<CleanReport> {
-        let was = std::mem::replace(&mut self.cleaning, true);
+        let was = std::mem::replace(&mut self.cleaner.running, true);
         let mut report = CleanReport::default();
         let r = self.step_inner(policy, max_bytes, eager, &mut report);
-        self.cleaning = was;
+        self.cleaner.running = was;
         // Copies count even if the step failed half-way.
-        self.clean_totals.0 += report.bytes_copied;
+        self.cleaner.totals.0 += report.bytes_copied;
         let r = self.fail(r);
         r.map(|()| report)
     }
@@ -685,14 +713,14 @@ impl Volume {
         report: &mut CleanReport,
     ) -> Result<()> {
         let ckpts = Ckpts::Write(if eager { 2 } else { 1 });
-        let mut run = match self.clean_run.take() {
+        let mut run = match self.cleaner.pass.take() {
             Some(r) => r,
             None => match self.plan_pass(policy) {
                 Some(r) => r,
                 None => {
                     report.pass_finished = true;
                     // Nothing to copy; emptied segments left by earlier passes still go.
-                    if !self.reclaim.zombies.is_empty() {
+                    if !self.cleaner.reclaim.zombies.is_empty() {
                         self.reclaim_zombies(report, ckpts)?;
                     }
                     return Ok(());
@@ -715,7 +743,7 @@ impl Volume {
             return Err(e);
         }
         if !run.done() {
-            self.clean_run = Some(run);
+            self.cleaner.pass = Some(run);
             return Ok(());
         }
         report.segments_cleaned = (run.victims.len() - run.kept.len()) as u32;
@@ -726,9 +754,9 @@ impl Volume {
     /// Seals and applies the output of a `clean_step` pass in progress (at close: its copies
     /// become part of the state the checkpoint saves; the pass goes on at the next step).
     pub(crate) fn seal_clean_run(&mut self) -> Result<()> {
-        if let Some(mut run) = self.clean_run.take() {
+        if let Some(mut run) = self.cleaner.pass.take() {
             let r = run.seal_all().and_then(|()| self.apply_sealed(&mut run));
-            self.clean_run = Some(run);
+            self.cleaner.pass = Some(run);
             r?;
         }
         Ok(())
@@ -739,8 +767,8 @@ impl Volume {
         for s in std::mem::take(&mut pass.sealed) {
             self.segs.entry(s.seq).or_default().bytes = s.len;
             // Marks it as the cleaner's (stream 1 takes what survives it).
-            self.cleaner_segs.insert(s.seq);
-            self.since_ckpt += s.len;
+            self.cleaner.written.insert(s.seq);
+            self.ckpt.since += s.len;
             for (at, hdr, meta) in &s.records {
                 self.apply_record(s.seq, *at, hdr, meta)?;
             }
@@ -760,14 +788,18 @@ impl Volume {
                 .collect()
         };
         let head = refs(&self.map);
-        let by_snapshot = self.snaps.values().any(|s| !refs(&s.map).is_empty());
+        let by_snapshot = self
+            .snapshots
+            .tree
+            .values()
+            .any(|s| !refs(&s.map).is_empty());
         if head.is_empty() && !by_snapshot {
             return None;
         }
-        let stream = if self.heat.is_hot(ulba, self.map.mapped_blocks()) {
+        let stream = if self.cleaner.heat.is_hot(ulba, self.map.mapped_blocks()) {
             HOT_STREAM
         } else {
-            usize::from(self.cleaner_segs.contains(&seg))
+            usize::from(self.cleaner.written.contains(&seg))
         };
         Some(Liveness {
             head,
@@ -856,7 +888,8 @@ impl Volume {
             }
         }
         if !unlisted.is_empty() {
-            for m in std::iter::once(&self.map).chain(self.snaps.values().map(|s| &s.map)) {
+            for m in std::iter::once(&self.map).chain(self.snapshots.tree.values().map(|s| &s.map))
+            {
                 for (lba, x) in m.iter() {
                     if unlisted.contains(&x.seg) {
                         units
@@ -915,16 +948,16 @@ impl Volume {
         for seq in dead {
             let bytes = self.segs.remove(&seq).map_or(0, |st| st.bytes);
             report.bytes_freed += bytes;
-            for s in self.snaps.values_mut() {
+            for s in self.snapshots.tree.values_mut() {
                 s.live.remove(&seq);
             }
-            self.cleaner_segs.remove(&seq);
+            self.cleaner.written.remove(&seq);
             self.cache
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .forget_segment(seq);
-            let gen = self.reclaim.gen;
-            self.reclaim.zombies.insert(
+            let gen = self.cleaner.reclaim.gen;
+            self.cleaner.reclaim.zombies.insert(
                 seq,
                 Zombie {
                     bytes,
@@ -934,7 +967,7 @@ impl Volume {
             );
         }
         self.reclaim_zombies(report, ckpts)?;
-        tracing::info!(volume = %self.loc, ?report, zombies = self.reclaim.zombies.len(), "cleaning pass done");
+        tracing::info!(volume = %self.loc, ?report, zombies = self.cleaner.reclaim.zombies.len(), "cleaning pass done");
         Ok(())
     }
 
@@ -943,16 +976,17 @@ impl Volume {
     fn reclaim_zombies(&mut self, report: &mut CleanReport, ckpts: Ckpts) -> Result<()> {
         let mut written = 0;
         loop {
-            let kept = self.checkpoints.clone();
+            let kept = self.ckpt.kept.clone();
             let go: Vec<u32> = self
+                .cleaner
                 .reclaim
                 .zombies
                 .iter()
-                .filter(|(seq, z)| self.reclaim.deletable(&kept, **seq, z))
+                .filter(|(seq, z)| self.cleaner.reclaim.deletable(&kept, **seq, z))
                 .map(|(seq, _)| *seq)
                 .collect();
             for seq in go {
-                self.reclaim.zombies.remove(&seq);
+                self.cleaner.reclaim.zombies.remove(&seq);
                 self.delete_object(segment_name(seq))?;
                 report.segments_deleted += 1;
             }
@@ -961,7 +995,7 @@ impl Volume {
                 // The one on its thread frees them when it lands.
                 Ckpts::OnThread => self.checkpoint_pending(),
             };
-            if self.reclaim.zombies.is_empty() || enough {
+            if self.cleaner.reclaim.zombies.is_empty() || enough {
                 return Ok(());
             }
             if self.open.is_some() {
@@ -983,13 +1017,19 @@ impl Volume {
     }
 
     /// Deletes an object nothing needs (a cleaned segment, an old checkpoint): on the deleter
-    /// thread for local backends.
+    /// thread where deletes are slow (see `Capabilities::slow_delete`).
     pub(crate) fn delete_object(&mut self, name: String) -> Result<()> {
-        if self.loc.starts_with("local://") {
-            if self.reclaim.deleter.is_none() {
-                self.reclaim.deleter = Deleter::start(self.backend.clone());
+        if self.backend.capabilities().slow_delete {
+            if self.cleaner.reclaim.deleter.is_none() {
+                self.cleaner.reclaim.deleter = Deleter::start(self.backend.clone());
             }
-            if let Some(tx) = self.reclaim.deleter.as_ref().and_then(|d| d.tx.as_ref()) {
+            if let Some(tx) = self
+                .cleaner
+                .reclaim
+                .deleter
+                .as_ref()
+                .and_then(|d| d.tx.as_ref())
+            {
                 if tx.send(name.clone()).is_ok() {
                     return Ok(());
                 }

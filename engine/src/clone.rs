@@ -13,6 +13,17 @@ use std::sync::{Arc, RwLock};
 /// Extent marker: "reads as zeros" in a clone (a hole would read the base).
 pub(crate) const ZERO_SEG: u32 = u32::MAX;
 
+/// A volume's link to the base it was cloned from, owned by this module.
+#[derive(Default)]
+pub(crate) struct Origin {
+    /// The base, open read-only (None: not a clone, or detached).
+    pub view: Option<BaseView>,
+    /// Flattened: every block was copied in and the base is no longer read.
+    pub detached: bool,
+    /// Blocks covered by "reads as zeros" markers.
+    pub zero_marked: u64,
+}
+
 /// A clone's open view of its base snapshot. Reads share it (`&self`); the lock is taken for
 /// writing only to reload the base after its cleaner moved data.
 pub(crate) struct BaseView {
@@ -121,7 +132,7 @@ impl Volume {
 
     /// The base this clone reads from (None: not a clone, or flattened).
     pub fn base(&self) -> Option<&BaseRef> {
-        if self.detached {
+        if self.origin.detached {
             None
         } else {
             self.meta.base.as_ref()
@@ -132,15 +143,16 @@ impl Volume {
     /// any, all the way down) are local too. Callers may then run it on an async runtime's
     /// thread; HDFS calls block on a runtime of their own and must not.
     pub fn is_local(&self) -> bool {
-        self.loc.starts_with("local://")
+        self.backend.capabilities().in_process
             && self
-                .base_view
+                .origin
+                .view
                 .as_ref()
                 .is_none_or(|b| b.vol.read().unwrap_or_else(|p| p.into_inner()).is_local())
     }
 
     pub(crate) fn has_base(&self) -> bool {
-        self.meta.base.is_some() && !self.detached
+        self.meta.base.is_some() && !self.origin.detached
     }
 
     /// Records that `clone` depends on `snapshot`: deleting the snapshot now fails.
@@ -176,14 +188,14 @@ impl Volume {
         if !self.has_base() {
             return Ok(None);
         }
-        if !self.snaps.is_empty() {
+        if !self.snapshots.tree.is_empty() {
             return Err(Error::Busy(format!(
                 "volume {} has snapshots that read from its base; delete them before flattening",
                 self.loc
             )));
         }
         let bs = u64::from(self.meta.block_size);
-        let base_size = self.base_view.as_ref().map_or(0, |b| b.size);
+        let base_size = self.origin.view.as_ref().map_or(0, |b| b.size);
         let end_block = self.size.min(base_size).div_ceil(bs);
         let chunk = 256u64; // blocks per step (1 MiB at 4 KiB blocks)
         let mut lba = 0;
@@ -194,7 +206,7 @@ impl Volume {
                     continue;
                 }
                 let mut data = vec![0u8; (p.len * bs) as usize];
-                if let Some(b) = self.base_view.as_ref() {
+                if let Some(b) = self.origin.view.as_ref() {
                     b.read(p.lba * bs, &mut data)?;
                 }
                 self.staged.clear();
@@ -209,7 +221,7 @@ impl Volume {
         self.commit()?;
         self.flush()?;
         let base = self.meta.base.clone();
-        self.base_view = None;
+        self.origin.view = None;
         Ok(base)
     }
 

@@ -90,15 +90,15 @@ fn blocks(runs: &[Run]) -> u64 {
 impl Volume {
     fn parent_of(&self, n: Node) -> Option<u32> {
         match n {
-            Node::Head => self.head_parent,
-            Node::Snap(id) => self.snaps.get(&id).and_then(|s| s.parent),
+            Node::Head => self.snapshots.head_parent,
+            Node::Snap(id) => self.snapshots.tree.get(&id).and_then(|s| s.parent),
         }
     }
 
     fn map_of(&self, n: Node) -> Option<&ExtentMap> {
         match n {
             Node::Head => Some(&self.map),
-            Node::Snap(id) => self.snaps.get(&id).map(|s| &s.map),
+            Node::Snap(id) => self.snapshots.tree.get(&id).map(|s| &s.map),
         }
     }
 
@@ -107,7 +107,8 @@ impl Volume {
         let parent = self.parent_of(n);
         let mut out: Vec<Node> = parent.map(Node::Snap).into_iter().collect();
         let nodes = self
-            .snaps
+            .snapshots
+            .tree
             .keys()
             .map(|id| Node::Snap(*id))
             .chain(std::iter::once(Node::Head));
@@ -164,7 +165,7 @@ impl Volume {
             gains.push((id, blocks(&only)));
         }
         for (id, n) in gains {
-            if let Some(s) = self.snaps.get_mut(&id) {
+            if let Some(s) = self.snapshots.tree.get_mut(&id) {
                 s.exclusive += n;
             }
         }
@@ -173,7 +174,7 @@ impl Volume {
     /// The head stopped referencing `runs` (overwrite, trim, shrink): the snapshot it descends
     /// from may be their last holder now.
     pub(crate) fn head_dropped(&mut self, runs: &[Run]) {
-        if !self.snaps.is_empty() && !runs.is_empty() {
+        if !self.snapshots.tree.is_empty() && !runs.is_empty() {
             self.settle_dropped(Node::Head, runs);
         }
     }
@@ -181,7 +182,7 @@ impl Volume {
     /// Snapshot `id` is about to be removed: blocks only one neighbour shares with it become
     /// that neighbour's own.
     pub(crate) fn snapshot_dropping(&mut self, id: u32) {
-        let Some(s) = self.snaps.get(&id) else {
+        let Some(s) = self.snapshots.tree.get(&id) else {
             return;
         };
         let runs = data_runs(&s.map);
@@ -193,7 +194,7 @@ impl Volume {
     pub(crate) fn head_replacing(&mut self, id: u32) {
         let runs = data_runs(&self.map);
         self.settle_dropped(Node::Head, &runs);
-        if let Some(s) = self.snaps.get_mut(&id) {
+        if let Some(s) = self.snapshots.tree.get_mut(&id) {
             s.exclusive = 0;
         }
     }
@@ -201,12 +202,13 @@ impl Volume {
     /// Exclusive blocks of snapshot `id` counted from scratch: for checkpoints written before
     /// the counters were kept, and for tests that check the counters.
     pub(crate) fn exclusive_by_scan(&self, id: u32) -> u64 {
-        let Some(s) = self.snaps.get(&id) else {
+        let Some(s) = self.snapshots.tree.get(&id) else {
             return 0;
         };
         let others: Vec<&ExtentMap> = std::iter::once(&self.map)
             .chain(
-                self.snaps
+                self.snapshots
+                    .tree
                     .iter()
                     .filter(|(k, _)| **k != id)
                     .map(|(_, o)| &o.map),
@@ -219,7 +221,8 @@ impl Volume {
     /// Per snapshot: (name, kept exclusive blocks, the same counted by a scan). For tests.
     #[doc(hidden)]
     pub fn debug_exclusive(&self) -> Vec<(String, u64, u64)> {
-        self.snaps
+        self.snapshots
+            .tree
             .iter()
             .map(|(id, s)| (s.name.clone(), s.exclusive, self.exclusive_by_scan(*id)))
             .collect()

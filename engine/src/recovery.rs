@@ -94,7 +94,7 @@ impl Volume {
                 // Opened all the same (reads need nothing more); the first write or flush
                 // recovers again once the disk takes the checkpoint (see `writable`).
                 tracing::warn!(volume = %vol.loc, error = %e, "cannot write the recovery checkpoint; the volume serves reads and takes writes once it can");
-                vol.failed = Some(crate::volume::Failure {
+                vol.health.failed = Some(crate::volume::Failure {
                     cause: e.to_string(),
                     no_space: e.is_no_space(),
                     retry_at: Instant::now(),
@@ -128,16 +128,16 @@ impl Volume {
     pub(crate) fn reload(&mut self) -> Result<()> {
         self.cancel_job();
         self.abandon_checkpoint();
-        self.clean_run = None;
+        self.cleaner.pass = None;
         // Waits for queued deletions: the listing below must not race them.
-        self.reclaim = Default::default();
-        let uncertain = self.uncertain.or_else(|| {
+        self.cleaner.reclaim = Default::default();
+        let uncertain = self.health.uncertain.or_else(|| {
             self.open
                 .as_ref()
                 .filter(|o| o.sync.failed())
                 .map(|o| (o.seq, o.sync.durable()))
         });
-        self.uncertain = uncertain;
+        self.health.uncertain = uncertain;
         // A failure elsewhere (a checkpoint, the cleaner) left the open segment sound: its
         // acknowledged bytes are made durable first, so that none is lost; while they cannot
         // be (the disk is still full), the volume waits.
@@ -147,7 +147,7 @@ impl Volume {
             .is_some_and(|o| !o.broken && !o.sync.failed())
         {
             if let Err(e) = self.append_pending() {
-                self.transient = false;
+                self.health.transient = false;
                 return Err(e);
             }
             if let Some(o) = self.open.as_mut() {
@@ -175,18 +175,23 @@ impl Volume {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if new.has_base() {
-            new.base_view = self.base_view.take();
+            new.origin.view = self.origin.view.take();
         }
-        new.auto_clean = self.auto_clean.clone();
-        new.bg_limiter = self.bg_limiter.take();
-        new.clean_totals = self.clean_totals;
+        new.cleaner.auto = self.cleaner.auto.clone();
+        new.cleaner.bg_limiter = self.cleaner.bg_limiter.take();
+        new.cleaner.totals = self.cleaner.totals;
         new.compress_gate = self.compress_gate.clone();
         let cause = self
+            .health
             .failed
             .as_ref()
             .map_or_else(String::new, |f| f.cause.clone());
-        let lost = new.serial < self.acked_serial;
-        new.lost = self.lost.take().or_else(|| lost.then(|| cause.clone()));
+        let lost = new.serial < self.health.acked_serial;
+        new.health.lost = self
+            .health
+            .lost
+            .take()
+            .or_else(|| lost.then(|| cause.clone()));
         tracing::warn!(volume = %new.loc, %cause, lost_writes = lost, "volume recovered after a write-path failure");
         let mut old = std::mem::replace(self, new);
         old.closed = true;
@@ -262,16 +267,16 @@ impl Volume {
         let exclusive_known = state.exclusive_known;
         let mut vol = Volume::assemble(backend, loc, read_only, meta, state, ckpts, open);
         if !exclusive_known {
-            let ids: Vec<u32> = vol.snaps.keys().copied().collect();
+            let ids: Vec<u32> = vol.snapshots.tree.keys().copied().collect();
             for id in ids {
                 let n = vol.exclusive_by_scan(id);
-                if let Some(s) = vol.snaps.get_mut(&id) {
+                if let Some(s) = vol.snapshots.tree.get_mut(&id) {
                     s.exclusive = n;
                 }
             }
         }
         // Markers in the loaded map; replay keeps the count exact from here.
-        vol.zero_marked = vol
+        vol.origin.zero_marked = vol
             .map
             .iter()
             .filter(|(_, x)| x.seg == crate::clone::ZERO_SEG)
@@ -290,7 +295,7 @@ impl Volume {
             if let Some(sealed) = vol.replay_segment(seq, len, &mut report)? {
                 unsealed |= !sealed;
                 report.segments_replayed += 1;
-                vol.since_ckpt += len;
+                vol.ckpt.since += len;
                 replayed.push(seq);
             }
             seq += 1;
@@ -323,13 +328,13 @@ impl Volume {
         }
         if vol.has_base() && open_base {
             if let Some(b) = vol.meta.base.clone() {
-                vol.base_view = Some(match view {
+                vol.origin.view = Some(match view {
                     Some(v) => v,
                     None => crate::clone::BaseView::open(&b, open)?,
                 });
             }
         }
-        vol.acked_serial = vol.serial;
+        vol.health.acked_serial = vol.serial;
         report.elapsed = t0.elapsed();
         tracing::info!(volume = %vol.loc, ?report, "volume opened");
         vol.recovery = report;
@@ -353,38 +358,30 @@ impl Volume {
             cache: std::sync::Mutex::new(ReadCache::new(open.cache_bytes)),
             read_only,
             _lease: std::sync::Mutex::new(None),
-            base_view: None,
-            detached: state.detached,
-            zero_marked: 0,
+            origin: crate::clone::Origin {
+                view: None,
+                detached: state.detached,
+                zero_marked: 0,
+            },
             size: state.size,
             serial: state.serial,
             map: state.map,
             segs: state.segs,
             open: None,
             next_seq: Arc::new(crate::seg_numbers::SegNumbers::new(start)),
-            since_ckpt: 0,
-            checkpoints,
+            ckpt: crate::checkpoint_thread::Checkpoints {
+                kept: checkpoints,
+                ..Default::default()
+            },
             staged: Vec::new(),
-            snaps: state.snaps,
-            head_parent: state.head_parent,
-            next_snap_id: state.next_snap_id,
-            auto_clean: None,
-            cleaning: false,
-            clean_totals: (0,),
-            clean_run: None,
-            clean_job: None,
-            pending_ckpt: None,
-            bg_limiter: None,
-            cleaner_segs: Default::default(),
-            reclaim: Default::default(),
-            heat: Default::default(),
+            snapshots: crate::snapshot::Snapshots {
+                tree: state.snaps,
+                head_parent: state.head_parent,
+                next_id: state.next_snap_id,
+            },
+            cleaner: Default::default(),
             compress_gate: Default::default(),
-            failed: None,
-            transient: false,
-            uncertain: None,
-            acked_serial: 0,
-            lost: None,
-            next_ckpt_id: 0,
+            health: Default::default(),
             open_opts: open.clone(),
             closed: false,
             recovery: RecoveryReport::default(),
@@ -404,14 +401,15 @@ impl Volume {
             map: crate::extent_map::ExtentMap::new(),
             segs: self.segs.clone(),
             snaps: self
-                .snaps
+                .snapshots
+                .tree
                 .get(&id)
                 .map(|s| (id, s.clone()))
                 .into_iter()
                 .collect(),
             head_parent: None,
-            next_snap_id: self.next_snap_id,
-            detached: self.detached,
+            next_snap_id: self.snapshots.next_id,
+            detached: self.origin.detached,
             exclusive_known: true,
         };
         let mut v = Volume::assemble(
@@ -423,7 +421,7 @@ impl Volume {
             Vec::new(),
             open,
         );
-        v.zero_marked = self.zero_marked;
+        v.origin.zero_marked = self.origin.zero_marked;
         v
     }
 

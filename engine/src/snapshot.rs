@@ -8,6 +8,16 @@ use crate::format::{Dec, Enc, RecordKind};
 use crate::volume::Volume;
 use std::collections::BTreeMap;
 
+/// A volume's snapshot tree, owned by this module.
+#[derive(Debug, Default)]
+pub(crate) struct Snapshots {
+    /// Snapshots by id.
+    pub tree: BTreeMap<u32, Snap>,
+    /// The snapshot the head descends from (the newest taken, or the one rolled back to).
+    pub head_parent: Option<u32>,
+    pub next_id: u32,
+}
+
 /// A snapshot as the engine keeps it.
 #[derive(Debug, Clone)]
 pub(crate) struct Snap {
@@ -101,7 +111,8 @@ fn now_unix() -> u64 {
 
 impl Volume {
     pub(crate) fn snap_id(&self, name: &str) -> Result<u32> {
-        self.snaps
+        self.snapshots
+            .tree
             .iter()
             .find(|(_, s)| s.name == name)
             .map(|(id, _)| *id)
@@ -113,15 +124,15 @@ impl Volume {
     /// caller froze the guest's filesystems.
     pub fn snapshot_create(&mut self, name: &str, frozen: bool) -> Result<SnapshotInfo> {
         check_snapshot_name(name)?;
-        if self.snaps.values().any(|s| s.name == name) {
+        if self.snapshots.tree.values().any(|s| s.name == name) {
             return Err(Error::Exists(format!(
                 "snapshot {name} of volume {}",
                 self.loc
             )));
         }
         self.writable()?;
-        let id = self.next_snap_id;
-        if self.snaps.contains_key(&id) {
+        let id = self.snapshots.next_id;
+        if self.snapshots.tree.contains_key(&id) {
             return Err(Error::Invalid(format!(
                 "volume {}: no snapshot id left (the log names snapshot {id})",
                 self.loc
@@ -145,7 +156,8 @@ impl Volume {
 
     /// Every snapshot, oldest first; `parent` links make the tree.
     pub fn snapshots(&self) -> Vec<SnapshotInfo> {
-        self.snaps
+        self.snapshots
+            .tree
             .keys()
             .filter_map(|id| self.snapshot_info(*id).ok())
             .collect()
@@ -161,7 +173,8 @@ impl Volume {
 
     fn snapshot_info(&self, id: u32) -> Result<SnapshotInfo> {
         let s = self
-            .snaps
+            .snapshots
+            .tree
             .get(&id)
             .ok_or_else(|| Error::NotFound(format!("snapshot #{id} of volume {}", self.loc)))?;
         Ok(SnapshotInfo {
@@ -171,7 +184,7 @@ impl Volume {
             created_unix: s.created,
             parent: s
                 .parent
-                .and_then(|p| self.snaps.get(&p))
+                .and_then(|p| self.snapshots.tree.get(&p))
                 .map(|p| p.name.clone()),
             consistency: if s.frozen {
                 Consistency::Frozen
@@ -180,7 +193,7 @@ impl Volume {
             },
             size: s.size,
             allocated: (s.map.mapped_blocks() * u64::from(self.meta.block_size)).min(s.size),
-            is_head_parent: self.head_parent == Some(id),
+            is_head_parent: self.snapshots.head_parent == Some(id),
             clones: s.clones.clone(),
             exclusive_bytes: s.exclusive * u64::from(self.meta.block_size),
         })
@@ -189,7 +202,7 @@ impl Volume {
     /// Deletes a snapshot; its space becomes reclaimable by the cleaner.
     pub fn snapshot_delete(&mut self, name: &str) -> Result<()> {
         let id = self.snap_id(name)?;
-        let clones = &self.snaps[&id].clones;
+        let clones = &self.snapshots.tree[&id].clones;
         if !clones.is_empty() {
             return Err(Error::Busy(format!(
                 "snapshot {name} of volume {} is protected: clones {} depend on it; flatten or delete them first",
@@ -227,12 +240,12 @@ impl Volume {
 
     /// Size of a snapshot's image.
     pub fn snapshot_size(&self, name: &str) -> Result<u64> {
-        Ok(self.snaps[&self.snap_id(name)?].size)
+        Ok(self.snapshots.tree[&self.snap_id(name)?].size)
     }
 
     /// Reads from a snapshot; its content never changes while the head is written.
     pub fn read_snapshot(&self, name: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let s = &self.snaps[&self.snap_id(name)?];
+        let s = &self.snapshots.tree[&self.snap_id(name)?];
         let (size, map) = (s.size, &s.map);
         if offset
             .checked_add(buf.len() as u64)
@@ -255,7 +268,7 @@ impl Volume {
         offset: u64,
         len: u64,
     ) -> Result<Vec<(u64, u64, bool)>> {
-        let s = &self.snaps[&self.snap_id(name)?];
+        let s = &self.snapshots.tree[&self.snap_id(name)?];
         crate::volume::allocation_of(
             &s.map,
             u64::from(self.meta.block_size),
@@ -282,13 +295,13 @@ impl Volume {
             .filter(|(_, s)| s.live > 0)
             .map(|(k, s)| (*k, s.live))
             .collect();
-        self.snaps.insert(
+        self.snapshots.tree.insert(
             id,
             Snap {
                 name,
                 created,
                 serial,
-                parent: self.head_parent,
+                parent: self.snapshots.head_parent,
                 frozen,
                 size: self.size,
                 map: self.map.clone(),
@@ -297,30 +310,30 @@ impl Volume {
                 exclusive: 0,
             },
         );
-        self.head_parent = Some(id);
-        self.next_snap_id = self.next_snap_id.max(id.saturating_add(1));
+        self.snapshots.head_parent = Some(id);
+        self.snapshots.next_id = self.snapshots.next_id.max(id.saturating_add(1));
     }
 
     pub(crate) fn remove_snapshot(&mut self, id: u32) {
         self.snapshot_dropping(id);
-        if let Some(gone) = self.snaps.remove(&id) {
-            for s in self.snaps.values_mut() {
+        if let Some(gone) = self.snapshots.tree.remove(&id) {
+            for s in self.snapshots.tree.values_mut() {
                 if s.parent == Some(id) {
                     s.parent = gone.parent;
                 }
             }
-            if self.head_parent == Some(id) {
-                self.head_parent = gone.parent;
+            if self.snapshots.head_parent == Some(id) {
+                self.snapshots.head_parent = gone.parent;
             }
         }
     }
 
     pub(crate) fn rollback_to(&mut self, id: u32) -> bool {
-        if !self.snaps.contains_key(&id) {
+        if !self.snapshots.tree.contains_key(&id) {
             return false;
         }
         self.head_replacing(id);
-        let Some(s) = self.snaps.get(&id) else {
+        let Some(s) = self.snapshots.tree.get(&id) else {
             return false;
         };
         self.map = s.map.clone();
@@ -328,7 +341,7 @@ impl Volume {
         for (seq, st) in self.segs.iter_mut() {
             st.live = s.live.get(seq).copied().unwrap_or(0);
         }
-        self.head_parent = Some(id);
+        self.snapshots.head_parent = Some(id);
         true
     }
 
@@ -354,7 +367,7 @@ impl Volume {
             }
             self.segs.entry(seg).or_default().live += moved;
         }
-        for s in self.snaps.values_mut() {
+        for s in self.snapshots.tree.values_mut() {
             let moved = s
                 .map
                 .relocate(old_seg, old_off, seg, off, stored, lba, blocks);
@@ -372,7 +385,8 @@ impl Volume {
     pub(crate) fn segment_referenced(&self, seq: u32) -> bool {
         self.segs.get(&seq).is_some_and(|s| s.live > 0)
             || self
-                .snaps
+                .snapshots
+                .tree
                 .values()
                 .any(|s| s.live.get(&seq).is_some_and(|l| *l > 0))
     }

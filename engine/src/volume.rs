@@ -161,6 +161,22 @@ pub(crate) struct Failure {
     pub retry_at: std::time::Instant,
 }
 
+/// What failures of the write path left behind: the volume recovers at its next write
+/// (`Volume::writable`), and reports acknowledged writes it could not find at the next flush.
+#[derive(Debug, Default)]
+pub(crate) struct Health {
+    pub failed: Option<Failure>,
+    /// The last append failed part-way but the object is exactly the bytes counted as appended
+    /// (see `ObjectWriter::appended`): nothing is lost, the next append goes on from there.
+    pub transient: bool,
+    /// A segment whose sync failed, and the bytes of it known durable: recovery reads no more.
+    pub uncertain: Option<(u32, u64)>,
+    /// The serial of the last operation acknowledged.
+    pub acked_serial: u64,
+    /// Acknowledged writes a recovery could not find on disk: the next flush reports it.
+    pub lost: Option<String>,
+}
+
 /// How long a volume whose recovery failed waits before it tries again.
 const RETRY_AFTER: Duration = Duration::from_millis(200);
 
@@ -275,11 +291,8 @@ pub struct Volume {
     pub(crate) loc: String,
     pub(crate) meta: Meta,
     pub(crate) read_only: bool,
-    /// A clone's base, open read-only (None: not a clone, or detached).
-    pub(crate) base_view: Option<crate::clone::BaseView>,
-    pub(crate) detached: bool,
-    /// Blocks covered by "reads as zeros" markers (clones).
-    pub(crate) zero_marked: u64,
+    /// A clone's link to its base (see clone.rs).
+    pub(crate) origin: crate::clone::Origin,
     pub(crate) size: u64,
     pub(crate) serial: u64,
     pub(crate) map: ExtentMap,
@@ -287,46 +300,18 @@ pub struct Volume {
     pub(crate) open: Option<OpenSeg>,
     /// Shared with the cleaner's copy thread, which creates segments too.
     pub(crate) next_seq: Arc<crate::seg_numbers::SegNumbers>,
-    pub(crate) since_ckpt: u64,
-    pub(crate) checkpoints: Vec<u32>,
+    /// Checkpoints kept, written and being written (see checkpoint_thread.rs).
+    pub(crate) ckpt: crate::checkpoint_thread::Checkpoints,
     /// Shared by concurrent readers (`read` takes `&self`).
     pub(crate) cache: Mutex<ReadCache>,
     pub(crate) staged: Vec<Staged>,
-    pub(crate) snaps: BTreeMap<u32, crate::snapshot::Snap>,
-    /// The snapshot the head descends from (the newest taken, or the one rolled back to).
-    pub(crate) head_parent: Option<u32>,
-    pub(crate) next_snap_id: u32,
-    pub(crate) auto_clean: Option<crate::cleaner::CleanPolicy>,
-    pub(crate) cleaning: bool,
-    pub(crate) clean_totals: (u64,),
-    /// A pass of `clean_step` in progress (victims chosen, units left to copy).
-    pub(crate) clean_run: Option<crate::clean_pass::Pass>,
-    /// An inline pass copying on its own thread.
-    pub(crate) clean_job: Option<crate::cleaner::CopyJob>,
-    /// The background cleaner's rate limit, kept between its passes.
-    pub(crate) bg_limiter: Option<crate::cleaner::RateLimiter>,
-    /// The cleaner's checkpoint, being written on its thread.
-    pub(crate) pending_ckpt: Option<crate::checkpoint_thread::PendingCheckpoint>,
-    /// In memory only: segments the cleaner wrote since open (what survives them again goes
-    /// to the cleaner's cold stream).
-    pub(crate) cleaner_segs: std::collections::BTreeSet<u32>,
-    /// Segments the cleaner emptied, until no kept checkpoint needs them (see cleaner.rs).
-    pub(crate) reclaim: crate::cleaner::Reclaim,
-    /// Where writes went lately (the cleaner keeps hot data apart from cold).
-    pub(crate) heat: crate::cleaner::Heat,
+    /// The snapshot tree (see snapshot.rs).
+    pub(crate) snapshots: crate::snapshot::Snapshots,
+    /// The cleaner's passes, policy and reclaim (see cleaner.rs).
+    pub(crate) cleaner: crate::cleaner::CleanerState,
     pub(crate) compress_gate: Arc<crate::encode::CompressGate>,
-    pub(crate) failed: Option<Failure>,
-    /// The last append failed part-way but the object is exactly the bytes counted as appended
-    /// (see `ObjectWriter::appended`): nothing is lost, the next append goes on from there.
-    pub(crate) transient: bool,
-    /// A segment whose sync failed, and the bytes of it known durable: recovery reads no more.
-    pub(crate) uncertain: Option<(u32, u64)>,
-    /// The serial of the last operation acknowledged.
-    pub(crate) acked_serial: u64,
-    /// Acknowledged writes a recovery could not find on disk: the next flush reports it.
-    pub(crate) lost: Option<String>,
-    /// The number the next checkpoint takes at least.
-    pub(crate) next_ckpt_id: u32,
+    /// Failures of the write path and what they put in doubt.
+    pub(crate) health: Health,
     pub(crate) open_opts: OpenOptions,
     pub(crate) closed: bool,
     pub(crate) recovery: RecoveryReport,
@@ -401,7 +386,7 @@ impl Volume {
         if self.read_only {
             return Err(Error::ReadOnly(self.loc.clone()));
         }
-        let Some(f) = &self.failed else {
+        let Some(f) = &self.health.failed else {
             return Ok(());
         };
         if std::time::Instant::now() < f.retry_at {
@@ -415,7 +400,7 @@ impl Volume {
             Ok(()) => Ok(()),
             Err(e) => {
                 tracing::warn!(volume = %self.loc, error = %e, "recovery after a write-path failure failed; retrying later");
-                self.failed = Some(Failure {
+                self.health.failed = Some(Failure {
                     cause: e.to_string(),
                     no_space: e.is_no_space(),
                     retry_at: std::time::Instant::now() + RETRY_AFTER,
@@ -430,12 +415,12 @@ impl Volume {
     /// byte (`transient`) is no failure: the bytes are still in memory and go at the next one.
     pub(crate) fn fail<T>(&mut self, r: Result<T>) -> Result<T> {
         if let Err(e) = &r {
-            if std::mem::take(&mut self.transient) {
+            if std::mem::take(&mut self.health.transient) {
                 return r;
             }
-            if self.failed.is_none() {
+            if self.health.failed.is_none() {
                 tracing::error!(volume = %self.loc, error = %e, "write path failed; the volume recovers at its next write");
-                self.failed = Some(Failure {
+                self.health.failed = Some(Failure {
                     cause: e.to_string(),
                     no_space: e.is_no_space(),
                     retry_at: std::time::Instant::now(),
@@ -491,8 +476,8 @@ impl Volume {
                 let e = pend.min(end);
                 let out = &mut buf[(s - offset) as usize..(e - offset) as usize];
                 match piece.ext {
-                    None => match self.base_view.as_ref() {
-                        Some(b) if !self.detached => b.read(s, out)?,
+                    None => match self.origin.view.as_ref() {
+                        Some(b) if !self.origin.detached => b.read(s, out)?,
                         _ => out.fill(0),
                     },
                     Some(x) if x.seg == crate::clone::ZERO_SEG => out.fill(0),
@@ -895,7 +880,7 @@ impl Volume {
         self.poll_clean()?;
         let r = self.commit_group(staged);
         if r.is_ok() {
-            self.acked_serial = self.serial;
+            self.health.acked_serial = self.serial;
         }
         self.fail(r)
     }
@@ -943,7 +928,7 @@ impl Volume {
         let pending = self.open.as_ref().map_or(0, |o| o.buf.pending_bytes());
         if pending >= APPEND_BATCH {
             if let Err(e) = self.append_pending() {
-                if !std::mem::take(&mut self.transient) {
+                if !std::mem::take(&mut self.health.transient) {
                     return Err(e);
                 }
                 // Applied and kept in memory: acknowledged like any buffered write; the next
@@ -966,10 +951,10 @@ impl Volume {
         let bad = |what: &str| Error::corrupt(&self.loc, segment_name(seq), rec_off, what);
         let bs = self.bs();
         let segs = &mut self.segs;
-        let zm = &mut self.zero_marked;
+        let zm = &mut self.origin.zero_marked;
         // Called for every block run a record unmaps: live counters and zero markers stay exact.
         // Runs the head dropped, when a snapshot may now be their last holder.
-        let track = !self.snaps.is_empty();
+        let track = !self.snapshots.tree.is_empty();
         let mut dropped: Vec<crate::exclusive::Run> = Vec::new();
         let mut dead = |lba: u64, x: Extent| {
             let n = u64::from(x.len);
@@ -1008,10 +993,12 @@ impl Volume {
                 let st = self.segs.entry(seq).or_default();
                 st.written += n;
                 st.live += n;
-                self.heat.touch(hdr.arg, n, self.map.mapped_blocks());
+                self.cleaner
+                    .heat
+                    .touch(hdr.arg, n, self.map.mapped_blocks());
             }
             RecordKind::Zero => {
-                if self.meta.base.is_some() && !self.detached {
+                if self.meta.base.is_some() && !self.origin.detached {
                     zero_added += Volume::mark_zero(
                         &mut self.map,
                         hdr.arg,
@@ -1029,7 +1016,7 @@ impl Volume {
                 let old_blocks = self.size.div_ceil(bs);
                 self.size = hdr.arg;
                 let from = hdr.arg.div_ceil(bs);
-                if self.meta.base.is_none() || self.detached {
+                if self.meta.base.is_none() || self.origin.detached {
                     self.map.remove(from, u64::MAX - from, &mut dead);
                 } else if old_blocks > from {
                     // Shrunk away: growing again must read zeros, not the base. Beyond the old
@@ -1040,13 +1027,13 @@ impl Volume {
                 }
             }
             RecordKind::Detach => {
-                self.detached = true;
-                self.base_view = None;
+                self.origin.detached = true;
+                self.origin.view = None;
             }
             RecordKind::CloneAdd | RecordKind::CloneRemove => {
                 let id = u32::try_from(hdr.arg).map_err(|_| bad("snapshot id out of range"))?;
                 let who = String::from_utf8_lossy(meta).into_owned();
-                if let Some(s) = self.snaps.get_mut(&id) {
+                if let Some(s) = self.snapshots.tree.get_mut(&id) {
                     s.clones.retain(|c| *c != who);
                     if hdr.kind == RecordKind::CloneAdd {
                         s.clones.push(who);
@@ -1093,7 +1080,7 @@ impl Volume {
                 );
             }
         }
-        self.zero_marked += zero_added;
+        self.origin.zero_marked += zero_added;
         self.head_dropped(&dropped);
         self.serial = self.serial.max(hdr.serial);
         Ok(())
@@ -1129,7 +1116,7 @@ impl Volume {
                     (Ok(()), _) => o.buf.mark_appended(),
                     (Err(e), Some(n)) if n as usize <= o.buf.len() => {
                         o.buf.mark_appended_to(n as usize);
-                        self.transient = true;
+                        self.health.transient = true;
                         return Err(e);
                     }
                     (Err(e), _) => {
@@ -1172,7 +1159,7 @@ impl Volume {
             false => Ok(()),
         });
         if let Err(e) = r {
-            self.uncertain = Some((o.seq, o.sync.durable()));
+            self.health.uncertain = Some((o.seq, o.sync.durable()));
             // Reads go on from memory until the volume recovers.
             *o.writer.get_mut().unwrap_or_else(|p| p.into_inner()) = Box::new(ClosedWriter);
             self.open = Some(o);
@@ -1180,9 +1167,9 @@ impl Volume {
         }
         let bytes = o.buf.len() as u64;
         self.segs.entry(o.seq).or_default().bytes = bytes;
-        self.since_ckpt += bytes;
+        self.ckpt.since += bytes;
         tracing::debug!(volume = %self.loc, seq = o.seq, bytes, "sealed segment");
-        if self.since_ckpt >= self.meta.checkpoint_interval {
+        if self.ckpt.since >= self.meta.checkpoint_interval {
             // Only replay time depends on it: a failure (a full disk) leaves it for the next seal.
             if let Err(e) = self.write_checkpoint() {
                 tracing::warn!(volume = %self.loc, error = %e, "checkpoint after a seal failed; retried at the next seal");
@@ -1203,7 +1190,7 @@ impl Volume {
     /// flushes that overlap share one disk sync (group commit). Finish with `flush_end`.
     pub fn flush_begin(&mut self) -> Result<FlushWait> {
         self.writable()?;
-        if let Some(cause) = self.lost.take() {
+        if let Some(cause) = self.health.lost.take() {
             return Err(Error::Failed {
                 volume: self.loc.clone(),
                 cause: format!(
@@ -1235,7 +1222,7 @@ impl Volume {
     pub fn flush_end(&mut self, r: Result<()>) -> Result<()> {
         // A sync error is never `transient`, whatever an append left.
         if r.is_err() {
-            self.transient = false;
+            self.health.transient = false;
         }
         self.fail(r)
     }
@@ -1328,7 +1315,7 @@ impl Volume {
             .filter(|(seq, _)| self.open.as_ref().is_none_or(|o| o.seq != **seq))
             .map(|(_, s)| s.bytes)
             .sum();
-        sealed + open_bytes + self.reclaim.zombie_bytes()
+        sealed + open_bytes + self.cleaner.reclaim.zombie_bytes()
     }
 
     /// Space and layout figures.
@@ -1343,8 +1330,12 @@ impl Volume {
         };
         Stat {
             capacity: self.size,
-            allocated: (self.map.mapped_blocks().saturating_sub(self.zero_marked) * self.bs())
-                .min(self.size),
+            allocated: (self
+                .map
+                .mapped_blocks()
+                .saturating_sub(self.origin.zero_marked)
+                * self.bs())
+            .min(self.size),
             log_bytes: self.log_bytes(),
             segments: self.segs.len() as u64,
             live_ratio: if written == 0 {
@@ -1358,7 +1349,7 @@ impl Volume {
             cache_hits,
             cache_misses,
             reclaimable: self.reclaimable_bytes(),
-            snapshots: self.snaps.len() as u64,
+            snapshots: self.snapshots.tree.len() as u64,
         }
     }
 
@@ -1375,7 +1366,7 @@ impl Volume {
         self.writable()?;
         // No pass starts from here on (the seal below would start one on its thread, writing
         // after the last checkpoint).
-        self.cleaning = true;
+        self.cleaner.running = true;
         // The cleaner's pass first: its copies become part of the state the checkpoint saves.
         let had_open = self.open.is_some() || self.cleaning_in_progress();
         self.finish_job(true)?;
@@ -1383,7 +1374,7 @@ impl Volume {
         self.fail(r)?;
         let r = self.seal_clean_run().and_then(|()| self.seal());
         self.fail(r)?;
-        if had_open && self.since_ckpt > 0 {
+        if had_open && self.ckpt.since > 0 {
             let r = self.write_checkpoint();
             self.fail(r)?;
         }
@@ -1408,7 +1399,7 @@ impl Drop for Volume {
         // The copy thread must not write after the volume (and its lease) is gone.
         self.cancel_job();
         self.abandon_checkpoint();
-        if !self.closed && !self.read_only && self.failed.is_none() {
+        if !self.closed && !self.read_only && self.health.failed.is_none() {
             if let Err(e) = self.flush() {
                 tracing::error!(volume = %self.loc, error = %e, "flush on drop failed");
             }

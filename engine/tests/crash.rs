@@ -229,6 +229,9 @@ impl Backend for Recording {
     fn location(&self) -> String {
         self.inner.location()
     }
+    fn capabilities(&self) -> hlfs_engine::backend::Capabilities {
+        self.inner.capabilities()
+    }
     fn create(&self, name: &str) -> hlfs_engine::Result<Box<dyn ObjectWriter>> {
         let w = self.inner.create(name)?;
         let mut l = self.log.lock().expect("log");

@@ -310,6 +310,9 @@ impl Backend for LocalBackend {
     fn location(&self) -> String {
         format!("local://{}", self.dir.display())
     }
+    fn capabilities(&self) -> super::Capabilities {
+        super::Capabilities::LOCAL
+    }
 
     fn create(&self, name: &str) -> Result<Box<dyn ObjectWriter>> {
         let path = self.path(name)?;

@@ -55,6 +55,34 @@ pub trait Syncer: Send + Sync {
     fn sync(&self) -> Result<()>;
 }
 
+/// What a backend's calls cost, asked of the backend rather than read off its URI (as
+/// cloud-hypervisor's `block` crate asks a disk file what it supports): the engine decides from
+/// it where a call may run. The default is the cautious answer: a remote store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Every call completes on this host, without the network and without a runtime of the
+    /// backend's own, so an async runtime's thread may make it (HDFS calls block on a runtime
+    /// of their own and must not).
+    pub in_process: bool,
+    /// A delete takes time proportional to the object (unlinking a large file frees its blocks
+    /// before returning), so the volume hands deletes to a deleter thread rather than make its
+    /// writers wait; a remote delete is one quick metadata call and runs inline.
+    pub slow_delete: bool,
+}
+
+impl Capabilities {
+    /// A directory on this host.
+    pub const LOCAL: Capabilities = Capabilities {
+        in_process: true,
+        slow_delete: true,
+    };
+    /// A store across the network.
+    pub const REMOTE: Capabilities = Capabilities {
+        in_process: false,
+        slow_delete: false,
+    };
+}
+
 /// Proof of the single-writer lease; dropping it releases the lease.
 pub trait Lease: Send + Debug {}
 
@@ -62,6 +90,10 @@ pub trait Lease: Send + Debug {}
 pub trait Backend: Send + Sync + Debug {
     /// Where this namespace lives, for messages (`local:///var/lib/hlfs/pool/vol`).
     fn location(&self) -> String;
+    /// What its calls cost (see [`Capabilities`]); a wrapper answers for what it wraps.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::REMOTE
+    }
     /// Creates a new, empty object; fails if it already exists.
     fn create(&self, name: &str) -> Result<Box<dyn ObjectWriter>>;
     /// Reads exactly `buf.len()` bytes at `offset`; a short object is an error, never a panic.

@@ -56,6 +56,9 @@ impl hlfs_engine::Backend for SlowCopyReads {
     fn location(&self) -> String {
         self.0.location()
     }
+    fn capabilities(&self) -> hlfs_engine::backend::Capabilities {
+        self.0.capabilities()
+    }
     fn create(
         &self,
         name: &str,

@@ -548,6 +548,11 @@ impl Backend for JournaledBackend {
     fn location(&self) -> String {
         self.inner.remote.location()
     }
+    /// The remote's: reads of data not yet uploaded come from local journal files, the rest
+    /// (and every delete) from the remote.
+    fn capabilities(&self) -> super::Capabilities {
+        self.inner.remote.capabilities()
+    }
 
     fn create(&self, name: &str) -> Result<Box<dyn ObjectWriter>> {
         super::check_object_name(name)?;
