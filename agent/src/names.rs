@@ -39,8 +39,8 @@ pub enum PoolUri {
 }
 
 impl PoolUri {
-    /// Parses `local:///abs/path` (the path must be absolute and free of `..`) or
-    /// `hdfs://host:port/abs/path`.
+    /// Parses `local:///abs/path` or `hdfs://host:port/abs/path` with the one parser of backend
+    /// URIs ([`hlfs_types::BackendUri`]), refusing `%` besides.
     pub fn parse(s: &str) -> Result<PoolUri> {
         if s.chars().any(char::is_control) {
             return Err(Error::invalid(
@@ -57,49 +57,12 @@ impl PoolUri {
                 "'%' is not allowed (it separates a snapshot in HLFS URIs)",
             ));
         }
-        if let Some(rest) = s.strip_prefix("local://") {
-            if !rest.starts_with('/') {
-                return Err(Error::invalid(
-                    "pool URI",
-                    s,
-                    "expected local:///absolute/path",
-                ));
-            }
-            if rest.split('/').any(|c| c == "..") {
-                return Err(Error::invalid(
-                    "pool URI",
-                    s,
-                    "'..' is not allowed in a pool path",
-                ));
-            }
-            let trimmed = rest.trim_end_matches('/');
-            let path = if trimmed.is_empty() { "/" } else { trimmed };
-            return Ok(PoolUri::Local(PathBuf::from(path)));
-        }
-        if s.starts_with("hdfs://") {
-            let (base, path) = hlfs_engine::backend::hdfs::split_url(s).map_err(|e| {
-                Error::invalid(
-                    "pool URI",
-                    s,
-                    format!("expected hdfs://host:port/absolute/path ({e})"),
-                )
-            })?;
-            let authority = &base["hdfs://".len()..];
-            if authority.contains(['@', '?', '#', ' ']) || path.contains(['?', '#']) {
-                return Err(Error::invalid(
-                    "pool URI",
-                    s,
-                    "expected hdfs://host:port/absolute/path",
-                ));
-            }
-            check_authority(authority).map_err(|why| Error::invalid("pool URI", s, why))?;
-            return Ok(PoolUri::Hdfs(format!("{base}{path}")));
-        }
-        Err(Error::invalid(
-            "pool URI",
-            s,
-            "expected local:///absolute/path or hdfs://host:port/absolute/path",
-        ))
+        let uri =
+            hlfs_types::BackendUri::parse(s).map_err(|e| Error::invalid("pool URI", s, e.why))?;
+        Ok(match uri.scheme() {
+            hlfs_types::Scheme::Local => PoolUri::Local(PathBuf::from(uri.path())),
+            hlfs_types::Scheme::Hdfs => PoolUri::Hdfs(uri.to_string()),
+        })
     }
 
     /// The URI as text.
@@ -109,28 +72,6 @@ impl PoolUri {
             PoolUri::Hdfs(url) => url.clone(),
         }
     }
-}
-
-/// Checks the `host:port` of an HDFS URI: a host, and a port from 1 to 65535 (or no port, for
-/// the NameNode's default), so that a typo is an invalid argument rather than a connection
-/// error later.
-fn check_authority(authority: &str) -> std::result::Result<(), String> {
-    let (host, port) = match authority.rsplit_once(':') {
-        // `[v6]:port`, or `host:port`, but not a bare IPv6 address.
-        Some((h, p)) if !h.is_empty() && (h.ends_with(']') || !h.contains(':')) => (h, Some(p)),
-        Some(("", _)) => return Err("the NameNode host is missing (hdfs://host:port/path)".into()),
-        _ => (authority, None),
-    };
-    if host.is_empty() {
-        return Err("the NameNode host is missing (hdfs://host:port/path)".into());
-    }
-    if let Some(p) = port {
-        match p.parse::<u16>() {
-            Ok(n) if n > 0 => {}
-            _ => return Err(format!("port {p:?} is not a number from 1 to 65535")),
-        }
-    }
-    Ok(())
 }
 
 /// What an NBD client asked for: `POOL/VOLUME` or `POOL/VOLUME@SNAPSHOT`.

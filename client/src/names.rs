@@ -99,43 +99,19 @@ pub struct Location {
     pub snapshot: Option<String>,
 }
 
-const SCHEMES: [&str; 2] = ["local://", "hdfs://"];
-
+/// Checks a URI's scheme, host and path with the one parser of backend URIs
+/// ([`hlfs_types::BackendUri`], which the engine and hlfsd use too).
 fn check_uri(s: &str, uri: &str) -> Result<()> {
-    let bad = |why: &str| Err(HlfsError::invalid("HLFS URI", s, why));
-    let (scheme, rest) = match SCHEMES.iter().find(|p| uri.starts_with(*p)) {
-        Some(p) => (*p, &uri[p.len()..]),
-        None => return bad("expected local:///DIR or hdfs://HOST:PORT/DIR"),
-    };
-    if uri.chars().any(char::is_control) || uri.contains(['?', '#']) {
-        return bad("control characters, '?' and '#' are not allowed");
-    }
-    let path = if scheme == "hdfs://" {
-        let Some(i) = rest.find('/') else {
-            return bad("expected hdfs://HOST:PORT/DIR");
-        };
-        let authority = &rest[..i];
-        if authority.is_empty() || authority.starts_with(':') || authority.contains('@') {
-            return bad("expected hdfs://HOST:PORT/DIR (the NameNode host is missing)");
-        }
-        &rest[i..]
-    } else {
-        rest
-    };
-    if !path.starts_with('/') {
-        return bad("the directory must be an absolute path");
-    }
-    if path.split('/').any(|c| c == ".." || c == ".") {
-        return bad("'.' and '..' are not allowed in the path");
-    }
-    Ok(())
+    hlfs_types::BackendUri::parse(uri)
+        .map(drop)
+        .map_err(|e| HlfsError::invalid("HLFS URI", s, e.why))
 }
 
 impl Location {
     /// Parses a location. Names are checked ([`check_name`]); a URI's scheme, host and path
     /// are checked for shape (hlfsd checks the rest when it matches pools).
     pub fn parse(s: &str) -> Result<Location> {
-        if SCHEMES.iter().any(|p| s.starts_with(p)) {
+        if hlfs_types::Scheme::split(s).is_some() {
             let (uri, snapshot) = match s.rsplit_once('%') {
                 Some((u, snap)) => (u, Some(snap.to_string())),
                 None => (s, None),
@@ -220,15 +196,10 @@ impl Location {
         if self.volume.is_some() {
             return None;
         }
-        let (dir, vol) = u.rsplit_once('/')?;
-        let scheme_len = SCHEMES.iter().find(|p| dir.starts_with(*p))?.len();
-        let rest = &dir[scheme_len..];
-        // `local://` + `/x`: a pool directory must remain (`/` alone is not one).
-        let has_dir = if dir.starts_with("hdfs://") {
-            rest.contains('/')
-        } else {
-            !rest.is_empty()
-        };
+        let uri = hlfs_types::BackendUri::parse(u).ok()?;
+        let (dir, vol) = uri.split_last()?;
+        // A pool directory must remain (`/` alone is not one).
+        let has_dir = dir.path() != "/";
         if !has_dir || name_problem(vol).is_some() {
             return None;
         }

@@ -104,32 +104,16 @@ impl std::fmt::Debug for HdfsBackend {
     }
 }
 
-/// Splits `hdfs://host:port/path` into (`hdfs://host:port`, `/path`).
+/// Splits `hdfs://host:port/path` into (`hdfs://host:port`, `/path`), checked by the one
+/// parser of backend URIs ([`hlfs_types::BackendUri`]).
 pub fn split_url(url: &str) -> Result<(String, String)> {
-    let rest = url
-        .strip_prefix("hdfs://")
-        .ok_or_else(|| Error::Invalid(format!("{url:?} is not an hdfs://host:port/path URL")))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, ""),
-    };
-    if authority.is_empty() {
+    let u = hlfs_types::BackendUri::parse(url).map_err(|e| Error::Invalid(e.to_string()))?;
+    if u.scheme() != hlfs_types::Scheme::Hdfs {
         return Err(Error::Invalid(format!(
-            "{url:?} names no NameNode (hdfs://host:port/path)"
+            "{url:?} is not an hdfs://host:port/path URL"
         )));
     }
-    let path = path.trim_end_matches('/');
-    if path.is_empty() {
-        return Err(Error::Invalid(format!(
-            "{url:?} names no directory (hdfs://host:port/path/volume)"
-        )));
-    }
-    if path.split('/').any(|c| c == "." || c == "..") || path.contains("//") {
-        return Err(Error::Invalid(format!(
-            "{url:?}: the path must be absolute and normalized"
-        )));
-    }
-    Ok((format!("hdfs://{authority}"), path.to_string()))
+    Ok((u.root(), u.path().to_string()))
 }
 
 fn timed_out(what: &str, t: Duration) -> io::Error {

@@ -148,18 +148,20 @@ pub fn check_object_name(name: &str) -> Result<()> {
 /// Opens the backend namespace a location URI names (`local:///dir/vol`, `hdfs://host:port/p`),
 /// for a clone's base. A missing local directory is an error, not created.
 pub fn open_location(uri: &str) -> Result<std::sync::Arc<dyn Backend>> {
-    if let Some(path) = uri.strip_prefix("local://") {
-        let p = std::path::Path::new(path);
-        if !p.is_dir() {
-            return Err(crate::Error::NotFound(format!("volume {uri}")));
+    use hlfs_types::Scheme;
+    match Scheme::split(uri) {
+        // As `LocalBackend::location` wrote it: the directory may be relative (tests).
+        Some((Scheme::Local, path)) => {
+            let p = std::path::Path::new(path);
+            if !p.is_dir() {
+                return Err(crate::Error::NotFound(format!("volume {uri}")));
+            }
+            Ok(std::sync::Arc::new(LocalBackend::new(p)?))
         }
-        return Ok(std::sync::Arc::new(LocalBackend::new(p)?));
+        #[cfg(feature = "hdfs")]
+        Some((Scheme::Hdfs, _)) => Ok(std::sync::Arc::new(hdfs::HdfsBackend::connect(uri)?)),
+        _ => Err(crate::Error::Invalid(format!(
+            "unsupported location {uri:?}: expected local:///path or hdfs://host:port/path"
+        ))),
     }
-    #[cfg(feature = "hdfs")]
-    if uri.starts_with("hdfs://") {
-        return Ok(std::sync::Arc::new(hdfs::HdfsBackend::connect(uri)?));
-    }
-    Err(crate::Error::Invalid(format!(
-        "unsupported location {uri:?}: expected local:///path or hdfs://host:port/path"
-    )))
 }

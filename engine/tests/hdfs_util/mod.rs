@@ -76,28 +76,14 @@ fn guard_file() -> PathBuf {
 
 pub fn shared() -> HdfsGuard {
     let f = File::create(guard_file()).expect("guard file");
-    // SAFETY: flock on a valid descriptor.
-    let rc = unsafe { libc_flock(&f, false) };
-    assert_eq!(rc, 0, "flock");
+    f.lock_shared().expect("flock");
     HdfsGuard(f)
 }
 
 pub fn exclusive() -> HdfsGuard {
     let f = File::create(guard_file()).expect("guard file");
-    // SAFETY: flock on a valid descriptor.
-    let rc = unsafe { libc_flock(&f, true) };
-    assert_eq!(rc, 0, "flock");
+    f.lock().expect("flock");
     HdfsGuard(f)
-}
-
-unsafe fn libc_flock(f: &File, exclusive: bool) -> i32 {
-    use std::os::fd::AsRawFd;
-    extern "C" {
-        fn flock(fd: i32, op: i32) -> i32;
-    }
-    const LOCK_SH: i32 = 1;
-    const LOCK_EX: i32 = 2;
-    flock(f.as_raw_fd(), if exclusive { LOCK_EX } else { LOCK_SH })
 }
 
 /// Runs `scripts/hdfs/node.sh ARGS` (stop/start one HDFS daemon of the test cluster).
