@@ -10,36 +10,13 @@ use hlfs_engine::backend::HdfsBackend;
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-/// The HDFS to test against. Without `HLFS_TEST_HDFS_URL`: fails under CI, else skips.
-fn hdfs_url(test: &str) -> Option<String> {
-    match std::env::var("HLFS_TEST_HDFS_URL") {
-        Ok(u) if !u.is_empty() => Some(u.trim_end_matches('/').to_string()),
-        _ => {
-            if std::env::var_os("CI").is_some() {
-                panic!(
-                    "{test}: HLFS_TEST_HDFS_URL is not set; HDFS tests must run under \
-                     scripts/with-hdfs.sh in CI"
-                );
-            }
-            eprintln!(
-                "SKIPPED {test}: HLFS_TEST_HDFS_URL is not set (run under scripts/with-hdfs.sh)"
-            );
-            None
-        }
-    }
-}
+use hlfs_test_support::hdfs_url;
 
 /// A fresh pool directory URL on the test HDFS.
 fn pool_url(base: &str, test: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!(
-        "{base}/hlfs-agent-test/{test}-{}-{nanos}",
-        std::process::id()
-    )
+    hlfs_test_support::unique_url(base, "hlfs-agent-test", test)
 }
 
 /// Shared hold on the test HDFS (the engine's fault tests, which stop HDFS daemons, take it

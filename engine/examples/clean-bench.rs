@@ -45,7 +45,7 @@ fn overwrite_run(
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut buf = vec![0u8; 1 << 20];
     for i in 0..live >> 20 {
-        rng.fill(&mut buf);
+        rng.fill_random(&mut buf);
         v.write(i << 20, &buf)?;
     }
     v.flush()?;
@@ -62,7 +62,7 @@ fn overwrite_run(
     let mut b4 = vec![0u8; 4096];
     let t = Instant::now();
     for i in 0..over / 4096 {
-        rng.fill(&mut b4);
+        rng.fill_random(&mut b4);
         let blocks = live / 4096;
         let r = rng.next();
         // Skewed: 90% of writes go to 10% of the volume (hot and cold data, as on real disks).
@@ -153,7 +153,7 @@ fn exclusive_counters(dir: &Path, size: u64) -> R<(f64, u64, u64, f64, f64)> {
     let mut rewrite = |v: &mut Volume, rng: &mut Rng| -> R<f64> {
         let t = Instant::now();
         for b in &order {
-            rng.fill(&mut b4);
+            rng.fill_random(&mut b4);
             v.write(b * 4096, &b4)?;
         }
         v.flush()?;

@@ -132,7 +132,7 @@ fn main() -> R<()> {
     let mut buf = vec![0u8; 1 << 20];
     let t = Instant::now();
     for i in 0..size_mib {
-        rng.fill(&mut buf);
+        rng.fill_random(&mut buf);
         v.write(i << 20, &buf)?;
     }
     v.flush()?;
@@ -149,7 +149,7 @@ fn main() -> R<()> {
         .collect();
     let t = Instant::now();
     for &o in &offs {
-        rng.fill(&mut b4);
+        rng.fill_random(&mut b4);
         v.write(o, &b4)?;
     }
     v.flush()?;
@@ -227,7 +227,7 @@ fn main() -> R<()> {
     let (_, mut v) = new_volume(&dir, "sync64", size, 256 << 20)?;
     let t = Instant::now();
     for i in 0..nsync {
-        rng.fill(&mut b4);
+        rng.fill_random(&mut b4);
         v.write(rng.next() % (size / 4096) * 4096, &b4)?;
         if i % 64 == 63 {
             v.flush()?;
@@ -241,7 +241,7 @@ fn main() -> R<()> {
     // Recovery after `size` bytes written since the last checkpoint (no close).
     let (rp, mut v) = new_volume(&dir, "recover", size, u64::MAX / 2)?;
     for i in 0..size_mib {
-        rng.fill(&mut buf);
+        rng.fill_random(&mut buf);
         v.write(i << 20, &buf)?;
     }
     v.flush()?;

@@ -85,7 +85,7 @@ mod bench {
             .build()?;
         let raw_path = format!("{dir}/raw-{stamp}");
         let mut chunk = vec![0u8; 1 << 20];
-        Rng(stamp as u64 | 1).fill(&mut chunk);
+        Rng(stamp as u64 | 1).fill_random(&mut chunk);
         let chunk = bytes::Bytes::from(chunk);
         let t0 = Instant::now();
         rt.block_on(async {
@@ -148,7 +148,7 @@ mod bench {
         let mut buf = vec![0u8; 4096];
         let t0 = Instant::now();
         for _ in 0..n {
-            rng.fill(&mut buf);
+            rng.fill_random(&mut buf);
             let off = (rng.next() % (size / 4096)) * 4096;
             v.write(off, &buf)?;
         }
@@ -167,7 +167,7 @@ mod bench {
         let mut big = vec![0u8; 1 << 20];
         let t0 = Instant::now();
         for i in 0..mib {
-            rng.fill(&mut big);
+            rng.fill_random(&mut big);
             v.write(i << 20, &big)?;
         }
         v.flush()?;
@@ -193,7 +193,7 @@ mod bench {
         inplace.sync_all()?;
         let (mut fl, mut la, mut li) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..500u64 {
-            rng.fill(&mut buf);
+            rng.fill_random(&mut buf);
             let t = Instant::now();
             v.write((i * 7919 % (size / 4096)) * 4096, &buf)?;
             v.flush()?;

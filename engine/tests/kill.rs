@@ -7,9 +7,7 @@
 mod common;
 
 use common::{open, read_all, Op, Rng};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// The tests here fork children; run them one at a time so that no child inherits (until its
@@ -224,32 +222,14 @@ fn kill_during_cleaning_and_snapshots() {
 /// Runs the ignored child test `name` on `dir`, kills it with SIGKILL after `after`, and
 /// returns what it printed.
 fn run_and_kill(name: &str, dir: &Path, seed: u64, after: Duration) -> Vec<String> {
-    let exe = std::env::current_exe().expect("exe");
-    let mut child = Command::new(exe)
-        .args([
-            "--exact",
-            name,
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("HLFS_TORTURE_DIR", dir)
-        .env("HLFS_TORTURE_SEED", seed.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn child");
-    let stdout = child.stdout.take().expect("stdout");
-    let reader = std::thread::spawn(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<String>>()
-    });
-    std::thread::sleep(after);
-    child.kill().expect("SIGKILL");
-    child.wait().expect("wait");
-    reader.join().expect("reader")
+    hlfs_test_support::run_child_and_kill(
+        name,
+        &[
+            ("HLFS_TORTURE_DIR", dir.display().to_string()),
+            ("HLFS_TORTURE_SEED", seed.to_string()),
+        ],
+        after,
+    )
 }
 
 /// Asserts that `img` is `start` after some prefix of the child's operations (seed `seed`) at

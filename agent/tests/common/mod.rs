@@ -5,12 +5,9 @@
 
 use std::io::Read;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Panics unless `name` is on PATH: tests never skip silently.
 pub fn require_tool(name: &str) -> PathBuf {
@@ -50,27 +47,7 @@ pub fn try_run(tool: &str, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {tool}: {e}"))
 }
 
-/// A private scratch directory, removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let p = std::env::temp_dir().join(format!("hlfs-agent-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub use hlfs_test_support::TempDir;
 
 /// A running hlfsd.
 pub struct Daemon {
@@ -285,17 +262,11 @@ impl Drop for Daemon {
     }
 }
 
-/// Deterministic pseudo-random bytes (xorshift), so data is not trivially compressible.
+/// Deterministic pseudo-random bytes (the tests' seeded RNG), so data is not trivially
+/// compressible.
 pub fn pattern_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
+    let mut out = vec![0u8; len];
+    hlfs_test_support::Rng::new(seed).fill_random(&mut out);
     out
 }
 

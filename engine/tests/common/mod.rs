@@ -7,44 +7,7 @@ use hlfs_engine::{CreateOptions, LocalBackend, OpenOptions, Volume};
 use std::path::Path;
 use std::sync::Arc;
 
-/// A small deterministic PRNG (xorshift64*), so failures replay from a seed.
-#[derive(Clone)]
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    pub fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-    /// Fills with either random bytes or a compressible pattern.
-    pub fn fill(&mut self, buf: &mut [u8]) {
-        if self.below(2) == 0 {
-            for c in buf.chunks_mut(8) {
-                let v = self.next().to_le_bytes();
-                c.copy_from_slice(&v[..c.len()]);
-            }
-        } else {
-            let b = self.next() as u8 | 1;
-            for (i, x) in buf.iter_mut().enumerate() {
-                *x = b.wrapping_add((i / 100) as u8);
-            }
-        }
-    }
-}
+pub use hlfs_test_support::Rng;
 
 /// A local backend on a slow disk, for the cleaner's copy thread only: its reads take a
 /// millisecond each, so that a pass is still copying while the test goes on with writes,

@@ -6,9 +6,7 @@
 use super::{journal_backlog, journaled_remote, remote};
 use crate::common::{read_all, Op, Rng};
 use hlfs_engine::{CreateOptions, OpenOptions, Volume};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// Child body: runs when HLFS_KILL_REMOTE is set.
@@ -57,42 +55,25 @@ pub fn rounds(spec: &str, journal: &Path, child_test: &str, rounds: u64, max_ms:
     }
     let mut image = vec![0u8; size as usize];
     let mut rng = Rng::new(7);
-    let exe = std::env::current_exe().expect("exe");
     let mut total_flushed = 0;
     let mut mid_upload = 0;
     for round in 0..rounds {
         let seed = 5000 + round;
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                child_test,
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("HLFS_KILL_REMOTE", spec)
-            .env("HLFS_KILL_JOURNAL", journal)
-            .env("HLFS_KILL_SEED", seed.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn child");
-        let stdout = child.stdout.take().expect("stdout");
-        let reader = std::thread::spawn(move || {
-            let mut last = 0u64;
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(n) = line.strip_prefix("F ").and_then(|n| n.parse().ok()) {
-                    last = n;
-                }
-            }
-            last
-        });
         // Let it open (lease, replay) and write for a while.
-        std::thread::sleep(Duration::from_millis(300 + rng.below(max_ms)));
-        child.kill().expect("SIGKILL");
-        child.wait().expect("wait");
-        let flushed = reader.join().expect("reader") as usize;
+        let lines = hlfs_test_support::run_child_and_kill(
+            child_test,
+            &[
+                ("HLFS_KILL_REMOTE", spec.to_string()),
+                ("HLFS_KILL_JOURNAL", journal.display().to_string()),
+                ("HLFS_KILL_SEED", seed.to_string()),
+            ],
+            Duration::from_millis(300 + rng.below(max_ms)),
+        );
+        let flushed = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("F ").and_then(|n| n.parse::<usize>().ok()))
+            .next_back()
+            .unwrap_or(0);
         total_flushed += flushed;
         let backlog = journal_backlog(journal);
         if backlog > 0 {

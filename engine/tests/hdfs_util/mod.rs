@@ -8,33 +8,13 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-/// The HDFS to test against. Without `HLFS_TEST_HDFS_URL`: fails under CI, else skips.
-pub fn hdfs_url(test: &str) -> Option<String> {
-    match std::env::var("HLFS_TEST_HDFS_URL") {
-        Ok(u) if !u.is_empty() => Some(u.trim_end_matches('/').to_string()),
-        _ => {
-            if std::env::var_os("CI").is_some() {
-                panic!(
-                    "{test}: HLFS_TEST_HDFS_URL is not set; HDFS tests must run under \
-                     scripts/with-hdfs.sh in CI"
-                );
-            }
-            eprintln!(
-                "SKIPPED {test}: HLFS_TEST_HDFS_URL is not set (run under scripts/with-hdfs.sh)"
-            );
-            None
-        }
-    }
-}
+pub use hlfs_test_support::hdfs_url;
 
 /// A fresh volume directory URL on the test HDFS.
 pub fn volume_url(base: &str, test: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("{base}/hlfs-test/{test}-{}-{nanos}", std::process::id())
+    hlfs_test_support::unique_url(base, "hlfs-test", test)
 }
 
 /// Options for tests: short timeouts so that faults show quickly.
