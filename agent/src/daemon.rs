@@ -1,6 +1,7 @@
-//! hlfsd's life cycle: resolve settings, lock the data directory, open the pool registry (adding
-//! the embedded `default` pool), create requested volumes, listen, and on SIGTERM/SIGINT stop
-//! accepting, let connections finish, then flush and close every volume.
+//! hlfsd's life cycle ([`serve`], startable in-process): lock the data directory, open the pool
+//! registry (adding the embedded `default` pool), create requested volumes, listen, and when
+//! told to stop (SIGTERM/SIGINT for `hlfsd`) stop accepting, cancel and wait for jobs, let
+//! connections finish, then flush and close every volume.
 
 use crate::config::{Cli, Settings};
 use crate::dbus;
@@ -10,6 +11,7 @@ use crate::manager::Manager;
 use crate::names::PoolUri;
 use crate::nbd;
 use crate::pools::{PoolEnv, Registry};
+use std::future::Future;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,11 +75,63 @@ fn lock_dirs(settings: &Settings) -> Result<(LockFile, Option<LockFile>)> {
     Ok((data, runtime))
 }
 
-/// Runs the daemon until a termination signal. Blocking: builds its own runtime.
+/// Runs the daemon until SIGTERM or SIGINT. Blocking: builds its own runtime and runs
+/// [`serve`] on it.
 pub fn run(cli: Cli) -> Result<()> {
     let settings = Settings::resolve(&cli)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("hlfsd")
+        .build()
+        .map_err(|e| Error::io("start runtime", "tokio", e))?;
+    rt.block_on(async {
+        let signals = Signals::install()?;
+        serve(settings, signals.recv()).await
+    })
+}
+
+/// Runs a daemon with `settings` until `shutdown` completes: locks the data and runtime
+/// directories, opens the pools, creates the volumes asked for, serves NBD and D-Bus; then stops
+/// accepting, cancels the running jobs and waits for them, lets connections finish their
+/// in-flight requests, and flushes and closes every volume. `hlfsd` runs it with SIGTERM and
+/// SIGINT as `shutdown`; tests (and the FUSE view's and the plugin's) start it in-process with
+/// any future, on a multi-threaded tokio runtime.
+pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
     fsutil::set_private_umask();
-    let _locks = lock_dirs(&settings)?;
+    let settings = Arc::new(settings);
+    // Blocking work (directory locks, HDFS connections, volume creation): not on the async
+    // threads.
+    let s = settings.clone();
+    let (locks, mgr) = blocking(move || open_state(&s)).await?;
+    let served = serve_with(&settings, mgr.clone(), shutdown).await;
+    let errors = blocking(move || Ok(mgr.close_all())).await?;
+    drop(locks);
+    for e in &errors {
+        tracing::error!(error = %e, "closing failed");
+    }
+    served?;
+    match errors.into_iter().next() {
+        Some(e) => Err(e),
+        None => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
+}
+
+/// Runs blocking start-up or shutdown work on the blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Busy(format!("internal task failed: {e}")))?
+}
+
+/// The directory locks (held while serving) and the manager over the opened pools, with the
+/// volumes `--create-volume` asked for.
+type State = ((LockFile, Option<LockFile>), Arc<Manager>);
+
+fn open_state(settings: &Settings) -> Result<State> {
+    let locks = lock_dirs(settings)?;
     let mut registry = Registry::load_with(PoolEnv {
         data_dir: settings.data_dir.clone(),
         hdfs: settings.hdfs.clone(),
@@ -99,27 +153,14 @@ pub fn run(cli: Cli) -> Result<()> {
             tracing::info!(volume = %format!("{}/{}", spec.pool, spec.volume), size = spec.size, "created volume");
         }
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("hlfsd")
-        .build()
-        .map_err(|e| Error::io("start runtime", "tokio", e))?;
-    let served = rt.block_on(serve(&settings, mgr.clone()));
-    let errors = mgr.close_all();
-    for e in &errors {
-        tracing::error!(error = %e, "closing failed");
-    }
-    served?;
-    match errors.into_iter().next() {
-        Some(e) => Err(e),
-        None => {
-            tracing::info!("stopped");
-            Ok(())
-        }
-    }
+    Ok((locks, mgr))
 }
 
-async fn serve(settings: &Settings, mgr: Arc<Manager>) -> Result<()> {
+async fn serve_with(
+    settings: &Settings,
+    mgr: Arc<Manager>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
     let unix = nbd::bind_unix(&settings.nbd_unix)?;
     // Removed when serving ends, if still ours.
     let _nbd_socket = OwnedSocket::new(&settings.nbd_unix);
@@ -147,6 +188,7 @@ async fn serve(settings: &Settings, mgr: Arc<Manager>) -> Result<()> {
         ));
     }
     let svc = crate::service::Service::new(mgr.clone(), settings.nbd_unix.clone());
+    let svc_jobs = svc.clone();
     let announcer = svc.start_change_announcer(CHANGE_ANNOUNCE_PERIOD, stop_rx.clone());
     let publisher = dbus::Publisher::start(svc);
     publisher.sync().await;
@@ -184,8 +226,12 @@ async fn serve(settings: &Settings, mgr: Arc<Manager>) -> Result<()> {
     print_banner(settings, &pools, &exports, tcp_addr);
     tracing::info!(socket = %settings.nbd_unix.display(), tcp = ?tcp_addr, "serving NBD");
 
-    wait_for_signal().await?;
-    tracing::info!("shutting down: no new connections, finishing in-flight requests");
+    shutdown.await;
+    tracing::info!(
+        "shutting down: cancelling jobs, then no new connections, finishing in-flight requests"
+    );
+    // Jobs first, while their NBD connections still work: a job ends cancelled, not failed.
+    svc_jobs.shutdown(DRAIN_TIMEOUT).await;
     let _ = stop_tx.send(true);
     let _ = p2p_task.await;
     // No more change signals: they would read (and so reopen) volumes being closed.
@@ -201,16 +247,30 @@ async fn serve(settings: &Settings, mgr: Arc<Manager>) -> Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let io = |e| Error::io("install signal handler", "SIGTERM/SIGINT", e);
-    let mut term = signal(SignalKind::terminate()).map_err(io)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(io)?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = int.recv() => tracing::info!("SIGINT"),
+/// SIGTERM and SIGINT, installed before serving starts (so that a signal during start-up is
+/// not lost, and an installation failure is an error rather than a daemon that cannot stop).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let io = |e| Error::io("install signal handler", "SIGTERM/SIGINT", e);
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).map_err(io)?,
+            int: signal(SignalKind::interrupt()).map_err(io)?,
+        })
     }
-    Ok(())
+
+    /// Completes at the first of them.
+    async fn recv(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM"),
+            _ = self.int.recv() => tracing::info!("SIGINT"),
+        }
+    }
 }
 
 /// Tells a person where everything is and what to paste to try it.

@@ -13,6 +13,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 /// Name of the group whose members may call mutating methods (besides root).
 pub const ADMIN_GROUP: &str = "hlfs";
@@ -190,6 +193,10 @@ pub struct Service {
     jobs: Mutex<BTreeMap<u32, Arc<Job>>>,
     next_job: AtomicU32,
     events: broadcast::Sender<Event>,
+    /// The tasks running jobs (and keeping finished ones visible): shutdown waits for them.
+    tasks: TaskTracker,
+    /// Cancelled at shutdown: running jobs are cancelled, finished ones forgotten.
+    stop: CancellationToken,
 }
 
 /// Runs blocking manager code off the async threads.
@@ -209,6 +216,8 @@ impl Service {
             jobs: Mutex::new(BTreeMap::new()),
             next_job: AtomicU32::new(1),
             events,
+            tasks: TaskTracker::new(),
+            stop: CancellationToken::new(),
         })
     }
 
@@ -377,6 +386,7 @@ impl Service {
     // ---- pools ----
 
     /// Adds pool `name` on `uri`; returns whether it was new.
+    #[tracing::instrument(name = "call", skip_all, fields(op = "create_pool", pool = name))]
     pub async fn create_pool(&self, _: Admin, name: &str, uri: &str) -> Result<bool> {
         check_name("pool", name)?;
         let (mgr, n, u) = (self.mgr.clone(), name.to_string(), PoolUri::parse(uri)?);
@@ -387,6 +397,7 @@ impl Service {
         Ok(added)
     }
 
+    #[tracing::instrument(name = "call", skip_all, fields(op = "delete_pool", pool = name))]
     pub async fn delete_pool(&self, _: Admin, name: &str) -> Result<bool> {
         let (mgr, n) = (self.mgr.clone(), name.to_string());
         blocking(move || mgr.delete_pool(&n)).await?;
@@ -396,6 +407,7 @@ impl Service {
 
     // ---- volumes ----
 
+    #[tracing::instrument(name = "call", skip_all, fields(op = "create_volume", pool = pool, volume = name))]
     pub async fn create_volume(
         &self,
         _: Admin,
@@ -420,6 +432,7 @@ impl Service {
 
     /// Deletes a volume; a clone is also dropped from its base snapshot's dependants, so
     /// that the snapshot is no longer protected.
+    #[tracing::instrument(name = "call", skip_all, fields(op = "delete_volume", pool = pool, volume = name))]
     pub async fn delete_volume(&self, _: Admin, pool: &str, name: &str) -> Result<bool> {
         let (mgr, p, v) = (self.mgr.clone(), pool.to_string(), name.to_string());
         let base = blocking(move || {
@@ -458,6 +471,7 @@ impl Service {
         self.emit(Event::Volume(p, v));
     }
 
+    #[tracing::instrument(name = "call", skip_all, fields(op = "resize", pool = pool, volume = volume, size = size))]
     pub async fn resize(&self, _: Admin, pool: &str, volume: &str, size: u64) -> Result<bool> {
         let (mgr, p, v) = (self.mgr.clone(), pool.to_string(), volume.to_string());
         let changed = blocking(move || mgr.resize(&p, &v, size)).await?;
@@ -485,6 +499,7 @@ impl Service {
 
     /// `frozen`: the caller says the guest's filesystems were frozen (e.g. by the guest agent's
     /// fsfreeze), so the snapshot is application-consistent rather than crash-consistent.
+    #[tracing::instrument(name = "call", skip_all, fields(op = "create_snapshot", pool = pool, volume = volume, snapshot = name))]
     pub async fn create_snapshot(
         &self,
         _: Admin,
@@ -503,6 +518,7 @@ impl Service {
         .await
     }
 
+    #[tracing::instrument(name = "call", skip_all, fields(op = "delete_snapshot", pool = pool, volume = volume, snapshot = name))]
     pub async fn delete_snapshot(
         &self,
         _: Admin,
@@ -519,6 +535,7 @@ impl Service {
     }
 
     /// Rolls back; refused while a client has the volume open (its cached view would lie).
+    #[tracing::instrument(name = "call", skip_all, fields(op = "rollback", pool = pool, volume = volume, snapshot = name))]
     pub async fn rollback(&self, _: Admin, pool: &str, volume: &str, name: &str) -> Result<bool> {
         let users = self.mgr.users(pool, volume);
         if users > 0 {
@@ -533,6 +550,7 @@ impl Service {
     }
 
     /// Creates `pool/name` as a clone of snapshot `src` = `(pool, volume, snapshot)`.
+    #[tracing::instrument(name = "call", skip_all, fields(op = "clone", pool = pool, volume = name))]
     pub async fn clone_volume(
         &self,
         _: Admin,
@@ -552,6 +570,7 @@ impl Service {
 
     /// Starts a job copying everything the clone reads from its base into it; then the base
     /// snapshot is no longer protected by this clone.
+    #[tracing::instrument(name = "call", skip_all, fields(op = "flatten", pool = pool, volume = volume))]
     pub async fn flatten(self: &Arc<Self>, _: Admin, pool: &str, volume: &str) -> Result<u32> {
         self.volume(pool, volume).await?;
         let job = self.new_job(
@@ -563,7 +582,7 @@ impl Service {
         let id = job.id;
         let (svc, mgr) = (self.clone(), self.mgr.clone());
         let (p, v) = (pool.to_string(), volume.to_string());
-        tokio::spawn(async move {
+        self.spawn_job(&job.clone(), async move {
             let j = job.clone();
             let s2 = svc.clone();
             let r = blocking(move || {
@@ -602,6 +621,7 @@ impl Service {
     }
 
     /// Starts a cleaning pass on the volume as a job.
+    #[tracing::instrument(name = "call", skip_all, fields(op = "clean", pool = pool, volume = volume))]
     pub async fn clean(self: &Arc<Self>, _: Admin, pool: &str, volume: &str) -> Result<u32> {
         let mgr = self.mgr.clone();
         let (p, v) = (pool.to_string(), volume.to_string());
@@ -615,7 +635,7 @@ impl Service {
         );
         let id = job.id;
         let svc = self.clone();
-        tokio::spawn(async move {
+        self.spawn_job(&job.clone(), async move {
             let r = blocking(move || {
                 mgr.with_volume(&p, &v, "clean", |vol| {
                     vol.clean(&hlfs_engine::CleanPolicy::default())
@@ -632,6 +652,7 @@ impl Service {
 
     /// Creates `pool/name` with the virtual size of image `source` and starts a job copying
     /// the image into it (qemu-img as an NBD client of this daemon). Returns the job id.
+    #[tracing::instrument(name = "call", skip_all, fields(op = "import", pool = pool, volume = name))]
     pub async fn import(
         self: &Arc<Self>,
         admin: Admin,
@@ -660,6 +681,7 @@ impl Service {
     }
 
     /// Starts a job copying `pool/volume` into a new image file `dest` (`raw` or `qcow2`).
+    #[tracing::instrument(name = "call", skip_all, fields(op = "export", pool = pool, volume = volume))]
     pub async fn export(
         self: &Arc<Self>,
         _: Admin,
@@ -680,6 +702,7 @@ impl Service {
     /// (`raw` or `qcow2`). The source is the snapshot's read-only NBD export
     /// (`POOL/VOLUME@SNAPSHOT`), so the volume stays writable meanwhile and the copy is the
     /// snapshot's frozen contents, not the head's.
+    #[tracing::instrument(name = "call", skip_all, fields(op = "export_snapshot", pool = pool, volume = volume, snapshot = snapshot))]
     pub async fn export_snapshot(
         self: &Arc<Self>,
         _: Admin,
@@ -713,6 +736,7 @@ impl Service {
     }
 
     /// Cancels a running job; returns whether it was running.
+    #[tracing::instrument(name = "call", skip_all, fields(op = "cancel_job", job = id))]
     pub fn cancel_job(&self, _: Admin, id: u32) -> Result<bool> {
         Ok(self.job(id)?.cancel())
     }
@@ -722,6 +746,44 @@ impl Service {
     /// allowed there), so the export name goes in as it is.
     fn nbd_uri(&self, export: &str) -> String {
         format!("nbd+unix:///{export}?socket={}", self.nbd_socket.display())
+    }
+
+    /// Runs a job's task, tracked (shutdown waits for it) and in the job's span.
+    fn spawn_job(&self, job: &Job, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        // A root span: the job outlives the D-Bus call that started it.
+        let span = tracing::info_span!(
+            parent: None,
+            "job",
+            id = job.id,
+            kind = job.kind.as_str(),
+            pool = %job.pool,
+            volume = %job.volume
+        );
+        self.tasks.spawn(task.instrument(span));
+    }
+
+    /// At shutdown: cancels the running jobs (a qemu-img job kills its child; clean and
+    /// flatten end with their engine call) and waits up to `timeout` for every job's task.
+    /// Returns whether they all ended.
+    pub async fn shutdown(&self, timeout: std::time::Duration) -> bool {
+        self.stop.cancel();
+        let jobs: Vec<Arc<Job>> = lock(&self.jobs).values().cloned().collect();
+        for j in jobs {
+            if j.cancel() {
+                tracing::info!(job = j.id, "cancelling job: shutting down");
+            }
+        }
+        self.tasks.close();
+        let ended = tokio::time::timeout(timeout, self.tasks.wait())
+            .await
+            .is_ok();
+        if !ended {
+            tracing::warn!(
+                tasks = self.tasks.len(),
+                "jobs still running after {timeout:?}; closing volumes anyway"
+            );
+        }
+        ended
     }
 
     fn new_job(&self, kind: JobKind, pool: &str, volume: &str, description: String) -> Arc<Job> {
@@ -737,7 +799,11 @@ impl Service {
         self.emit(Event::Job(job.id));
         self.emit(Event::Volume(job.pool.clone(), job.volume.clone()));
         // Finished jobs stay visible for a while so that clients can read the outcome.
-        tokio::time::sleep(crate::jobs::KEEP_FINISHED).await;
+        // Shutdown does not wait out the delay.
+        tokio::select! {
+            _ = tokio::time::sleep(crate::jobs::KEEP_FINISHED) => {}
+            _ = self.stop.cancelled() => {}
+        }
         lock(&self.jobs).remove(&job.id);
         self.emit(Event::Tree);
     }
@@ -753,7 +819,7 @@ impl Service {
         let job = self.new_job(kind, pool, volume, description);
         let id = job.id;
         let svc = self.clone();
-        tokio::spawn(async move {
+        self.spawn_job(&job.clone(), async move {
             let ok = job.run_qemu_img(&svc, args).await;
             if !ok && job.kind == JobKind::Import {
                 // A failed import leaves no half-filled volume behind.

@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 /// A client must finish negotiating within this time (a silent client must not hold a slot):
 /// QEMU and libnbd negotiate in milliseconds, a remote client in a few round trips.
@@ -152,23 +153,29 @@ pub async fn serve(
                     let mgr = mgr.clone();
                     let sd = shutdown.clone();
                     let conn_limits = limits.for_connection(key);
+                    // One span per connection: its events need not repeat who and what.
+                    let span = tracing::info_span!(
+                        "nbd",
+                        %peer,
+                        export = tracing::field::Empty
+                    );
                     conns.spawn(async move {
                         let _slot = slot;
-                        tracing::debug!(%peer, "NBD connection");
+                        tracing::debug!("NBD connection");
                         match stream {
                             Stream::Unix(s) => {
                                 let (r, w) = s.into_split();
-                                connection(r, w, &peer, mgr, conn_limits, sd).await
+                                connection(r, w, mgr, conn_limits, sd).await
                             }
                             Stream::Tcp(s) => {
                                 let (r, w) = s.into_split();
-                                connection(r, w, &peer, mgr, conn_limits, sd).await
+                                connection(r, w, mgr, conn_limits, sd).await
                             }
                         }
                         // What the connection's requests allocated goes back to the system,
                         // not only to the allocator.
                         crate::limits::release_memory_soon();
-                    });
+                    }.instrument(span));
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -253,7 +260,6 @@ impl<R: Unpin, W: AsyncWrite + Unpin> AsyncWrite for Duplex<R, W> {
 async fn connection<R, W>(
     r: R,
     w: W,
-    peer: &str,
     mgr: Arc<Manager>,
     limits: transmission::ConnLimits,
     mut shutdown: watch::Receiver<bool>,
@@ -271,21 +277,21 @@ async fn connection<R, W>(
         Ok(Ok(Outcome::Closed)) => return,
         Ok(Err(e)) => {
             if e.kind() != std::io::ErrorKind::UnexpectedEof {
-                tracing::info!(peer, error = %e, "negotiation failed");
+                tracing::info!(error = %e, "negotiation failed");
             }
             return;
         }
         Err(_) => {
-            tracing::info!(peer, "negotiation timed out");
+            tracing::info!("negotiation timed out");
             return;
         }
     };
-    tracing::info!(peer, export = %neg.export.name, structured = neg.structured, "client attached");
-    let name = neg.export.name.clone();
+    tracing::Span::current().record("export", neg.export.name.as_str());
+    tracing::info!(structured = neg.structured, "client attached");
     let Duplex { r, w } = io;
     if let Err(e) = transmission::serve(r, w, neg, limits, shutdown).await {
-        tracing::info!(peer, export = %name, error = %e, "connection ended with an error");
+        tracing::info!(error = %e, "connection ended with an error");
     } else {
-        tracing::info!(peer, export = %name, "client detached");
+        tracing::info!("client detached");
     }
 }
