@@ -351,9 +351,31 @@ pub fn json(o: &Output) -> serde_json::Value {
     serde_json::from_str(&ok(o)).expect("hlfs --json output is JSON")
 }
 
+/// The `hlfs` CLI binary (package hlfs-cli), next to this test's own target directory:
+/// `target/PROFILE/hlfs` (`cargo nextest run --workspace` and `cargo build` put it there).
+pub fn hlfs_exe() -> &'static str {
+    static EXE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    EXE.get_or_init(|| {
+        let me = std::env::current_exe().expect("current_exe");
+        // target/PROFILE/deps/TEST-HASH
+        let dir = me
+            .parent()
+            .and_then(Path::parent)
+            .expect("the test binary lives in target/PROFILE/deps");
+        let exe = dir.join("hlfs");
+        assert!(
+            exe.is_file(),
+            "{} is missing: build the CLI first (`cargo build -p hlfs-cli`, or run the tests \
+             with `cargo nextest run --workspace`)",
+            exe.display()
+        );
+        exe.to_str().expect("UTF-8 target path").to_string()
+    })
+}
+
 /// Runs `hlfs ARGS` against the daemon's p2p socket, optionally as an unprivileged user.
 pub fn hlfs(d: &Daemon, nobody: bool, args: &[&str]) -> Output {
-    let exe = env!("CARGO_BIN_EXE_hlfs");
+    let exe = hlfs_exe();
     let mut c = if nobody {
         require_tool("setpriv");
         let mut c = Command::new("setpriv");
