@@ -49,6 +49,10 @@ const SCRIPT: &[Step] = &[
             "8M",
         ],
     ),
+    s(
+        "volume-create-default-pool",
+        &["volume", "create", "vm0", "1M"],
+    ),
     s("volume-create-long-name", &["volume", "create", LONG, "2T"]),
     s(
         "volume-create-exists",
@@ -142,6 +146,15 @@ const SCRIPT: &[Step] = &[
     s("job-cancel-finished", &["job", "cancel", "1"]),
     s("job-cancel-missing", &["job", "cancel", "999"]),
     s("snapshot-delete", &["snapshot", "delete", "a/vm1%s3"]),
+    s(
+        "snapshot-create-default-pool",
+        &["snapshot", "create", "vm0@s"],
+    ),
+    s("snapshot-list-default-pool", &["snapshot", "list", "vm0"]),
+    s(
+        "snapshot-delete-default-pool",
+        &["snapshot", "delete", "vm0%s"],
+    ),
     s("pool-delete-busy", &["pool", "delete", "a"]),
     s("volume-delete", &["volume", "delete", "a/c1"]),
     s("volume-delete-missing", &["volume", "delete", "a/c1"]),
@@ -206,8 +219,9 @@ fn normalise_fields(s: &str) -> String {
     s.lines()
         .map(|l| {
             for k in ["physical:", "reclaimable:", "segments:", "live ratio:"] {
-                if l.starts_with(k) {
-                    return format!("{k} <{}>", k.trim_end_matches(':'));
+                if let Some(rest) = l.strip_prefix(k) {
+                    let pad = rest.len() - rest.trim_start().len();
+                    return format!("{k}{}<{}>", " ".repeat(pad), k.trim_end_matches(':'));
                 }
             }
             l.to_string()

@@ -127,7 +127,15 @@ impl Ctx {
 
     /// Resolves what the user typed into a volume or a snapshot of one.
     pub async fn resolve(&self, spec: &str) -> Result<Target> {
-        let loc = Location::parse_volume(spec, DEFAULT_POOL)?;
+        // `VOL%SNAP` and `VOL@SNAP` name a snapshot of a volume of the default pool, as `VOL`
+        // names the volume.
+        let bare_snapshot =
+            !spec.contains("://") && !spec.contains('/') && spec.contains(['%', '@']);
+        let loc = if bare_snapshot {
+            Location::parse(&format!("{DEFAULT_POOL}/{spec}"))?
+        } else {
+            Location::parse_volume(spec, DEFAULT_POOL)?
+        };
         let pool = match &loc.pool {
             PoolRef::Name(n) => n.clone(),
             PoolRef::Uri(want) => {

@@ -85,19 +85,19 @@ impl Human for PoolList {
             &[
                 Col("POOL", false),
                 Col("VOLUMES", true),
-                Col("URI", false),
                 Col("STATUS", false),
+                Col("URI", false),
             ],
             self.0.iter().map(|r| {
                 vec![
                     r.name.clone(),
                     r.volumes.to_string(),
-                    r.uri.clone(),
                     if r.status.is_empty() {
                         "ok".into()
                     } else {
                         r.status.clone()
                     },
+                    r.uri.clone(),
                 ]
             }),
         )

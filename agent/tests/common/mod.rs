@@ -82,6 +82,8 @@ pub struct Daemon {
     pub socket: PathBuf,
     /// Soft and hard RLIMIT_NOFILE of the daemon (None: inherited).
     pub nofile: Option<u64>,
+    /// The runtime directory (sockets): `DIR/run`, or one given to [`Daemon::start_in`].
+    pub run_dir: PathBuf,
     starts: u32,
 }
 
@@ -105,7 +107,24 @@ impl Daemon {
         nofile: Option<u64>,
     ) -> Daemon {
         let dir = TempDir::new(tag);
-        let socket = dir.path().join("run/nbd.sock");
+        let run_dir = dir.path().join("run");
+        Daemon::start_at(dir, run_dir, extra, env, nofile)
+    }
+
+    /// As [`Daemon::start`], with the sockets in `run_dir` (e.g. the system daemon's
+    /// `/run/hlfs`, which clients find with no flags).
+    pub fn start_in(tag: &str, run_dir: &Path, extra: &[&str]) -> Daemon {
+        Daemon::start_at(TempDir::new(tag), run_dir.to_path_buf(), extra, &[], None)
+    }
+
+    fn start_at(
+        dir: TempDir,
+        run_dir: PathBuf,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> Daemon {
+        let socket = run_dir.join("nbd.sock");
         let mut d = Daemon {
             dir,
             child: None,
@@ -116,6 +135,7 @@ impl Daemon {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             socket,
             nofile,
+            run_dir,
             starts: 0,
         };
         d.spawn();
@@ -124,7 +144,7 @@ impl Daemon {
 
     /// The peer-to-peer D-Bus socket.
     pub fn dbus_socket(&self) -> PathBuf {
-        self.dir.path().join("run/dbus.sock")
+        self.run_dir.join("dbus.sock")
     }
 
     /// `unix:path=...` of the D-Bus socket, for busctl --address.
@@ -171,7 +191,7 @@ impl Daemon {
             .arg("--data-dir")
             .arg(self.data_dir())
             .arg("--runtime-dir")
-            .arg(self.dir.path().join("run"))
+            .arg(&self.run_dir)
             .args(&self.extra)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "debug")
@@ -369,6 +389,22 @@ pub fn hlfs_exe() -> &'static str {
              with `cargo nextest run --workspace`)",
             exe.display()
         );
+        // `cargo nextest run -p hlfs-agent` alone does not rebuild it: refuse a stale one.
+        let built = std::fs::metadata(&exe).and_then(|m| m.modified()).ok();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let newest = ["cli/src", "client/src"]
+            .iter()
+            .flat_map(|d| std::fs::read_dir(root.join(d)).into_iter().flatten())
+            .filter_map(|e| e.ok()?.metadata().ok()?.modified().ok())
+            .max();
+        if let (Some(b), Some(n)) = (built, newest) {
+            assert!(
+                b >= n,
+                "{} is older than the CLI's sources: rebuild it (`cargo build -p hlfs-cli`, or \
+                 `cargo nextest run --workspace`)",
+                exe.display()
+            );
+        }
         exe.to_str().expect("UTF-8 target path").to_string()
     })
 }
