@@ -45,9 +45,12 @@ fn bar(what: &str, total: Option<u64>) -> ProgressBar {
     let (len, template) = match total {
         Some(t) if t > 0 => (
             t,
-            "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+            "[{bar:25}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {wide_msg}",
         ),
-        _ => (PERCENT_SCALE, "{msg} [{bar:30}] {percent}% ETA {eta}"),
+        _ => (
+            PERCENT_SCALE,
+            "[{bar:25}] {percent:>3}% ETA {eta} {wide_msg}",
+        ),
     };
     let b = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
     if let Ok(style) = ProgressStyle::with_template(template) {
@@ -79,6 +82,8 @@ pub async fn follow(
     let len = bar.as_ref().and_then(ProgressBar::length).unwrap_or(0);
     let mut interrupt = f.interrupt.clone();
     let mut cancelled = false;
+    // The first value is where the job already is: no rate to learn from that jump.
+    let mut first = true;
     loop {
         if !cancelled && *interrupt.borrow() {
             cancelled = true;
@@ -95,6 +100,9 @@ pub async fn follow(
             Some(p) = progress.next() => {
                 if let (Some(b), Ok(pct)) = (&bar, p.get().await) {
                     b.set_position((pct.clamp(0.0, 100.0) / 100.0 * len as f64) as u64);
+                    if std::mem::take(&mut first) {
+                        b.reset_eta();
+                    }
                 }
             }
             Some(_) = states.next() => {}
