@@ -105,10 +105,7 @@ impl Ctx {
         }
         let parts = path_parts(path.as_str());
         if let ["pool", pool, _, ..] = parts.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-            let status = match pool_status(&self.conn, pool).await {
-                Ok(s) => Some(s),
-                Err(_) => None,
-            };
+            let status = pool_status(&self.conn, pool).await.ok();
             if let Some(why) = status
                 .as_deref()
                 .and_then(|s| s.strip_prefix("unavailable: "))
