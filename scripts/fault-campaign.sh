@@ -41,7 +41,7 @@ DIR=${DIR:-/var/tmp/hlfs-fault-qd$QD}
 FLUSH_CHOICES=(8 64 512)
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 if [ $BUILD = 1 ]; then
-  cargo build --release --bin hlfsd --bin hlfs --example fault-load -p hlfs-agent \
+  cargo build --release --bin hlfsd --bin hlfs --example fault-load -p hlfs-agent -p hlfs-cli \
     --manifest-path "$ROOT/Cargo.toml" >&2
 fi
 T=${CARGO_TARGET_DIR:-$ROOT/target}/release

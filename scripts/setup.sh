@@ -2,7 +2,8 @@
 # Installs the system packages HLFS and its tests use (Debian 12). Idempotent; skips apt when
 # everything is already there.
 set -euo pipefail
-pkgs=(qemu-utils fio libnbd-bin nbdkit libxml2-utils e2fsprogs dbus systemd util-linux python3 python3-venv)
+# passwd: groupadd, useradd, usermod (the CLI socket-rule test makes group hlfs and two users)
+pkgs=(qemu-utils fio libnbd-bin nbdkit libxml2-utils e2fsprogs dbus systemd util-linux passwd python3 python3-venv)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

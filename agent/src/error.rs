@@ -61,12 +61,6 @@ pub enum Error {
     /// The caller may not do this (mutating calls need uid 0 or group `hlfs`).
     #[error("permission denied: {0}")]
     PermissionDenied(String),
-    /// The agent answered a D-Bus call with an error (seen by clients such as `hlfs`).
-    #[error("{message}")]
-    Remote { name: String, message: String },
-    /// The agent cannot be reached or spoke nonsense.
-    #[error("{context}: {why}")]
-    Connect { context: String, why: String },
     /// An external tool (qemu-img) failed; `why` carries its own message.
     #[error("{tool}: {why}")]
     Tool { tool: &'static str, why: String },
@@ -117,11 +111,6 @@ impl Error {
             Error::Unavailable { .. } => K::Unavailable,
             Error::Unsupported(_) => K::NotSupported,
             Error::PermissionDenied(_) => K::PermissionDenied,
-            Error::Remote { name, .. } => hlfs_client::ErrorKind::ALL
-                .into_iter()
-                .find(|k| k.dbus_name() == name)
-                .unwrap_or(K::Io),
-            Error::Connect { .. } => K::Unavailable,
             Error::Tool { .. } => K::Io,
         }
     }

@@ -129,9 +129,17 @@ impl Job {
         });
     }
 
-    /// Runs `qemu-img ARGS` to completion, following its progress; returns success.
-    pub async fn run_qemu_img(&self, svc: &Service, args: Vec<String>) -> bool {
-        let r = self.run_inner(svc, args).await;
+    /// Runs `qemu-img ARGS` to completion (or until cancelled), following its progress. The
+    /// outcome is not published yet: the caller cleans up first (a cancelled import removes
+    /// its volume), then calls [`Job::settle`], so that a client that sees the job end sees
+    /// its effects too.
+    pub async fn run_qemu_img(&self, svc: &Service, args: Vec<String>) -> Result<JobState> {
+        self.run_inner(svc, args).await
+    }
+
+    /// Publishes the outcome of [`Job::run_qemu_img`] (state, error, a PropertiesChanged);
+    /// returns whether the job is done.
+    pub fn settle(&self, svc: &Service, r: Result<JobState>) -> bool {
         self.update(|s| match r {
             Ok(JobState::Done) => {
                 s.state = JobState::Done;

@@ -3,7 +3,6 @@
 //! `hlfsd` (see `bin/hlfsd.rs`) is a thin wrapper around [`daemon::run`].
 
 pub mod background;
-pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod dbus;

@@ -4,7 +4,7 @@
 //! are announced on an [`Event`] channel; the D-Bus layer turns them into objects and signals.
 
 use crate::error::{Error, Result};
-use crate::jobs::{Job, JobKind};
+use crate::jobs::{Job, JobKind, JobState};
 use crate::manager::Manager;
 use crate::names::{check_name, PoolUri};
 use hlfs_engine::CreateOptions;
@@ -808,6 +808,29 @@ impl Service {
         self.emit(Event::Tree);
     }
 
+    /// Deletes the volume of an import that did not finish. qemu-img has just been stopped
+    /// or has failed; the server may not have seen its NBD connection close yet, so a `Busy`
+    /// volume is retried for a while.
+    async fn remove_failed_import(&self, pool: &str, volume: &str) {
+        let t0 = std::time::Instant::now();
+        loop {
+            let (mgr, p, v) = (self.mgr.clone(), pool.to_string(), volume.to_string());
+            match blocking(move || mgr.delete_volume(&p, &v)).await {
+                Ok(()) => return,
+                Err(e)
+                    if e.kind() == hlfs_client::ErrorKind::Busy
+                        && t0.elapsed() < std::time::Duration::from_secs(10) =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(pool, volume, error = %e, "could not remove the volume of an unfinished import");
+                    return;
+                }
+            }
+        }
+    }
+
     fn start_job(
         self: &Arc<Self>,
         kind: JobKind,
@@ -820,14 +843,14 @@ impl Service {
         let id = job.id;
         let svc = self.clone();
         self.spawn_job(&job.clone(), async move {
-            let ok = job.run_qemu_img(&svc, args).await;
-            if !ok && job.kind == JobKind::Import {
-                // A failed import leaves no half-filled volume behind.
-                let (mgr, p, v) = (svc.mgr.clone(), job.pool.clone(), job.volume.clone());
-                if let Err(e) = blocking(move || mgr.delete_volume(&p, &v)).await {
-                    tracing::warn!(error = %e, "could not remove the volume of a failed import");
-                }
+            let r = job.run_qemu_img(&svc, args).await;
+            if !matches!(r, Ok(JobState::Done)) && job.kind == JobKind::Import {
+                // A failed or cancelled import leaves no half-filled volume behind, and is
+                // seen to end only once the volume is gone.
+                svc.remove_failed_import(&job.pool, &job.volume).await;
+                svc.emit(Event::Tree);
             }
+            job.settle(&svc, r);
             svc.emit(Event::Tree);
             svc.job_ended(job).await;
         });

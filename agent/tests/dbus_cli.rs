@@ -290,114 +290,78 @@ fn busctl_on_the_p2p_socket_introspects_calls_and_gets_named_errors() {
 
 #[test]
 fn named_errors_and_properties_changed_over_zbus() {
-    use hlfs_agent::client::Client;
+    use hlfs_client::proxy::{Manager1Proxy, Pool1Proxy, Volume1Proxy};
+    use hlfs_client::HlfsError;
     let d = Daemon::start("dbus-errors", &["--create-volume", "default/vm1:8M"]);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let c = Client::p2p(&d.dbus_socket()).await.unwrap();
-        let name = |r: hlfs_agent::Result<zbus::zvariant::OwnedObjectPath>| match r {
-            Err(hlfs_agent::Error::Remote { name, .. }) => name,
-            other => panic!("expected a D-Bus error, got {other:?}"),
-        };
+        let conn = zbus::connection::Builder::unix_stream(
+            tokio::net::UnixStream::connect(d.dbus_socket())
+                .await
+                .unwrap(),
+        )
+        .p2p()
+        .build()
+        .await
+        .unwrap();
+        fn name<T: std::fmt::Debug>(r: Result<T, HlfsError>) -> String {
+            match r {
+                Err(e) => e.error_name(),
+                other => panic!("expected a D-Bus error, got {other:?}"),
+            }
+        }
         let vol = "/org/hlfs/Hlfs1/pool/default/vm1";
         let pool = "/org/hlfs/Hlfs1/pool/default";
-        let no_opts = std::collections::HashMap::<String, zbus::zvariant::Value>::new();
+        let m = Manager1Proxy::new(&conn).await.unwrap();
+        let p = Pool1Proxy::builder(&conn)
+            .path(pool)
+            .unwrap()
+            .build()
+            .await
+            .unwrap();
+        let v = Volume1Proxy::builder(&conn)
+            .path(vol)
+            .unwrap()
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .unwrap();
+        let no_opts = || std::collections::HashMap::<&str, zbus::zvariant::Value>::new();
         assert_eq!(
-            name(
-                c.call(
-                    pool,
-                    "org.hlfs.Pool1",
-                    "CreateVolume",
-                    &("vm1", 1u64 << 20, &no_opts)
-                )
-                .await
-            ),
+            name(p.create_volume("vm1", 1 << 20, no_opts()).await),
             "org.hlfs.Error.Exists"
         );
         assert_eq!(
-            name(
-                c.call(
-                    pool,
-                    "org.hlfs.Pool1",
-                    "CreateVolume",
-                    &("../x", 1u64 << 20, &no_opts)
-                )
-                .await
-            ),
+            name(p.create_volume("../x", 1 << 20, no_opts()).await),
             "org.hlfs.Error.Invalid"
         );
         assert_eq!(
-            name(
-                c.call(
-                    pool,
-                    "org.hlfs.Pool1",
-                    "CreateVolume",
-                    &("z", 0u64, &no_opts)
-                )
-                .await
-            ),
+            name(p.create_volume("z", 0, no_opts()).await),
             "org.hlfs.Error.Invalid"
         );
         assert_eq!(
-            name(
-                c.call(vol, "org.hlfs.Volume1", "Clone", &("s", "default", "c1"))
-                    .await
-            ),
+            name(v.clone("s", "default", "c1").await),
             "org.hlfs.Error.NotFound"
         );
         // Nothing listens on port 1: the pool is unavailable (a kind clients can retry), at once.
-        let hdfs: hlfs_agent::Result<(zbus::zvariant::OwnedObjectPath, bool)> = c
-            .call(
-                "/org/hlfs/Hlfs1",
-                "org.hlfs.Manager1",
-                "CreatePool",
-                &("h", "hdfs://127.0.0.1:1/p"),
-            )
-            .await;
-        assert_eq!(name(hdfs.map(|(p, _)| p)), "org.hlfs.Error.Unavailable");
-        let bad_uri: hlfs_agent::Result<(zbus::zvariant::OwnedObjectPath, bool)> = c
-            .call(
-                "/org/hlfs/Hlfs1",
-                "org.hlfs.Manager1",
-                "CreatePool",
-                &("h", "hdfs://127.0.0.1:9000"),
-            )
-            .await;
-        assert_eq!(name(bad_uri.map(|(p, _)| p)), "org.hlfs.Error.Invalid");
         assert_eq!(
-            name(
-                c.call(vol, "org.hlfs.Volume1", "Rollback", &("nosuch",))
-                    .await
-                    .map(|_: bool| Default::default())
-            ),
-            "org.hlfs.Error.NotFound"
+            name(m.create_pool("h", "hdfs://127.0.0.1:1/p").await),
+            "org.hlfs.Error.Unavailable"
         );
         assert_eq!(
-            name(
-                c.call(vol, "org.hlfs.Volume1", "Export", &("relative.img", "raw"))
-                    .await
-            ),
+            name(m.create_pool("h", "hdfs://127.0.0.1:9000").await),
+            "org.hlfs.Error.Invalid"
+        );
+        assert_eq!(name(v.rollback("nosuch").await), "org.hlfs.Error.NotFound");
+        assert_eq!(
+            name(v.export("relative.img", "raw").await),
             "org.hlfs.Error.Invalid"
         );
         assert_eq!(
-            name(
-                c.call(
-                    pool,
-                    "org.hlfs.Pool1",
-                    "ImportVolume",
-                    &("v2", "/nonexistent.qcow2", "")
-                )
-                .await
-                .map(
-                    |(v, _): (
-                        zbus::zvariant::OwnedObjectPath,
-                        zbus::zvariant::OwnedObjectPath
-                    )| v
-                )
-            ),
+            name(p.import_volume("v2", "/nonexistent.qcow2", "").await),
             "org.hlfs.Error.NotFound"
         );
 
@@ -435,10 +399,7 @@ fn named_errors_and_properties_changed_over_zbus() {
             .await
             .unwrap();
         let mut stream = zbus::MessageStream::from(&watcher);
-        let changed: bool = c
-            .call(vol, "org.hlfs.Volume1", "Resize", &(16u64 << 20,))
-            .await
-            .unwrap();
+        let changed = v.resize(16 << 20).await.unwrap();
         assert!(changed);
         let got = tokio::time::timeout(std::time::Duration::from_secs(10), async {
             loop {
@@ -637,7 +598,7 @@ fn session_bus_serves_the_api_and_checks_callers_through_the_bus() {
     assert_eq!(r.trim(), "o \"/org/hlfs/Hlfs1/pool/default/vm2\"");
     // The CLI over the bus, as root and as nobody (credentials from the bus daemon).
     let cli = |nobody: bool, args: &[&str]| {
-        let exe = env!("CARGO_BIN_EXE_hlfs");
+        let exe = common::hlfs_exe();
         let mut c = if nobody {
             let mut c = Command::new("setpriv");
             c.args(["--reuid=65534", "--regid=65534", "--clear-groups", exe]);
@@ -1142,7 +1103,7 @@ fn cli_round_trips_a_qcow2_image_and_manages_volumes_and_snapshots() {
     ok(&hlfs(&d, false, &["pool", "delete", "a"]));
     assert!(!pool_dir.exists());
     // Without a daemon: a clear error.
-    let o = Command::new(env!("CARGO_BIN_EXE_hlfs"))
+    let o = Command::new(common::hlfs_exe())
         .args(["--socket", "/nonexistent/dbus.sock", "pool", "list"])
         .output()
         .unwrap();
@@ -1156,7 +1117,7 @@ fn cli_round_trips_a_qcow2_image_and_manages_volumes_and_snapshots() {
         "{e}"
     );
     // Under --json the error is one JSON object with the D-Bus name; exit status 1.
-    let o = Command::new(env!("CARGO_BIN_EXE_hlfs"))
+    let o = Command::new(common::hlfs_exe())
         .args([
             "--json",
             "--socket",
@@ -1544,7 +1505,7 @@ fn nbd_writes_emit_properties_changed_for_the_volume() {
 #[test]
 fn completions_man_page_and_suggestions() {
     let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_hlfs"))
+        Command::new(common::hlfs_exe())
             .args(args)
             .env_remove("HLFS_SOCKET")
             .output()

@@ -81,7 +81,7 @@ impl Drop for NameNodeDown {
 
 /// Runs `hlfs ARGS` against the daemon's p2p socket.
 fn hlfs(d: &Daemon, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hlfs"))
+    Command::new(common::hlfs_exe())
         .arg("--socket")
         .arg(d.dbus_socket())
         .args(args)

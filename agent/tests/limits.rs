@@ -169,7 +169,7 @@ fn pid(d: &Daemon) -> u32 {
 
 /// Runs `hlfs ARGS` as root against the p2p socket; fails the test if it takes over `limit`.
 fn hlfs_within(d: &Daemon, limit: Duration, args: &[&str]) -> std::process::Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_hlfs"))
+    let mut c = Command::new(common::hlfs_exe())
         .arg("--socket")
         .arg(d.dbus_socket())
         .args(args)

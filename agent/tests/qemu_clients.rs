@@ -379,7 +379,7 @@ fn segment_bytes(dir: &std::path::Path) -> u64 {
 fn cleaning_while_qemu_io_rewrites_keeps_every_byte() {
     let d = Daemon::start("cleaning", &[]);
     // 1 MiB segments, so that a 16 MiB volume has segments enough to clean.
-    let made = std::process::Command::new(env!("CARGO_BIN_EXE_hlfs"))
+    let made = std::process::Command::new(common::hlfs_exe())
         .arg("--socket")
         .arg(d.dbus_socket())
         .args([

@@ -59,6 +59,8 @@ pub struct Daemon {
     pub socket: PathBuf,
     /// Soft and hard RLIMIT_NOFILE of the daemon (None: inherited).
     pub nofile: Option<u64>,
+    /// The runtime directory (sockets): `DIR/run`, or one given to [`Daemon::start_in`].
+    pub run_dir: PathBuf,
     starts: u32,
 }
 
@@ -82,7 +84,24 @@ impl Daemon {
         nofile: Option<u64>,
     ) -> Daemon {
         let dir = TempDir::new(tag);
-        let socket = dir.path().join("run/nbd.sock");
+        let run_dir = dir.path().join("run");
+        Daemon::start_at(dir, run_dir, extra, env, nofile)
+    }
+
+    /// As [`Daemon::start`], with the sockets in `run_dir` (e.g. the system daemon's
+    /// `/run/hlfs`, which clients find with no flags).
+    pub fn start_in(tag: &str, run_dir: &Path, extra: &[&str]) -> Daemon {
+        Daemon::start_at(TempDir::new(tag), run_dir.to_path_buf(), extra, &[], None)
+    }
+
+    fn start_at(
+        dir: TempDir,
+        run_dir: PathBuf,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> Daemon {
+        let socket = run_dir.join("nbd.sock");
         let mut d = Daemon {
             dir,
             child: None,
@@ -93,6 +112,7 @@ impl Daemon {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             socket,
             nofile,
+            run_dir,
             starts: 0,
         };
         d.spawn();
@@ -101,7 +121,7 @@ impl Daemon {
 
     /// The peer-to-peer D-Bus socket.
     pub fn dbus_socket(&self) -> PathBuf {
-        self.dir.path().join("run/dbus.sock")
+        self.run_dir.join("dbus.sock")
     }
 
     /// `unix:path=...` of the D-Bus socket, for busctl --address.
@@ -148,7 +168,7 @@ impl Daemon {
             .arg("--data-dir")
             .arg(self.data_dir())
             .arg("--runtime-dir")
-            .arg(self.dir.path().join("run"))
+            .arg(&self.run_dir)
             .args(&self.extra)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "debug")
@@ -322,9 +342,47 @@ pub fn json(o: &Output) -> serde_json::Value {
     serde_json::from_str(&ok(o)).expect("hlfs --json output is JSON")
 }
 
+/// The `hlfs` CLI binary (package hlfs-cli), next to this test's own target directory:
+/// `target/PROFILE/hlfs` (`cargo nextest run --workspace` and `cargo build` put it there).
+pub fn hlfs_exe() -> &'static str {
+    static EXE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    EXE.get_or_init(|| {
+        let me = std::env::current_exe().expect("current_exe");
+        // target/PROFILE/deps/TEST-HASH
+        let dir = me
+            .parent()
+            .and_then(Path::parent)
+            .expect("the test binary lives in target/PROFILE/deps");
+        let exe = dir.join("hlfs");
+        assert!(
+            exe.is_file(),
+            "{} is missing: build the CLI first (`cargo build -p hlfs-cli`, or run the tests \
+             with `cargo nextest run --workspace`)",
+            exe.display()
+        );
+        // `cargo nextest run -p hlfs-agent` alone does not rebuild it: refuse a stale one.
+        let built = std::fs::metadata(&exe).and_then(|m| m.modified()).ok();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let newest = ["cli/src", "client/src"]
+            .iter()
+            .flat_map(|d| std::fs::read_dir(root.join(d)).into_iter().flatten())
+            .filter_map(|e| e.ok()?.metadata().ok()?.modified().ok())
+            .max();
+        if let (Some(b), Some(n)) = (built, newest) {
+            assert!(
+                b >= n,
+                "{} is older than the CLI's sources: rebuild it (`cargo build -p hlfs-cli`, or \
+                 `cargo nextest run --workspace`)",
+                exe.display()
+            );
+        }
+        exe.to_str().expect("UTF-8 target path").to_string()
+    })
+}
+
 /// Runs `hlfs ARGS` against the daemon's p2p socket, optionally as an unprivileged user.
 pub fn hlfs(d: &Daemon, nobody: bool, args: &[&str]) -> Output {
-    let exe = env!("CARGO_BIN_EXE_hlfs");
+    let exe = hlfs_exe();
     let mut c = if nobody {
         require_tool("setpriv");
         let mut c = Command::new("setpriv");
