@@ -631,6 +631,37 @@ mod cleaner_tests {
     }
 
     #[test]
+    fn fuse_section_and_flags() {
+        assert_eq!(
+            resolve_with("").expect("default").fuse,
+            FuseMount::Default(PathBuf::from("/tmp/y/mnt"))
+        );
+        assert_eq!(
+            resolve_with("[fuse]\nmountpoint = \"/srv/hlfs\"\n")
+                .expect("set")
+                .fuse,
+            FuseMount::Explicit(PathBuf::from("/srv/hlfs"))
+        );
+        assert_eq!(
+            resolve_with("[fuse]\nenabled = false\n").expect("off").fuse,
+            FuseMount::Off
+        );
+        assert!(resolve_with("[fuse]\nmountpoint = \"relative\"\n").is_err());
+        assert!(resolve_with("[fuse]\nbogus = 1\n").is_err());
+        let flags = |extra: &[&str]| {
+            let mut a = vec!["hlfsd", "--data-dir", "/tmp/x", "--runtime-dir", "/tmp/y"];
+            a.extend(extra);
+            Settings::resolve(&Cli::parse_from(a)).expect("flags").fuse
+        };
+        assert_eq!(
+            flags(&["--fuse-mount", "/mnt/h"]),
+            FuseMount::Explicit(PathBuf::from("/mnt/h"))
+        );
+        assert_eq!(flags(&["--no-fuse"]), FuseMount::Off);
+        assert!(Cli::try_parse_from(["hlfsd", "--no-fuse", "--fuse-mount", "/m"]).is_err());
+    }
+
+    #[test]
     fn hdfs_section() {
         let s = resolve_with("").expect("default");
         assert_eq!(s.hdfs, HdfsSettings::default());

@@ -87,6 +87,13 @@ pub fn prepare(dir: &Path) -> Result<()> {
         }
         Ok(_) => {
             if let Some(t) = mounted_type(dir) {
+                // stat may answer from the kernel's attribute cache for a second after the
+                // daemon died; statfs always asks the daemon.
+                if t.starts_with("fuse") && statfs_errno(dir) == Some(libc::ENOTCONN) {
+                    tracing::warn!(mountpoint = %dir.display(), "clearing the FUSE mount a stopped hlfsd left (ENOTCONN)");
+                    unmount(dir)?;
+                    return Ok(());
+                }
                 return Err(Error::Busy(format!(
                     "FUSE mount point {} already has a {t} file system mounted (another hlfsd?)",
                     dir.display()
@@ -95,6 +102,18 @@ pub fn prepare(dir: &Path) -> Result<()> {
         }
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io("create FUSE mount point", dir, e))
+}
+
+/// The error of statfs(2) on `dir`, if it fails.
+fn statfs_errno(dir: &Path) -> Option<i32> {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: zeroed is a valid statvfs; c is a valid NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; statvfs writes only into st.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0 {
+        return None;
+    }
+    std::io::Error::last_os_error().raw_os_error()
 }
 
 /// Detaches the mount at `dir` (lazily: a process still inside it keeps its view until it
