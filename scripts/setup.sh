@@ -2,7 +2,7 @@
 # Installs the system packages HLFS and its tests use (Debian 12). Idempotent; skips apt when
 # everything is already there.
 set -euo pipefail
-pkgs=(qemu-utils fio libnbd-bin nbdkit libxml2-utils e2fsprogs dbus systemd util-linux python3 python3-venv)
+pkgs=(qemu-utils fio libnbd-bin nbdkit libxml2-utils e2fsprogs dbus systemd util-linux python3 python3-venv fuse3)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -361,7 +361,10 @@ impl Settings {
             .map(|s| s.parse())
             .collect::<Result<Vec<VolumeSpec>>>()?;
         let fuse_section = file.fuse.as_ref();
-        let fuse = match (&cli.fuse_mount, fuse_section.and_then(|f| f.mountpoint.clone())) {
+        let fuse = match (
+            &cli.fuse_mount,
+            fuse_section.and_then(|f| f.mountpoint.clone()),
+        ) {
             _ if cli.no_fuse => FuseMount::Off,
             (Some(d), _) => FuseMount::Explicit(d.clone()),
             _ if fuse_section.and_then(|f| f.enabled) == Some(false) => FuseMount::Off,

@@ -445,7 +445,13 @@ impl Service {
             .await
     }
 
-    async fn create_sized(&self, pool: &str, name: &str, size: u64, o: VolumeOptions) -> Result<()> {
+    async fn create_sized(
+        &self,
+        pool: &str,
+        name: &str,
+        size: u64,
+        o: VolumeOptions,
+    ) -> Result<()> {
         let d = CreateOptions::default();
         let opts = CreateOptions {
             size,

@@ -171,21 +171,37 @@ fn libvirt_create_sequence_makes_a_volume_that_hlfs_and_nbd_see() {
     assert_eq!(&got[1 << 20..(1 << 20) + data.len()], &data[..]);
     run(
         "qemu-io",
-        &["-f", "raw", "-c", "write -P 0xab 0 64k", &v.d.uri("default/vm1.img")],
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0xab 0 64k",
+            &v.d.uri("default/vm1.img"),
+        ],
     );
     let mut head = vec![0u8; 64 << 10];
     File::open(&path).unwrap().read_exact(&mut head).unwrap();
-    assert!(head.iter().all(|b| *b == 0xab), "NBD write not seen through the file");
+    assert!(
+        head.iter().all(|b| *b == 0xab),
+        "NBD write not seen through the file"
+    );
     f.flush().unwrap();
     drop(f);
 
     // Volumes created and deleted with hlfs appear and vanish (attributes live 1 s).
-    ok(&hlfs(&v.d, false, &["volume", "create", "default/made", "2M"]));
+    ok(&hlfs(
+        &v.d,
+        false,
+        &["volume", "create", "default/made", "2M"],
+    ));
     assert_eq!(fs::metadata(v.vol("made")).unwrap().len(), 2 << 20);
     ok(&hlfs(&v.d, false, &["volume", "delete", "default/made"]));
     let t0 = Instant::now();
     while v.vol("made").exists() {
-        assert!(t0.elapsed() < Duration::from_secs(5), "deleted volume still visible");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "deleted volume still visible"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(names_in(&v.pool()), ["old", "vm1.img"]);
@@ -216,7 +232,8 @@ fn qemu_img_create_convert_compare_and_sparse_copies() {
     f.set_len(16 << 20).unwrap();
     use std::os::unix::fs::FileExt;
     f.write_all_at(&pattern_bytes(1, 64 << 10), 0).unwrap();
-    f.write_all_at(&pattern_bytes(2, 128 << 10), 5 << 20).unwrap();
+    f.write_all_at(&pattern_bytes(2, 128 << 10), 5 << 20)
+        .unwrap();
     drop(f);
     let s = src.to_str().unwrap();
 
@@ -229,8 +246,14 @@ fn qemu_img_create_convert_compare_and_sparse_copies() {
     assert_eq!(seek(&f, 0, libc::SEEK_DATA), Ok(0));
     assert_eq!(seek(&f, 0, libc::SEEK_HOLE), Ok(64 << 10));
     assert_eq!(seek(&f, 64 << 10, libc::SEEK_DATA), Ok(5 << 20));
-    assert_eq!(seek(&f, 5 << 20, libc::SEEK_HOLE), Ok((5 << 20) + (128 << 10)));
-    assert_eq!(seek(&f, (6 << 20) as i64, libc::SEEK_DATA), Err(libc::ENXIO));
+    assert_eq!(
+        seek(&f, 5 << 20, libc::SEEK_HOLE),
+        Ok((5 << 20) + (128 << 10))
+    );
+    assert_eq!(
+        seek(&f, (6 << 20) as i64, libc::SEEK_DATA),
+        Err(libc::ENXIO)
+    );
     assert_eq!(seek(&f, (6 << 20) as i64, libc::SEEK_HOLE), Ok(6 << 20));
     assert_eq!(seek(&f, 16 << 20, libc::SEEK_HOLE), Err(libc::ENXIO));
     let map = String::from_utf8(run("qemu-img", &["map", "--output=json", "-f", "raw", c]).stdout)
@@ -259,7 +282,10 @@ fn qemu_img_create_convert_compare_and_sparse_copies() {
     let rs = r.to_str().unwrap();
     run("qemu-img", &["create", "-q", "-f", "raw", rs, "16M"]);
     assert_eq!(fs::metadata(&r).unwrap().len(), 16 << 20);
-    run("qemu-img", &["convert", "-n", "-f", "raw", "-O", "raw", s, rs]);
+    run(
+        "qemu-img",
+        &["convert", "-n", "-f", "raw", "-O", "raw", s, rs],
+    );
     run("qemu-img", &["compare", "-f", "raw", "-F", "raw", s, rs]);
     run("qemu-img", &["resize", "-q", "-f", "raw", rs, "24M"]);
     assert_eq!(fs::metadata(&r).unwrap().len(), 24 << 20);
@@ -267,7 +293,10 @@ fn qemu_img_create_convert_compare_and_sparse_copies() {
     // volume files grow only by truncate or fallocate (docs/fuse.md). EFBIG is what qemu-img
     // words as "image size is too large".
     let q = v.vol("disk.qcow2");
-    let e = try_run("qemu-img", &["create", "-f", "qcow2", q.to_str().unwrap(), "16M"]);
+    let e = try_run(
+        "qemu-img",
+        &["create", "-f", "qcow2", q.to_str().unwrap(), "16M"],
+    );
     assert!(!e.status.success());
     let msg = String::from_utf8_lossy(&e.stderr);
     assert!(msg.contains("too large"), "{msg}");
@@ -378,7 +407,10 @@ fn a_busy_volume_is_not_unlinked_and_an_idle_one_is() {
         .unwrap();
     let t0 = Instant::now();
     while !v.d.stderr().contains("client attached") {
-        assert!(t0.elapsed() < Duration::from_secs(10), "qemu-io did not attach");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "qemu-io did not attach"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let e = fs::remove_file(&path).unwrap_err();
@@ -521,7 +553,12 @@ fn snapshot_files_are_read_only_and_frozen() {
 fn status_files_agree_with_hlfs_volume_list() {
     let v = View::start(
         "fuse-status",
-        &["--create-volume", "default/a:4M", "--create-volume", "default/b:8M"],
+        &[
+            "--create-volume",
+            "default/a:4M",
+            "--create-volume",
+            "default/b:8M",
+        ],
     );
     {
         let mut f = OpenOptions::new().write(true).open(v.vol("a")).unwrap();
@@ -532,8 +569,17 @@ fn status_files_agree_with_hlfs_volume_list() {
         serde_json::from_slice(&fs::read(v.mnt.join("status/volumes.json")).unwrap()).unwrap();
     let list = volume_list(&v.d);
     let key = |r: &serde_json::Value| {
-        ["pool", "name", "size", "allocated", "physical", "compression", "block_size", "export"]
-            .map(|k| r[k].clone())
+        [
+            "pool",
+            "name",
+            "size",
+            "allocated",
+            "physical",
+            "compression",
+            "block_size",
+            "export",
+        ]
+        .map(|k| r[k].clone())
     };
     let mut s: Vec<_> = status.as_array().unwrap().iter().map(key).collect();
     let mut l: Vec<_> = list.as_array().unwrap().iter().map(key).collect();
@@ -544,7 +590,10 @@ fn status_files_agree_with_hlfs_volume_list() {
     assert!(status[0]["cleaner"].is_string());
     let text = fs::read_to_string(v.mnt.join("status/volumes")).unwrap();
     assert!(text.starts_with("VOLUME"), "{text}");
-    assert!(text.contains("default/a") && text.contains("default/b"), "{text}");
+    assert!(
+        text.contains("default/a") && text.contains("default/b"),
+        "{text}"
+    );
     let pools: serde_json::Value =
         serde_json::from_slice(&fs::read(v.mnt.join("status/pools.json")).unwrap()).unwrap();
     assert_eq!(pools[0]["name"], "default");
@@ -559,7 +608,14 @@ fn status_files_agree_with_hlfs_volume_list() {
         .contains("version: "));
     assert_eq!(
         names_in(&v.mnt.join("status")),
-        ["agent", "agent.json", "pools", "pools.json", "volumes", "volumes.json"]
+        [
+            "agent",
+            "agent.json",
+            "pools",
+            "pools.json",
+            "volumes",
+            "volumes.json"
+        ]
     );
 }
 
@@ -618,11 +674,21 @@ fn modes_and_owners_are_stored_enforced_and_kept() {
     // Given to nobody, it is theirs to read and write.
     std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
     fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
-    ok(&as_nobody(&["dd", &format!("of={p}"), "if=/dev/zero", "bs=4k", "count=1", "conv=notrunc"]));
+    ok(&as_nobody(&[
+        "dd",
+        &format!("of={p}"),
+        "if=/dev/zero",
+        "bs=4k",
+        "count=1",
+        "conv=notrunc",
+    ]));
     v.d.terminate();
     v.d.spawn();
     let md = fs::metadata(&path).unwrap();
-    assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (65534, 65534, 0o640));
+    assert_eq!(
+        (md.uid(), md.gid(), md.mode() & 0o7777),
+        (65534, 65534, 0o640)
+    );
     // Truncate to zero and back: a volume file may be empty.
     let f = OpenOptions::new().write(true).open(&path).unwrap();
     f.set_len(0).unwrap();
@@ -632,12 +698,24 @@ fn modes_and_owners_are_stored_enforced_and_kept() {
     use std::os::unix::fs::FileExt;
     let e = f.write_at(b"x", 4096).unwrap_err();
     assert_eq!(errno(&e), libc::EFBIG);
-    assert_eq!(f.write_at(&[1u8; 100], 4050).unwrap(), 46, "a write across the end is cut short");
+    assert_eq!(
+        f.write_at(&[1u8; 100], 4050).unwrap(),
+        46,
+        "a write across the end is cut short"
+    );
     let mut buf = [0u8; 10];
     let f = File::open(&path).unwrap();
-    assert_eq!(f.read_at(&mut buf, 5000).unwrap(), 0, "reads past the end return 0 bytes");
+    assert_eq!(
+        f.read_at(&mut buf, 5000).unwrap(),
+        0,
+        "reads past the end return 0 bytes"
+    );
     // fallocate: mode 0 grows, punch hole reads zeros, unknown modes refused.
-    let f = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
     let fd = f.as_raw_fd();
     // SAFETY: a valid descriptor.
     assert_eq!(unsafe { libc::fallocate(fd, 0, 0, 1 << 20) }, 0);

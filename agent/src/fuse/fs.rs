@@ -62,7 +62,22 @@ pub struct HlfsFs {
     /// Owner of directories and default owner of files: the daemon's user.
     uid: u32,
     gid: u32,
+    /// Group `hlfs`, if it exists: it owns `pools/` and the pool directories (mode 0775), so
+    /// that its members, who may create volumes over D-Bus, may here too.
+    admin_gid: Option<u32>,
     started: SystemTime,
+}
+
+/// The gid of group `name`, if it exists.
+fn group_id(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut out: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; getgrnam_r writes only into grp and buf.
+    let rc =
+        unsafe { libc::getgrnam_r(c.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut out) };
+    (rc == 0 && !out.is_null()).then_some(grp.gr_gid)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -124,7 +139,11 @@ fn new_name(kind: &'static str, name: &OsStr) -> Result<String, Errno> {
 }
 
 impl HlfsFs {
-    pub fn new(svc: Arc<Service>, rt: tokio::runtime::Handle, data_dir: PathBuf) -> crate::Result<Self> {
+    pub fn new(
+        svc: Arc<Service>,
+        rt: tokio::runtime::Handle,
+        data_dir: PathBuf,
+    ) -> crate::Result<Self> {
         // SAFETY: getegid has no preconditions and cannot fail.
         let gid = unsafe { libc::getegid() };
         let uid = crate::paths::euid();
@@ -146,6 +165,7 @@ impl HlfsFs {
             data_dir,
             uid,
             gid,
+            admin_gid: group_id(crate::service::ADMIN_GROUP),
             started: SystemTime::now(),
         })
     }
@@ -183,10 +203,7 @@ impl HlfsFs {
     }
 
     fn volume(&self, pool: &str, name: &str) -> Result<Arc<SharedVolume>, Errno> {
-        self.svc
-            .manager()
-            .volume(pool, name)
-            .map_err(|e| errno(&e))
+        self.svc.manager().volume(pool, name).map_err(|e| errno(&e))
     }
 
     fn volume_exists(&self, pool: &str, name: &str) -> Result<bool, Errno> {
@@ -199,6 +216,10 @@ impl HlfsFs {
 
     fn dir_attr(&self, n: &Node) -> FileAttr {
         let t = self.started;
+        let (perm, gid) = match (n, self.admin_gid) {
+            (Node::Pools | Node::Pool(_), Some(g)) => (0o775, g),
+            _ => (0o755, self.gid),
+        };
         FileAttr {
             ino: self.ino(n),
             size: 0,
@@ -208,10 +229,10 @@ impl HlfsFs {
             ctime: t,
             crtime: t,
             kind: FileType::Directory,
-            perm: 0o755,
+            perm,
             nlink: 2,
             uid: self.uid,
-            gid: self.gid,
+            gid,
             rdev: 0,
             blksize: 4096,
             flags: 0,
@@ -267,7 +288,13 @@ impl HlfsFs {
                 let info = info.ok_or(Errno::ENOENT)?;
                 let mut o = self.owners.get(&owners::key(&uuid));
                 o.mode &= 0o444;
-                Ok(self.file_attr(n, o, info.size, info.allocated, unix_time(info.created_unix)))
+                Ok(self.file_attr(
+                    n,
+                    o,
+                    info.size,
+                    info.allocated,
+                    unix_time(info.created_unix),
+                ))
             }
             Node::StatusFile(_) => {
                 let o = Owner {
@@ -321,7 +348,10 @@ impl HlfsFs {
 
     /// Entries of a directory, `.` and `..` first.
     fn entries(&self, dir: &Node) -> Result<Vec<(Node, String)>, Errno> {
-        let mut out = vec![(dir.clone(), ".".to_string()), (dir.parent(), "..".to_string())];
+        let mut out = vec![
+            (dir.clone(), ".".to_string()),
+            (dir.parent(), "..".to_string()),
+        ];
         let vols = |p: &str| -> Result<Vec<String>, Errno> {
             self.rt.block_on(self.svc.volumes(p)).map_err(|e| errno(&e))
         };
@@ -381,7 +411,12 @@ impl HlfsFs {
     fn statfs_of(&self, pool: Option<&str>) -> Result<(u64, u64, u64), Errno> {
         let local = match pool {
             None => Some(self.data_dir.clone()),
-            Some(p) => match self.svc.pool_uri(p).ok().and_then(|u| PoolUri::parse(&u).ok()) {
+            Some(p) => match self
+                .svc
+                .pool_uri(p)
+                .ok()
+                .and_then(|u| PoolUri::parse(&u).ok())
+            {
                 Some(PoolUri::Local(d)) => Some(d),
                 _ => None,
             },
@@ -399,7 +434,11 @@ impl HlfsFs {
         }
         let p = pool.unwrap_or_default();
         let (mut total, mut used) = (0u64, 0u64);
-        for v in self.rt.block_on(self.svc.volumes(p)).map_err(|e| errno(&e))? {
+        for v in self
+            .rt
+            .block_on(self.svc.volumes(p))
+            .map_err(|e| errno(&e))?
+        {
             if let Ok(i) = self.rt.block_on(self.svc.volume(p, &v)) {
                 total = total.saturating_add(i.size);
                 used = used.saturating_add(i.allocated);
@@ -412,7 +451,10 @@ impl HlfsFs {
     /// Resizes a volume through the service (so D-Bus announces it).
     fn truncate(&self, pool: &str, name: &str, size: u64) -> Result<(), Errno> {
         self.rt
-            .block_on(self.svc.truncate(Admin::vouched_by_fuse(), pool, name, size))
+            .block_on(
+                self.svc
+                    .truncate(Admin::vouched_by_fuse(), pool, name, size),
+            )
             .map(drop)
             .map_err(|e| errno(&e))
     }
@@ -542,7 +584,14 @@ impl HlfsFs {
         i64::try_from(pos).map_err(|_| Errno::EOVERFLOW)
     }
 
-    fn do_fallocate(&self, ino: INodeNo, fh: FileHandle, offset: u64, len: u64, mode: i32) -> Result<(), Errno> {
+    fn do_fallocate(
+        &self,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        len: u64,
+        mode: i32,
+    ) -> Result<(), Errno> {
         let Node::Volume(pool, name) = self.node(ino)? else {
             return Err(Errno::EROFS);
         };
@@ -588,7 +637,15 @@ impl HlfsFs {
         }
     }
 
-    fn do_create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32) -> Result<(FileAttr, FileHandle), Errno> {
+    fn do_create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+    ) -> Result<(FileAttr, FileHandle), Errno> {
         let Node::Pool(pool) = self.node(parent)? else {
             return Err(match self.node(parent)? {
                 Node::SnapPool(_) | Node::SnapVolume(..) | Node::Snapshots => Errno::EROFS,
@@ -656,7 +713,14 @@ impl HlfsFs {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn do_setattr(&self, ino: INodeNo, mode: Option<u32>, uid: Option<u32>, gid: Option<u32>, size: Option<u64>) -> Result<FileAttr, Errno> {
+    fn do_setattr(
+        &self,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+    ) -> Result<FileAttr, Errno> {
         let node = self.node(ino)?;
         let changes_owner = mode.is_some() || uid.is_some() || gid.is_some();
         match &node {
@@ -814,7 +878,15 @@ impl fuser::Filesystem for HlfsFs {
         }
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
         match self.do_mkdir(req, parent, name) {
             Ok(a) => reply.entry(&TTL, &a, Generation(0)),
             Err(e) => reply.error(e),
@@ -908,7 +980,14 @@ impl fuser::Filesystem for HlfsFs {
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: fuser::LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: fuser::LockOwner,
+        reply: ReplyEmpty,
+    ) {
         // close(2) is not a durability point (as on local file systems): fsync is.
         reply.ok();
     }
@@ -927,14 +1006,28 @@ impl fuser::Filesystem for HlfsFs {
         reply.ok();
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         match self.do_fsync(fh) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let entries = match self.node(ino).and_then(|n| self.entries(&n)) {
             Ok(e) => e,
             Err(e) => return reply.error(e),
@@ -957,7 +1050,14 @@ impl fuser::Filesystem for HlfsFs {
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         // Creates and deletes are durable when they return.
         reply.ok();
     }
@@ -982,14 +1082,31 @@ impl fuser::Filesystem for HlfsFs {
         }
     }
 
-    fn fallocate(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
         match self.do_fallocate(ino, fh, offset, length, mode) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
 
-    fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
         match self.do_seek(fh, offset, whence) {
             Ok(p) => reply.offset(p),
             Err(e) => reply.error(e),

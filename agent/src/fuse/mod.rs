@@ -132,7 +132,9 @@ impl FuseView {
                 }
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "FUSE view: unmount task failed"),
-            Err(_) => tracing::warn!(mountpoint = %path.display(), "FUSE view still in use after {timeout:?}; detached, going on"),
+            Err(_) => {
+                tracing::warn!(mountpoint = %path.display(), "FUSE view still in use after {timeout:?}; detached, going on")
+            }
         }
     }
 }

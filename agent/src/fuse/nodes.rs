@@ -119,7 +119,10 @@ mod tests {
         let b = t.ino(&Node::Snapshot("p".into(), "a".into(), "s".into()));
         assert_ne!(a, b);
         assert_eq!(t.ino(&Node::Volume("p".into(), "a".into())), a);
-        assert_eq!(t.node(b), Some(Node::Snapshot("p".into(), "a".into(), "s".into())));
+        assert_eq!(
+            t.node(b),
+            Some(Node::Snapshot("p".into(), "a".into(), "s".into()))
+        );
         assert_eq!(t.node(999), None);
         assert_eq!(
             Node::Snapshot("p".into(), "a".into(), "s".into()).parent(),

@@ -105,7 +105,10 @@ fn text(base: &str, v: &Value) -> String {
             out
         }
         "pools" => {
-            let mut out = format!("{:<16} {:<8} {:>7}  {}\n", "POOL", "STATE", "VOLUMES", "URI");
+            let mut out = format!(
+                "{:<16} {:<8} {:>7}  {}\n",
+                "POOL", "STATE", "VOLUMES", "URI"
+            );
             for r in v.as_array().into_iter().flatten() {
                 out += &format!(
                     "{:<16} {:<8} {:>7}  {}\n",
