@@ -3,7 +3,7 @@
 # everything is already there.
 set -euo pipefail
 # passwd: groupadd, useradd, usermod (the CLI socket-rule test makes group hlfs and two users)
-pkgs=(qemu-utils fio libnbd-bin nbdkit libxml2-utils e2fsprogs dbus systemd util-linux passwd python3 python3-venv)
+pkgs=(qemu-utils fio libnbd-bin nbdkit libxml2-utils e2fsprogs dbus systemd util-linux passwd python3 python3-venv fuse3)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -55,6 +55,12 @@ pub struct Cli {
     /// Also serve the D-Bus API on the system bus as org.hlfs.Hlfs1 (needs the policy file)
     #[arg(long)]
     pub system_bus: bool,
+    /// Mount the FUSE view (volumes as files) on DIR [RUNTIME_DIR/mnt when /dev/fuse is usable]
+    #[arg(long, value_name = "DIR", conflicts_with = "no_fuse")]
+    pub fuse_mount: Option<PathBuf>,
+    /// Do not mount the FUSE view
+    #[arg(long)]
+    pub no_fuse: bool,
 }
 
 /// The configuration file.
@@ -76,6 +82,30 @@ pub struct ConfigFile {
     pub hdfs: Option<HdfsSection>,
     /// `[limits]`: connection, memory and descriptor limits.
     pub limits: Option<LimitsSection>,
+    /// `[fuse]`: the FUSE view.
+    pub fuse: Option<FuseSection>,
+}
+
+/// `[fuse]`: where the FUSE view is mounted.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FuseSection {
+    /// Mount point; the daemon fails to start if it cannot mount there.
+    pub mountpoint: Option<PathBuf>,
+    /// false: no FUSE view. Default true (at RUNTIME_DIR/mnt when /dev/fuse is usable).
+    pub enabled: Option<bool>,
+}
+
+/// Whether and where to mount the FUSE view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FuseMount {
+    /// No FUSE view.
+    Off,
+    /// The embedded default: mounted if FUSE is usable here, else the daemon logs why and
+    /// goes on without it.
+    Default(PathBuf),
+    /// Asked for (`--fuse-mount`, `[fuse] mountpoint`): failing to mount is an error.
+    Explicit(PathBuf),
 }
 
 /// `[hdfs]`: settings of every HDFS pool.
@@ -161,6 +191,8 @@ pub struct Settings {
     pub hdfs: HdfsSettings,
     /// Connection, memory and descriptor limits.
     pub limits: crate::limits::LimitSettings,
+    /// The FUSE view.
+    pub fuse: FuseMount,
 }
 
 impl ConfigFile {
@@ -328,7 +360,22 @@ impl Settings {
             .iter()
             .map(|s| s.parse())
             .collect::<Result<Vec<VolumeSpec>>>()?;
-        for d in [&data_dir, &runtime_dir] {
+        let fuse_section = file.fuse.as_ref();
+        let fuse = match (
+            &cli.fuse_mount,
+            fuse_section.and_then(|f| f.mountpoint.clone()),
+        ) {
+            _ if cli.no_fuse => FuseMount::Off,
+            (Some(d), _) => FuseMount::Explicit(d.clone()),
+            _ if fuse_section.and_then(|f| f.enabled) == Some(false) => FuseMount::Off,
+            (None, Some(d)) => FuseMount::Explicit(d),
+            (None, None) => FuseMount::Default(runtime_dir.join("mnt")),
+        };
+        let fuse_dir = match &fuse {
+            FuseMount::Default(d) | FuseMount::Explicit(d) => Some(d),
+            FuseMount::Off => None,
+        };
+        for d in [&data_dir, &runtime_dir].into_iter().chain(fuse_dir) {
             if !d.is_absolute() {
                 return Err(Error::invalid(
                     "directory",
@@ -350,6 +397,7 @@ impl Settings {
             cleaner,
             hdfs,
             limits,
+            fuse,
         })
     }
 }
@@ -583,6 +631,37 @@ mod cleaner_tests {
             .background
             .is_none());
         assert!(resolve_with("[cleaner]\nreclaimable_ratio = 0\n").is_err());
+    }
+
+    #[test]
+    fn fuse_section_and_flags() {
+        assert_eq!(
+            resolve_with("").expect("default").fuse,
+            FuseMount::Default(PathBuf::from("/tmp/y/mnt"))
+        );
+        assert_eq!(
+            resolve_with("[fuse]\nmountpoint = \"/srv/hlfs\"\n")
+                .expect("set")
+                .fuse,
+            FuseMount::Explicit(PathBuf::from("/srv/hlfs"))
+        );
+        assert_eq!(
+            resolve_with("[fuse]\nenabled = false\n").expect("off").fuse,
+            FuseMount::Off
+        );
+        assert!(resolve_with("[fuse]\nmountpoint = \"relative\"\n").is_err());
+        assert!(resolve_with("[fuse]\nbogus = 1\n").is_err());
+        let flags = |extra: &[&str]| {
+            let mut a = vec!["hlfsd", "--data-dir", "/tmp/x", "--runtime-dir", "/tmp/y"];
+            a.extend(extra);
+            Settings::resolve(&Cli::parse_from(a)).expect("flags").fuse
+        };
+        assert_eq!(
+            flags(&["--fuse-mount", "/mnt/h"]),
+            FuseMount::Explicit(PathBuf::from("/mnt/h"))
+        );
+        assert_eq!(flags(&["--no-fuse"]), FuseMount::Off);
+        assert!(Cli::try_parse_from(["hlfsd", "--no-fuse", "--fuse-mount", "/m"]).is_err());
     }
 
     #[test]

@@ -189,6 +189,14 @@ async fn serve_with(
     }
     let svc = crate::service::Service::new(mgr.clone(), settings.nbd_unix.clone());
     let svc_jobs = svc.clone();
+    // Before D-Bus: its FuseMountpoint property is known from the first call.
+    let fuse = crate::fuse::start(
+        &svc,
+        tokio::runtime::Handle::current(),
+        &settings.fuse,
+        &settings.data_dir,
+    )?;
+    let fuse_path = fuse.as_ref().map(|f| f.path().to_path_buf());
     let announcer = svc.start_change_announcer(CHANGE_ANNOUNCE_PERIOD, stop_rx.clone());
     let publisher = dbus::Publisher::start(svc);
     publisher.sync().await;
@@ -223,7 +231,7 @@ async fn serve_with(
     })
     .await
     .map_err(|e| Error::Busy(format!("internal task failed: {e}")))?;
-    print_banner(settings, &pools, &exports, tcp_addr);
+    print_banner(settings, &pools, &exports, tcp_addr, fuse_path.as_deref());
     tracing::info!(socket = %settings.nbd_unix.display(), tcp = ?tcp_addr, "serving NBD");
 
     shutdown.await;
@@ -233,6 +241,9 @@ async fn serve_with(
     // Jobs first, while their NBD connections still work: a job ends cancelled, not failed.
     svc_jobs.shutdown(DRAIN_TIMEOUT).await;
     let _ = stop_tx.send(true);
+    if let Some(f) = fuse {
+        f.unmount(DRAIN_TIMEOUT).await;
+    }
     let _ = p2p_task.await;
     // No more change signals: they would read (and so reopen) volumes being closed.
     let _ = announcer.await;
@@ -279,6 +290,7 @@ fn print_banner(
     pools: &[(String, String, Option<String>)],
     exports: &[String],
     tcp: Option<std::net::SocketAddr>,
+    fuse: Option<&std::path::Path>,
 ) {
     let mut out = String::new();
     out.push_str(&format!("hlfsd {} ready\n", env!("CARGO_PKG_VERSION")));
@@ -307,6 +319,9 @@ fn print_banner(
     ));
     if let Some(a) = tcp {
         out.push_str(&format!("  NBD TCP:           {a}\n"));
+    }
+    if let Some(m) = fuse {
+        out.push_str(&format!("  FUSE view:         {}\n", m.display()));
     }
     out.push_str(&format!(
         "  volumes:           {}\n",

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod dbus;
 pub mod error;
 pub mod fsutil;
+pub mod fuse;
 pub mod jobs;
 pub mod limits;
 pub mod manager;

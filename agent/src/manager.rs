@@ -324,6 +324,16 @@ impl Manager {
             .find_map(|p| p.volume_at(loc).map(|v| (p.name().to_string(), v)))
     }
 
+    /// How volumes are cleaned: `background`, `inline` (at segment seals only) or `manual`
+    /// (only on request). For status displays.
+    pub fn cleaner_mode(&self) -> &'static str {
+        match &self.cleaner {
+            Some(c) if c.background.is_some() => "background",
+            Some(_) => "inline",
+            None => "manual",
+        }
+    }
+
     /// Client connections (NBD) using `pool/volume` now.
     pub fn users(&self, pool: &str, volume: &str) -> usize {
         lock(&self.open)
@@ -343,16 +353,9 @@ impl Manager {
             .collect()
     }
 
-    /// Resizes `pool/volume`; returns whether the size changed.
+    /// Resizes `pool/volume` (to 0 too: the API refuses that in the service, the FUSE view's
+    /// `ftruncate` needs it); returns whether the size changed.
     pub fn resize(&self, pool: &str, volume: &str, size: u64) -> Result<bool> {
-        // The same rule as at creation: a volume of no bytes is not a volume.
-        if size == 0 {
-            return Err(Error::invalid(
-                "size",
-                "0",
-                "a volume needs a size above zero",
-            ));
-        }
         let v = self.volume(pool, volume)?;
         let ctx = || format!("resize volume {pool}/{volume}");
         v.with(|v| {
@@ -381,6 +384,13 @@ impl Manager {
     /// Creates the volume unless it exists; an existing one must have the requested size.
     /// Returns whether it was created.
     pub fn ensure_volume(&self, spec: &VolumeSpec) -> Result<bool> {
+        if spec.size == 0 {
+            return Err(Error::invalid(
+                "size",
+                "0",
+                "a volume needs a size above zero",
+            ));
+        }
         let p = self.pool(&spec.pool)?;
         if !p.has_volume(&spec.volume)? {
             let opts = CreateOptions {

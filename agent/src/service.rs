@@ -39,9 +39,20 @@ pub struct Caller {
     pub gids: Vec<u32>,
 }
 
-/// Proof that the caller may mutate. Private field: only [`Caller::authorize`] makes one.
+/// Proof that the caller may mutate. Private field: only [`Caller::authorize`] and
+/// [`Admin::vouched_by_fuse`] make one.
 #[derive(Debug)]
 pub struct Admin(());
+
+impl Admin {
+    /// For the FUSE view, which vouches for its caller in two cases only: a data operation
+    /// (truncate, fallocate) on a volume file whose stored mode and owner the kernel checked
+    /// (`default_permissions`), as for a block device node; or a caller who is the daemon's
+    /// own user (a user's private daemon, whose mount nobody else can enter).
+    pub(crate) fn vouched_by_fuse() -> Admin {
+        Admin(())
+    }
+}
 
 impl Caller {
     /// Root, or a member of group `hlfs` (by the caller's group list or the group's member
@@ -197,6 +208,8 @@ pub struct Service {
     tasks: TaskTracker,
     /// Cancelled at shutdown: running jobs are cancelled, finished ones forgotten.
     stop: CancellationToken,
+    /// Where the FUSE view is mounted; empty when it is not.
+    fuse_mountpoint: Mutex<String>,
 }
 
 /// Runs blocking manager code off the async threads.
@@ -218,7 +231,24 @@ impl Service {
             events,
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
+            fuse_mountpoint: Mutex::new(String::new()),
         })
+    }
+
+    /// The manager behind the service (the FUSE view reads and writes volumes through it,
+    /// as the NBD server does: one open engine per volume).
+    pub fn manager(&self) -> &Arc<Manager> {
+        &self.mgr
+    }
+
+    /// Where the FUSE view is mounted (empty: not mounted); D-Bus `FuseMountpoint`.
+    pub fn fuse_mountpoint(&self) -> String {
+        lock(&self.fuse_mountpoint).clone()
+    }
+
+    /// Records where the FUSE view is mounted (empty when it goes away).
+    pub fn set_fuse_mountpoint(&self, path: &str) {
+        *lock(&self.fuse_mountpoint) = path.to_string();
     }
 
     /// Change notifications.
@@ -416,6 +446,24 @@ impl Service {
         size: u64,
         o: VolumeOptions,
     ) -> Result<()> {
+        refuse_zero_size(size)?;
+        self.create_sized(pool, name, size, o).await
+    }
+
+    /// Creates an empty (0-byte) volume: what `open(O_CREAT)` on the FUSE view makes, to be
+    /// sized by `ftruncate` as on any filesystem.
+    pub async fn create_empty_volume(&self, _: Admin, pool: &str, name: &str) -> Result<()> {
+        self.create_sized(pool, name, 0, VolumeOptions::default())
+            .await
+    }
+
+    async fn create_sized(
+        &self,
+        pool: &str,
+        name: &str,
+        size: u64,
+        o: VolumeOptions,
+    ) -> Result<()> {
         let d = CreateOptions::default();
         let opts = CreateOptions {
             size,
@@ -472,7 +520,14 @@ impl Service {
     }
 
     #[tracing::instrument(name = "call", skip_all, fields(op = "resize", pool = pool, volume = volume, size = size))]
-    pub async fn resize(&self, _: Admin, pool: &str, volume: &str, size: u64) -> Result<bool> {
+    pub async fn resize(&self, admin: Admin, pool: &str, volume: &str, size: u64) -> Result<bool> {
+        // A volume of no bytes is only a step of a file's creation (FUSE view), not a target.
+        refuse_zero_size(size)?;
+        self.truncate(admin, pool, volume, size).await
+    }
+
+    /// Resizes to any size, 0 included (`ftruncate` on the FUSE view).
+    pub async fn truncate(&self, _: Admin, pool: &str, volume: &str, size: u64) -> Result<bool> {
         let (mgr, p, v) = (self.mgr.clone(), pool.to_string(), volume.to_string());
         let changed = blocking(move || mgr.resize(&p, &v, size)).await?;
         if changed {
@@ -856,6 +911,18 @@ impl Service {
         });
         id
     }
+}
+
+/// The rule of the API: a volume is created or resized to a size above zero.
+fn refuse_zero_size(size: u64) -> Result<()> {
+    if size == 0 {
+        return Err(Error::invalid(
+            "size",
+            "0",
+            "a volume needs a size above zero",
+        ));
+    }
+    Ok(())
 }
 
 /// Checks an export's destination and format before any work starts, so that the caller gets

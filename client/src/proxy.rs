@@ -30,6 +30,10 @@ pub trait Manager1 {
     fn list_pools(&self) -> Result<Vec<(String, OwnedObjectPath)>, HlfsError>;
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;
+    /// Where hlfsd's FUSE view is mounted (volumes as files under `pools/POOL/`); empty when
+    /// it is not mounted.
+    #[zbus(property)]
+    fn fuse_mountpoint(&self) -> zbus::Result<String>;
 }
 
 /// `org.hlfs.Pool1` at [`crate::paths::pool`].

@@ -142,6 +142,13 @@ impl Manager1 {
     async fn version(&self) -> String {
         env!("CARGO_PKG_VERSION").to_string()
     }
+
+    /// Where the FUSE view is mounted (volumes as files under `pools/POOL/`); empty when it
+    /// is not. Set before the API is served, cleared at shutdown.
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn fuse_mountpoint(&self) -> String {
+        self.ctx.svc.fuse_mountpoint()
+    }
 }
 
 /// `org.hlfs.Pool1`: one per pool.

@@ -163,14 +163,8 @@ impl Pool {
         open: &OpenOptions,
     ) -> Result<OpenedVolume> {
         check_name("volume", name)?;
+        // Size 0 is allowed here: the FUSE view creates files empty (the API refuses it).
         let size = opts.size;
-        if size == 0 {
-            return Err(Error::invalid(
-                "size",
-                "0",
-                "a volume needs a size above zero",
-            ));
-        }
         if size > hlfs_engine::MAX_SIZE {
             return Err(Error::invalid(
                 "size",

@@ -170,6 +170,9 @@ impl Daemon {
             .arg("--runtime-dir")
             .arg(&self.run_dir)
             .args(&self.extra)
+            // No FUSE view unless a test asks for one: a daemon killed by a test would leave
+            // a dead mount in its temporary directory.
+            .args((!self.extra.iter().any(|a| a == "--fuse-mount")).then_some("--no-fuse"))
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
