@@ -132,6 +132,76 @@ pub struct NbdSection {
     pub unix: Option<PathBuf>,
     /// TCP address (same forms as `--nbd-tcp`).
     pub tcp: Option<String>,
+    /// Group of the Unix socket. Default: `libvirt-qemu` (the user Debian's libvirt runs
+    /// QEMU as) when the daemon is root and that group exists, else the daemon's own group.
+    pub socket_group: Option<String>,
+    /// Mode of the Unix socket, in octal ("0660"). Default 0660 with a group from
+    /// `socket_group`, else 0600. Never writable by others.
+    pub socket_mode: Option<String>,
+}
+
+/// Group that Debian's libvirt runs QEMU as: the NBD socket's default group, so that guests
+/// defined in libvirt can open it.
+pub const LIBVIRT_QEMU_GROUP: &str = "libvirt-qemu";
+
+/// Who may connect to the NBD Unix socket (connecting needs write permission on it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketAccess {
+    /// `(name, gid)` of the socket's group; None: the daemon's own group.
+    pub group: Option<(String, u32)>,
+    pub mode: u32,
+}
+
+impl SocketAccess {
+    /// The rule from `[nbd] socket_group` and `socket_mode` (see [`NbdSection`]). A named
+    /// group must exist; the default group is used only if it does.
+    pub fn resolve(sec: &NbdSection, daemon_is_root: bool) -> Result<SocketAccess> {
+        let group = match &sec.socket_group {
+            Some(name) => match crate::service::group_info(name) {
+                Some((gid, _)) => Some((name.clone(), gid)),
+                None => {
+                    return Err(Error::invalid(
+                        "[nbd] socket_group",
+                        name.as_str(),
+                        "no such group",
+                    ))
+                }
+            },
+            None if daemon_is_root => crate::service::group_info(LIBVIRT_QEMU_GROUP)
+                .map(|(gid, _)| (LIBVIRT_QEMU_GROUP.to_string(), gid)),
+            None => None,
+        };
+        let mode = match &sec.socket_mode {
+            Some(text) => {
+                let m = u32::from_str_radix(text.trim_start_matches("0o"), 8).map_err(|_| {
+                    Error::invalid(
+                        "[nbd] socket_mode",
+                        text.as_str(),
+                        "expected octal, e.g. 0660",
+                    )
+                })?;
+                if m & !0o777 != 0 {
+                    return Err(Error::invalid(
+                        "[nbd] socket_mode",
+                        text.as_str(),
+                        "only permission bits (at most 0777) are allowed",
+                    ));
+                }
+                if m & 0o002 != 0 {
+                    return Err(Error::invalid(
+                        "[nbd] socket_mode",
+                        text.as_str(),
+                        "the NBD socket must never be writable by others: anyone could read \
+                         and write every volume",
+                    ));
+                }
+                m
+            }
+            None if group.is_some() => 0o660,
+            None => 0o600,
+        };
+        Ok(SocketAccess { group, mode })
+    }
 }
 
 /// One `[[pool]]` entry.
@@ -149,6 +219,8 @@ pub struct Settings {
     pub runtime_dir: PathBuf,
     pub cache_bytes: usize,
     pub nbd_unix: PathBuf,
+    /// Group and mode of the NBD Unix socket.
+    pub nbd_access: SocketAccess,
     pub nbd_tcp: Option<SocketAddr>,
     pub dbus_socket: PathBuf,
     pub bus: Option<crate::dbus::BusKind>,
@@ -337,11 +409,13 @@ impl Settings {
                 ));
             }
         }
+        let nbd_access = SocketAccess::resolve(&file.nbd, paths::euid() == 0)?;
         Ok(Settings {
             data_dir,
             runtime_dir,
             cache_bytes,
             nbd_unix,
+            nbd_access,
             nbd_tcp,
             dbus_socket,
             bus,

@@ -3,6 +3,7 @@
 //! only [`Caller::authorize`] hands out, so an unchecked mutation does not type-check. Changes
 //! are announced on an [`Event`] channel; the D-Bus layer turns them into objects and signals.
 
+use crate::caller_files::{self, Access, CallerFile};
 use crate::error::{Error, Result};
 use crate::jobs::{Job, JobKind};
 use crate::manager::Manager;
@@ -36,21 +37,30 @@ pub struct Caller {
     pub gids: Vec<u32>,
 }
 
-/// Proof that the caller may mutate. Private field: only [`Caller::authorize`] makes one.
+/// Proof that the caller may mutate, carrying who the caller is (import and export open files
+/// with the caller's rights). Private field: only [`Caller::authorize`] makes one.
 #[derive(Debug)]
-pub struct Admin(());
+pub struct Admin(Caller);
+
+impl Admin {
+    /// The authorized caller.
+    pub fn caller(&self) -> &Caller {
+        &self.0
+    }
+}
 
 impl Caller {
-    /// Root, or a member of group `hlfs` (by the caller's group list or the group's member
-    /// list), may mutate; anyone else may only read.
+    /// Root, the daemon's own user (a user's own daemon manages that user's pool), or a member
+    /// of group `hlfs` (by the caller's group list or the group's member list) may mutate;
+    /// anyone else may only read.
     pub fn authorize(&self) -> Result<Admin> {
-        if self.uid == 0 {
-            return Ok(Admin(()));
+        if self.uid == 0 || self.uid == crate::paths::euid() {
+            return Ok(Admin(self.clone()));
         }
         if let Some((gid, members)) = group_info(ADMIN_GROUP) {
             if self.gids.contains(&gid) || user_name(self.uid).is_some_and(|u| members.contains(&u))
             {
-                return Ok(Admin(()));
+                return Ok(Admin(self.clone()));
             }
         }
         Err(Error::PermissionDenied(format!(
@@ -61,7 +71,7 @@ impl Caller {
 }
 
 /// `(gid, member names)` of group `name` from the system's group database.
-fn group_info(name: &str) -> Option<(u32, Vec<String>)> {
+pub(crate) fn group_info(name: &str) -> Option<(u32, Vec<String>)> {
     let cname = std::ffi::CString::new(name).ok()?;
     let mut grp: libc::group = unsafe { std::mem::zeroed() };
     let mut buf = vec![0 as libc::c_char; 64 * 1024];
@@ -641,7 +651,9 @@ impl Service {
         format: &str,
     ) -> Result<u32> {
         let format = image_format(format, true)?;
-        let size = crate::jobs::image_size(source, format).await?;
+        // Read with the caller's rights: the daemon reads only what the caller may read.
+        let file = caller_files::open(admin.caller(), source, Access::Read).await?;
+        let size = crate::jobs::image_size(&file, format).await?;
         self.create_volume(admin, pool, name, size, VolumeOptions::default())
             .await?;
         let target = self.nbd_uri(&format!("{pool}/{name}"));
@@ -654,15 +666,15 @@ impl Service {
         if let Some(f) = format {
             args.extend(["-f".into(), f.to_string()]);
         }
-        args.extend(["-O".into(), "raw".into(), source.to_string(), target]);
+        args.extend(["-O".into(), "raw".into(), file.proc_path(), target]);
         let desc = format!("import {source} into {pool}/{name}");
-        Ok(self.start_job(JobKind::Import, pool, name, desc, args))
+        Ok(self.start_job(JobKind::Import, pool, name, desc, args, file))
     }
 
     /// Starts a job copying `pool/volume` into a new image file `dest` (`raw` or `qcow2`).
     pub async fn export(
         self: &Arc<Self>,
-        _: Admin,
+        admin: Admin,
         pool: &str,
         volume: &str,
         dest: &str,
@@ -673,7 +685,8 @@ impl Service {
         self.volume(pool, volume).await?;
         let src = self.nbd_uri(&format!("{pool}/{volume}"));
         let desc = format!("export {pool}/{volume} to {dest} ({format})");
-        Ok(self.start_export(pool, volume, desc, src, dest, format))
+        let file = caller_files::open(admin.caller(), dest, Access::CreateNew).await?;
+        Ok(self.start_export(pool, volume, desc, src, file, format))
     }
 
     /// Starts a job copying snapshot `pool/volume%snapshot` into a new image file `dest`
@@ -682,7 +695,7 @@ impl Service {
     /// snapshot's frozen contents, not the head's.
     pub async fn export_snapshot(
         self: &Arc<Self>,
-        _: Admin,
+        admin: Admin,
         (pool, volume, snapshot): (&str, &str, &str),
         dest: &str,
         format: &str,
@@ -693,23 +706,34 @@ impl Service {
         self.snapshot(pool, volume, snapshot).await?;
         let src = self.nbd_uri(&format!("{pool}/{volume}@{snapshot}"));
         let desc = format!("export {pool}/{volume}%{snapshot} to {dest} ({format})");
-        Ok(self.start_export(pool, volume, desc, src, dest, format))
+        let file = caller_files::open(admin.caller(), dest, Access::CreateNew).await?;
+        Ok(self.start_export(pool, volume, desc, src, file, format))
     }
 
-    /// Starts `qemu-img convert` from NBD URI `src` into image `dest` as an export job.
+    /// Starts `qemu-img convert` from NBD URI `src` into the caller's new image `dest` (created
+    /// by the caller, so owned by the caller) as an export job.
     fn start_export(
         self: &Arc<Self>,
         pool: &str,
         volume: &str,
         desc: String,
         src: String,
-        dest: &str,
+        dest: CallerFile,
         format: &str,
     ) -> u32 {
-        let args = ["convert", "-p", "-f", "raw", "-O", format, &src, dest]
-            .map(String::from)
-            .to_vec();
-        self.start_job(JobKind::Export, pool, volume, desc, args)
+        let args = [
+            "convert",
+            "-p",
+            "-f",
+            "raw",
+            "-O",
+            format,
+            &src,
+            &dest.proc_path(),
+        ]
+        .map(String::from)
+        .to_vec();
+        self.start_job(JobKind::Export, pool, volume, desc, args, dest)
     }
 
     /// Cancels a running job; returns whether it was running.
@@ -749,12 +773,15 @@ impl Service {
         volume: &str,
         description: String,
         args: Vec<String>,
+        file: CallerFile,
     ) -> u32 {
         let job = self.new_job(kind, pool, volume, description);
         let id = job.id;
         let svc = self.clone();
         tokio::spawn(async move {
-            let ok = job.run_qemu_img(&svc, args).await;
+            // The caller's file stays open until qemu-img is done with it.
+            let ok = job.run_qemu_img(&svc, args, Some(&file)).await;
+            drop(file);
             if !ok && job.kind == JobKind::Import {
                 // A failed import leaves no half-filled volume behind.
                 let (mgr, p, v) = (svc.mgr.clone(), job.pool.clone(), job.volume.clone());
@@ -772,7 +799,8 @@ impl Service {
 /// Checks an export's destination and format before any work starts, so that the caller gets
 /// a named error rather than a failed job: `dest` must be absolute (it is opened by hlfsd,
 /// whose working directory means nothing to the caller) and must not exist (an export never
-/// overwrites). Returns the format, `raw` when empty.
+/// overwrites; the caller's exclusive create checks it again). Returns the format, `raw` when
+/// empty.
 fn export_target(dest: &str, format: &str) -> Result<&'static str> {
     let format = image_format(format, false)?.unwrap_or("raw");
     let dest_path = std::path::Path::new(dest);
