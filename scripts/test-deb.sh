@@ -24,11 +24,13 @@ fail() {
     echo "FAILED: $*" >&2
     exit 1
 }
-# as USER CMD...: runs CMD as USER with a clean environment (no XDG_RUNTIME_DIR, no HOME of root).
+# as USER CMD...: runs CMD as USER with a clean environment (no XDG_RUNTIME_DIR; HOME is
+# $AS_HOME, else a directory that does not exist).
 as() {
     local u=$1
     shift
-    runuser -u "$u" -- env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/nonexistent LANG=C.UTF-8 "$@"
+    runuser -u "$u" -- env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="${AS_HOME:-/nonexistent}" \
+        LANG=C.UTF-8 "$@"
 }
 
 # ---- Inside the private mount namespace: the packaged daemon, by hand ----
@@ -52,7 +54,9 @@ if [ "${1:-}" = "--inside" ]; then
     (umask 077 && exec setpriv --no-new-privs --bounding-set "-all,$caps" --inh-caps -all $exec_start) \
         >"$work/hlfsd.out" 2>"$work/hlfsd.err" &
     daemon=$!
+    user_daemon=
     stop() {
+        [ -z "$user_daemon" ] || kill -TERM "$user_daemon" 2>/dev/null || true
         kill -TERM "$daemon" 2>/dev/null || true
         wait "$daemon" 2>/dev/null || true
         [ -f /run/dbus/pid ] && kill "$(cat /run/dbus/pid)" 2>/dev/null || true
@@ -139,6 +143,29 @@ if [ "${1:-}" = "--inside" ]; then
         fail "imported volume differs from its image"
     ok "a member imports its own image and the volume holds the same bytes"
 
+    # A normal user's embedded default (hlfsd with no arguments) is that user's to manage.
+    uid=$(id -u "$OTHER")
+    # setpriv execs: $! is the daemon itself, which must see the SIGTERM below.
+    setpriv --reuid "$OTHER" --regid "$(id -g "$OTHER")" --init-groups \
+        env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="$work/other" LANG=C.UTF-8 hlfsd \
+        >"$work/user.out" 2>"$work/user.err" &
+    user_daemon=$!
+    for _ in $(seq 100); do
+        [ -S "/tmp/hlfs-$uid/dbus.sock" ] && break
+        kill -0 "$user_daemon" 2>/dev/null || fail "the user's hlfsd exited: $(cat "$work/user.err")"
+        sleep 0.1
+    done
+    as "$OTHER" hlfs volume create default/mine 16M || fail "a user cannot manage its own daemon's pool"
+    grep -q "socket=/tmp/hlfs-$uid/nbd.sock" "$work/user.out" || fail "user banner: $(cat "$work/user.out")"
+    [ "$(stat -c '%U %a' "/tmp/hlfs-$uid/nbd.sock")" = "$OTHER 600" ] || fail "user's NBD socket not private"
+    as "$OTHER" qemu-img info "nbd+unix:///default/mine?socket=/tmp/hlfs-$uid/nbd.sock" >/dev/null ||
+        fail "the user's qemu-img cannot read its own volume"
+    kill -TERM "$user_daemon"
+    wait "$user_daemon" || fail "the user's hlfsd failed: $(cat "$work/user.err")"
+    user_daemon=
+    rm -rf "/tmp/hlfs-$uid"
+    ok "a normal user's own hlfsd (no arguments): the user creates default/mine and reads it over NBD"
+
     kill -TERM "$daemon"
     rc=0
     wait "$daemon" || rc=$?
@@ -160,9 +187,13 @@ if dpkg-query -W -f='${Status}' hlfs 2>/dev/null | grep -q "install ok installed
 fi
 work=$(mktemp -d /tmp/hlfs-deb-test.XXXXXX)
 chmod 0755 "$work"
+had_group=no
+getent group hlfs >/dev/null && had_group=yes
 cleanup() {
     dpkg -P hlfs >/dev/null 2>&1 || true
     for u in "$MEMBER" "$OTHER"; do userdel "$u" >/dev/null 2>&1 || true; done
+    # Debian keeps a system group at purge; this test leaves the host as it found it.
+    [ "$had_group" = yes ] || groupdel hlfs >/dev/null 2>&1 || true
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -216,7 +247,8 @@ ok "systemd-analyze security --offline=true: exposure $exposure (<= 4.0)"
 
 useradd --no-create-home --shell /usr/sbin/nologin --groups hlfs "$MEMBER"
 useradd --no-create-home --shell /usr/sbin/nologin "$OTHER"
-mkdir -p "$work/member" && chown "$MEMBER" "$work/member" && chmod 0700 "$work/member"
+mkdir -p "$work/member" "$work/other"
+chown "$MEMBER" "$work/member" && chown "$OTHER" "$work/other" && chmod 0700 "$work/member" "$work/other"
 unshare --mount --propagation private bash "$0" --inside "$work" ||
     fail "the packaged daemon's checks failed (see above)"
 passed=$((passed + $(cat "$work/inside-passed")))
