@@ -189,7 +189,7 @@ fn become_caller(uid: u32, groups: &[u32]) -> std::result::Result<(), OpenError>
         let g = libc::syscall(libc::SYS_setfsgid, gid);
         libc::syscall(libc::SYS_setfsuid, uid);
         let u = libc::syscall(libc::SYS_setfsuid, uid);
-        g == i64::from(gid) && u == i64::from(uid)
+        g == libc::c_long::from(gid) && u == libc::c_long::from(uid)
     };
     if !ok {
         return Err(id(std::io::Error::from_raw_os_error(libc::EPERM)));
