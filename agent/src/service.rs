@@ -831,3 +831,33 @@ fn image_format(f: &str, allow_probe: bool) -> Result<Option<&'static str>> {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+#[cfg(test)]
+mod authorize_tests {
+    use super::*;
+
+    #[test]
+    fn root_and_the_daemons_own_user_may_mutate_others_may_not() {
+        let me = crate::paths::euid();
+        assert!(Caller {
+            uid: 0,
+            gids: vec![0]
+        }
+        .authorize()
+        .is_ok());
+        let own = Caller {
+            uid: me,
+            gids: vec![],
+        };
+        assert_eq!(own.authorize().expect("own user").caller(), &own);
+        // A uid that is neither root, nor this process's, nor (having no name) in group hlfs.
+        let stranger = Caller {
+            uid: 4_000_000_000,
+            gids: vec![4_000_000_000],
+        };
+        assert!(matches!(
+            stranger.authorize(),
+            Err(Error::PermissionDenied(_))
+        ));
+    }
+}
