@@ -138,6 +138,14 @@ if [ "${1:-}" = "--inside" ]; then
     fi
     as "$MEMBER" hlfs volume list | grep -q shadow && fail "a volume 'shadow' exists"
     ok "an import of a file the caller may not read is refused: $(head -n 1 <<<"$out")"
+    # A qcow2 whose backing file is one the caller may not read: qemu-img would open it as root.
+    as "$MEMBER" qemu-img create -q -f qcow2 -b /etc/shadow -F raw -u "$mdir/leak.qcow2" 1M
+    if out=$(as "$MEMBER" hlfs import "$mdir/leak.qcow2" default/leak 2>&1); then
+        fail "member imported an image backed by /etc/shadow"
+    fi
+    grep -q "backing file" <<<"$out" || fail "backing-file refusal unclear: $out"
+    as "$MEMBER" hlfs volume list | grep -q leak && fail "a volume 'leak' exists"
+    ok "an image with a backing file is refused: $(head -n 1 <<<"$out")"
     as "$MEMBER" hlfs import "$mdir/out.raw" default/back || fail "member import failed"
     qemu-img compare -q -f raw -F raw "$mdir/out.raw" "nbd+unix:///default/back?socket=$sock" ||
         fail "imported volume differs from its image"
