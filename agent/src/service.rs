@@ -50,12 +50,23 @@ impl Admin {
 }
 
 impl Caller {
-    /// Root, the daemon's own user (a user's own daemon manages that user's pool), or a member
-    /// of group `hlfs` (by the caller's group list or the group's member list) may mutate;
-    /// anyone else may only read.
+    /// Root and the daemon's own user (a user's own daemon manages that user's pool) may
+    /// mutate; so may members of group `hlfs` (by the caller's group list or the group's member
+    /// list) when the daemon is root's, the system's. Anyone else may only read.
     pub fn authorize(&self) -> Result<Admin> {
-        if self.uid == 0 || self.uid == crate::paths::euid() {
+        self.authorize_for(crate::paths::euid())
+    }
+
+    /// [`Caller::authorize`] for a daemon running as `daemon_uid`.
+    fn authorize_for(&self, daemon_uid: u32) -> Result<Admin> {
+        if self.uid == 0 || self.uid == daemon_uid {
             return Ok(Admin(self.clone()));
+        }
+        if daemon_uid != 0 {
+            return Err(Error::PermissionDenied(format!(
+                "uid {} is neither root nor uid {daemon_uid}, whose own hlfsd this is",
+                self.uid
+            )));
         }
         if let Some((gid, members)) = group_info(ADMIN_GROUP) {
             if self.gids.contains(&gid) || user_name(self.uid).is_some_and(|u| members.contains(&u))
@@ -859,5 +870,32 @@ mod authorize_tests {
             stranger.authorize(),
             Err(Error::PermissionDenied(_))
         ));
+        // A user's own daemon (uid 1000): group hlfs does not count there, only that user
+        // and root do.
+        let member = Caller {
+            uid: 1001,
+            gids: group_info(ADMIN_GROUP)
+                .map(|(g, _)| vec![g])
+                .unwrap_or_default(),
+        };
+        assert!(member.authorize_for(1000).is_err());
+        assert!(Caller {
+            uid: 1000,
+            gids: vec![]
+        }
+        .authorize_for(1000)
+        .is_ok());
+        assert!(Caller {
+            uid: 0,
+            gids: vec![]
+        }
+        .authorize_for(1000)
+        .is_ok());
+        if !member.gids.is_empty() {
+            assert!(
+                member.authorize_for(0).is_ok(),
+                "hlfs member on the system daemon"
+            );
+        }
     }
 }
