@@ -21,8 +21,8 @@ that group exists).
 \fI/run/hlfs/dbus.sock\fR
 The D-Bus API org.hlfs.Hlfs1 without a bus daemon (the \fBhlfs\fR command's default).
 .SH ACCESS
-Everyone may list and inspect; root, the daemon's own user and members of group \fBhlfs\fR may
-change things. Import and export files are opened with the caller's identity; an export
+Everyone may list and inspect; root, the daemon's own user and (on root's daemon) members of
+group \fBhlfs\fR may change things. Import and export files are opened with the caller's identity; an export
 belongs to the caller.
 .SH SEE ALSO
 \fBhlfs\fR(1), \fBsystemd-analyze\fR(1)
