@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# Installs the system packages HLFS and its tests use (Debian 12). Idempotent; skips apt when
-# everything is already there.
+# Installs what running HLFS needs on Debian 12 (the README's first command): qemu-img, which
+# import and export jobs run. Works as root or, through sudo, as a normal user; skips apt when
+# everything is already there. The test tools are scripts/setup-test.sh's.
 set -euo pipefail
-# passwd: groupadd, useradd, usermod (the CLI socket-rule test makes group hlfs and two users)
-pkgs=(qemu-utils fio libnbd-bin nbdkit libxml2-utils e2fsprogs dbus systemd util-linux passwd python3 python3-venv fuse3)
-missing=()
-for p in "${pkgs[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+# apt_install PACKAGE...: installs those of the packages that are missing.
+apt_install() {
+    local missing=() p
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    [ ${#missing[@]} -gt 0 ] || return 0
+    local sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
     echo "installing: ${missing[*]}" >&2
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
-command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+# fuse3: fusermount3, with which a normal user's hlfsd mounts its FUSE view.
+apt_install qemu-utils fuse3

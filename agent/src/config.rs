@@ -142,7 +142,8 @@ pub struct CleanerSection {
     pub reclaimable_ratio: Option<f64>,
     /// Background cleaner: milliseconds between ticks. Default 100.
     pub interval_ms: Option<u64>,
-    /// Background cleaner: bytes copied per step (one hold of the volume's lock). Default 1M.
+    /// Background cleaner: size of the token bucket that paces copying at `rate`, i.e. the
+    /// largest burst of copying above the rate (at least 64K is used). Default 1M.
     pub step: Option<SizeValue>,
 }
 
@@ -162,6 +163,76 @@ pub struct NbdSection {
     pub unix: Option<PathBuf>,
     /// TCP address (same forms as `--nbd-tcp`).
     pub tcp: Option<String>,
+    /// Group of the Unix socket. Default: `libvirt-qemu` (the user Debian's libvirt runs
+    /// QEMU as) when the daemon is root and that group exists, else the daemon's own group.
+    pub socket_group: Option<String>,
+    /// Mode of the Unix socket, in octal ("0660"). Default 0660 with a group from
+    /// `socket_group`, else 0600. Never writable by others.
+    pub socket_mode: Option<String>,
+}
+
+/// Group that Debian's libvirt runs QEMU as: the NBD socket's default group, so that guests
+/// defined in libvirt can open it.
+pub const LIBVIRT_QEMU_GROUP: &str = "libvirt-qemu";
+
+/// Who may connect to the NBD Unix socket (connecting needs write permission on it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketAccess {
+    /// `(name, gid)` of the socket's group; None: the daemon's own group.
+    pub group: Option<(String, u32)>,
+    pub mode: u32,
+}
+
+impl SocketAccess {
+    /// The rule from `[nbd] socket_group` and `socket_mode` (see [`NbdSection`]). A named
+    /// group must exist; the default group is used only if it does.
+    pub fn resolve(sec: &NbdSection, daemon_is_root: bool) -> Result<SocketAccess> {
+        let group = match &sec.socket_group {
+            Some(name) => match crate::service::group_info(name) {
+                Some((gid, _)) => Some((name.clone(), gid)),
+                None => {
+                    return Err(Error::invalid(
+                        "[nbd] socket_group",
+                        name.as_str(),
+                        "no such group",
+                    ))
+                }
+            },
+            None if daemon_is_root => crate::service::group_info(LIBVIRT_QEMU_GROUP)
+                .map(|(gid, _)| (LIBVIRT_QEMU_GROUP.to_string(), gid)),
+            None => None,
+        };
+        let mode = match &sec.socket_mode {
+            Some(text) => {
+                let m = u32::from_str_radix(text.trim_start_matches("0o"), 8).map_err(|_| {
+                    Error::invalid(
+                        "[nbd] socket_mode",
+                        text.as_str(),
+                        "expected octal, e.g. 0660",
+                    )
+                })?;
+                if m & !0o777 != 0 {
+                    return Err(Error::invalid(
+                        "[nbd] socket_mode",
+                        text.as_str(),
+                        "only permission bits (at most 0777) are allowed",
+                    ));
+                }
+                if m & 0o002 != 0 {
+                    return Err(Error::invalid(
+                        "[nbd] socket_mode",
+                        text.as_str(),
+                        "the NBD socket must never be writable by others: anyone could read \
+                         and write every volume",
+                    ));
+                }
+                m
+            }
+            None if group.is_some() => 0o660,
+            None => 0o600,
+        };
+        Ok(SocketAccess { group, mode })
+    }
 }
 
 /// One `[[pool]]` entry.
@@ -179,6 +250,8 @@ pub struct Settings {
     pub runtime_dir: PathBuf,
     pub cache_bytes: usize,
     pub nbd_unix: PathBuf,
+    /// Group and mode of the NBD Unix socket.
+    pub nbd_access: SocketAccess,
     pub nbd_tcp: Option<SocketAddr>,
     pub dbus_socket: PathBuf,
     pub bus: Option<crate::dbus::BusKind>,
@@ -384,11 +457,13 @@ impl Settings {
                 ));
             }
         }
+        let nbd_access = SocketAccess::resolve(&file.nbd, paths::euid() == 0)?;
         Ok(Settings {
             data_dir,
             runtime_dir,
             cache_bytes,
             nbd_unix,
+            nbd_access,
             nbd_tcp,
             dbus_socket,
             bus,
@@ -717,5 +792,149 @@ mod tests {
         assert_eq!(size_of(f.cache_size.as_ref().unwrap()).unwrap(), 32 << 20);
         assert_eq!(f.pools[0].name, "p");
         assert!(toml::from_str::<ConfigFile>("bogus = 1").is_err());
+    }
+}
+
+/// The configuration file the package installs as /etc/hlfs/hlfsd.toml must name every setting,
+/// commented out at its default.
+#[cfg(test)]
+mod packaged_config_tests {
+    use super::*;
+
+    const PACKAGED: &str = include_str!("../../packaging/etc/hlfsd.toml");
+
+    /// The packaged file with every `#key = value` line uncommented (examples, written
+    /// `# key = value`, stay comments).
+    fn uncommented(keep_group: bool) -> String {
+        PACKAGED
+            .lines()
+            .filter(|l| {
+                keep_group || !(l.starts_with("#socket_group") || l.starts_with("#socket_mode"))
+            })
+            .map(|l| {
+                let setting = l.len() > 1
+                    && l[1..].starts_with(|c: char| c.is_ascii_lowercase())
+                    && l.contains(" = ");
+                if l.starts_with('#') && setting {
+                    &l[1..]
+                } else {
+                    l
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn packaged_config_is_all_comments_and_names_every_setting() {
+        let as_shipped = ConfigFile::parse(PACKAGED, Path::new("hlfsd.toml")).expect("parses");
+        let empty = ConfigFile::default();
+        assert_eq!(format!("{as_shipped:?}"), format!("{empty:?}").replace(
+            "cleaner: None, hdfs: None, limits: None",
+            "cleaner: Some(CleanerSection { enabled: None, space_overhead: None, max_live_ratio: None, max_segments_per_pass: None, background: None, rate: None, reclaimable_ratio: None, interval_ms: None, step: None }), hdfs: Some(HdfsSection { journal_size: None, connect_timeout: None, op_timeout: None }), limits: Some(LimitsSection { nbd_connections: None, nbd_connections_per_peer: None, nbd_root_reserve: None, nbd_in_flight: None, nbd_in_flight_per_peer: None, nbd_in_flight_root_reserve: None, nbd_idle_timeout: None, dbus_connections: None, dbus_connections_per_uid: None, dbus_root_reserve: None, dbus_idle_timeout: None, dbus_auth_timeout: None, open_segment_files: None })",
+        ));
+        let all = ConfigFile::parse(&uncommented(true), Path::new("hlfsd.toml"))
+            .expect("uncommented, it parses");
+        // The one setting whose default is "off" is shown as an example: `# tcp = ...`.
+        let shown = format!("{all:?}").replace("tcp: None", "tcp: example");
+        assert!(
+            !shown.contains("None"),
+            "a setting is missing from packaging/etc/hlfsd.toml: {shown}"
+        );
+    }
+
+    #[test]
+    fn packaged_config_values_are_the_defaults() {
+        use clap::Parser;
+        // The default socket group applies only to root and only where libvirt-qemu exists.
+        let group_applies =
+            crate::paths::euid() == 0 && crate::service::group_info(LIBVIRT_QEMU_GROUP).is_some();
+        let text = uncommented(group_applies);
+        let file = ConfigFile::parse(&text, Path::new("hlfsd.toml")).expect("parses");
+        // The limits written in the file are those for the unit's LimitNOFILE=65536.
+        let cli = Cli::parse_from(["hlfsd"]);
+        let mut set = Settings::resolve_with(&cli, &file).expect("resolves");
+        let mut def = Settings::resolve_with(&cli, &ConfigFile::default()).expect("defaults");
+        assert_eq!(
+            set.limits,
+            crate::limits::LimitSettings {
+                nofile: set.limits.nofile,
+                ..crate::limits::LimitSettings::for_nofile(65536)
+            }
+        );
+        set.limits = def.limits.clone();
+        // Paths are the root defaults in the file; a test run by a user resolves its own.
+        if crate::paths::euid() != 0 {
+            set.data_dir = def.data_dir.clone();
+            set.runtime_dir = def.runtime_dir.clone();
+            set.nbd_unix = def.nbd_unix.clone();
+            set.dbus_socket = def.dbus_socket.clone();
+        }
+        def.limits = set.limits.clone();
+        assert_eq!(format!("{set:?}"), format!("{def:?}"));
+    }
+}
+
+#[cfg(test)]
+mod socket_access_tests {
+    use super::*;
+
+    fn nbd(group: Option<&str>, mode: Option<&str>) -> NbdSection {
+        NbdSection {
+            socket_group: group.map(str::to_string),
+            socket_mode: mode.map(str::to_string),
+            ..NbdSection::default()
+        }
+    }
+
+    #[test]
+    fn socket_access() {
+        // A user's daemon: no group, the user's only.
+        let a = SocketAccess::resolve(&nbd(None, None), false).expect("default");
+        assert_eq!(
+            a,
+            SocketAccess {
+                group: None,
+                mode: 0o600
+            }
+        );
+        // Root's daemon: group libvirt-qemu and 0660 where the group exists.
+        let a = SocketAccess::resolve(&nbd(None, None), true).expect("default");
+        match crate::service::group_info(LIBVIRT_QEMU_GROUP) {
+            Some((gid, _)) => assert_eq!(
+                a,
+                SocketAccess {
+                    group: Some((LIBVIRT_QEMU_GROUP.into(), gid)),
+                    mode: 0o660
+                }
+            ),
+            None => assert_eq!(a.mode, 0o600),
+        }
+        let a = SocketAccess::resolve(&nbd(Some("root"), Some("0640")), false).expect("named");
+        assert_eq!(
+            a,
+            SocketAccess {
+                group: Some(("root".into(), 0)),
+                mode: 0o640
+            }
+        );
+        assert_eq!(
+            SocketAccess::resolve(&nbd(Some("root"), None), false)
+                .expect("group")
+                .mode,
+            0o660
+        );
+        for (g, m) in [
+            (Some("no-such-group-hlfs"), None),
+            (None, Some("0666")),
+            (None, Some("0662")),
+            (None, Some("4660")),
+            (None, Some("rw")),
+        ] {
+            assert!(
+                SocketAccess::resolve(&nbd(g, m), true).is_err(),
+                "{g:?} {m:?} accepted"
+            );
+        }
     }
 }

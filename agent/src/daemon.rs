@@ -164,6 +164,7 @@ async fn serve_with(
     let unix = nbd::bind_unix(&settings.nbd_unix)?;
     // Removed when serving ends, if still ours.
     let _nbd_socket = OwnedSocket::new(&settings.nbd_unix);
+    fsutil::set_socket_access(&settings.nbd_unix, &settings.nbd_access)?;
     let tcp = match settings.nbd_tcp {
         Some(a) => Some(nbd::bind_tcp(a).await?),
         None => None,
@@ -309,9 +310,15 @@ fn print_banner(
         };
         out.push_str(&format!("  {:<19}{uri}{status}\n", format!("pool {name}:")));
     }
+    let a = &settings.nbd_access;
     out.push_str(&format!(
-        "  NBD socket:        {}\n",
-        settings.nbd_unix.display()
+        "  NBD socket:        {} (mode {:04o}{})\n",
+        settings.nbd_unix.display(),
+        a.mode,
+        a.group
+            .as_ref()
+            .map(|(g, _)| format!(", group {g}"))
+            .unwrap_or_default()
     ));
     out.push_str(&format!(
         "  D-Bus socket:      {}\n",

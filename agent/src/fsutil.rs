@@ -48,6 +48,22 @@ pub fn tighten_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io("set permissions of", dir, e))
 }
 
+/// Gives the socket at `path` its group and mode (it was made 0600 by the private umask, so
+/// it is never more open than asked, even for a moment).
+pub fn set_socket_access(path: &Path, access: &crate::config::SocketAccess) -> Result<()> {
+    if let Some((name, gid)) = &access.group {
+        std::os::unix::fs::chown(path, None, Some(*gid)).map_err(|e| {
+            Error::io(
+                "give the NBD socket to group",
+                format!("{} ({name})", path.display()),
+                e,
+            )
+        })?;
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(access.mode))
+        .map_err(|e| Error::io("set permissions of", path, e))
+}
+
 /// An exclusive `flock` on a file only its owner may open, held until dropped. The pid of the
 /// holder is written into it, so that a refused process can say who holds it.
 #[derive(Debug)]

@@ -2,6 +2,7 @@
 //! client of this daemon: qemu-img already reads and writes every image format, so the agent
 //! only has to follow its progress (`-p` prints `(NN.NN/100%)`).
 
+use crate::caller_files::CallerFile;
 use crate::error::{Error, Result};
 use crate::service::{Event, Service};
 use std::sync::Mutex;
@@ -132,9 +133,14 @@ impl Job {
     /// Runs `qemu-img ARGS` to completion (or until cancelled), following its progress. The
     /// outcome is not published yet: the caller cleans up first (a cancelled import removes
     /// its volume), then calls [`Job::settle`], so that a client that sees the job end sees
-    /// its effects too.
-    pub async fn run_qemu_img(&self, svc: &Service, args: Vec<String>) -> Result<JobState> {
-        self.run_inner(svc, args).await
+    /// its effects too. `file`: a caller's image that `args` name by its `/proc/self/fd` path.
+    pub async fn run_qemu_img(
+        &self,
+        svc: &Service,
+        args: Vec<String>,
+        file: Option<&CallerFile>,
+    ) -> Result<JobState> {
+        self.run_inner(svc, args, file).await
     }
 
     /// Publishes the outcome of [`Job::run_qemu_img`] (state, error, a PropertiesChanged);
@@ -157,9 +163,18 @@ impl Job {
         st.state == JobState::Done
     }
 
-    async fn run_inner(&self, svc: &Service, args: Vec<String>) -> Result<JobState> {
+    async fn run_inner(
+        &self,
+        svc: &Service,
+        args: Vec<String>,
+        file: Option<&CallerFile>,
+    ) -> Result<JobState> {
         let mut cancel = self.cancel.subscribe();
-        let mut child = tokio::process::Command::new("qemu-img")
+        let mut cmd = tokio::process::Command::new("qemu-img");
+        if let Some(f) = file {
+            inherit(&mut cmd, f);
+        }
+        let mut child = cmd
             .args(&args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
@@ -231,22 +246,28 @@ fn last_progress(s: &str) -> Option<f64> {
     s[start + 1..end].trim().parse().ok()
 }
 
-/// Virtual size of image `path` (format probed unless given), from `qemu-img info`.
-pub async fn image_size(path: &str, format: Option<&str>) -> Result<u64> {
-    if !std::path::Path::new(path).is_absolute() {
-        return Err(Error::invalid(
-            "image path",
-            path,
-            "must be an absolute path",
-        ));
+/// Lets the child inherit the caller's file (descriptors are close-on-exec by default).
+fn inherit(cmd: &mut tokio::process::Command, f: &CallerFile) {
+    let fd = f.raw_fd();
+    // SAFETY: the hook only makes fcntl system calls (async-signal-safe).
+    unsafe {
+        cmd.pre_exec(move || crate::caller_files::clear_cloexec(fd));
     }
+}
+
+/// Virtual size of the caller's image `file` (format probed unless given), from
+/// `qemu-img info`. An image with a backing file is refused: qemu-img, run by the daemon,
+/// would open that file with the daemon's rights, not the caller's.
+pub async fn image_size(file: &CallerFile, format: Option<&str>) -> Result<u64> {
+    let path = file.path.as_str();
     let mut cmd = tokio::process::Command::new("qemu-img");
+    inherit(&mut cmd, file);
     cmd.args(["info", "--output=json"]);
     if let Some(f) = format {
         cmd.args(["-f", f]);
     }
     let out = cmd
-        .arg(path)
+        .arg(file.proc_path())
         .stdin(std::process::Stdio::null())
         .output()
         .await
@@ -268,6 +289,19 @@ pub async fn image_size(path: &str, format: Option<&str>) -> Result<u64> {
         tool: "qemu-img",
         why: format!("unreadable `info` output: {e}"),
     })?;
+    if let Some(b) = v
+        .get("backing-filename")
+        .and_then(serde_json::Value::as_str)
+    {
+        return Err(Error::invalid(
+            "image",
+            path,
+            format!(
+                "it has a backing file ({b}); import a standalone image \
+                 (qemu-img convert -O qcow2 {path} NEW.qcow2 makes one)"
+            ),
+        ));
+    }
     v.get("virtual-size")
         .and_then(serde_json::Value::as_u64)
         .filter(|&s| s > 0)

@@ -3,6 +3,7 @@
 //! `hlfsd` (see `bin/hlfsd.rs`) is a thin wrapper around [`daemon::run`].
 
 pub mod background;
+pub mod caller_files;
 pub mod config;
 pub mod daemon;
 pub mod dbus;

@@ -3,6 +3,7 @@
 //! only [`Caller::authorize`] hands out, so an unchecked mutation does not type-check. Changes
 //! are announced on an [`Event`] channel; the D-Bus layer turns them into objects and signals.
 
+use crate::caller_files::{self, Access, CallerFile};
 use crate::error::{Error, Result};
 use crate::jobs::{Job, JobKind, JobState};
 use crate::manager::Manager;
@@ -39,32 +40,52 @@ pub struct Caller {
     pub gids: Vec<u32>,
 }
 
-/// Proof that the caller may mutate. Private field: only [`Caller::authorize`] and
+/// Proof that the caller may mutate, carrying who the caller is (import and export open files
+/// with the caller's rights). Private field: only [`Caller::authorize`] and
 /// [`Admin::vouched_by_fuse`] make one.
 #[derive(Debug)]
-pub struct Admin(());
+pub struct Admin(Caller);
+
+impl Admin {
+    /// The authorized caller.
+    pub fn caller(&self) -> &Caller {
+        &self.0
+    }
+}
 
 impl Admin {
     /// For the FUSE view, which vouches for its caller in two cases only: a data operation
     /// (truncate, fallocate) on a volume file whose stored mode and owner the kernel checked
     /// (`default_permissions`), as for a block device node; or a caller who is the daemon's
     /// own user (a user's private daemon, whose mount nobody else can enter).
-    pub(crate) fn vouched_by_fuse() -> Admin {
-        Admin(())
+    pub(crate) fn vouched_by_fuse(caller: Caller) -> Admin {
+        Admin(caller)
     }
 }
 
 impl Caller {
-    /// Root, or a member of group `hlfs` (by the caller's group list or the group's member
-    /// list), may mutate; anyone else may only read.
+    /// Root and the daemon's own user (a user's own daemon manages that user's pool) may
+    /// mutate; so may members of group `hlfs` (by the caller's group list or the group's member
+    /// list) when the daemon is root's, the system's. Anyone else may only read.
     pub fn authorize(&self) -> Result<Admin> {
-        if self.uid == 0 {
-            return Ok(Admin(()));
+        self.authorize_for(crate::paths::euid())
+    }
+
+    /// [`Caller::authorize`] for a daemon running as `daemon_uid`.
+    fn authorize_for(&self, daemon_uid: u32) -> Result<Admin> {
+        if self.uid == 0 || self.uid == daemon_uid {
+            return Ok(Admin(self.clone()));
+        }
+        if daemon_uid != 0 {
+            return Err(Error::PermissionDenied(format!(
+                "uid {} is neither root nor uid {daemon_uid}, whose own hlfsd this is",
+                self.uid
+            )));
         }
         if let Some((gid, members)) = group_info(ADMIN_GROUP) {
             if self.gids.contains(&gid) || user_name(self.uid).is_some_and(|u| members.contains(&u))
             {
-                return Ok(Admin(()));
+                return Ok(Admin(self.clone()));
             }
         }
         Err(Error::PermissionDenied(format!(
@@ -75,7 +96,7 @@ impl Caller {
 }
 
 /// `(gid, member names)` of group `name` from the system's group database.
-fn group_info(name: &str) -> Option<(u32, Vec<String>)> {
+pub(crate) fn group_info(name: &str) -> Option<(u32, Vec<String>)> {
     let cname = std::ffi::CString::new(name).ok()?;
     let mut grp: libc::group = unsafe { std::mem::zeroed() };
     let mut buf = vec![0 as libc::c_char; 64 * 1024];
@@ -717,7 +738,9 @@ impl Service {
         format: &str,
     ) -> Result<u32> {
         let format = image_format(format, true)?;
-        let size = crate::jobs::image_size(source, format).await?;
+        // Read with the caller's rights: the daemon reads only what the caller may read.
+        let file = caller_files::open(admin.caller(), source, Access::Read).await?;
+        let size = crate::jobs::image_size(&file, format).await?;
         self.create_volume(admin, pool, name, size, VolumeOptions::default())
             .await?;
         let target = self.nbd_uri(&format!("{pool}/{name}"));
@@ -730,16 +753,16 @@ impl Service {
         if let Some(f) = format {
             args.extend(["-f".into(), f.to_string()]);
         }
-        args.extend(["-O".into(), "raw".into(), source.to_string(), target]);
+        args.extend(["-O".into(), "raw".into(), file.proc_path(), target]);
         let desc = format!("import {source} into {pool}/{name}");
-        Ok(self.start_job(JobKind::Import, pool, name, desc, args))
+        Ok(self.start_job(JobKind::Import, pool, name, desc, args, file))
     }
 
     /// Starts a job copying `pool/volume` into a new image file `dest` (`raw` or `qcow2`).
     #[tracing::instrument(name = "call", skip_all, fields(op = "export", pool = pool, volume = volume))]
     pub async fn export(
         self: &Arc<Self>,
-        _: Admin,
+        admin: Admin,
         pool: &str,
         volume: &str,
         dest: &str,
@@ -750,7 +773,8 @@ impl Service {
         self.volume(pool, volume).await?;
         let src = self.nbd_uri(&format!("{pool}/{volume}"));
         let desc = format!("export {pool}/{volume} to {dest} ({format})");
-        Ok(self.start_export(pool, volume, desc, src, dest, format))
+        let file = caller_files::open(admin.caller(), dest, Access::CreateNew).await?;
+        Ok(self.start_export(pool, volume, desc, src, file, format))
     }
 
     /// Starts a job copying snapshot `pool/volume%snapshot` into a new image file `dest`
@@ -760,7 +784,7 @@ impl Service {
     #[tracing::instrument(name = "call", skip_all, fields(op = "export_snapshot", pool = pool, volume = volume, snapshot = snapshot))]
     pub async fn export_snapshot(
         self: &Arc<Self>,
-        _: Admin,
+        admin: Admin,
         (pool, volume, snapshot): (&str, &str, &str),
         dest: &str,
         format: &str,
@@ -771,23 +795,34 @@ impl Service {
         self.snapshot(pool, volume, snapshot).await?;
         let src = self.nbd_uri(&format!("{pool}/{volume}@{snapshot}"));
         let desc = format!("export {pool}/{volume}%{snapshot} to {dest} ({format})");
-        Ok(self.start_export(pool, volume, desc, src, dest, format))
+        let file = caller_files::open(admin.caller(), dest, Access::CreateNew).await?;
+        Ok(self.start_export(pool, volume, desc, src, file, format))
     }
 
-    /// Starts `qemu-img convert` from NBD URI `src` into image `dest` as an export job.
+    /// Starts `qemu-img convert` from NBD URI `src` into the caller's new image `dest` (created
+    /// by the caller, so owned by the caller) as an export job.
     fn start_export(
         self: &Arc<Self>,
         pool: &str,
         volume: &str,
         desc: String,
         src: String,
-        dest: &str,
+        dest: CallerFile,
         format: &str,
     ) -> u32 {
-        let args = ["convert", "-p", "-f", "raw", "-O", format, &src, dest]
-            .map(String::from)
-            .to_vec();
-        self.start_job(JobKind::Export, pool, volume, desc, args)
+        let args = [
+            "convert",
+            "-p",
+            "-f",
+            "raw",
+            "-O",
+            format,
+            &src,
+            &dest.proc_path(),
+        ]
+        .map(String::from)
+        .to_vec();
+        self.start_job(JobKind::Export, pool, volume, desc, args, dest)
     }
 
     /// Cancels a running job; returns whether it was running.
@@ -893,12 +928,15 @@ impl Service {
         volume: &str,
         description: String,
         args: Vec<String>,
+        file: CallerFile,
     ) -> u32 {
         let job = self.new_job(kind, pool, volume, description);
         let id = job.id;
         let svc = self.clone();
         self.spawn_job(&job.clone(), async move {
-            let r = job.run_qemu_img(&svc, args).await;
+            // The caller's file stays open until qemu-img is done with it.
+            let r = job.run_qemu_img(&svc, args, Some(&file)).await;
+            drop(file);
             if !matches!(r, Ok(JobState::Done)) && job.kind == JobKind::Import {
                 // A failed or cancelled import leaves no half-filled volume behind, and is
                 // seen to end only once the volume is gone.
@@ -928,7 +966,8 @@ fn refuse_zero_size(size: u64) -> Result<()> {
 /// Checks an export's destination and format before any work starts, so that the caller gets
 /// a named error rather than a failed job: `dest` must be absolute (it is opened by hlfsd,
 /// whose working directory means nothing to the caller) and must not exist (an export never
-/// overwrites). Returns the format, `raw` when empty.
+/// overwrites; the caller's exclusive create checks it again). Returns the format, `raw` when
+/// empty.
 fn export_target(dest: &str, format: &str) -> Result<&'static str> {
     let format = image_format(format, false)?.unwrap_or("raw");
     let dest_path = std::path::Path::new(dest);
@@ -958,4 +997,61 @@ fn image_format(f: &str, allow_probe: bool) -> Result<Option<&'static str>> {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod authorize_tests {
+    use super::*;
+
+    #[test]
+    fn root_and_the_daemons_own_user_may_mutate_others_may_not() {
+        let me = crate::paths::euid();
+        assert!(Caller {
+            uid: 0,
+            gids: vec![0]
+        }
+        .authorize()
+        .is_ok());
+        let own = Caller {
+            uid: me,
+            gids: vec![],
+        };
+        assert_eq!(own.authorize().expect("own user").caller(), &own);
+        // A uid that is neither root, nor this process's, nor (having no name) in group hlfs.
+        let stranger = Caller {
+            uid: 4_000_000_000,
+            gids: vec![4_000_000_000],
+        };
+        assert!(matches!(
+            stranger.authorize(),
+            Err(Error::PermissionDenied(_))
+        ));
+        // A user's own daemon (uid 1000): group hlfs does not count there, only that user
+        // and root do.
+        let member = Caller {
+            uid: 1001,
+            gids: group_info(ADMIN_GROUP)
+                .map(|(g, _)| vec![g])
+                .unwrap_or_default(),
+        };
+        assert!(member.authorize_for(1000).is_err());
+        assert!(Caller {
+            uid: 1000,
+            gids: vec![]
+        }
+        .authorize_for(1000)
+        .is_ok());
+        assert!(Caller {
+            uid: 0,
+            gids: vec![]
+        }
+        .authorize_for(1000)
+        .is_ok());
+        if !member.gids.is_empty() {
+            assert!(
+                member.authorize_for(0).is_ok(),
+                "hlfs member on the system daemon"
+            );
+        }
+    }
 }

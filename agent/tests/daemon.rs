@@ -214,3 +214,64 @@ fn bad_flags_fail_with_clear_messages() {
     let out = hlfsd(&args);
     assert!(String::from_utf8_lossy(&out.stderr).contains("nbd_typo"));
 }
+
+/// `[nbd] socket_group` and `socket_mode`: the socket gets them (as root, to a group the daemon
+/// is not in); a mode writable by others and an unknown group stop hlfsd at start.
+#[test]
+fn nbd_socket_group_and_mode_from_config() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = TempDir::new("sockgroup");
+    let root = unsafe { libc::geteuid() } == 0;
+    // Debian's group `daemon` (gid 1) for root; a user can only give its own primary group.
+    let (group, gid) = if root {
+        ("daemon".to_string(), 1)
+    } else {
+        let gid = unsafe { libc::getegid() };
+        let out = run("id", &["-gn"]);
+        (String::from_utf8_lossy(&out.stdout).trim().to_string(), gid)
+    };
+    let cfg = dir.path().join("hlfsd.toml");
+    std::fs::write(
+        &cfg,
+        format!("[nbd]\nsocket_group = \"{group}\"\nsocket_mode = \"0640\"\n"),
+    )
+    .unwrap();
+    let d = Daemon::start("sockgroup", &["--config", cfg.to_str().unwrap()]);
+    let md = std::fs::metadata(&d.socket).expect("socket");
+    assert_eq!(md.mode() & 0o7777, 0o640, "socket mode");
+    assert_eq!(md.gid(), gid, "socket group");
+    assert!(
+        d.stdout().contains(&format!("(mode 0640, group {group})")),
+        "banner: {}",
+        d.stdout()
+    );
+    drop(d);
+
+    for (text, want) in [
+        (
+            "[nbd]\nsocket_mode = \"0666\"\n",
+            "never be writable by others",
+        ),
+        (
+            "[nbd]\nsocket_group = \"no-such-group-hlfs\"\n",
+            "no such group",
+        ),
+    ] {
+        std::fs::write(&cfg, text).unwrap();
+        let out = hlfsd(&[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
+            "--runtime-dir",
+            dir.path().join("run").to_str().unwrap(),
+        ]);
+        assert!(!out.status.success(), "{text:?} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{text:?}: {err}");
+        assert!(
+            !dir.path().join("run/nbd.sock").exists(),
+            "{text:?}: a socket was made"
+        );
+    }
+}

@@ -668,7 +668,7 @@ impl Job1 {
             .cancel_job(self.ctx.admin(&hdr, conn).await?, self.id)?)
     }
 
-    /// `import` or `export`.
+    /// `import`, `export`, `clean` or `flatten`.
     #[zbus(property(emits_changed_signal = "const"))]
     async fn kind(&self) -> String {
         self.ctx

@@ -191,13 +191,14 @@ impl HlfsFs {
     /// Mutations of the tree (create, unlink, mkdir, rmdir) need what D-Bus needs: root or
     /// group `hlfs`, or being the daemon's own user.
     fn admin(&self, req: &Request) -> Result<Admin, Errno> {
-        if req.uid() == self.uid {
-            return Ok(Admin::vouched_by_fuse());
-        }
-        Caller {
+        let caller = Caller {
             uid: req.uid(),
             gids: vec![req.gid()],
+        };
+        if req.uid() == self.uid {
+            return Ok(Admin::vouched_by_fuse(caller));
         }
+        caller
         .authorize()
         .map_err(|e| errno(&e))
     }
@@ -453,7 +454,15 @@ impl HlfsFs {
         self.rt
             .block_on(
                 self.svc
-                    .truncate(Admin::vouched_by_fuse(), pool, name, size),
+                    .truncate(
+                    Admin::vouched_by_fuse(Caller {
+                        uid: self.uid,
+                        gids: Vec::new(),
+                    }),
+                    pool,
+                    name,
+                    size,
+                ),
             )
             .map(drop)
             .map_err(|e| errno(&e))

@@ -1,0 +1,226 @@
+//! Image files of import and export jobs, opened with the calling user's rights.
+//!
+//! The system daemon runs as root, but the paths a client names for `ImportVolume` and
+//! `Export` are the client's: the daemon must read only what the caller may read and create
+//! only what the caller may create, and an exported image must belong to the caller (not to
+//! root). So such a file is opened on a fresh thread that first takes the caller's file-system
+//! identity (`setfsuid`, `setfsgid` and the caller's groups, all per-thread system calls on
+//! Linux) and ends right after the open: no other thread ever holds those credentials.
+//! `qemu-img` then works on the open file through `/proc/self/fd/N` (see [`CallerFile`]).
+
+use crate::error::{Error, Result};
+use crate::service::Caller;
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// How to open a caller's image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// An existing file to read (an import's source).
+    Read,
+    /// A new file, never an existing one (an export's destination): mode 0600, owned by the
+    /// caller.
+    CreateNew,
+}
+
+/// An image file opened with the caller's rights, kept open while a job uses it.
+#[derive(Debug)]
+pub struct CallerFile {
+    fd: OwnedFd,
+    /// The path the caller gave (for messages).
+    pub path: String,
+}
+
+impl CallerFile {
+    /// The path by which a child process reaches this very file: the child inherits the
+    /// descriptor (see [`CallerFile::inherit_in_child`]), so the path names the inode the
+    /// caller's open found, whatever happens to `path` meanwhile.
+    pub fn proc_path(&self) -> String {
+        format!("/proc/self/fd/{}", self.fd.as_raw_fd())
+    }
+
+    /// The raw descriptor, for [`clear_cloexec`] in a child before exec.
+    pub fn raw_fd(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// Clears FD_CLOEXEC on `fd`; meant for a `pre_exec` hook, so it only makes system calls.
+pub fn clear_cloexec(fd: i32) -> std::io::Result<()> {
+    // SAFETY: fcntl on a descriptor number; a bad number is reported as an error.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Opens `path` for `caller` with the caller's rights. A caller who is the daemon's own user
+/// needs no change of identity (a user's own daemon cannot change it anyway).
+pub async fn open(caller: &Caller, path: &str, access: Access) -> Result<CallerFile> {
+    if !Path::new(path).is_absolute() {
+        return Err(Error::invalid(
+            "image path",
+            path,
+            "must be an absolute path",
+        ));
+    }
+    let c_path = CString::new(Path::new(path).as_os_str().as_bytes())
+        .map_err(|_| Error::invalid("image path", path, "contains a NUL byte"))?;
+    let uid = caller.uid;
+    let caller = caller.clone();
+    let same_user = caller.uid == crate::paths::euid();
+    let groups = if same_user {
+        Vec::new()
+    } else {
+        groups_of(&caller)
+    };
+    let owned_path = path.to_string();
+    // A thread of its own (not one of tokio's pooled threads, which would keep the identity).
+    let r = tokio::task::spawn_blocking(move || -> Result<_> {
+        let t = std::thread::Builder::new()
+            .name("hlfs-caller-open".into())
+            .spawn(move || {
+                if !same_user {
+                    become_caller(caller.uid, &groups)?;
+                }
+                open_raw(&c_path, access)
+            })
+            .map_err(|e| Error::io("start a thread for", &owned_path, e))?;
+        t.join()
+            .map_err(|_| Error::Busy(format!("opening {owned_path} failed (thread panicked)")))
+    })
+    .await
+    .map_err(|e| Error::Busy(format!("internal task failed: {e}")))??;
+    match r {
+        Ok(fd) => Ok(CallerFile {
+            fd,
+            path: path.to_string(),
+        }),
+        Err(OpenError::Identity(e)) => Err(Error::PermissionDenied(format!(
+            "cannot act as uid {uid} to open {path}: {e}"
+        ))),
+        Err(OpenError::Open(e)) => Err(match e.kind() {
+            std::io::ErrorKind::NotFound => Error::NotFound(format!("image {path}")),
+            std::io::ErrorKind::AlreadyExists => Error::Exists(format!("destination {path}")),
+            std::io::ErrorKind::PermissionDenied => Error::PermissionDenied(format!(
+                "the caller may not {} {path}",
+                match access {
+                    Access::Read => "read",
+                    Access::CreateNew => "create",
+                }
+            )),
+            _ => Error::io(
+                match access {
+                    Access::Read => "open image",
+                    Access::CreateNew => "create image",
+                },
+                path,
+                e,
+            ),
+        }),
+    }
+}
+
+/// Why an open as the caller failed.
+#[derive(Debug)]
+enum OpenError {
+    /// This thread could not take the caller's identity (a daemon that is not root).
+    Identity(std::io::Error),
+    /// The open itself failed, with the caller's rights.
+    Open(std::io::Error),
+}
+
+/// The caller's primary and supplementary groups: from the transport when it reported them,
+/// else from the user database (a bus daemon may report the uid only).
+fn groups_of(caller: &Caller) -> Vec<u32> {
+    if !caller.gids.is_empty() {
+        return caller.gids.clone();
+    }
+    user_groups(caller.uid).unwrap_or_default()
+}
+
+/// `[primary, supplementary...]` of `uid` from the user and group databases.
+fn user_groups(uid: u32) -> Option<Vec<u32>> {
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; getpwuid_r writes only into pw and buf.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
+    if rc != 0 || out.is_null() {
+        return None;
+    }
+    let mut groups = vec![0 as libc::gid_t; 256];
+    let mut n = groups.len() as libc::c_int;
+    // SAFETY: pw_name points into buf (alive); groups has room for n entries.
+    let rc = unsafe { libc::getgrouplist(pw.pw_name, pw.pw_gid, groups.as_mut_ptr(), &mut n) };
+    if rc < 0 {
+        return Some(vec![pw.pw_gid]);
+    }
+    groups.truncate(usize::try_from(n).unwrap_or(0));
+    let mut all = vec![pw.pw_gid];
+    all.extend(groups.into_iter().filter(|g| *g != pw.pw_gid));
+    Some(all)
+}
+
+/// Gives the calling thread (only) the caller's file-system identity. Raw system calls: the
+/// glibc wrappers of setgroups change every thread of the process.
+fn become_caller(uid: u32, groups: &[u32]) -> std::result::Result<(), OpenError> {
+    let id = |e| OpenError::Identity(e);
+    let gid = *groups
+        .first()
+        .ok_or_else(|| id(std::io::Error::other("the caller's groups are unknown")))?;
+    // SAFETY: setgroups reads `groups.len()` gids from a live slice; it affects this thread.
+    let rc = unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
+    if rc != 0 {
+        return Err(id(std::io::Error::last_os_error()));
+    }
+    // setfsgid/setfsuid return the previous value and never an error: a second call tells
+    // whether the first took effect.
+    // SAFETY: plain system calls on this thread's credentials.
+    let ok = unsafe {
+        libc::syscall(libc::SYS_setfsgid, gid);
+        let g = libc::syscall(libc::SYS_setfsgid, gid);
+        libc::syscall(libc::SYS_setfsuid, uid);
+        let u = libc::syscall(libc::SYS_setfsuid, uid);
+        g == libc::c_long::from(gid) && u == libc::c_long::from(uid)
+    };
+    if !ok {
+        return Err(id(std::io::Error::from_raw_os_error(libc::EPERM)));
+    }
+    Ok(())
+}
+
+fn open_raw(path: &CString, access: Access) -> std::result::Result<OwnedFd, OpenError> {
+    let flags = libc::O_CLOEXEC
+        | libc::O_NOCTTY
+        | match access {
+            Access::Read => libc::O_RDONLY,
+            // O_EXCL: never an existing file, nor through a symlink.
+            Access::CreateNew => libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+        };
+    // SAFETY: path is a NUL-terminated string; the mode argument is read only with O_CREAT.
+    let fd = unsafe { libc::open(path.as_ptr(), flags, 0o600 as libc::c_uint) };
+    if fd < 0 {
+        return Err(OpenError::Open(std::io::Error::last_os_error()));
+    }
+    // SAFETY: fd was just returned by open and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    if access == Access::Read {
+        let f = std::fs::File::from(fd);
+        let md = f.metadata().map_err(OpenError::Open)?;
+        if md.is_dir() {
+            return Err(OpenError::Open(std::io::Error::from_raw_os_error(
+                libc::EISDIR,
+            )));
+        }
+        return Ok(OwnedFd::from(f));
+    }
+    Ok(fd)
+}
