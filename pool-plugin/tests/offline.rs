@@ -1,0 +1,202 @@
+//! The seeds' pool and volume XML through `hlfs-virsh` against a real hlfsd: pool-create,
+//! pool-dumpxml, vol-create (libvirt units, a clone from <backingStore>), vol-list, vol-dumpxml
+//! (validated against libvirt's storagevol.rng), vol-delete, pool-undefine; malformed XML
+//! refused with its line and element, creating nothing; other verbs passed to stock virsh.
+
+mod common;
+use common::*;
+
+#[test]
+fn the_seeds_pool_and_volume_xml_work_as_written() {
+    let h = Hlfsd::start("offline");
+    let env = TempDir::new("testenv");
+    let dir = env.path().join("testenv");
+    let files = TempDir::new("files");
+    let write = |name: &str| {
+        let p = files.path().join(name);
+        std::fs::write(&p, data(name, &dir)).unwrap();
+        p
+    };
+    let uri = format!("local://{}", dir.display());
+
+    // pool-create with the seeds' XML: the pool is named after the URI's last element.
+    let out = run(h.virsh().arg("pool-create").arg(write("seed-pool.xml")));
+    assert!(out.contains("Pool testenv created"), "{out}");
+    assert!(dir.is_dir());
+    let (ok, _, err) = outputs(h.virsh().arg("pool-create").arg(write("seed-pool.xml")));
+    assert!(!ok && err.contains("already exists"), "{err}");
+
+    // pool-dumpxml by URI and by name; it validates against the extended schema.
+    let x = run(h.virsh().arg("pool-dumpxml").arg(&uri));
+    assert!(
+        x.contains("<pool type='hlfs'>") && x.contains("<name>testenv</name>"),
+        "{x}"
+    );
+    assert!(x.contains(&format!("<name>{uri}</name>")), "{x}");
+    relaxng(&schema("hlfs-storagepool.rng"), &x).unwrap();
+    assert_eq!(run(h.virsh().arg("pool-dumpxml").arg("testenv")), x);
+
+    // vol-create with libvirt's units: 65536 KB = 65536000 bytes.
+    let out = run(h
+        .virsh()
+        .arg("vol-create")
+        .arg(&uri)
+        .arg(write("seed-volume.xml")));
+    assert!(out.contains("Vol testfs created"), "{out}");
+    let key = format!("{uri}/testfs");
+    let v = run(h.virsh().arg("vol-dumpxml").arg(&key));
+    assert!(
+        v.contains("<capacity unit='bytes'>65536000</capacity>"),
+        "{v}"
+    );
+    assert!(v.contains(&format!("<key>{key}</key>")), "{v}");
+    assert!(v.contains(&format!("<path>hlfs:{key}</path>")), "{v}");
+    relaxng(&libvirt_schema("storagevol.rng"), &v).unwrap();
+    // The same volume by target path and by name + pool.
+    assert_eq!(
+        run(h.virsh().arg("vol-dumpxml").arg(format!("hlfs:{key}"))),
+        v
+    );
+    assert_eq!(
+        run(h
+            .virsh()
+            .args(["vol-dumpxml", "testfs", "--pool", "testenv"])),
+        v
+    );
+
+    // Data written over NBD, a snapshot, then a clone from <backingStore> URI%snapshot1.
+    run(tool("qemu-io")
+        .args(["-f", "raw", "-c", "write -P 0xa5 0 1M"])
+        .arg(h.nbd_uri("testenv/testfs")));
+    h.snapshot("testenv", "testfs", "snapshot1");
+    run(tool("qemu-io")
+        .args(["-f", "raw", "-c", "write -P 0x11 0 1M"])
+        .arg(h.nbd_uri("testenv/testfs")));
+    let out = run(h
+        .virsh()
+        .arg("vol-create")
+        .arg("testenv")
+        .arg(write("clone-volume.xml")));
+    assert!(out.contains("Vol clone1 created"), "{out}");
+    run(tool("qemu-io")
+        .args(["-f", "raw", "-r", "-c", "read -P 0xa5 0 1M"])
+        .arg(h.nbd_uri("testenv/clone1")));
+    let c = run(h.virsh().arg("vol-dumpxml").arg(format!("{uri}/clone1")));
+    assert!(
+        c.contains("<capacity unit='bytes'>134217728</capacity>"),
+        "{c}"
+    );
+    assert!(
+        c.contains(&format!("clone of {uri}/testfs%snapshot1")),
+        "{c}"
+    );
+    relaxng(&libvirt_schema("storagevol.rng"), &c).unwrap();
+
+    // vol-list in virsh's layout.
+    let l = run(h.virsh().arg("vol-list").arg("testenv"));
+    assert!(l.starts_with(" Name"), "{l}");
+    assert!(l.contains(&format!(" clone1   hlfs:{uri}/clone1")), "{l}");
+    assert!(l.contains(&format!(" testfs   hlfs:{key}")), "{l}");
+
+    // Malformed XML: the line and the element, and nothing created.
+    for (file, line, element) in [
+        ("malformed-volume.xml", "line 6", "targte"),
+        ("bad-unit-volume.xml", "line 3", "<capacity>"),
+    ] {
+        let (ok, _, err) = outputs(h.virsh().arg("vol-create").arg("testenv").arg(write(file)));
+        assert!(!ok, "{file} accepted");
+        assert!(err.contains(line) && err.contains(element), "{file}: {err}");
+    }
+    let l2 = run(h.virsh().arg("vol-list").arg("testenv"));
+    assert_eq!(l, l2, "a refused XML created something");
+
+    // vol-delete by key; pool-undefine refuses a pool with volumes, then forgets it.
+    run(h.virsh().arg("vol-delete").arg(format!("{uri}/clone1")));
+    let (ok, _, err) = outputs(h.virsh().arg("pool-undefine").arg("testenv"));
+    assert!(!ok && !err.is_empty(), "pool with volumes undefined");
+    run(h.virsh().arg("vol-delete").arg(&key));
+    let out = run(h.virsh().arg("pool-undefine").arg(&uri));
+    assert!(out.contains("Pool testenv has been undefined"), "{out}");
+    let (ok, _, _) = outputs(h.virsh().arg("pool-dumpxml").arg(&uri));
+    assert!(!ok);
+}
+
+#[test]
+fn domain_xml_translation_keeps_everything_else_and_validates() {
+    let h = Hlfsd::start("translate");
+    let env = TempDir::new("testenv");
+    let dir = env.path().join("testenv");
+    let files = TempDir::new("files");
+    let pool = files.path().join("pool.xml");
+    std::fs::write(&pool, data("seed-pool.xml", &dir)).unwrap();
+    run(h.virsh().arg("pool-create").arg(&pool));
+    let seed = data("seed-domain.xml", &dir);
+    relaxng(&schema("hlfs-domain.rng"), &seed).unwrap();
+    assert!(
+        relaxng(&libvirt_schema("domain.rng"), &seed).is_err(),
+        "libvirt took protocol='hlfs'"
+    );
+    let f = files.path().join("dom.xml");
+    std::fs::write(&f, &seed).unwrap();
+    let t = run(h.virsh().arg("translate").arg(&f));
+    relaxng(&libvirt_schema("domain.rng"), &t).unwrap();
+    let sock = h.nbd_socket();
+    let want = seed.replace(
+        &format!("<source protocol=\"hlfs\" name=\"local://{}/testfs\"/>", dir.display()),
+        &format!(
+            "<source protocol=\"nbd\" name=\"testenv/testfs\">\n        <host transport=\"unix\" socket=\"{}\"/>\n      </source>",
+            sock.display()
+        ),
+    );
+    assert_eq!(t, want);
+
+    let snap = data("snapshot-domain.xml", &dir);
+    relaxng(&schema("hlfs-domain.rng"), &snap).unwrap();
+    std::fs::write(&f, &snap).unwrap();
+    let t = run(h.virsh().arg("translate").arg(&f));
+    relaxng(&libvirt_schema("domain.rng"), &t).unwrap();
+    assert!(t.contains("name=\"testenv/testfs@snapshot1\""), "{t}");
+    assert!(t.contains("<readonly/>"), "{t}");
+    assert!(t.contains("name=\"testenv/out\""), "{t}");
+
+    // A URI no pool has: an error naming the line and <source>.
+    std::fs::write(&f, seed.replace("/testenv/testfs", "/elsewhere/testfs")).unwrap();
+    let (ok, _, err) = outputs(h.virsh().arg("translate").arg(&f));
+    assert!(
+        !ok && err.contains("<source>") && err.contains("line 19"),
+        "{err}"
+    );
+}
+
+#[test]
+fn other_verbs_and_other_pools_go_to_stock_virsh() {
+    let h = Hlfsd::start("pass");
+    // libvirt's test driver needs no daemon.
+    let out = run(h.virsh().args(["-c", "test:///default", "list", "--all"]));
+    assert!(out.contains("test"), "{out}");
+    let out = run(h
+        .virsh()
+        .args(["-c", "test:///default", "pool-list", "--all"]));
+    assert!(out.contains("default-pool"), "{out}");
+    // A dir pool XML is libvirt's business.
+    let d = TempDir::new("dirpool");
+    let f = d.path().join("p.xml");
+    std::fs::write(
+        &f,
+        format!(
+            "<pool type='dir'><name>plain</name><target><path>{}</path></target></pool>",
+            d.path().display()
+        ),
+    )
+    .unwrap();
+    let out = run(h
+        .virsh()
+        .args(["-c", "test:///default", "pool-create"])
+        .arg(&f));
+    assert!(out.contains("Pool plain created"), "{out}");
+    // vol-list of a pool hlfsd does not have.
+    let out = run(h
+        .virsh()
+        .args(["-c", "test:///default", "vol-list", "default-pool"]));
+    assert!(out.contains("Name"), "{out}");
+}
