@@ -297,7 +297,13 @@ fn rewrite_disk(
     host.push_attribute(("transport", "unix"));
     host.push_attribute(("socket", socket.to_string_lossy().as_ref()));
 
-    let mut new = vec![Event::Start(new_start)];
+    // A network disk keeps its start tag byte for byte; a volume disk changes only its type.
+    let first = if disk_type == "network" {
+        Event::Start(start.clone())
+    } else {
+        Event::Start(new_start)
+    };
+    let mut new = vec![first];
     for (ev, _) in &events[1..s_start] {
         new.push(ev.clone());
     }
