@@ -18,8 +18,8 @@ fn wait_gone(lv: &Libvirtd, dom: &str, console: &Path) {
             return;
         }
         assert!(
-            t0.elapsed() < Duration::from_secs(300),
-            "{dom} still {out} after 300 s; console:\n{}",
+            t0.elapsed() < Duration::from_secs(150),
+            "{dom} still {out} after 150 s; console:\n{}",
             std::fs::read_to_string(console).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(250));
