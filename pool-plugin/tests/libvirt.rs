@@ -103,8 +103,9 @@ fn guests_boot_from_hlfs_and_pools_are_published() {
     );
     let out = read_export(&h, "testenv/out", &files.path().join("out.img"));
     let text = String::from_utf8_lossy(&out[..4096]);
+    let text = text.trim_end_matches(['\0', ' ', '\n']);
     assert!(
-        text.contains("marker: snapshot boot; root /dev/root / ext4 ro"),
+        text.contains("marker: snapshot boot; root /dev/vda / ext4 ro"),
         "{text}"
     );
     assert!(

@@ -23,7 +23,8 @@ fn schemas_for(xml: &str) -> Vec<std::path::PathBuf> {
     } else {
         panic!("no schema for an example starting with <{root}");
     };
-    let hlfs_backing = xml.contains("<backingStore>") && (xml.contains('%') || xml.contains("local://"));
+    let hlfs_backing =
+        xml.contains("<backingStore>") && (xml.contains('%') || xml.contains("local://"));
     let mut v = vec![schema(ours)];
     if !hlfs && !hlfs_backing {
         v.push(libvirt_schema(theirs));
@@ -34,7 +35,10 @@ fn schemas_for(xml: &str) -> Vec<std::path::PathBuf> {
 fn check(what: &str, xml: &str) {
     for s in schemas_for(xml) {
         if let Err(e) = relaxng(&s, xml) {
-            panic!("{what} does not validate against {}:\n{e}\n{xml}", s.display());
+            panic!(
+                "{what} does not validate against {}:\n{e}\n{xml}",
+                s.display()
+            );
         }
     }
 }
