@@ -10,6 +10,13 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// hlfs-virsh on this hlfsd and libvirtd.
+fn hv(h: &Hlfsd, lv: &Libvirtd) -> Command {
+    let mut c = h.virsh();
+    c.env("LIBVIRT_DEFAULT_URI", &lv.uri);
+    c
+}
+
 fn wait_gone(lv: &Libvirtd, dom: &str, console: &Path) {
     let t0 = Instant::now();
     loop {
@@ -40,7 +47,7 @@ fn read_export(h: &Hlfsd, export: &str, dest: &Path) -> Vec<u8> {
 fn guests_boot_from_hlfs_and_pools_are_published() {
     require_tool("qemu-system-x86_64");
     require_tool("debugfs");
-    let h = Hlfsd::start("libvirt");
+    let mut h = Hlfsd::start("libvirt");
     let env = TempDir::new("env");
     let dir = env.path().join("testenv");
     let guest = env.path().join("testenv-guest");
@@ -54,15 +61,10 @@ fn guests_boot_from_hlfs_and_pools_are_published() {
         .arg(repo().join("scripts/libvirt/make-guest.sh"))
         .arg(&guest));
     let lv = Libvirtd::start();
-    let virsh = || {
-        let mut c = h.virsh();
-        c.env("LIBVIRT_DEFAULT_URI", &lv.uri);
-        c
-    };
 
     // The seeds' pool and volume, the guest's root filesystem copied in over NBD.
-    run(virsh().arg("pool-create").arg(write("seed-pool.xml")));
-    run(virsh()
+    run(hv(&h, &lv).arg("pool-create").arg(write("seed-pool.xml")));
+    run(hv(&h, &lv)
         .arg("vol-create")
         .arg("testenv")
         .arg(write("seed-volume.xml")));
@@ -73,7 +75,7 @@ fn guests_boot_from_hlfs_and_pools_are_published() {
 
     // 1. Boot with the seeds' domain XML (protocol='hlfs').
     let t0 = Instant::now();
-    let out = run(virsh().arg("create").arg(write("seed-domain.xml")));
+    let out = run(hv(&h, &lv).arg("create").arg(write("seed-domain.xml")));
     assert!(out.contains("Domain 'hlfs-seed' created"), "{out}");
     wait_gone(&lv, "hlfs-seed", &guest.join("console.log"));
     eprintln!(
@@ -90,12 +92,12 @@ fn guests_boot_from_hlfs_and_pools_are_published() {
 
     // 2. Boot from snapshot1 (read-only root); the guest writes to volume disk 'out'.
     h.snapshot("testenv", "testfs", "snapshot1");
-    run(virsh()
+    run(hv(&h, &lv)
         .arg("vol-create")
         .arg("testenv")
         .arg(write("out-volume.xml")));
     let t0 = Instant::now();
-    run(virsh().arg("create").arg(write("snapshot-domain.xml")));
+    run(hv(&h, &lv).arg("create").arg(write("snapshot-domain.xml")));
     wait_gone(&lv, "hlfs-snap", &guest.join("console2.log"));
     eprintln!(
         "boot from an HLFS snapshot: {:.1} s",
@@ -114,7 +116,7 @@ fn guests_boot_from_hlfs_and_pools_are_published() {
     );
 
     // 3. define goes through libvirt: stock virsh sees the NBD disk.
-    let out = run(virsh().arg("define").arg(write("seed-domain.xml")));
+    let out = run(hv(&h, &lv).arg("define").arg(write("seed-domain.xml")));
     assert!(out.contains("Domain 'hlfs-seed' defined"), "{out}");
     let x = run(lv.virsh().args(["dumpxml", "hlfs-seed"]));
     assert!(x.contains("protocol='nbd' name='testenv/testfs'"), "{x}");
@@ -131,7 +133,7 @@ fn guests_boot_from_hlfs_and_pools_are_published() {
         std::fs::create_dir_all(mnt.path().join("pools").join(p)).unwrap();
     }
     // A libvirt pool of another kind with an HLFS pool's name is left alone.
-    let mut publisher = virsh()
+    let mut publisher = hv(&h, &lv)
         .args(["publish", "--mountpoint"])
         .arg(mnt.path())
         .stdin(Stdio::null())
@@ -176,14 +178,33 @@ fn guests_boot_from_hlfs_and_pools_are_published() {
         ),
     )
     .unwrap();
-    run(virsh().arg("pool-define").arg(&second));
+    run(hv(&h, &lv).arg("pool-define").arg(&second));
     wait_for("second published", &|| {
         pool_list().lines().any(|l| l.trim() == "second")
     });
-    run(virsh().args(["pool-undefine", "second"]));
+    run(hv(&h, &lv).args(["pool-undefine", "second"]));
     wait_for("second withdrawn", &|| {
         !pool_list().lines().any(|l| l.trim() == "second")
     });
+    // hlfsd restarted: the publisher reconnects and follows again; the pool stays published.
+    h.stop();
+    h.spawn();
+    let third = files.path().join("third.xml");
+    std::fs::write(
+        &third,
+        format!(
+            "<pool type='hlfs'><name>third</name><source><name>local://{}</name></source></pool>",
+            env.path().join("third").display()
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(mnt.path().join("pools/third")).unwrap();
+    run(hv(&h, &lv).arg("pool-define").arg(&third));
+    wait_for("third published after hlfsd restarted", &|| {
+        pool_list().lines().any(|l| l.trim() == "third")
+    });
+    let info = run(lv.virsh().args(["pool-info", "testenv"]));
+    assert!(info.contains("running"), "{info}");
     let _ = publisher.kill();
     let _ = publisher.wait();
 

@@ -110,6 +110,11 @@ fn the_seeds_pool_and_volume_xml_work_as_written() {
     let l2 = run(h.virsh().arg("vol-list").arg("testenv"));
     assert_eq!(l, l2, "a refused XML created something");
 
+    // pool-destroy leaves an HLFS pool as it is, and says so.
+    let out = run(h.virsh().arg("pool-destroy").arg("testenv"));
+    assert!(out.contains("stays active"), "{out}");
+    assert_eq!(run(h.virsh().arg("vol-list").arg("testenv")), l);
+
     // vol-delete by key; pool-undefine refuses a pool with volumes, then forgets it.
     run(h.virsh().arg("vol-delete").arg(format!("{uri}/clone1")));
     let (ok, _, err) = outputs(h.virsh().arg("pool-undefine").arg("testenv"));
@@ -199,4 +204,86 @@ fn other_verbs_and_other_pools_go_to_stock_virsh() {
         .virsh()
         .args(["-c", "test:///default", "vol-list", "default-pool"]));
     assert!(out.contains("Name"), "{out}");
+}
+
+/// The HDFS that `scripts/with-hdfs.sh` starts (`HLFS_TEST_HDFS_URL`, `hdfs://HOST:PORT`).
+/// Without it: fails under CI, else skips (as the agent's HDFS tests do).
+fn hdfs_url(test: &str) -> Option<String> {
+    match std::env::var("HLFS_TEST_HDFS_URL") {
+        Ok(u) if !u.is_empty() => Some(u.trim_end_matches('/').to_string()),
+        _ => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{test}: HLFS_TEST_HDFS_URL is not set; run under scripts/with-hdfs.sh"
+            );
+            eprintln!("SKIPPED {test}: HLFS_TEST_HDFS_URL is not set (scripts/with-hdfs.sh)");
+            None
+        }
+    }
+}
+
+#[test]
+fn an_hdfs_pool_from_its_namenode_host_and_dir() {
+    let Some(url) = hdfs_url("an_hdfs_pool_from_its_namenode_host_and_dir") else {
+        return;
+    };
+    let authority = url
+        .trim_start_matches("hdfs://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let (host, port) = authority.rsplit_once(':').expect("hdfs://HOST:PORT");
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let dir = format!("/hlfs-plugin-{}-{nanos}/hp", std::process::id());
+    let pool_uri = format!("hdfs://{host}:{port}{dir}");
+    let h = Hlfsd::start("hdfs");
+    let files = TempDir::new("files");
+    let f = files.path().join("hp.xml");
+    std::fs::write(
+        &f,
+        format!("<pool type='hlfs'>\n  <name>hp</name>\n  <source>\n    <host name='{host}' port='{port}'/>\n    <dir path='{dir}'/>\n  </source>\n</pool>\n"),
+    )
+    .unwrap();
+    relaxng(
+        &schema("hlfs-storagepool.rng"),
+        &std::fs::read_to_string(&f).unwrap(),
+    )
+    .unwrap();
+    let out = run(h.virsh().arg("pool-define").arg(&f));
+    assert!(out.contains("Pool hp defined"), "{out}");
+    let x = run(h.virsh().arg("pool-dumpxml").arg("hp"));
+    assert!(
+        x.contains(&format!("<host name='{host}' port='{port}'/>")),
+        "{x}"
+    );
+    assert!(x.contains(&format!("<name>{pool_uri}</name>")), "{x}");
+    relaxng(&schema("hlfs-storagepool.rng"), &x).unwrap();
+
+    let v = files.path().join("v.xml");
+    std::fs::write(&v, "<volume><name>disk0</name><capacity unit='MiB'>8</capacity><target><format type='raw'/></target></volume>").unwrap();
+    run(h.virsh().arg("vol-create").arg(&pool_uri).arg(&v));
+    let key = format!("{pool_uri}/disk0");
+    let d = run(h.virsh().arg("vol-dumpxml").arg(&key));
+    assert!(d.contains(&format!("<key>{key}</key>")), "{d}");
+    assert!(
+        d.contains("<capacity unit='bytes'>8388608</capacity>"),
+        "{d}"
+    );
+    relaxng(&libvirt_schema("storagevol.rng"), &d).unwrap();
+    run(tool("qemu-io")
+        .args([
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x5a 0 1M",
+            "-c",
+            "read -P 0x5a 0 1M",
+        ])
+        .arg(h.nbd_uri("hp/disk0")));
+    run(h.virsh().arg("vol-delete").arg(&key));
+    run(h.virsh().arg("pool-undefine").arg("hp"));
 }
