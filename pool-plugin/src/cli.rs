@@ -287,13 +287,11 @@ async fn pool_dumpxml(g: &Globals, args: &[String]) -> Result<Outcome, String> {
 
 async fn vol_create(g: &Globals, args: &[String]) -> Result<Outcome, String> {
     let (pos, opts) = split_opts(args);
-    let (Some(pool_arg), Some(file)) = (
-        pos.first().map(String::as_str).or(opt(&opts, "pool")),
-        pos.get(1)
-            .map(String::as_str)
-            .or(opt(&opts, "file"))
-            .or_else(|| opt(&opts, "pool").and(pos.first().map(String::as_str))),
-    ) else {
+    // virsh's forms: `vol-create POOL FILE`, `vol-create --pool POOL FILE`, `--file FILE`.
+    let mut pos = pos.iter().map(String::as_str);
+    let pool_arg = opt(&opts, "pool").or_else(|| pos.next());
+    let file = opt(&opts, "file").or_else(|| pos.next());
+    let (Some(pool_arg), Some(file)) = (pool_arg, file) else {
         return Ok(Outcome::PassThrough);
     };
     let Some((a, pool, _)) = hlfs_pool(g, pool_arg).await? else {

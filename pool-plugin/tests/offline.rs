@@ -115,6 +115,20 @@ fn the_seeds_pool_and_volume_xml_work_as_written() {
     assert!(out.contains("stays active"), "{out}");
     assert_eq!(run(h.virsh().arg("vol-list").arg("testenv")), l);
 
+    // virsh's option forms: vol-create --pool POOL FILE, vol-delete NAME --pool POOL.
+    let out = run(h
+        .virsh()
+        .args(["vol-create", "--pool", "testenv"])
+        .arg(write("out-volume.xml")));
+    assert!(out.contains("Vol out created"), "{out}");
+    let o = run(h.virsh().args(["vol-dumpxml", "--pool", "testenv", "out"]));
+    assert!(
+        o.contains("<capacity unit='bytes'>1048576</capacity>"),
+        "{o}"
+    );
+    run(h.virsh().args(["vol-delete", "out", "--pool", "testenv"]));
+    assert_eq!(run(h.virsh().arg("vol-list").arg("testenv")), l);
+
     // vol-delete by key; pool-undefine refuses a pool with volumes, then forgets it.
     run(h.virsh().arg("vol-delete").arg(format!("{uri}/clone1")));
     let (ok, _, err) = outputs(h.virsh().arg("pool-undefine").arg("testenv"));

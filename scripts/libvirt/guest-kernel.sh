@@ -8,7 +8,9 @@ K=${HLFS_GUEST_KERNEL_DIR:-/var/cache/hlfs-test/kernel}
 if ! ls "$K"/root/boot/vmlinuz-* >/dev/null 2>&1; then
     mkdir -p "$K"
     cd "$K"
-    pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+    find_pkg() { apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}'; }
+    pkg=$(find_pkg)
+    if [ -z "$pkg" ]; then apt-get update -qq >&2 && pkg=$(find_pkg); fi
     [ -n "$pkg" ] || { echo "guest-kernel.sh: no linux-image package found (apt-get update?)" >&2; exit 1; }
     rm -f ./*.deb
     apt-get download "$pkg" >&2
