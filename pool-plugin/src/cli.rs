@@ -408,7 +408,8 @@ async fn vol_list(g: &Globals, args: &[String]) -> Result<Outcome, String> {
     Ok(Outcome::Done)
 }
 
-/// virsh's table layout: a leading space, columns padded, a dashed rule, a blank line after.
+/// virsh's table layout (vshTable): a leading space, columns padded and 3 spaces apart, a rule
+/// of width + 3 dashes per column, a blank line after.
 fn table(header: &[String], rows: &[Vec<String>]) -> String {
     let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in rows {
@@ -584,7 +585,7 @@ mod tests {
         );
         assert_eq!(
             t,
-            " Name   Path\n------------------------\n v      hlfs:local:///p/v\n\n"
+            " Name   Path\n---------------------------\n v      hlfs:local:///p/v\n\n"
         );
         assert_eq!(human(1 << 30), "1.00 GiB");
     }
