@@ -1,0 +1,305 @@
+//! Test harness: a real hlfsd (private data and runtime directories), hlfs-virsh, stock tools
+//! (virsh, xmllint, qemu-io, busctl), and libvirtd started by the project's own scripts
+//! (scripts/libvirt/start-libvirtd.sh: no systemd needed). Missing tools fail the test.
+
+#![allow(dead_code)]
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Panics unless `name` is on PATH: tests never skip silently.
+pub fn require_tool(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        let p = dir.join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("required tool `{name}` is not installed (scripts/setup.sh installs it)");
+}
+
+/// Runs a command; its output whatever the status.
+pub fn try_run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Runs a command, panicking with its output if it fails; stdout.
+pub fn run(cmd: &mut Command) -> String {
+    let out = try_run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn tool(name: &str) -> Command {
+    Command::new(require_tool(name))
+}
+
+/// A private scratch directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("hlfs-plugin-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A binary of the workspace that this package does not build (hlfsd, hlfs): next to the test's
+/// own target directory, built on demand.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/test-hash -> target/<profile>/NAME
+    let p = exe.parent().and_then(Path::parent).unwrap().join(name);
+    if !p.is_file() {
+        let status = Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
+            .args(["build", "-p", "hlfs-agent", "--bin", name])
+            .current_dir(repo())
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "cannot build {name}");
+    }
+    assert!(p.is_file(), "{} missing", p.display());
+    p
+}
+
+/// A running hlfsd with its sockets in a private runtime directory.
+pub struct Hlfsd {
+    pub dir: TempDir,
+    child: Option<Child>,
+}
+
+impl Hlfsd {
+    pub fn start(tag: &str) -> Hlfsd {
+        let mut h = Hlfsd {
+            dir: TempDir::new(tag),
+            child: None,
+        };
+        h.spawn();
+        h
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("hlfsd.log")).unwrap();
+        let child = Command::new(workspace_bin("hlfsd"))
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .arg("--runtime-dir")
+            .arg(self.dir.path().join("run"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn hlfsd");
+        self.child = Some(child);
+        let t0 = Instant::now();
+        while UnixStream::connect(self.dbus_socket()).is_err()
+            || UnixStream::connect(self.nbd_socket()).is_err()
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "hlfsd did not start:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("hlfsd.log")).unwrap_or_default()
+    }
+
+    pub fn dbus_socket(&self) -> PathBuf {
+        self.dir.path().join("run/dbus.sock")
+    }
+
+    pub fn nbd_socket(&self) -> PathBuf {
+        self.dir.path().join("run/nbd.sock")
+    }
+
+    /// `nbd+unix:///EXPORT?socket=...`
+    pub fn nbd_uri(&self, export: &str) -> String {
+        format!(
+            "nbd+unix:///{export}?socket={}",
+            self.nbd_socket().display()
+        )
+    }
+
+    /// hlfs-virsh talking to this hlfsd (and to `LIBVIRT_DEFAULT_URI` as set by the caller).
+    pub fn virsh(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_hlfs-virsh"));
+        c.env("HLFS_SOCKET", self.dbus_socket());
+        c
+    }
+
+    /// busctl against hlfsd's p2p socket.
+    pub fn busctl(&self, args: &[&str]) -> String {
+        run(tool("busctl")
+            .arg(format!(
+                "--address=unix:path={}",
+                self.dbus_socket().display()
+            ))
+            .args(args))
+    }
+
+    /// Takes snapshot `snap` of `pool/vol`.
+    pub fn snapshot(&self, pool: &str, vol: &str, snap: &str) {
+        let path = format!("/org/hlfs/Hlfs1/pool/{}/{}", esc(pool), esc(vol));
+        self.busctl(&[
+            "call",
+            "org.hlfs.Hlfs1",
+            &path,
+            "org.hlfs.Volume1",
+            "CreateSnapshot",
+            "s",
+            snap,
+        ]);
+    }
+}
+
+fn esc(n: &str) -> String {
+    n.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("_{b:02x}")
+            }
+        })
+        .collect()
+}
+
+impl Drop for Hlfsd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// stdout and stderr of a command that may fail.
+pub fn outputs(cmd: &mut Command) -> (bool, String, String) {
+    let o = try_run(cmd);
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// Validates `xml` with xmllint against the RelaxNG schema `rng`; the error output if not.
+pub fn relaxng(rng: &Path, xml: &str) -> Result<(), String> {
+    let d = TempDir::new("rng");
+    let f = d.path().join("doc.xml");
+    std::fs::write(&f, xml).unwrap();
+    let (ok, _, err) = outputs(
+        tool("xmllint")
+            .arg("--noout")
+            .arg("--relaxng")
+            .arg(rng)
+            .arg(&f),
+    );
+    if ok {
+        Ok(())
+    } else {
+        Err(err)
+    }
+}
+
+pub fn schema(name: &str) -> PathBuf {
+    repo().join("xml-schemas").join(name)
+}
+
+pub fn libvirt_schema(name: &str) -> PathBuf {
+    Path::new("/usr/share/libvirt/schemas").join(name)
+}
+
+/// A test file of tests/data with `/tmp/testenv` replaced by `dir`.
+pub fn data(name: &str, dir: &Path) -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name);
+    std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("/tmp/testenv", &dir.to_string_lossy())
+}
+
+/// libvirtd + virtlogd started by scripts/libvirt/start-libvirtd.sh in a private mount
+/// namespace; stopped (by PID) on drop.
+pub struct Libvirtd {
+    pub sandbox: TempDir,
+    pub uri: String,
+}
+
+impl Libvirtd {
+    pub fn start() -> Libvirtd {
+        require_tool("virsh");
+        let sandbox = TempDir::new("libvirt");
+        let out = run(Command::new("bash")
+            .arg(repo().join("scripts/libvirt/start-libvirtd.sh"))
+            .env("LIBVIRT_SANDBOX", sandbox.path()));
+        assert!(out.contains("LIBVIRT_DEFAULT_URI"), "{out}");
+        let uri = format!(
+            "qemu:///system?socket={}/sock/libvirt-sock",
+            sandbox.path().display()
+        );
+        Libvirtd { sandbox, uri }
+    }
+
+    /// Stock virsh on this libvirtd.
+    pub fn virsh(&self) -> Command {
+        let mut c = tool("virsh");
+        c.arg("-q").arg("-c").arg(&self.uri);
+        c
+    }
+
+    pub fn stop(&self) {
+        let _ = try_run(
+            Command::new("bash")
+                .arg(repo().join("scripts/libvirt/stop-libvirtd.sh"))
+                .env("LIBVIRT_SANDBOX", self.sandbox.path()),
+        );
+    }
+}
+
+impl Drop for Libvirtd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
