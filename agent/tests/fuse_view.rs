@@ -33,7 +33,7 @@ impl View {
         let dir = TempDir::new(&format!("{tag}-m"));
         let mnt = dir.path().join("mnt");
         // The mount point lives beside the daemon's own directory (removed last).
-        std::mem::forget(dir);
+        let _dir = std::mem::ManuallyDrop::new(dir);
         let m = mnt.to_str().unwrap().to_string();
         let mut args = vec!["--fuse-mount", &m];
         args.extend(extra);

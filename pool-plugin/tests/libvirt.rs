@@ -214,7 +214,7 @@ fn guests_boot_from_hlfs_and_pools_are_published() {
         sandbox: TempDir(lv.sandbox.0.clone()),
         uri: lv.uri.clone(),
     };
-    std::mem::forget(lv);
+    let _lv = std::mem::ManuallyDrop::new(lv);
     run(Command::new("bash")
         .arg(repo().join("scripts/libvirt/start-libvirtd.sh"))
         .env("LIBVIRT_SANDBOX", lv2.sandbox.path()));

@@ -198,9 +198,7 @@ impl HlfsFs {
         if req.uid() == self.uid {
             return Ok(Admin::vouched_by_fuse(caller));
         }
-        caller
-        .authorize()
-        .map_err(|e| errno(&e))
+        caller.authorize().map_err(|e| errno(&e))
     }
 
     fn volume(&self, pool: &str, name: &str) -> Result<Arc<SharedVolume>, Errno> {
@@ -452,18 +450,15 @@ impl HlfsFs {
     /// Resizes a volume through the service (so D-Bus announces it).
     fn truncate(&self, pool: &str, name: &str, size: u64) -> Result<(), Errno> {
         self.rt
-            .block_on(
-                self.svc
-                    .truncate(
-                    Admin::vouched_by_fuse(Caller {
-                        uid: self.uid,
-                        gids: Vec::new(),
-                    }),
-                    pool,
-                    name,
-                    size,
-                ),
-            )
+            .block_on(self.svc.truncate(
+                Admin::vouched_by_fuse(Caller {
+                    uid: self.uid,
+                    gids: Vec::new(),
+                }),
+                pool,
+                name,
+                size,
+            ))
             .map(drop)
             .map_err(|e| errno(&e))
     }
