@@ -169,6 +169,13 @@ fn domain_xml_translation_keeps_everything_else_and_validates() {
     );
     assert_eq!(t, want);
 
+    // define and create through the crate `virt`, on libvirt's test driver (no daemon needed;
+    // the real libvirtd and guest boots are in libvirt.rs).
+    let out = run(h.virsh().args(["-c", "test:///default", "define"]).arg(&f));
+    assert!(out.contains("Domain 'hlfs-seed' defined"), "{out}");
+    let out = run(h.virsh().args(["-c", "test:///default", "create"]).arg(&f));
+    assert!(out.contains("Domain 'hlfs-seed' created"), "{out}");
+
     let snap = data("snapshot-domain.xml", &dir);
     relaxng(&schema("hlfs-domain.rng"), &snap).unwrap();
     std::fs::write(&f, &snap).unwrap();
