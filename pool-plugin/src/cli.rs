@@ -200,10 +200,44 @@ async fn hlfs_pool(g: &Globals, arg: &str) -> Result<Option<(Agent, String, Stri
         return Ok(None);
     };
     match a.find_pool(arg).await {
+        Ok((name, _)) if !looks_hlfs(arg) && libvirt_has_own_pool(g, &a, &name).await => {
+            debug!(
+                "libvirt has a pool {name:?} of its own: left to virsh (use the URI for hlfsd's)"
+            );
+            Ok(None)
+        }
         Ok((name, uri)) => Ok(Some((a, name, uri))),
         Err(e) if looks_hlfs(arg) => Err(e.message()),
         Err(_) => Ok(None),
     }
+}
+
+/// Whether libvirt has a pool named `name` that is not the publication of hlfsd's pool of that
+/// name (a `dir` pool on its FUSE-view directory): then a bare name means libvirt's pool (e.g.
+/// libvirt's `default` and hlfsd's `default`), and hlfsd's is reached by its URI.
+async fn libvirt_has_own_pool(g: &Globals, a: &Agent, name: &str) -> bool {
+    let Ok(conn) = virt::connect::Connect::open(g.libvirt_uri.as_deref()) else {
+        return false;
+    };
+    let Ok(pool) = conn.lookup_storage_pool_by_name(name) else {
+        return false;
+    };
+    let Ok(root) = pool.xml_desc(0).map(|x| xmldoc::parse(&x)) else {
+        return true;
+    };
+    let published = match (root, a.fuse_mountpoint().await) {
+        (Ok(root), Some(mount)) => {
+            root.attr("type") == Some("dir")
+                && root
+                    .child("target")
+                    .and_then(|t| t.child("path"))
+                    .is_some_and(|p| {
+                        std::path::Path::new(p.text.trim()) == publish::pool_dir(&mount, name)
+                    })
+        }
+        _ => false,
+    };
+    !published
 }
 
 async fn pool_create(g: &Globals, verb: &str, args: &[String]) -> Result<Outcome, String> {
