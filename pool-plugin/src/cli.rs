@@ -8,7 +8,7 @@ use hlfs_pool_plugin::publish::{self, PublishOptions};
 use hlfs_pool_plugin::volume_xml::{self, VolumeInfo};
 use hlfs_pool_plugin::xmldoc;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tracing::debug;
 
 const USAGE: &str = "\
@@ -225,18 +225,20 @@ async fn libvirt_has_own_pool(g: &Globals, a: &Agent, name: &str) -> bool {
     let Ok(root) = pool.xml_desc(0).map(|x| xmldoc::parse(&x)) else {
         return true;
     };
-    let published = match (root, a.fuse_mountpoint().await) {
-        (Ok(root), Some(mount)) => {
-            root.attr("type") == Some("dir")
-                && root
-                    .child("target")
-                    .and_then(|t| t.child("path"))
-                    .is_some_and(|p| {
-                        std::path::Path::new(p.text.trim()) == publish::pool_dir(&mount, name)
-                    })
-        }
-        _ => false,
+    let Ok(root) = root else {
+        return true;
     };
+    let target = root
+        .child("target")
+        .and_then(|t| t.child("path"))
+        .map(|p| PathBuf::from(p.text.trim()));
+    let mount = a.fuse_mountpoint().await;
+    let published = root.attr("type") == Some("dir")
+        && target.is_some_and(|t| match &mount {
+            Some(m) => t == publish::pool_dir(m, name),
+            // FUSE view not mounted now (or `publish --mountpoint`): its layout still tells.
+            None => t.ends_with(Path::new("pools").join(name)),
+        });
     !published
 }
 
@@ -583,7 +585,6 @@ async fn publish_verb(g: &Globals, args: &[String]) -> Result<Outcome, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
 
     #[test]
     fn globals_and_pass_through_arguments() {
