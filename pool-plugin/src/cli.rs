@@ -8,7 +8,7 @@ use hlfs_pool_plugin::publish::{self, PublishOptions};
 use hlfs_pool_plugin::volume_xml::{self, VolumeInfo};
 use hlfs_pool_plugin::xmldoc;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tracing::debug;
 
 const USAGE: &str = "\
@@ -200,10 +200,46 @@ async fn hlfs_pool(g: &Globals, arg: &str) -> Result<Option<(Agent, String, Stri
         return Ok(None);
     };
     match a.find_pool(arg).await {
+        Ok((name, _)) if !looks_hlfs(arg) && libvirt_has_own_pool(g, &a, &name).await => {
+            debug!(
+                "libvirt has a pool {name:?} of its own: left to virsh (use the URI for hlfsd's)"
+            );
+            Ok(None)
+        }
         Ok((name, uri)) => Ok(Some((a, name, uri))),
         Err(e) if looks_hlfs(arg) => Err(e.message()),
         Err(_) => Ok(None),
     }
+}
+
+/// Whether libvirt has a pool named `name` that is not the publication of hlfsd's pool of that
+/// name (a `dir` pool on its FUSE-view directory): then a bare name means libvirt's pool (e.g.
+/// libvirt's `default` and hlfsd's `default`), and hlfsd's is reached by its URI.
+async fn libvirt_has_own_pool(g: &Globals, a: &Agent, name: &str) -> bool {
+    let Ok(conn) = virt::connect::Connect::open(g.libvirt_uri.as_deref()) else {
+        return false;
+    };
+    let Ok(pool) = conn.lookup_storage_pool_by_name(name) else {
+        return false;
+    };
+    let Ok(root) = pool.xml_desc(0).map(|x| xmldoc::parse(&x)) else {
+        return true;
+    };
+    let Ok(root) = root else {
+        return true;
+    };
+    let target = root
+        .child("target")
+        .and_then(|t| t.child("path"))
+        .map(|p| PathBuf::from(p.text.trim()));
+    let mount = a.fuse_mountpoint().await;
+    let published = root.attr("type") == Some("dir")
+        && target.is_some_and(|t| match &mount {
+            Some(m) => t == publish::pool_dir(m, name),
+            // FUSE view not mounted now (or `publish --mountpoint`): its layout still tells.
+            None => t.ends_with(Path::new("pools").join(name)),
+        });
+    !published
 }
 
 async fn pool_create(g: &Globals, verb: &str, args: &[String]) -> Result<Outcome, String> {
@@ -549,7 +585,6 @@ async fn publish_verb(g: &Globals, args: &[String]) -> Result<Outcome, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
 
     #[test]
     fn globals_and_pass_through_arguments() {

@@ -10,6 +10,16 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A child process killed (by its PID) when the test ends, also when it fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// hlfs-virsh on this hlfsd and libvirtd.
 fn hv(h: &Hlfsd, lv: &Libvirtd) -> Command {
     let mut c = h.virsh();
@@ -133,12 +143,13 @@ fn guests_boot_from_hlfs_and_pools_are_published() {
         std::fs::create_dir_all(mnt.path().join("pools").join(p)).unwrap();
     }
     // A libvirt pool of another kind with an HLFS pool's name is left alone.
-    let mut publisher = hv(&h, &lv)
+    let publisher = hv(&h, &lv)
         .args(["publish", "--mountpoint"])
         .arg(mnt.path())
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
+    let publisher = KillOnDrop(publisher);
     let wait_for = |what: &str, f: &dyn Fn() -> bool| {
         let t0 = Instant::now();
         while !f() {
@@ -205,8 +216,7 @@ fn guests_boot_from_hlfs_and_pools_are_published() {
     });
     let info = run(lv.virsh().args(["pool-info", "testenv"]));
     assert!(info.contains("running"), "{info}");
-    let _ = publisher.kill();
-    let _ = publisher.wait();
+    drop(publisher);
 
     // libvirtd restarted: the published pool is still there, autostarted.
     lv.stop();

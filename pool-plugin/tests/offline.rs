@@ -169,6 +169,13 @@ fn domain_xml_translation_keeps_everything_else_and_validates() {
     );
     assert_eq!(t, want);
 
+    // define and create through the crate `virt`, on libvirt's test driver (no daemon needed;
+    // the real libvirtd and guest boots are in libvirt.rs).
+    let out = run(h.virsh().args(["-c", "test:///default", "define"]).arg(&f));
+    assert!(out.contains("Domain 'hlfs-seed' defined"), "{out}");
+    let out = run(h.virsh().args(["-c", "test:///default", "create"]).arg(&f));
+    assert!(out.contains("Domain 'hlfs-seed' created"), "{out}");
+
     let snap = data("snapshot-domain.xml", &dir);
     relaxng(&schema("hlfs-domain.rng"), &snap).unwrap();
     std::fs::write(&f, &snap).unwrap();
@@ -213,6 +220,29 @@ fn other_verbs_and_other_pools_go_to_stock_virsh() {
         .args(["-c", "test:///default", "pool-create"])
         .arg(&f));
     assert!(out.contains("Pool plain created"), "{out}");
+    // A name both have: libvirt's pool unless it is the publication of hlfsd's; hlfsd's by URI.
+    let env = TempDir::new("both");
+    let uri = format!("local://{}", env.path().join("default-pool").display());
+    let f = d.path().join("hp.xml");
+    std::fs::write(&f, format!("<pool type='hlfs'><name>{uri}</name></pool>")).unwrap();
+    run(h.virsh().arg("pool-create").arg(&f));
+    let v = d.path().join("v.xml");
+    std::fs::write(
+        &v,
+        "<volume><name>only-in-hlfs</name><capacity>1048576</capacity><target/></volume>",
+    )
+    .unwrap();
+    run(h.virsh().arg("vol-create").arg(&uri).arg(&v));
+    let out = run(h
+        .virsh()
+        .args(["-c", "test:///default", "vol-list", "default-pool"]));
+    assert!(!out.contains("only-in-hlfs"), "{out}");
+    let out = run(h
+        .virsh()
+        .args(["-c", "test:///default", "vol-list"])
+        .arg(&uri));
+    assert!(out.contains("only-in-hlfs"), "{out}");
+
     // vol-list of a pool hlfsd does not have.
     let out = run(h
         .virsh()

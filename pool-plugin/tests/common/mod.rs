@@ -269,11 +269,18 @@ pub struct Libvirtd {
 
 impl Libvirtd {
     pub fn start() -> Libvirtd {
+        Libvirtd::start_as("root")
+    }
+
+    /// As [`Libvirtd::start`], with QEMU run as `user` (and its group of the same name).
+    pub fn start_as(user: &str) -> Libvirtd {
         require_tool("virsh");
         let sandbox = TempDir::new("libvirt");
         let out = run(Command::new("bash")
             .arg(repo().join("scripts/libvirt/start-libvirtd.sh"))
-            .env("LIBVIRT_SANDBOX", sandbox.path()));
+            .env("LIBVIRT_SANDBOX", sandbox.path())
+            .env("QEMU_USER", user)
+            .env("QEMU_GROUP", user));
         assert!(out.contains("LIBVIRT_DEFAULT_URI"), "{out}");
         let uri = format!(
             "qemu:///system?socket={}/sock/libvirt-sock",
@@ -287,6 +294,17 @@ impl Libvirtd {
         let mut c = tool("virsh");
         c.arg("-q").arg("-c").arg(&self.uri);
         c
+    }
+
+    /// The gid of `group` inside libvirtd's mount namespace (its /etc is an overlay).
+    pub fn group_id(&self, group: &str) -> u32 {
+        let pid = std::fs::read_to_string(self.sandbox.path().join("libvirtd.pid")).unwrap();
+        let out =
+            run(tool("nsenter").args(["-t", pid.trim(), "-m", "--", "getent", "group", group]));
+        out.split(':')
+            .nth(2)
+            .and_then(|g| g.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no gid in {out:?}"))
     }
 
     pub fn stop(&self) {
