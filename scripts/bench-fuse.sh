@@ -2,7 +2,7 @@
 # FUSE view benchmark (issue #13): fio on a volume file of hlfsd's FUSE view (libaio, O_DIRECT)
 # against the same hlfsd's NBD export and against nbdkit's file plugin (fio's nbd engine), one
 # run, same disk. Needs root (the view mounts directly) or fusermount3.
-# Usage: scripts/bench-fuse.sh [--size 1G] [--runtime 15] [--dir DIR]
+# Usage: [HLFSD=path] scripts/bench-fuse.sh [--size 1G] [--runtime 15] [--dir DIR]
 # Prints a Markdown table (IOPS for 4K, MiB/s for 1M) with the FUSE / NBD ratios.
 set -euo pipefail
 SIZE=1G; RUNTIME=15; DIR=${BENCH_DIR:-/var/tmp/hlfs-bench-fuse}
@@ -18,8 +18,11 @@ for t in fio nbdkit python3; do
   command -v $t >/dev/null || { echo "bench-fuse: $t is not installed" >&2; exit 1; }
 done
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cargo build --release --bin hlfsd --manifest-path "$ROOT/Cargo.toml" >&2
-HLFSD=${CARGO_TARGET_DIR:-$ROOT/target}/release/hlfsd
+# HLFSD=path/to/hlfsd uses that binary instead of building one.
+if [ -z "${HLFSD:-}" ]; then
+  cargo build --release --bin hlfsd --manifest-path "$ROOT/Cargo.toml" >&2
+  HLFSD=${CARGO_TARGET_DIR:-$ROOT/target}/release/hlfsd
+fi
 SOCK=$DIR/nbd.sock
 MNT=$DIR/mnt
 # A view left mounted by an earlier run must go before anything is removed: rm -rf through a
