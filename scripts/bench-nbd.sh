@@ -70,7 +70,7 @@ nbdkit --foreground -U "$SOCK" file file="$DIR/disk.img" & PID=$!
 wait_sock "$SOCK"; run_fio nbdkit-file "nbd+unix:///?socket=$SOCK"; stop; rm -f "$DIR/disk.img"
 
 echo "hlfsd" >&2
-"$HLFSD" --data-dir "$DIR/hlfs-data" --runtime-dir "$DIR/hlfs-run" --nbd-socket "$SOCK" \
+"$HLFSD" --data-dir "$DIR/hlfs-data" --runtime-dir "$DIR/hlfs-run" --nbd-socket "$SOCK" --no-fuse \
   --create-volume "default/bench:$SIZE" >/dev/null 2>"$DIR/hlfsd.log" & PID=$!
 wait_sock "$SOCK"; run_fio hlfs "nbd+unix:///default/bench?socket=$SOCK"; stop
 

@@ -76,7 +76,7 @@ cleanup() {
 trap cleanup EXIT
 
 start_hlfsd() {
-  "$HLFSD" --data-dir "$DIR/data" --runtime-dir "$RUN" --config "$DIR/hlfsd.toml" \
+  "$HLFSD" --data-dir "$DIR/data" --runtime-dir "$RUN" --config "$DIR/hlfsd.toml" --no-fuse \
     >>"$DIR/logs/hlfsd.log" 2>&1 & PID=$!
   for _ in $(seq 400); do
     [ -S "$NBD" ] && [ -S "$DBUS" ] && hlfs pool list >/dev/null 2>&1 && return 0

@@ -188,6 +188,10 @@ fn libvirt_create_sequence_makes_a_volume_that_hlfs_and_nbd_see() {
     f.flush().unwrap();
     drop(f);
 
+    // Only the view makes 0-byte volumes (as files); the API still refuses size 0.
+    let e = err(&hlfs(&v.d, false, &["volume", "create", "default/z", "0"]));
+    assert!(e.contains("above zero"), "{e}");
+
     // Volumes created and deleted with hlfs appear and vanish (attributes live 1 s).
     ok(&hlfs(
         &v.d,

@@ -269,14 +269,8 @@ impl Volume {
         len: u64,
     ) -> Result<Vec<(u64, u64, bool)>> {
         let s = &self.snapshots.tree[&self.snap_id(name)?];
-        crate::volume::allocation_of(
-            &s.map,
-            u64::from(self.meta.block_size),
-            s.size,
-            offset,
-            len,
-            &self.loc,
-        )
+        let geo = (u64::from(self.meta.block_size), s.size, self.base_end());
+        crate::volume::allocation_of(&s.map, geo, offset, len, &self.loc)
     }
 
     // ------------------------------------------------- applied by the write path and replay

@@ -726,8 +726,19 @@ impl Volume {
     }
 
     /// Mapped and unmapped byte ranges covering `[offset, offset+len)` (for NBD block status).
+    /// In a clone, ranges it never wrote read its base: they count as mapped (up to the base's
+    /// size), so that copies driven by this map never skip base data.
     pub fn allocation(&self, offset: u64, len: u64) -> Result<Vec<(u64, u64, bool)>> {
-        allocation_of(&self.map, self.bs(), self.size, offset, len, &self.loc)
+        let geo = (self.bs(), self.size, self.base_end());
+        allocation_of(&self.map, geo, offset, len, &self.loc)
+    }
+
+    /// Where the data a clone reads from its base ends (0: not a clone, or flattened).
+    pub(crate) fn base_end(&self) -> u64 {
+        match self.origin.view.as_ref() {
+            Some(b) if self.has_base() => b.size,
+            _ => 0,
+        }
     }
 
     // ---------------------------------------------------------------- writes
@@ -1408,10 +1419,11 @@ impl Drop for Volume {
 }
 
 /// Mapped and unmapped byte ranges of `map` covering `[offset, offset+len)`.
+/// `(bs, size, base_end)`: block size, image size, and the end of what a clone's holes read
+/// from its base (0 for no base).
 pub(crate) fn allocation_of(
     map: &ExtentMap,
-    bs: u64,
-    size: u64,
+    (bs, size, base_end): (u64, u64, u64),
     offset: u64,
     len: u64,
     loc: &str,
@@ -1430,13 +1442,26 @@ pub(crate) fn allocation_of(
         return Ok(out);
     }
     let first = offset / bs;
-    for p in map.lookup(first, end.div_ceil(bs) - first) {
-        let s = (p.lba * bs).max(offset);
-        let e = ((p.lba + p.len) * bs).min(end);
-        let mapped = p.ext.is_some_and(|x| x.seg != crate::clone::ZERO_SEG);
+    let mut push = |s: u64, e: u64, mapped: bool| {
+        if s >= e {
+            return;
+        }
         match out.last_mut() {
             Some(last) if last.2 == mapped && last.0 + last.1 == s => last.1 += e - s,
             _ => out.push((s, e - s, mapped)),
+        }
+    };
+    for p in map.lookup(first, end.div_ceil(bs) - first) {
+        let s = (p.lba * bs).max(offset);
+        let e = ((p.lba + p.len) * bs).min(end);
+        match p.ext {
+            // A clone's hole reads the base, up to the base's end.
+            None => {
+                let cut = base_end.clamp(s, e);
+                push(s, cut, true);
+                push(cut, e, false);
+            }
+            Some(x) => push(s, e, x.seg != crate::clone::ZERO_SEG),
         }
     }
     Ok(out)

@@ -212,3 +212,42 @@ fn clone_model_regression_three_clone_writes() {
         (920810526320716525, 32),
     ]);
 }
+
+/// A clone's unwritten ranges read its base: the allocation map (NBD BLOCK_STATUS, SEEK_DATA
+/// on the FUSE view) must not call them holes, or qemu-img convert and cp --sparse would copy
+/// zeros instead of the base's data.
+#[test]
+fn a_clone_reports_base_data_as_data() {
+    let pool = tempfile::tempdir().expect("tempdir");
+    let mut base = common::create(&pool.path().join("base"), 1 << 20, 64 * 1024, 1 << 30);
+    base.write(0, &[1u8; 65536]).expect("write");
+    base.snapshot_create("gold", true).expect("snap");
+    let mut c = clone_of(&mut base, "gold", &pool.path().join("clone"));
+    let data = |ranges: Vec<(u64, u64, bool)>| -> Vec<(u64, u64)> {
+        ranges
+            .into_iter()
+            .filter(|r| r.2)
+            .map(|r| (r.0, r.0 + r.1))
+            .collect()
+    };
+    let head = data(c.allocation(0, 1 << 20).expect("allocation"));
+    assert!(
+        head.iter().any(|(s, e)| *s == 0 && *e >= 65536),
+        "base data reported as a hole: {head:?}"
+    );
+    // Trimmed ranges of a clone read zeros: those are holes.
+    c.trim(0, 4096).expect("trim");
+    let head = data(c.allocation(0, 1 << 20).expect("allocation"));
+    assert!(head.iter().all(|(s, _)| *s >= 4096), "{head:?}");
+    c.snapshot_create("s", false)
+        .expect("snapshot of the clone");
+    let snap = data(c.snapshot_allocation("s", 0, 1 << 20).expect("allocation"));
+    assert!(
+        snap.iter().any(|(s, e)| *s <= 4096 && *e >= 65536),
+        "{snap:?}"
+    );
+    // Past the base's end a clone has nothing to read from it.
+    c.resize(2 << 20).expect("grow");
+    let tail = data(c.allocation(1 << 20, 1 << 20).expect("allocation"));
+    assert!(tail.is_empty(), "{tail:?}");
+}

@@ -278,7 +278,14 @@ mod tests {
             p.create_volume("../evil", &sz(1 << 20), &o),
             Err(Error::InvalidName { .. })
         ));
-        assert!(p.create_volume("zero", &sz(0), &o).is_err());
+        // A 0-byte volume is what the FUSE view's open(O_CREAT) makes (the API refuses size 0
+        // in the service): it holds no bytes and grows by resize.
+        let mut z = p.create_volume("zero", &sz(0), &o).unwrap().volume;
+        assert_eq!(z.size(), 0);
+        z.resize(8192).unwrap();
+        z.write(4096, &[3u8; 4096]).unwrap();
+        z.close().unwrap();
+        p.delete_volume("zero").unwrap();
         assert!(!p.has_volume("zero").unwrap());
         assert_eq!(p.list_volumes().unwrap(), vec!["vol".to_string()]);
         assert!(matches!(p.delete_volume("vol"), Err(Error::Busy(_))));

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# FUSE view benchmark (issue #13): fio on a volume file of hlfsd's FUSE view (libaio, O_DIRECT)
+# against the same hlfsd's NBD export and against nbdkit's file plugin (fio's nbd engine), one
+# run, same disk. Needs root (the view mounts directly) or fusermount3.
+# Usage: [HLFSD=path] scripts/bench-fuse.sh [--size 1G] [--runtime 15] [--dir DIR]
+# Prints a Markdown table (IOPS for 4K, MiB/s for 1M) with the FUSE / NBD ratios.
+set -euo pipefail
+SIZE=1G; RUNTIME=15; DIR=${BENCH_DIR:-/var/tmp/hlfs-bench-fuse}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --size) SIZE=$2; shift 2;;
+    --runtime) RUNTIME=$2; shift 2;;
+    --dir) DIR=$2; shift 2;;
+    *) echo "unknown option $1" >&2; exit 2;;
+  esac
+done
+for t in fio nbdkit python3; do
+  command -v $t >/dev/null || { echo "bench-fuse: $t is not installed" >&2; exit 1; }
+done
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# HLFSD=path/to/hlfsd uses that binary instead of building one.
+if [ -z "${HLFSD:-}" ]; then
+  cargo build --release --bin hlfsd --manifest-path "$ROOT/Cargo.toml" >&2
+  HLFSD=${CARGO_TARGET_DIR:-$ROOT/target}/release/hlfsd
+fi
+SOCK=$DIR/nbd.sock
+MNT=$DIR/mnt
+# A view left mounted by an earlier run must go before anything is removed: rm -rf through a
+# live view would delete its volumes.
+umount -l "$MNT" 2>/dev/null || true
+if grep -q " $MNT " /proc/self/mountinfo; then echo "bench-fuse: $MNT is still mounted" >&2; exit 1; fi
+rm -rf "$DIR"; mkdir -p "$DIR"
+PID=
+stop() {
+  if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; PID=; fi
+  rm -f "$SOCK"
+}
+trap stop EXIT
+wait_sock() { for _ in $(seq 400); do [ -S "$1" ] && return 0; sleep 0.05; done; echo "no socket $1" >&2; exit 1; }
+
+# name|fio-args (direct I/O; the sequential writes lay the data down for the reads)
+TESTS=(
+  "seqwrite1M|--rw=write --bs=1M --iodepth=8"
+  "seqread1M|--rw=read --bs=1M --iodepth=8"
+  "randwrite4K|--rw=randwrite --bs=4k --iodepth=32 --time_based --runtime=$RUNTIME"
+  "randread4K|--rw=randread --bs=4k --iodepth=32 --time_based --runtime=$RUNTIME"
+)
+RESULTS=$DIR/results.txt; : > "$RESULTS"
+run_fio() { # label, fio target arguments...
+  local label=$1; shift
+  for t in "${TESTS[@]}"; do
+    local name=${t%%|*} args=${t#*|}
+    # shellcheck disable=SC2086
+    fio --name="$name" "$@" --size="$SIZE" --direct=1 $args \
+        --output-format=json --output="$DIR/$label-$name.json" >/dev/null
+    python3 - "$DIR/$label-$name.json" "$label" "$name" >> "$RESULTS" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))["jobs"][0]
+ddir = "read" if j["read"]["io_bytes"] > 0 else "write"
+d = j[ddir]
+v = d["bw_bytes"] / 2**20 if "1M" in sys.argv[3] else d["iops"]
+print(sys.argv[2], sys.argv[3], round(v, 1))
+PY
+    echo "  $label $name: $(tail -1 "$RESULTS" | cut -d' ' -f3)" >&2
+  done
+}
+
+echo "nbdkit file" >&2
+truncate -s "$SIZE" "$DIR/disk.img"
+nbdkit --foreground -U "$SOCK" file file="$DIR/disk.img" & PID=$!
+wait_sock "$SOCK"; run_fio nbdkit-file --ioengine=nbd --uri="nbd+unix:///?socket=$SOCK"
+stop; rm -f "$DIR/disk.img"
+
+echo "hlfsd: NBD export, then the FUSE view of the same daemon" >&2
+"$HLFSD" --data-dir "$DIR/hlfs-data" --runtime-dir "$DIR/hlfs-run" --nbd-socket "$SOCK" \
+  --fuse-mount "$MNT" --create-volume "default/nbd:$SIZE" --create-volume "default/fuse:$SIZE" \
+  >/dev/null 2>"$DIR/hlfsd.log" & PID=$!
+wait_sock "$SOCK"
+run_fio hlfs-nbd --ioengine=nbd --uri="nbd+unix:///default/nbd?socket=$SOCK"
+run_fio hlfs-fuse --ioengine=libaio --filename="$MNT/pools/default/fuse"
+stop
+
+python3 - "$RESULTS" <<'PY'
+import sys
+rows = {}
+for line in open(sys.argv[1]):
+    s, t, v = line.split()
+    rows.setdefault(t, {})[s] = float(v)
+servers = ["nbdkit-file", "hlfs-nbd", "hlfs-fuse"]
+print("| test | " + " | ".join(servers) + " | FUSE / hlfs NBD |")
+print("|---" * (len(servers) + 2) + "|")
+for t, r in rows.items():
+    unit = "MiB/s" if "1M" in t else "IOPS"
+    print(f"| {t} ({unit}) | " + " | ".join(f"{r[s]:.0f}" for s in servers)
+          + f" | {r['hlfs-fuse']/r['hlfs-nbd']:.2f}x |")
+PY
