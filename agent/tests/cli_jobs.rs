@@ -1,4 +1,5 @@
-//! Ctrl-C in `hlfs import`: the CLI cancels the job in hlfsd, waits for it to end and exits
+//! Following jobs in `hlfs`. Ctrl-C in `hlfs import`: the CLI cancels the job in hlfsd, waits
+//! for it to end and exits
 //! 130; the cancelled import has removed its volume by the time the job is seen to end.
 
 mod common;
@@ -96,4 +97,53 @@ fn sigint_during_an_import_cancels_it_and_leaves_no_volume() {
             "the volume's directory is left"
         );
     }
+}
+
+/// On a terminal (a pty made by script(1)) `hlfs import` draws a progress bar of bytes, rate and
+/// ETA on stderr, fed by the job's PropertiesChanged signals; `--no-progress` and `--json`
+/// draw none, and neither is drawn when stderr is not a terminal.
+#[test]
+fn a_progress_bar_on_a_terminal_only() {
+    let script = common::require_tool("script");
+    let d = Daemon::start("cli-progress", &[]);
+    let src = d.dir.path().join("mid.raw");
+    big_image(&src, 256);
+    let typescript = d.dir.path().join("typescript");
+    let on_pty = |name: &str, flags: &str| -> String {
+        let cmd = format!(
+            "{} {flags} import {} {name}",
+            hlfs_exe(),
+            src.to_str().unwrap()
+        );
+        let o = Command::new(&script)
+            .args(["-qfec", &cmd])
+            .arg(&typescript)
+            .env("HLFS_SOCKET", d.dbus_socket())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = std::fs::read_to_string(&typescript).unwrap_or_default();
+        assert!(o.status.success(), "{text}");
+        text
+    };
+    let text = on_pty("p1", "");
+    assert!(
+        text.contains("/256.00 MiB") && text.contains("MiB/s") && text.contains("ETA"),
+        "no progress bar: {text}"
+    );
+    assert!(text.contains("-> default/p1: done"), "{text}");
+    for (name, flags) in [("p2", "--no-progress"), ("p3", "--json")] {
+        let text = on_pty(name, flags);
+        assert!(
+            !text.contains("MiB/s") && !text.contains("ETA"),
+            "{flags}: {text}"
+        );
+    }
+    // Not a terminal: no bar, only the result.
+    let o = hlfs(&d, false, &["import", src.to_str().unwrap(), "p4"]);
+    assert!(
+        o.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
