@@ -1,6 +1,6 @@
 //! Following jobs in `hlfs`. Ctrl-C in `hlfs import`: the CLI cancels the job in hlfsd, waits
-//! for it to end and exits
-//! 130; the cancelled import has removed its volume by the time the job is seen to end.
+//! for it to end and exits 130; the cancelled import has removed its volume by the time the job
+//! is seen to end. The progress bar: on a terminal only.
 
 mod common;
 
