@@ -147,3 +147,42 @@ fn a_progress_bar_on_a_terminal_only() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// hlfsd killed while `hlfs` follows its job: no signal will come, and `hlfs` does not wait
+/// forever; it fails within seconds with `Unavailable`.
+#[test]
+fn hlfsd_dying_under_a_followed_job_ends_the_cli_with_unavailable() {
+    let mut d = Daemon::start("cli-daemon-dies", &[]);
+    let src = d.dir.path().join("big.raw");
+    big_image(&src, 768);
+    let mut child = Command::new(hlfs_exe())
+        .args(["import", src.to_str().unwrap(), "big"])
+        .env("HLFS_SOCKET", d.dbus_socket())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while running_import(&d).is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "no import job ran");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    d.kill9();
+    let t1 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t1.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("hlfs still follows the job of a dead hlfsd");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let o = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.trim_end().ends_with("[org.hlfs.Error.Unavailable]"),
+        "{stderr}"
+    );
+    assert!(t1.elapsed() < Duration::from_secs(15), "{:?}", t1.elapsed());
+}

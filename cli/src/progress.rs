@@ -86,6 +86,17 @@ pub async fn follow(
     let mut signals_gone = false;
     // The first value is where the job already is: no rate to learn from that jump.
     let mut first = true;
+    // Signals say nothing when hlfsd dies: a ping every few seconds tells.
+    let peer = zbus::fdo::PeerProxy::builder(c.conn())
+        .destination(hlfs_client::paths::SERVICE)
+        .map_err(e)?
+        .path(hlfs_client::paths::ROOT)
+        .map_err(e)?
+        .build()
+        .await
+        .map_err(e)?;
+    let mut alive = tokio::time::interval(std::time::Duration::from_secs(3));
+    alive.tick().await;
     loop {
         let presses = *interrupt.borrow();
         if presses >= 2 {
@@ -122,11 +133,13 @@ pub async fn follow(
                 // Err: no more signals can come; follow to the end.
                 signals_gone = r.is_err();
             }
-            else => {
-                return Err(HlfsError::Unavailable(format!(
-                    "hlfsd closed the connection while job {id} ({what}) ran"
-                ))
-                .into())
+            _ = alive.tick() => {
+                if let Err(err) = peer.ping().await {
+                    return Err(HlfsError::Unavailable(format!(
+                        "hlfsd stopped answering while job {id} ({what}) ran: {err}"
+                    ))
+                    .into());
+                }
             }
         }
     }
