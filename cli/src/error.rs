@@ -37,8 +37,15 @@ impl CliError {
 }
 
 impl From<HlfsError> for CliError {
+    /// A connection lost midway (hlfsd died or restarted) is `Unavailable`, as one that could
+    /// not be made, not a generic D-Bus failure.
     fn from(e: HlfsError) -> Self {
-        CliError::Api(e)
+        CliError::Api(match e {
+            HlfsError::ZBus(zbus::Error::InputOutput(io)) => {
+                HlfsError::Unavailable(format!("lost the connection to hlfsd: {io}"))
+            }
+            e => e,
+        })
     }
 }
 

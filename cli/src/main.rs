@@ -126,12 +126,12 @@ fn starts_job(cmd: &Cmd) -> bool {
 
 async fn main_async(cli: Cli) -> Result<Box<dyn Report>> {
     // SIGINT is caught from the start: a job started while it arrives is cancelled at once.
-    let (tx, rx) = watch::channel(false);
+    let (tx, rx) = watch::channel(0u32);
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(|e| hlfs_client::HlfsError::Io(format!("cannot catch SIGINT: {e}")))?;
     tokio::spawn(async move {
         while sigint.recv().await.is_some() {
-            tx.send_replace(true);
+            tx.send_modify(|n| *n += 1);
         }
     });
     let follow = progress::Follow {
@@ -144,7 +144,7 @@ async fn main_async(cli: Cli) -> Result<Box<dyn Report>> {
     let mut rx = rx;
     tokio::select! {
         r = run(&cli, &follow) => r,
-        _ = rx.wait_for(|&i| i) => Err(CliError::Interrupted("interrupted".into())),
+        _ = rx.wait_for(|&n| n > 0) => Err(CliError::Interrupted("interrupted".into())),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Following a job to its end: driven by the Job1 PropertiesChanged signals (no polling), drawn
 //! as an indicatif bar (bytes, rate, ETA) on a terminal; Ctrl-C cancels the job in hlfsd and
-//! waits until it has ended (a cancelled import has then removed its volume).
+//! waits until it has ended (a cancelled import has then removed its volume); a second Ctrl-C
+//! leaves without waiting.
 
 use crate::ctx::Ctx;
 use crate::error::{CliError, Result};
@@ -17,8 +18,8 @@ use zbus::zvariant::OwnedObjectPath;
 pub struct Follow {
     /// Draw a progress bar on stderr.
     pub bar: bool,
-    /// Becomes true at Ctrl-C.
-    pub interrupt: watch::Receiver<bool>,
+    /// How many times Ctrl-C was pressed.
+    pub interrupt: watch::Receiver<u32>,
 }
 
 /// A job that ended as it should (`state` is `done`).
@@ -82,10 +83,32 @@ pub async fn follow(
     let len = bar.as_ref().and_then(ProgressBar::length).unwrap_or(0);
     let mut interrupt = f.interrupt.clone();
     let mut cancelled = false;
+    let mut signals_gone = false;
     // The first value is where the job already is: no rate to learn from that jump.
     let mut first = true;
+    // Signals say nothing when hlfsd dies: a ping every few seconds tells.
+    let peer = zbus::fdo::PeerProxy::builder(c.conn())
+        .destination(hlfs_client::paths::SERVICE)
+        .map_err(e)?
+        .path(hlfs_client::paths::ROOT)
+        .map_err(e)?
+        .build()
+        .await
+        .map_err(e)?;
+    let mut alive = tokio::time::interval(std::time::Duration::from_secs(3));
+    alive.tick().await;
     loop {
-        if !cancelled && *interrupt.borrow() {
+        let presses = *interrupt.borrow();
+        if presses >= 2 {
+            // A second Ctrl-C: leave without waiting (hlfsd goes on cancelling).
+            if let Some(b) = &bar {
+                b.abandon();
+            }
+            return Err(CliError::Interrupted(format!(
+                "interrupted again: left while job {id} ({what}) was being cancelled"
+            )));
+        }
+        if !cancelled && presses >= 1 {
             cancelled = true;
             if let Some(b) = &bar {
                 b.set_message(format!("{what} (cancelling)"));
@@ -106,17 +129,17 @@ pub async fn follow(
                 }
             }
             Some(_) = states.next() => {}
-            r = interrupt.changed(), if !cancelled => {
-                if r.is_err() {
-                    // No more signals can come; follow to the end.
-                    cancelled = true;
-                }
+            r = interrupt.changed(), if !signals_gone => {
+                // Err: no more signals can come; follow to the end.
+                signals_gone = r.is_err();
             }
-            else => {
-                return Err(HlfsError::Unavailable(format!(
-                    "hlfsd closed the connection while job {id} ({what}) ran"
-                ))
-                .into())
+            _ = alive.tick() => {
+                if let Err(err) = peer.ping().await {
+                    return Err(HlfsError::Unavailable(format!(
+                        "hlfsd stopped answering while job {id} ({what}) ran: {err}"
+                    ))
+                    .into());
+                }
             }
         }
     }
@@ -133,7 +156,7 @@ pub async fn follow(
             state,
             what,
         }),
-        "cancelled" if cancelled && *interrupt.borrow() => Err(CliError::Interrupted(format!(
+        "cancelled" if cancelled => Err(CliError::Interrupted(format!(
             "interrupted: cancelled job {id} ({what}){}",
             if kind == "import" {
                 "; the import left no volume"
