@@ -41,6 +41,12 @@ impl CallerFile {
         format!("/proc/self/fd/{}", self.fd.as_raw_fd())
     }
 
+    /// `msg` (a child's message) with [`CallerFile::proc_path`] replaced by the caller's path:
+    /// users see the image they named, not the daemon's descriptor.
+    pub fn describe(&self, msg: &str) -> String {
+        msg.replace(&self.proc_path(), &self.path)
+    }
+
     /// The raw descriptor, for [`clear_cloexec`] in a child before exec.
     pub fn raw_fd(&self) -> i32 {
         self.fd.as_raw_fd()

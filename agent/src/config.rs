@@ -832,11 +832,14 @@ mod packaged_config_tests {
         assert_eq!(format!("{as_shipped:?}"), format!("{empty:?}").replace(
             "cleaner: None, hdfs: None, limits: None",
             "cleaner: Some(CleanerSection { enabled: None, space_overhead: None, max_live_ratio: None, max_segments_per_pass: None, background: None, rate: None, reclaimable_ratio: None, interval_ms: None, step: None }), hdfs: Some(HdfsSection { journal_size: None, connect_timeout: None, op_timeout: None }), limits: Some(LimitsSection { nbd_connections: None, nbd_connections_per_peer: None, nbd_root_reserve: None, nbd_in_flight: None, nbd_in_flight_per_peer: None, nbd_in_flight_root_reserve: None, nbd_idle_timeout: None, dbus_connections: None, dbus_connections_per_uid: None, dbus_root_reserve: None, dbus_idle_timeout: None, dbus_auth_timeout: None, open_segment_files: None })",
-        ));
+        ).replace("fuse: None", "fuse: Some(FuseSection { mountpoint: None, enabled: None })"));
         let all = ConfigFile::parse(&uncommented(true), Path::new("hlfsd.toml"))
             .expect("uncommented, it parses");
-        // The one setting whose default is "off" is shown as an example: `# tcp = ...`.
-        let shown = format!("{all:?}").replace("tcp: None", "tcp: example");
+        // Two settings are shown as examples (`# tcp = ...`, `# mountpoint = ...`): NBD over TCP
+        // is off by default, and naming a FUSE mount point makes a failed mount fatal.
+        let shown = format!("{all:?}")
+            .replace("tcp: None", "tcp: example")
+            .replace("mountpoint: None", "mountpoint: example");
         assert!(
             !shown.contains("None"),
             "a setting is missing from packaging/etc/hlfsd.toml: {shown}"

@@ -227,7 +227,10 @@ impl Job {
             tool: "qemu-img",
             why: e.to_string(),
         })?;
-        let err = err_task.await.unwrap_or_default();
+        let mut err = err_task.await.unwrap_or_default();
+        if let Some(f) = file {
+            err = f.describe(&err);
+        }
         if status.success() {
             Ok(JobState::Done)
         } else {
@@ -276,7 +279,7 @@ pub async fn image_size(file: &CallerFile, format: Option<&str>) -> Result<u64> 
             why: format!("cannot start (is qemu-utils installed?): {e}"),
         })?;
     if !out.status.success() {
-        let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        let msg = file.describe(String::from_utf8_lossy(&out.stderr).trim());
         if msg.contains("No such file") {
             return Err(Error::NotFound(format!("image {path}")));
         }

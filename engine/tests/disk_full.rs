@@ -243,10 +243,11 @@ fn enospc_then_grow(seed: u64) -> bool {
             Err(e) => assert!(e.is_no_space(), "write on a full disk: not 'no space': {e}"),
         }
     }
-    let e = v
-        .flush()
-        .expect_err("a flush on a full disk cannot succeed");
-    assert!(e.is_no_space(), "flush on a full disk: not 'no space': {e}");
+    // A flush fails with "no space", or succeeds when what those writes left buffered still fit
+    // (compressible data, a segment's tail): which one depends on the seed and the compressor.
+    if let Err(e) = v.flush() {
+        assert!(e.is_no_space(), "flush on a full disk: not 'no space': {e}");
+    }
     assert!(
         read_all(&mut v) == model,
         "seed {seed}: reads on a full disk do not serve every acknowledged write"

@@ -115,6 +115,9 @@ impl Hlfsd {
             .arg(self.dir.path().join("data"))
             .arg("--runtime-dir")
             .arg(self.dir.path().join("run"))
+            // Publication is tested on a directory standing in for the FUSE view (--mountpoint);
+            // hlfsd's own view would be published too.
+            .arg("--no-fuse")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
