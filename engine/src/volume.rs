@@ -518,8 +518,9 @@ impl Volume {
 
     /// Serves the longest run at the start of `pieces` of whole, uncompressed units back to back
     /// in one sealed segment, each wanted whole, with one vectored read: the unit headers land
-    /// aside, the data straight in `buf`, and is verified there (no copy). Returns the pieces
-    /// served; 0 if the run is shorter than two units (the general path serves it).
+    /// aside, the data straight in `buf`, and is verified there (no copy, no allocation of the
+    /// unit, no read-cache churn). Returns the pieces served; 0 if there is no such unit or it
+    /// is a single cached one (the general path serves it).
     fn read_direct(
         &self,
         pieces: &[crate::extent_map::Piece],
@@ -551,13 +552,15 @@ impl Volume {
             next = Some((x.seg, x.off + UNIT_HEADER_LEN as u32 + x.stored));
             n += 1;
         }
-        if n < 2 {
+        let Some(first) = pieces.first().and_then(|p| p.ext) else {
+            return Ok(0);
+        };
+        // A lone unit goes direct too (what a sequential read of randomly written data is made
+        // of), unless it is cached: a copy from memory beats a read.
+        if n == 0 || (n == 1 && self.cache().peek((first.seg, first.off))) {
             return Ok(0);
         }
         let run = &pieces[..n];
-        let first = run[0]
-            .ext
-            .ok_or_else(|| Error::Invalid("no extent".into()))?;
         let mut hdrs = vec![0u8; UNIT_HEADER_LEN * n];
         let start = (run[0].lba * bs - offset) as usize;
         let len = (run.iter().map(|p| p.len).sum::<u64>() * bs) as usize;
