@@ -562,27 +562,45 @@ impl ReplicatedBlockWriter {
 
         let old_block = std::mem::replace(&mut self.block, new_block);
 
-        let updated_block = self
-            .protocol
-            .update_block_for_pipeline(self.block.b.clone())
-            .await?;
-
-        // self.block.b.generation_stamp = updated_block.block.b.generation_stamp;
-        self.block.block_token = updated_block.block.block_token;
-
-        let pipeline = Self::setup_pipeline(
-            &self.protocol,
-            &self.block,
-            &self.server_defaults,
-            Some(updated_block.block.b.generation_stamp),
-            Some(bytes_acked),
-            &self.config,
-            &self.handle,
-        )
-        .await
-        .map_err(|(_, e)| e)?;
-
-        self.block.b.generation_stamp = updated_block.block.b.generation_stamp;
+        // HLFS patch: the node blamed for a failure is a guess (a lost ack blames the first);
+        // a setup that fails at another DataNode drops that one too and tries again.
+        let pipeline = loop {
+            let updated_block = self
+                .protocol
+                .update_block_for_pipeline(self.block.b.clone())
+                .await?;
+            self.block.block_token = updated_block.block.block_token;
+            match Self::setup_pipeline(
+                &self.protocol,
+                &self.block,
+                &self.server_defaults,
+                Some(updated_block.block.b.generation_stamp),
+                Some(bytes_acked),
+                &self.config,
+                &self.handle,
+            )
+            .await
+            {
+                Ok(pipeline) => {
+                    self.block.b.generation_stamp = updated_block.block.b.generation_stamp;
+                    break pipeline;
+                }
+                Err((Some(bad), e)) if bad < self.block.locs.len() && self.block.locs.len() > 1 => {
+                    warn!(
+                        "Pipeline recovery of block {} failed at datanode {}: {}; going on without it",
+                        self.block.b.block_id, self.block.locs[bad].id.xfer_port, e
+                    );
+                    self.block.locs.remove(bad);
+                    if bad < self.block.storage_i_ds.len() {
+                        self.block.storage_i_ds.remove(bad);
+                    }
+                    if bad < self.block.storage_types.len() {
+                        self.block.storage_types.remove(bad);
+                    }
+                }
+                Err((_, e)) => return Err(e),
+            }
+        };
 
         for packet in packets_to_replay {
             pipeline.send_packet(packet).await.map_err(|_| {
