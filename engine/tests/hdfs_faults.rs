@@ -62,9 +62,8 @@ fn datanode_killed_does_not_stop_the_volume() {
     let url = volume_url(&base, "dnkill");
     let dir = tempfile::tempdir().expect("tempdir");
     let journal = dir.path().join("journal");
-    // hdfs-native does not exclude a dead DataNode from a new write pipeline, so uploads stall
-    // until the NameNode declares it dead (18 s with scripts/with-hdfs.sh): a journal with room
-    // for that lets the volume go on meanwhile.
+    // A journal with room for a long upload stall, should a pipeline still wait on the dead
+    // DataNode (datanode_lost_uploads_go_on_without_it checks that none does).
     let jopts = JournalOptions {
         max_bytes: 128 << 20,
         stall_timeout: Duration::from_secs(120),
