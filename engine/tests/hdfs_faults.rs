@@ -62,9 +62,8 @@ fn datanode_killed_does_not_stop_the_volume() {
     let url = volume_url(&base, "dnkill");
     let dir = tempfile::tempdir().expect("tempdir");
     let journal = dir.path().join("journal");
-    // hdfs-native does not exclude a dead DataNode from a new write pipeline, so uploads stall
-    // until the NameNode declares it dead (18 s with scripts/with-hdfs.sh): a journal with room
-    // for that lets the volume go on meanwhile.
+    // A journal with room for a long upload stall, should a pipeline still wait on the dead
+    // DataNode (datanode_lost_uploads_go_on_without_it checks that none does).
     let jopts = JournalOptions {
         max_bytes: 128 << 20,
         stall_timeout: Duration::from_secs(120),
@@ -217,4 +216,81 @@ fn namenode_down_for_long_gives_clear_errors() {
     let mut v = Volume::open(jb, &OpenOptions::default()).expect("reopen");
     assert!(read_all(&mut v) == flushed, "flushed data lost");
     v.close().expect("close");
+}
+
+/// Issue 15: a DataNode killed (and NOT declared dead: the NameNode's default detection takes
+/// 10.5 minutes, and it keeps placing new blocks on it) must not stop uploads. Writes go on
+/// without a long stall, the journal drains to HDFS with the DataNode still down (so every
+/// pipeline, old and new, went on without it), and the remote alone holds every flushed byte.
+#[test]
+fn datanode_lost_uploads_go_on_without_it() {
+    let Some(base) = hdfs_url("datanode_lost_uploads_go_on_without_it") else {
+        return;
+    };
+    let _g = exclusive();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let url = volume_url(&base, "dnlost");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = dir.path().join("journal");
+    let jb = journaled(&url, &journal);
+    let opts = CreateOptions {
+        size: SIZE,
+        segment_size: 1 << 20,
+        checkpoint_interval: 8 << 20,
+        ..Default::default()
+    };
+    let mut v = Volume::create(jb.clone(), &opts, &OpenOptions::default()).expect("create");
+    let mut model = vec![0u8; SIZE as usize];
+    let mut rng = Rng::new(15);
+    write_some(&mut v, &mut model, &mut rng, 300);
+    jb.drain(Duration::from_secs(60))
+        .expect("drain before the kill");
+    let down = kill_node("datanode0");
+    let t0 = Instant::now();
+    let mut longest = Duration::ZERO;
+    for i in 0..1500 {
+        let len = 4096 * (1 + rng.below(16)) as usize;
+        let off = rng.below(SIZE - len as u64) / 4096 * 4096;
+        let mut d = vec![0u8; len];
+        rng.fill(&mut d);
+        let t = Instant::now();
+        v.write(off, &d).expect("write with a DataNode down");
+        if i % 16 == 15 {
+            v.flush().expect("flush with a DataNode down");
+        }
+        if t.elapsed() > Duration::from_secs(1) {
+            eprintln!(
+                "{:?} after the kill: operation {i} took {:?}",
+                t0.elapsed(),
+                t.elapsed()
+            );
+        }
+        longest = longest.max(t.elapsed());
+        model[off as usize..off as usize + len].copy_from_slice(&d);
+    }
+    v.flush().expect("flush");
+    eprintln!(
+        "wrote 1500 blocks with a DataNode down in {:?}; longest write or flush {:?}",
+        t0.elapsed(),
+        longest
+    );
+    // Everything reaches HDFS while the DataNode is still down (and, with the NameNode's
+    // default dead-node detection, still counted live): no pipeline waits for it.
+    let t1 = Instant::now();
+    jb.drain(Duration::from_secs(20))
+        .expect("journal drains to HDFS with a DataNode down");
+    eprintln!("journal drained in {:?} with a DataNode down", t1.elapsed());
+    assert_eq!(jb.journal_bytes(), 0, "journal released");
+    assert!(
+        longest <= Duration::from_secs(2),
+        "a write or flush stalled {longest:?} after the DataNode kill"
+    );
+    v.close().expect("close");
+    drop(jb);
+    // The remote alone (no journal) holds every flushed byte, still without the DataNode.
+    check_remote(&url, &model);
+    down.restart();
 }
