@@ -152,26 +152,8 @@ pub struct PoolInfo {
     pub volumes: Vec<String>,
 }
 
-/// A volume as clients see it.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct VolumeInfo {
-    pub pool: String,
-    pub name: String,
-    pub size: u64,
-    pub allocated: u64,
-    /// Bytes of the volume's log (all segments).
-    pub physical: u64,
-    /// Bytes of log the cleaner could give back (data nothing references any more).
-    pub reclaimable: u64,
-    pub compression: bool,
-    pub block_size: u32,
-    /// `pool/volume%snapshot` this volume is a clone of; empty if none.
-    pub base: String,
-    pub segments: u64,
-    pub live_ratio: f64,
-    /// NBD export name.
-    pub export: String,
-}
+/// A volume as clients see it: the client crate's type, which hlfsd fills.
+pub use hlfs_client::VolumeInfo;
 
 /// A snapshot as clients see it.
 #[derive(Debug, Clone, Default, PartialEq)]

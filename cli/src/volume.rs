@@ -6,8 +6,7 @@ use crate::error::{CliError, Result};
 use crate::progress::{self, Follow};
 use crate::render::{fields, human_size, or_none, table, Col, Human, Report};
 use hlfs_client::names::{check_name, parse_size};
-use hlfs_client::proxy::Volume1Proxy;
-use hlfs_client::HlfsError;
+use hlfs_client::{HlfsError, VolumeInfo};
 use serde::Serialize;
 use std::collections::HashMap;
 use zbus::zvariant::Value;
@@ -164,45 +163,6 @@ impl Human for Cloned {
     }
 }
 
-/// Every property of a volume (`volume info`, and a row of `volume list`).
-#[derive(Serialize)]
-pub struct VolumeInfo {
-    pub pool: String,
-    pub name: String,
-    pub size: u64,
-    pub allocated: u64,
-    pub physical: u64,
-    pub reclaimable: u64,
-    pub compression: bool,
-    pub block_size: u32,
-    pub base: String,
-    pub segments: u64,
-    pub live_ratio: f64,
-    pub export: String,
-}
-
-impl VolumeInfo {
-    /// From a cached proxy (one GetAll). A damaged volume's properties are missing from it;
-    /// the read of `Size` then asks again and brings hlfsd's reason.
-    pub async fn read(v: &Volume1Proxy<'_>) -> Result<VolumeInfo> {
-        let e = HlfsError::from;
-        Ok(VolumeInfo {
-            size: v.size().await.map_err(e)?,
-            pool: v.pool().await.map_err(e)?,
-            name: v.name().await.map_err(e)?,
-            allocated: v.allocated().await.map_err(e)?,
-            physical: v.physical().await.map_err(e)?,
-            reclaimable: v.reclaimable().await.map_err(e)?,
-            compression: v.compression().await.map_err(e)?,
-            block_size: v.block_size().await.map_err(e)?,
-            base: v.base().await.map_err(e)?,
-            segments: v.segments().await.map_err(e)?,
-            live_ratio: v.live_ratio().await.map_err(e)?,
-            export: v.export_name().await.map_err(e)?,
-        })
-    }
-}
-
 fn compression(on: bool) -> &'static str {
     if on {
         "lz4"
@@ -320,7 +280,7 @@ async fn list(c: &Ctx, pool: Option<&str>) -> Result<VolumeList> {
             .await?;
         for (name, path) in vols {
             let read = match c.volume_at(&path, true).await {
-                Ok(v) => VolumeInfo::read(&v).await,
+                Ok(v) => VolumeInfo::read(&v).await.map_err(CliError::from),
                 Err(e) => Err(e),
             };
             rows.push(match read {

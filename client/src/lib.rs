@@ -6,10 +6,12 @@
 //! pool plugin) links only zbus. hlfsd uses the same paths, names and errors.
 
 pub mod error;
+pub mod info;
 pub mod names;
 pub mod paths;
 pub mod proxy;
 pub mod socket;
 
 pub use error::{ErrorKind, HlfsError, Result};
+pub use info::VolumeInfo;
 pub use names::{Location, PoolRef};
