@@ -40,29 +40,12 @@ fn disk_full_while_cleaning_loses_nothing_flushed() {
 
 /// One run; false if it could not mount.
 fn disk_full_run(seed: u64) -> bool {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let fs = tmp.path().join("fs");
-    std::fs::create_dir(&fs).expect("mkdir");
-    let Some(_mounted) = mount_tmpfs(&fs, "2m") else {
-        eprintln!("disk_full: skipped, cannot mount a tmpfs here (needs root)");
+    let Some((_tmp, fs, _mounted)) = small_fs("2m") else {
         return false;
     };
     let dir = fs.join("vol");
     let size = 4u64 << 20;
-    let opts = CreateOptions {
-        size,
-        segment_size: 64 * 1024,
-        checkpoint_interval: 256 * 1024,
-        ..Default::default()
-    };
-    let backend = Arc::new(LocalBackend::new(&dir).expect("backend"));
-    let mut v = Volume::create(backend, &opts, &OpenOptions::default()).expect("create");
-    // Cleaning starts at 1.2 MiB of log, on a 2 MiB disk.
-    v.set_clean_policy(Some(CleanPolicy {
-        max_live_ratio: 0.95,
-        max_segments: 3,
-        space_budget: 1200 * 1024,
-    }));
+    let mut v = cleaned_volume(&dir, size);
     let mut rng = Rng::new(seed);
     let mut model = vec![0u8; size as usize];
     let mut images = vec![common::hash(&model)];
@@ -161,6 +144,25 @@ fn fill_up(fs: &Path) -> PathBuf {
     path
 }
 
+/// A volume of `size` bytes in `dir` with 64 KiB segments whose cleaner starts at 1.2 MiB of
+/// log: on a 2 MiB disk, the disk fills while the cleaner still has work.
+fn cleaned_volume(dir: &Path, size: u64) -> Volume {
+    let opts = CreateOptions {
+        size,
+        segment_size: 64 * 1024,
+        checkpoint_interval: 256 * 1024,
+        ..Default::default()
+    };
+    let backend = Arc::new(LocalBackend::new(dir).expect("backend"));
+    let mut v = Volume::create(backend, &opts, &OpenOptions::default()).expect("create");
+    v.set_clean_policy(Some(CleanPolicy {
+        max_live_ratio: 0.95,
+        max_segments: 3,
+        space_budget: 1200 * 1024,
+    }));
+    v
+}
+
 /// The mounted tmpfs and a directory inside it; None (test skipped) without the right to mount.
 fn small_fs(size: &str) -> Option<(tempfile::TempDir, PathBuf, Mounted)> {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -192,19 +194,7 @@ fn enospc_then_grow(seed: u64) -> bool {
     };
     let dir = fs.join("vol");
     let size = 4u64 << 20;
-    let opts = CreateOptions {
-        size,
-        segment_size: 64 * 1024,
-        checkpoint_interval: 256 * 1024,
-        ..Default::default()
-    };
-    let backend = Arc::new(LocalBackend::new(&dir).expect("backend"));
-    let mut v = Volume::create(backend, &opts, &OpenOptions::default()).expect("create");
-    v.set_clean_policy(Some(CleanPolicy {
-        max_live_ratio: 0.95,
-        max_segments: 3,
-        space_budget: 1200 * 1024,
-    }));
+    let mut v = cleaned_volume(&dir, size);
     let mut rng = Rng::new(seed);
     let mut model = vec![0u8; size as usize];
     let random_write = |rng: &mut Rng| {
