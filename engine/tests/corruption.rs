@@ -4,6 +4,7 @@
 mod common;
 
 use common::{open, Op, Rng};
+use hlfs_engine::Volume;
 use std::path::Path;
 
 fn copy_dir(src: &Path, dst: &Path) {
@@ -145,21 +146,12 @@ fn large_reads_verify_units_read_in_place() {
         // Inside the records, not the footer: a damaged footer only costs a slower replay.
         let (work, victim, at) = copy_with_a_flipped_bit(dir.path(), &segs, 0.75, &mut rng);
         let Ok(v) = open(work.path()) else { continue };
-        let mut bad = 0;
-        for (i, want) in model.chunks(chunk).enumerate() {
-            let mut buf = vec![0u8; chunk];
-            match v.read(i as u64 * chunk as u64, &mut buf) {
-                Ok(()) => assert!(
-                    buf == want,
-                    "trial {trial}: byte {at} of {victim} flipped: chunk {i} returned wrong data"
-                ),
-                Err(e) => {
-                    let msg = e.to_string();
-                    assert!(msg.contains("seg-"), "trial {trial}: {msg}");
-                    bad += 1;
-                }
-            }
-        }
+        let bad = failing_chunks(
+            &v,
+            &model,
+            chunk,
+            &format!("trial {trial}: byte {at} of {victim} flipped"),
+        );
         assert!(
             bad <= 2,
             "trial {trial}: {bad} chunks failed for one flipped byte"
@@ -216,21 +208,12 @@ fn sequential_reads_of_randomly_written_units_verify_each_unit() {
     for trial in 0..30 {
         let (work, victim, at) = copy_with_a_flipped_bit(dir.path(), &segs, 0.75, &mut rng);
         let Ok(v) = open(work.path()) else { continue };
-        let mut bad = 0;
-        for (i, want) in model.chunks(chunk).enumerate() {
-            let mut buf = vec![0u8; chunk];
-            match v.read((i * chunk) as u64, &mut buf) {
-                Ok(()) => assert!(
-                    buf == want,
-                    "trial {trial}: byte {at} of {victim} flipped: chunk {i} returned wrong data"
-                ),
-                Err(e) => {
-                    let msg = e.to_string();
-                    assert!(msg.contains("seg-"), "trial {trial}: {msg}");
-                    bad += 1;
-                }
-            }
-        }
+        let bad = failing_chunks(
+            &v,
+            &model,
+            chunk,
+            &format!("trial {trial}: byte {at} of {victim} flipped"),
+        );
         assert!(
             bad <= 1,
             "trial {trial}: {bad} chunks failed for one flipped byte"
@@ -241,4 +224,22 @@ fn sequential_reads_of_randomly_written_units_verify_each_unit() {
         failed > 0,
         "no trial damaged data: verification was not exercised"
     );
+}
+
+/// Reads `model` back chunk by chunk: a chunk either returns exactly its data or fails with
+/// an error naming the segment; returns how many failed. `what` says which damage was done.
+fn failing_chunks(v: &Volume, model: &[u8], chunk: usize, what: &str) -> usize {
+    let mut bad = 0;
+    for (i, want) in model.chunks(chunk).enumerate() {
+        let mut buf = vec![0u8; chunk];
+        match v.read((i * chunk) as u64, &mut buf) {
+            Ok(()) => assert!(buf == want, "{what}: chunk {i} returned wrong data"),
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(msg.contains("seg-"), "{what}: {msg}");
+                bad += 1;
+            }
+        }
+    }
+    bad
 }
