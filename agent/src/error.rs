@@ -100,8 +100,8 @@ impl Error {
     pub fn kind(&self) -> hlfs_client::ErrorKind {
         use hlfs_client::ErrorKind as K;
         match self {
-            Error::Io { source, .. } => engine_kind(hlfs_engine::ErrorKind::of_io(source)),
-            Error::Engine { source, .. } => engine_kind(source.kind()),
+            Error::Io { source, .. } => K::of_io(source),
+            Error::Engine { source, .. } => source.kind(),
             Error::InvalidName { .. } | Error::InvalidValue { .. } | Error::Config { .. } => {
                 K::InvalidArgument
             }
@@ -113,23 +113,5 @@ impl Error {
             Error::PermissionDenied(_) => K::PermissionDenied,
             Error::Tool { .. } => K::Io,
         }
-    }
-}
-
-/// The client-side kind of an engine error kind.
-pub fn engine_kind(k: hlfs_engine::ErrorKind) -> hlfs_client::ErrorKind {
-    use hlfs_client::ErrorKind as K;
-    use hlfs_engine::ErrorKind as E;
-    match k {
-        E::NotFound => K::NotFound,
-        E::Exists => K::Exists,
-        E::Busy => K::Busy,
-        E::InvalidArgument => K::InvalidArgument,
-        E::PermissionDenied => K::PermissionDenied,
-        E::Unavailable => K::Unavailable,
-        E::ReadOnly => K::ReadOnly,
-        E::NoSpace => K::NoSpace,
-        E::Corrupt => K::Corrupt,
-        E::Io => K::Io,
     }
 }

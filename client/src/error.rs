@@ -1,70 +1,10 @@
 //! The errors of the API: one variant per `org.hlfs.Error.*` name, and the kinds they stand for.
 //!
-//! hlfsd picks the name from the kind of the failure ([`ErrorKind`]), so a client (the `hlfs`
+//! hlfsd picks the name from the kind of the failure ([`ErrorKind`], shared with the engine in
+//! hlfs-types), so a client (the `hlfs`
 //! CLI, the libvirt pool plugin) acts on the kind without parsing messages.
 
-/// What kind of failure an error is. The agent's and the engine's errors have a `kind()` that
-/// maps onto this; each kind has one D-Bus error name ([`ErrorKind::dbus_name`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorKind {
-    /// No such pool, volume, snapshot, job or file.
-    NotFound,
-    /// The pool, volume, snapshot or destination already exists.
-    Exists,
-    /// In use: a volume with NBD clients, a pool with volumes, a protected snapshot.
-    Busy,
-    /// A bad name, size, URI, option, format or path.
-    InvalidArgument,
-    /// The caller is neither root nor in group `hlfs`.
-    PermissionDenied,
-    /// A backend that does not answer now (an HDFS NameNode that is down); retrying may work.
-    Unavailable,
-    /// The object is read-only (a snapshot, a read-only filesystem).
-    ReadOnly,
-    /// The backend is full.
-    NoSpace,
-    /// Stored data failed a checksum or structural check.
-    Corrupt,
-    /// Any other I/O failure (and a tool such as qemu-img failing).
-    Io,
-    /// A feature that is not built in.
-    NotSupported,
-}
-
-impl ErrorKind {
-    /// Every kind, in declaration order.
-    pub const ALL: [ErrorKind; 11] = [
-        ErrorKind::NotFound,
-        ErrorKind::Exists,
-        ErrorKind::Busy,
-        ErrorKind::InvalidArgument,
-        ErrorKind::PermissionDenied,
-        ErrorKind::Unavailable,
-        ErrorKind::ReadOnly,
-        ErrorKind::NoSpace,
-        ErrorKind::Corrupt,
-        ErrorKind::Io,
-        ErrorKind::NotSupported,
-    ];
-
-    /// The D-Bus error name hlfsd answers with for this kind.
-    pub fn dbus_name(self) -> &'static str {
-        match self {
-            ErrorKind::NotFound => "org.hlfs.Error.NotFound",
-            ErrorKind::Exists => "org.hlfs.Error.Exists",
-            ErrorKind::Busy => "org.hlfs.Error.Busy",
-            ErrorKind::InvalidArgument => "org.hlfs.Error.Invalid",
-            ErrorKind::PermissionDenied => "org.hlfs.Error.PermissionDenied",
-            ErrorKind::Unavailable => "org.hlfs.Error.Unavailable",
-            ErrorKind::ReadOnly => "org.hlfs.Error.ReadOnly",
-            ErrorKind::NoSpace => "org.hlfs.Error.NoSpace",
-            ErrorKind::Corrupt => "org.hlfs.Error.Corrupt",
-            ErrorKind::Io => "org.hlfs.Error.Io",
-            ErrorKind::NotSupported => "org.hlfs.Error.NotSupported",
-        }
-    }
-}
+pub use hlfs_types::ErrorKind;
 
 /// An error of the API: what hlfsd answers (the message is its full error text, with the object
 /// and operation named), or, for [`HlfsError::ZBus`], a failure to reach it or to decode its

@@ -101,43 +101,7 @@ impl Error {
     }
 }
 
-/// The kind of an [`Error`], for callers that act on it (the agent picks the D-Bus error name
-/// from it; a client maps it to its own codes) without parsing messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorKind {
-    NotFound,
-    Exists,
-    Busy,
-    InvalidArgument,
-    PermissionDenied,
-    /// The backend does not answer now (an HDFS NameNode or DataNode that is down).
-    Unavailable,
-    ReadOnly,
-    NoSpace,
-    Corrupt,
-    Io,
-}
-
-impl ErrorKind {
-    /// The kind of an operating-system or backend I/O error.
-    pub fn of_io(e: &io::Error) -> ErrorKind {
-        use io::ErrorKind as K;
-        match e.kind() {
-            K::StorageFull | K::QuotaExceeded => ErrorKind::NoSpace,
-            K::ReadOnlyFilesystem => ErrorKind::ReadOnly,
-            K::PermissionDenied => ErrorKind::PermissionDenied,
-            K::ConnectionRefused
-            | K::ConnectionReset
-            | K::ConnectionAborted
-            | K::NotConnected
-            | K::TimedOut
-            | K::HostUnreachable
-            | K::NetworkUnreachable
-            | K::NetworkDown => ErrorKind::Unavailable,
-            _ => ErrorKind::Io,
-        }
-    }
-}
+pub use hlfs_types::ErrorKind;
 
 impl Error {
     /// What kind of failure this is.
