@@ -45,6 +45,21 @@ fn busctl(addr: &str, args: &[&str]) -> Output {
     try_run("busctl", &a)
 }
 
+/// `busctl call org.hlfs.Hlfs1 PATH IFACE METHOD [SIGNATURE ARGS...]` (`rest` starts with the
+/// method) on the daemon at `addr`.
+fn bus_call(addr: &str, path: &str, iface: &str, rest: &[&str]) -> Output {
+    let mut a = vec!["call", "org.hlfs.Hlfs1", path, iface];
+    a.extend_from_slice(rest);
+    busctl(addr, &a)
+}
+
+/// `busctl get-property org.hlfs.Hlfs1 PATH IFACE PROPERTY...` on the daemon at `addr`.
+fn bus_get(addr: &str, path: &str, iface: &str, properties: &[&str]) -> Output {
+    let mut a = vec!["get-property", "org.hlfs.Hlfs1", path, iface];
+    a.extend_from_slice(properties);
+    busctl(addr, &a)
+}
+
 #[test]
 fn busctl_on_the_p2p_socket_introspects_calls_and_gets_named_errors() {
     let d = Daemon::start("dbus-p2p", &["--create-volume", "default/vm1:8M"]);
@@ -68,42 +83,29 @@ fn busctl_on_the_p2p_socket_introspects_calls_and_gets_named_errors() {
     ] {
         assert!(intro.contains(m), "{m} missing:\n{intro}");
     }
-    let size = ok(&busctl(
+    let size = ok(&bus_get(
         &a,
-        &[
-            "get-property",
-            "org.hlfs.Hlfs1",
-            "/org/hlfs/Hlfs1/pool/default/vm1",
-            "org.hlfs.Volume1",
-            "Size",
-        ],
+        "/org/hlfs/Hlfs1/pool/default/vm1",
+        "org.hlfs.Volume1",
+        &["Size"],
     ));
     assert_eq!(size.trim(), "t 8388608");
 
     let pool_dir = d.dir.path().join("p2");
     let uri = format!("local://{}", pool_dir.display());
-    let r = ok(&busctl(
+    let r = ok(&bus_call(
         &a,
-        &[
-            "call",
-            "org.hlfs.Hlfs1",
-            "/org/hlfs/Hlfs1",
-            "org.hlfs.Manager1",
-            "CreatePool",
-            "ss",
-            "p2",
-            &uri,
-        ],
+        "/org/hlfs/Hlfs1",
+        "org.hlfs.Manager1",
+        &["CreatePool", "ss", "p2", &uri],
     ));
     assert_eq!(r.trim(), "ob \"/org/hlfs/Hlfs1/pool/p2\" true");
     assert!(pool_dir.is_dir());
-    let r = ok(&busctl(
+    let r = ok(&bus_call(
         &a,
+        "/org/hlfs/Hlfs1/pool/p2",
+        "org.hlfs.Pool1",
         &[
-            "call",
-            "org.hlfs.Hlfs1",
-            "/org/hlfs/Hlfs1/pool/p2",
-            "org.hlfs.Pool1",
             "CreateVolume",
             "sta{sv}",
             "disk-1",
@@ -119,106 +121,56 @@ fn busctl_on_the_p2p_socket_introspects_calls_and_gets_named_errors() {
     ));
     assert_eq!(r.trim(), "o \"/org/hlfs/Hlfs1/pool/p2/disk_2d1\"");
     let p = "/org/hlfs/Hlfs1/pool/p2/disk_2d1";
-    let bs = ok(&busctl(
+    let bs = ok(&bus_get(
         &a,
-        &[
-            "get-property",
-            "org.hlfs.Hlfs1",
-            p,
-            "org.hlfs.Volume1",
-            "BlockSize",
-            "Compression",
-        ],
+        p,
+        "org.hlfs.Volume1",
+        &["BlockSize", "Compression"],
     ));
     assert_eq!(
         bs.split_whitespace().collect::<Vec<_>>(),
         ["u", "512", "b", "false"]
     );
-    let r = ok(&busctl(
+    let r = ok(&bus_call(
         &a,
-        &[
-            "call",
-            "org.hlfs.Hlfs1",
-            p,
-            "org.hlfs.Volume1",
-            "Resize",
-            "t",
-            "2097152",
-        ],
+        p,
+        "org.hlfs.Volume1",
+        &["Resize", "t", "2097152"],
     ));
     assert_eq!(r.trim(), "b true");
-    let r = ok(&busctl(
+    let r = ok(&bus_call(
         &a,
-        &[
-            "call",
-            "org.hlfs.Hlfs1",
-            p,
-            "org.hlfs.Volume1",
-            "Resize",
-            "t",
-            "2097152",
-        ],
+        p,
+        "org.hlfs.Volume1",
+        &["Resize", "t", "2097152"],
     ));
     assert_eq!(r.trim(), "b false", "an unchanged size reports no change");
-    let size = ok(&busctl(
-        &a,
-        &[
-            "get-property",
-            "org.hlfs.Hlfs1",
-            p,
-            "org.hlfs.Volume1",
-            "Size",
-        ],
-    ));
+    let size = ok(&bus_get(&a, p, "org.hlfs.Volume1", &["Size"]));
     assert_eq!(size.trim(), "t 2097152");
-    ok(&busctl(
+    ok(&bus_call(
         &a,
-        &[
-            "call",
-            "org.hlfs.Hlfs1",
-            p,
-            "org.hlfs.Volume1",
-            "CreateSnapshot",
-            "s",
-            "before",
-        ],
+        p,
+        "org.hlfs.Volume1",
+        &["CreateSnapshot", "s", "before"],
     ));
-    let snaps = ok(&busctl(
-        &a,
-        &[
-            "call",
-            "org.hlfs.Hlfs1",
-            p,
-            "org.hlfs.Volume1",
-            "ListSnapshots",
-        ],
-    ));
+    let snaps = ok(&bus_call(&a, p, "org.hlfs.Volume1", &["ListSnapshots"]));
     assert!(
         snaps.contains("\"before\" \"/org/hlfs/Hlfs1/pool/p2/disk_2d1/before\""),
         "{snaps}"
     );
-    let seq = ok(&busctl(
+    let seq = ok(&bus_get(
         &a,
-        &[
-            "get-property",
-            "org.hlfs.Hlfs1",
-            "/org/hlfs/Hlfs1/pool/p2/disk_2d1/before",
-            "org.hlfs.Snapshot1",
-            "Sequence",
-        ],
+        "/org/hlfs/Hlfs1/pool/p2/disk_2d1/before",
+        "org.hlfs.Snapshot1",
+        &["Sequence"],
     ));
     assert!(seq.starts_with("t "), "{seq}");
     // GetManagedObjects lists pools, volumes and snapshots with their properties.
-    let objs = ok(&busctl(
+    let objs = ok(&bus_call(
         &a,
-        &[
-            "call",
-            "org.hlfs.Hlfs1",
-            "/org/hlfs/Hlfs1",
-            "org.freedesktop.DBus.ObjectManager",
-            "GetManagedObjects",
-            "--json=short",
-        ],
+        "/org/hlfs/Hlfs1",
+        "org.freedesktop.DBus.ObjectManager",
+        &["GetManagedObjects", "--json=short"],
     ));
     for needle in [
         "/org/hlfs/Hlfs1/pool/p2/disk_2d1/before",
@@ -232,56 +184,32 @@ fn busctl_on_the_p2p_socket_introspects_calls_and_gets_named_errors() {
         );
     }
     // Errors carry their message through busctl.
-    let e = err(&busctl(
+    let e = err(&bus_call(
         &a,
-        &[
-            "call",
-            "org.hlfs.Hlfs1",
-            "/org/hlfs/Hlfs1/pool/p2",
-            "org.hlfs.Pool1",
-            "DeleteVolume",
-            "s",
-            "nope",
-        ],
+        "/org/hlfs/Hlfs1/pool/p2",
+        "org.hlfs.Pool1",
+        &["DeleteVolume", "s", "nope"],
     ));
     assert!(e.contains("not found"), "{e}");
     // Deleting a pool with volumes is refused; once empty it goes.
-    let e = err(&busctl(
+    let e = err(&bus_call(
         &a,
-        &[
-            "call",
-            "org.hlfs.Hlfs1",
-            "/org/hlfs/Hlfs1",
-            "org.hlfs.Manager1",
-            "DeletePool",
-            "s",
-            "p2",
-        ],
+        "/org/hlfs/Hlfs1",
+        "org.hlfs.Manager1",
+        &["DeletePool", "s", "p2"],
     ));
     assert!(e.contains("has 1 volume"), "{e}");
-    ok(&busctl(
+    ok(&bus_call(
         &a,
-        &[
-            "call",
-            "org.hlfs.Hlfs1",
-            "/org/hlfs/Hlfs1/pool/p2",
-            "org.hlfs.Pool1",
-            "DeleteVolume",
-            "s",
-            "disk-1",
-        ],
+        "/org/hlfs/Hlfs1/pool/p2",
+        "org.hlfs.Pool1",
+        &["DeleteVolume", "s", "disk-1"],
     ));
-    ok(&busctl(
+    ok(&bus_call(
         &a,
-        &[
-            "call",
-            "org.hlfs.Hlfs1",
-            "/org/hlfs/Hlfs1",
-            "org.hlfs.Manager1",
-            "DeletePool",
-            "s",
-            "p2",
-        ],
+        "/org/hlfs/Hlfs1",
+        "org.hlfs.Manager1",
+        &["DeletePool", "s", "p2"],
     ));
     assert!(!pool_dir.exists());
     let tree = ok(&busctl(&a, &["tree", "org.hlfs.Hlfs1"]));
@@ -568,32 +496,19 @@ fn session_bus_serves_the_api_and_checks_callers_through_the_bus() {
         intro.contains("org.hlfs.Manager1") && intro.contains("org.freedesktop.DBus.ObjectManager"),
         "{intro}"
     );
-    let objs = ok(&busctl(
+    let objs = ok(&bus_call(
         a,
-        &[
-            "call",
-            "org.hlfs.Hlfs1",
-            "/org/hlfs/Hlfs1",
-            "org.freedesktop.DBus.ObjectManager",
-            "GetManagedObjects",
-            "--json=short",
-        ],
+        "/org/hlfs/Hlfs1",
+        "org.freedesktop.DBus.ObjectManager",
+        &["GetManagedObjects", "--json=short"],
     ));
     assert!(objs.contains("/org/hlfs/Hlfs1/pool/default/vm1"), "{objs}");
     // Root through the bus may mutate.
-    let r = ok(&busctl(
+    let r = ok(&bus_call(
         a,
-        &[
-            "call",
-            "org.hlfs.Hlfs1",
-            "/org/hlfs/Hlfs1/pool/default",
-            "org.hlfs.Pool1",
-            "CreateVolume",
-            "sta{sv}",
-            "vm2",
-            "4194304",
-            "0",
-        ],
+        "/org/hlfs/Hlfs1/pool/default",
+        "org.hlfs.Pool1",
+        &["CreateVolume", "sta{sv}", "vm2", "4194304", "0"],
     ));
     assert_eq!(r.trim(), "o \"/org/hlfs/Hlfs1/pool/default/vm2\"");
     // The CLI over the bus, as root and as nobody (credentials from the bus daemon).
@@ -657,31 +572,18 @@ fn hlfs_interfaces(xml: &str) -> std::collections::BTreeMap<String, String> {
 fn introspection_matches_the_xml_in_the_repo() {
     let d = Daemon::start("dbus-xml", &["--create-volume", "default/vm1:1M"]);
     let a = d.dbus_address();
-    ok(&busctl(
+    ok(&bus_call(
         &a,
-        &[
-            "call",
-            "org.hlfs.Hlfs1",
-            "/org/hlfs/Hlfs1/pool/default/vm1",
-            "org.hlfs.Volume1",
-            "CreateSnapshot",
-            "s",
-            "s1",
-        ],
+        "/org/hlfs/Hlfs1/pool/default/vm1",
+        "org.hlfs.Volume1",
+        &["CreateSnapshot", "s", "s1"],
     ));
     let dest = d.dir.path().join("out.raw");
-    let job = ok(&busctl(
+    let job = ok(&bus_call(
         &a,
-        &[
-            "call",
-            "org.hlfs.Hlfs1",
-            "/org/hlfs/Hlfs1/pool/default/vm1",
-            "org.hlfs.Volume1",
-            "Export",
-            "ss",
-            dest.to_str().unwrap(),
-            "raw",
-        ],
+        "/org/hlfs/Hlfs1/pool/default/vm1",
+        "org.hlfs.Volume1",
+        &["Export", "ss", dest.to_str().unwrap(), "raw"],
     ));
     let job = job
         .trim()
@@ -696,16 +598,11 @@ fn introspection_matches_the_xml_in_the_repo() {
         "/org/hlfs/Hlfs1/pool/default/vm1/s1",
         &job,
     ] {
-        let o = ok(&busctl(
+        let o = ok(&bus_call(
             &a,
-            &[
-                "call",
-                "org.hlfs.Hlfs1",
-                p,
-                "org.freedesktop.DBus.Introspectable",
-                "Introspect",
-                "--json=short",
-            ],
+            p,
+            "org.freedesktop.DBus.Introspectable",
+            &["Introspect", "--json=short"],
         ));
         let v: serde_json::Value = serde_json::from_str(&o).unwrap();
         live.push_str(v["data"][0].as_str().unwrap());
@@ -1158,16 +1055,7 @@ fn images_equal(fmt_a: &str, a: &str, fmt_b: &str, b: &str) -> bool {
 /// Waits (bounded) until job `job` is no longer running and returns its final state.
 fn wait_job(addr: &str, job: &str) -> String {
     for _ in 0..300 {
-        let st = ok(&busctl(
-            addr,
-            &[
-                "get-property",
-                "org.hlfs.Hlfs1",
-                job,
-                "org.hlfs.Job1",
-                "State",
-            ],
-        ));
+        let st = ok(&bus_get(addr, job, "org.hlfs.Job1", &["State"]));
         let st = st
             .trim()
             .trim_start_matches("s ")
@@ -1255,18 +1143,11 @@ fn snapshot_export_copies_the_snapshot_not_the_head() {
     // D-Bus, qcow2, Snapshot1.Export directly.
     let snap_obj = "/org/hlfs/Hlfs1/pool/default/vm1/old";
     let qcow_bus = tmp.join("old-bus.qcow2");
-    let job = ok(&busctl(
+    let job = ok(&bus_call(
         &a,
-        &[
-            "call",
-            "org.hlfs.Hlfs1",
-            snap_obj,
-            "org.hlfs.Snapshot1",
-            "Export",
-            "ss",
-            qcow_bus.to_str().unwrap(),
-            "qcow2",
-        ],
+        snap_obj,
+        "org.hlfs.Snapshot1",
+        &["Export", "ss", qcow_bus.to_str().unwrap(), "qcow2"],
     ));
     let job = job
         .trim()
@@ -1275,17 +1156,11 @@ fn snapshot_export_copies_the_snapshot_not_the_head() {
         .to_string();
     assert!(job.starts_with("/org/hlfs/Hlfs1/job/"), "{job}");
     assert_eq!(wait_job(&a, &job), "done");
-    let desc = ok(&busctl(
+    let desc = ok(&bus_get(
         &a,
-        &[
-            "get-property",
-            "org.hlfs.Hlfs1",
-            &job,
-            "org.hlfs.Job1",
-            "Kind",
-            "Description",
-            "Volume",
-        ],
+        &job,
+        "org.hlfs.Job1",
+        &["Kind", "Description", "Volume"],
     ));
     assert!(desc.contains("\"export\""), "{desc}");
     assert!(desc.contains("export default/vm1%old to "), "{desc}");
@@ -1344,18 +1219,11 @@ fn snapshot_export_copies_the_snapshot_not_the_head() {
     // Errors: relative and existing destinations, a bad format (D-Bus and CLI), a missing
     // snapshot, an unprivileged caller. None leaves a file or a job behind.
     let call = |dest: &str, fmt: &str| {
-        busctl(
+        bus_call(
             &a,
-            &[
-                "call",
-                "org.hlfs.Hlfs1",
-                snap_obj,
-                "org.hlfs.Snapshot1",
-                "Export",
-                "ss",
-                dest,
-                fmt,
-            ],
+            snap_obj,
+            "org.hlfs.Snapshot1",
+            &["Export", "ss", dest, fmt],
         )
     };
     let e = err(&call("relative.raw", "raw"));
