@@ -155,39 +155,21 @@ pub struct PoolInfo {
 /// A volume as clients see it: the client crate's type, which hlfsd fills.
 pub use hlfs_client::VolumeInfo;
 
-/// A snapshot as clients see it.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct SnapshotInfo {
-    pub name: String,
-    pub sequence: u64,
-    /// Seconds since the Unix epoch.
-    pub created: u64,
-    /// Parent snapshot's name; empty for a root.
-    pub parent: String,
-    pub consistency: String,
-    /// Size of the snapshot's image.
-    pub size: u64,
-    /// Bytes of the image that have data.
-    pub allocated: u64,
-    /// Bytes no other snapshot nor the head references: what deleting it would free.
-    pub exclusive: u64,
-    /// Locations of clones made from it (it cannot be deleted while any remain).
-    pub clones: Vec<String>,
-}
+/// A snapshot as clients see it: the client crate's type, which hlfsd fills.
+pub use hlfs_client::SnapshotInfo;
 
-impl From<hlfs_engine::SnapshotInfo> for SnapshotInfo {
-    fn from(s: hlfs_engine::SnapshotInfo) -> Self {
-        SnapshotInfo {
-            name: s.name,
-            sequence: s.sequence,
-            created: s.created_unix,
-            parent: s.parent.unwrap_or_default(),
-            consistency: format!("{:?}", s.consistency).to_lowercase(),
-            size: s.size,
-            allocated: s.allocated,
-            exclusive: s.exclusive_bytes,
-            clones: s.clones,
-        }
+/// What clients see of an engine snapshot.
+fn snapshot_info(s: hlfs_engine::SnapshotInfo) -> SnapshotInfo {
+    SnapshotInfo {
+        name: s.name,
+        sequence: s.sequence,
+        created: s.created_unix,
+        parent: s.parent.unwrap_or_default(),
+        consistency: format!("{:?}", s.consistency).to_lowercase(),
+        size: s.size,
+        allocated: s.allocated,
+        exclusive: s.exclusive_bytes,
+        clones: s.clones,
     }
 }
 
@@ -369,7 +351,7 @@ impl Service {
         let (mgr, p, v) = (self.mgr.clone(), pool.to_string(), volume.to_string());
         blocking(move || {
             let list = mgr.with_volume(&p, &v, "list snapshots of", |v| Ok(v.snapshots()))?;
-            Ok(list.into_iter().map(SnapshotInfo::from).collect())
+            Ok(list.into_iter().map(snapshot_info).collect())
         })
         .await
     }
@@ -388,7 +370,7 @@ impl Service {
             })
         })
         .await?
-        .map(SnapshotInfo::from)
+        .map(snapshot_info)
         .ok_or_else(|| {
             Error::NotFound(format!(
                 "snapshot of {pool}/{volume} taken at or before {unix_time}"

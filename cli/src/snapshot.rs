@@ -7,7 +7,7 @@ use crate::image;
 use crate::progress::Follow;
 use crate::render::{human_size, Human, Report};
 use crate::time::{format_utc, parse_time};
-use hlfs_client::HlfsError;
+use hlfs_client::{HlfsError, SnapshotInfo};
 use serde::Serialize;
 
 pub async fn run(c: &Ctx, cmd: &SnapCmd, f: &Follow) -> Result<Box<dyn Report>> {
@@ -114,27 +114,13 @@ impl Human for Before {
     }
 }
 
-/// One snapshot of `snapshot list`. `parent` is the snapshot it was taken after (empty for
-/// the first); `exclusive` is what deleting it would free.
-#[derive(Serialize)]
-pub struct SnapRow {
-    pub name: String,
-    pub sequence: u64,
-    pub created: u64,
-    pub parent: String,
-    pub consistency: String,
-    pub size: u64,
-    pub allocated: u64,
-    pub exclusive: u64,
-}
-
 /// `snapshot list`: a JSON array by sequence; as text a tree, children under their parent.
 #[derive(Serialize)]
 #[serde(transparent)]
 pub struct SnapList {
     #[serde(skip)]
     pub volume: String,
-    pub rows: Vec<SnapRow>,
+    pub rows: Vec<SnapshotInfo>,
 }
 
 impl Human for SnapList {
@@ -148,8 +134,8 @@ impl Human for SnapList {
     }
 }
 
-fn walk(rows: &[SnapRow], parent: &str, indent: &str, s: &mut String) {
-    let kids: Vec<&SnapRow> = rows.iter().filter(|r| r.parent == parent).collect();
+fn walk(rows: &[SnapshotInfo], parent: &str, indent: &str, s: &mut String) {
+    let kids: Vec<&SnapshotInfo> = rows.iter().filter(|r| r.parent == parent).collect();
     for (i, k) in kids.iter().enumerate() {
         let last = i + 1 == kids.len();
         s.push_str(&format!(
@@ -171,19 +157,9 @@ async fn list(c: &Ctx, volume: &str) -> Result<SnapList> {
     let v = c.volume(&t, false).await?;
     let snaps = c.at(&t.volume_path(), v.list_snapshots().await).await?;
     let mut rows = Vec::new();
-    for (name, path) in snaps {
+    for (_, path) in snaps {
         let p = c.snapshot_at(&path).await?;
-        let e = HlfsError::from;
-        rows.push(SnapRow {
-            name,
-            sequence: p.sequence().await.map_err(e)?,
-            created: p.created().await.map_err(e)?,
-            parent: p.parent().await.map_err(e)?,
-            consistency: p.consistency().await.map_err(e)?,
-            size: p.size().await.map_err(e)?,
-            allocated: p.allocated().await.map_err(e)?,
-            exclusive: p.exclusive_bytes().await.map_err(e)?,
-        });
+        rows.push(SnapshotInfo::read(&p).await?);
     }
     rows.sort_by_key(|r| r.sequence);
     Ok(SnapList {

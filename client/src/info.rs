@@ -2,7 +2,7 @@
 //! (which read it back from the D-Bus properties): one definition, one JSON shape.
 
 use crate::error::{HlfsError, Result};
-use crate::proxy::Volume1Proxy;
+use crate::proxy::{Snapshot1Proxy, Volume1Proxy};
 use serde::Serialize;
 
 /// A volume as clients see it (`Volume1`'s properties; `hlfs volume info`, a row of
@@ -45,6 +45,44 @@ impl VolumeInfo {
             segments: v.segments().await.map_err(e)?,
             live_ratio: v.live_ratio().await.map_err(e)?,
             export: v.export_name().await.map_err(e)?,
+        })
+    }
+}
+
+/// A snapshot as clients see it (`Snapshot1`'s properties; a row of `hlfs snapshot list`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SnapshotInfo {
+    pub name: String,
+    pub sequence: u64,
+    /// Seconds since the Unix epoch.
+    pub created: u64,
+    /// The snapshot it was taken after; empty for the first.
+    pub parent: String,
+    pub consistency: String,
+    /// Size of the snapshot's image.
+    pub size: u64,
+    /// Bytes of the image that have data.
+    pub allocated: u64,
+    /// Bytes no other snapshot nor the head references: what deleting it would free.
+    pub exclusive: u64,
+    /// Locations of clones made from it (it cannot be deleted while any remain).
+    pub clones: Vec<String>,
+}
+
+impl SnapshotInfo {
+    /// From a cached proxy (one GetAll).
+    pub async fn read(p: &Snapshot1Proxy<'_>) -> Result<SnapshotInfo> {
+        let e = HlfsError::from;
+        Ok(SnapshotInfo {
+            name: p.name().await.map_err(e)?,
+            sequence: p.sequence().await.map_err(e)?,
+            created: p.created().await.map_err(e)?,
+            parent: p.parent().await.map_err(e)?,
+            consistency: p.consistency().await.map_err(e)?,
+            size: p.size().await.map_err(e)?,
+            allocated: p.allocated().await.map_err(e)?,
+            exclusive: p.exclusive_bytes().await.map_err(e)?,
+            clones: p.clones().await.map_err(e)?,
         })
     }
 }

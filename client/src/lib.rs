@@ -13,5 +13,5 @@ pub mod proxy;
 pub mod socket;
 
 pub use error::{ErrorKind, HlfsError, Result};
-pub use info::VolumeInfo;
+pub use info::{SnapshotInfo, VolumeInfo};
 pub use names::{Location, PoolRef};
