@@ -149,30 +149,7 @@ fn groups_of(caller: &Caller) -> Vec<u32> {
     if !caller.gids.is_empty() {
         return caller.gids.clone();
     }
-    user_groups(caller.uid).unwrap_or_default()
-}
-
-/// `[primary, supplementary...]` of `uid` from the user and group databases.
-fn user_groups(uid: u32) -> Option<Vec<u32>> {
-    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    let mut out: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call; getpwuid_r writes only into pw and buf.
-    let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
-    if rc != 0 || out.is_null() {
-        return None;
-    }
-    let mut groups = vec![0 as libc::gid_t; 256];
-    let mut n = groups.len() as libc::c_int;
-    // SAFETY: pw_name points into buf (alive); groups has room for n entries.
-    let rc = unsafe { libc::getgrouplist(pw.pw_name, pw.pw_gid, groups.as_mut_ptr(), &mut n) };
-    if rc < 0 {
-        return Some(vec![pw.pw_gid]);
-    }
-    groups.truncate(usize::try_from(n).unwrap_or(0));
-    let mut all = vec![pw.pw_gid];
-    all.extend(groups.into_iter().filter(|g| *g != pw.pw_gid));
-    Some(all)
+    crate::users::user_groups(caller.uid).unwrap_or_default()
 }
 
 /// Gives the calling thread (only) the caller's file-system identity. Raw system calls: the

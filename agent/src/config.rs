@@ -188,7 +188,7 @@ impl SocketAccess {
     /// group must exist; the default group is used only if it does.
     pub fn resolve(sec: &NbdSection, daemon_is_root: bool) -> Result<SocketAccess> {
         let group = match &sec.socket_group {
-            Some(name) => match crate::service::group_info(name) {
+            Some(name) => match crate::users::group_info(name) {
                 Some((gid, _)) => Some((name.clone(), gid)),
                 None => {
                     return Err(Error::invalid(
@@ -198,7 +198,7 @@ impl SocketAccess {
                     ))
                 }
             },
-            None if daemon_is_root => crate::service::group_info(LIBVIRT_QEMU_GROUP)
+            None if daemon_is_root => crate::users::group_info(LIBVIRT_QEMU_GROUP)
                 .map(|(gid, _)| (LIBVIRT_QEMU_GROUP.to_string(), gid)),
             None => None,
         };
@@ -851,7 +851,7 @@ mod packaged_config_tests {
         use clap::Parser;
         // The default socket group applies only to root and only where libvirt-qemu exists.
         let group_applies =
-            crate::paths::euid() == 0 && crate::service::group_info(LIBVIRT_QEMU_GROUP).is_some();
+            crate::paths::euid() == 0 && crate::users::group_info(LIBVIRT_QEMU_GROUP).is_some();
         let text = uncommented(group_applies);
         let file = ConfigFile::parse(&text, Path::new("hlfsd.toml")).expect("parses");
         // The limits written in the file are those for the unit's LimitNOFILE=65536.
@@ -903,7 +903,7 @@ mod socket_access_tests {
         );
         // Root's daemon: group libvirt-qemu and 0660 where the group exists.
         let a = SocketAccess::resolve(&nbd(None, None), true).expect("default");
-        match crate::service::group_info(LIBVIRT_QEMU_GROUP) {
+        match crate::users::group_info(LIBVIRT_QEMU_GROUP) {
             Some((gid, _)) => assert_eq!(
                 a,
                 SocketAccess {

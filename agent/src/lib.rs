@@ -18,5 +18,6 @@ pub mod nbd;
 pub mod paths;
 pub mod pools;
 pub mod service;
+pub mod users;
 
 pub use error::{Error, Result};

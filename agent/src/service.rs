@@ -82,8 +82,9 @@ impl Caller {
                 self.uid
             )));
         }
-        if let Some((gid, members)) = group_info(ADMIN_GROUP) {
-            if self.gids.contains(&gid) || user_name(self.uid).is_some_and(|u| members.contains(&u))
+        if let Some((gid, members)) = crate::users::group_info(ADMIN_GROUP) {
+            if self.gids.contains(&gid)
+                || crate::users::user_name(self.uid).is_some_and(|u| members.contains(&u))
             {
                 return Ok(Admin(self.clone()));
             }
@@ -93,55 +94,6 @@ impl Caller {
             self.uid
         )))
     }
-}
-
-/// `(gid, member names)` of group `name` from the system's group database.
-pub(crate) fn group_info(name: &str) -> Option<(u32, Vec<String>)> {
-    let cname = std::ffi::CString::new(name).ok()?;
-    let mut grp: libc::group = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 64 * 1024];
-    let mut out: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call; getgrnam_r writes only into grp and buf.
-    let rc = unsafe {
-        libc::getgrnam_r(
-            cname.as_ptr(),
-            &mut grp,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut out,
-        )
-    };
-    if rc != 0 || out.is_null() {
-        return None;
-    }
-    let mut members = Vec::new();
-    let mut p = grp.gr_mem;
-    // SAFETY: gr_mem is a NULL-terminated array of C strings inside buf.
-    unsafe {
-        while !p.is_null() && !(*p).is_null() {
-            members.push(std::ffi::CStr::from_ptr(*p).to_string_lossy().into_owned());
-            p = p.add(1);
-        }
-    }
-    Some((grp.gr_gid, members))
-}
-
-/// Login name of `uid`.
-fn user_name(uid: u32) -> Option<String> {
-    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    let mut out: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: as in group_info.
-    let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
-    if rc != 0 || out.is_null() {
-        return None;
-    }
-    // SAFETY: pw_name points into buf.
-    Some(
-        unsafe { std::ffi::CStr::from_ptr(pw.pw_name) }
-            .to_string_lossy()
-            .into_owned(),
-    )
 }
 
 /// A pool as clients see it.
@@ -994,7 +946,7 @@ mod authorize_tests {
         // and root do.
         let member = Caller {
             uid: 1001,
-            gids: group_info(ADMIN_GROUP)
+            gids: crate::users::group_info(ADMIN_GROUP)
                 .map(|(g, _)| vec![g])
                 .unwrap_or_default(),
         };
