@@ -532,7 +532,9 @@ async fn domain(g: &Globals, verb: &str, args: &[String]) -> Result<Outcome, Str
     let (pools, nbd) = match agent(g).await {
         Ok(a) => (
             a.pools().await.map_err(|e| e.message())?,
-            a.nbd_socket(g.nbd_socket.as_deref()),
+            a.nbd_socket(g.nbd_socket.as_deref())
+                .await
+                .map_err(|e| e.message())?,
         ),
         Err(e) if text.contains("hlfs") || verb == "translate" => return Err(e),
         Err(_) => (PoolTable::default(), PathBuf::new()),

@@ -96,13 +96,26 @@ pub fn workspace_bin(name: &str) -> PathBuf {
 pub struct Hlfsd {
     pub dir: TempDir,
     child: Option<Child>,
+    /// Written to `DIR/hlfsd.toml` and given with `--config` when not empty.
+    pub config: String,
+    /// Where hlfsd mounts its FUSE view (`--fuse-mount`); None: `--no-fuse`.
+    pub fuse_mount: Option<PathBuf>,
 }
 
 impl Hlfsd {
+    /// hlfsd without a FUSE view.
     pub fn start(tag: &str) -> Hlfsd {
+        Hlfsd::start_with(tag, "", None)
+    }
+
+    /// hlfsd with the configuration file `config` (if not empty) and its FUSE view mounted on
+    /// `fuse_mount` (if given).
+    pub fn start_with(tag: &str, config: &str, fuse_mount: Option<&Path>) -> Hlfsd {
         let mut h = Hlfsd {
             dir: TempDir::new(tag),
             child: None,
+            config: config.to_string(),
+            fuse_mount: fuse_mount.map(Path::to_path_buf),
         };
         h.spawn();
         h
@@ -110,14 +123,24 @@ impl Hlfsd {
 
     pub fn spawn(&mut self) {
         let log = std::fs::File::create(self.dir.path().join("hlfsd.log")).unwrap();
-        let child = Command::new(workspace_bin("hlfsd"))
+        let mut cmd = Command::new(workspace_bin("hlfsd"));
+        if !self.config.is_empty() {
+            let f = self.dir.path().join("hlfsd.toml");
+            std::fs::write(&f, &self.config).unwrap();
+            cmd.arg("--config").arg(f);
+        }
+        match &self.fuse_mount {
+            Some(m) => cmd.arg("--fuse-mount").arg(m),
+            None => cmd.arg("--no-fuse"),
+        };
+        let child = cmd
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
             .arg("--runtime-dir")
             .arg(self.dir.path().join("run"))
-            // Publication is tested on a directory standing in for the FUSE view (--mountpoint);
-            // hlfsd's own view would be published too.
-            .arg("--no-fuse")
+            // Not beside dbus.sock: hlfs-virsh must ask hlfsd (Manager1 NbdSocket), not guess.
+            .arg("--nbd-socket")
+            .arg(self.nbd_socket())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -155,7 +178,7 @@ impl Hlfsd {
     }
 
     pub fn nbd_socket(&self) -> PathBuf {
-        self.dir.path().join("run/nbd.sock")
+        self.dir.path().join("nbd/hlfs-nbd.sock")
     }
 
     /// `nbd+unix:///EXPORT?socket=...`
@@ -214,6 +237,19 @@ impl Drop for Hlfsd {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The gid of `group` on the host; panics (naming the setup script) if it does not exist.
+pub fn host_group_id(group: &str) -> u32 {
+    let (ok, out, _) = outputs(tool("getent").args(["group", group]));
+    assert!(
+        ok,
+        "group {group} does not exist on this host (scripts/setup-test.sh creates it)"
+    );
+    out.split(':')
+        .nth(2)
+        .and_then(|g| g.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no gid in {out:?}"))
 }
 
 /// stdout and stderr of a command that may fail.
