@@ -44,7 +44,7 @@ fn a_guest_runs_as_libvirt_qemu_once_the_socket_is_its_group_s() {
         .arg(guest.join("rootfs.img"))
         .arg(h.nbd_uri("testenv/testfs")));
     // The directories on the way to the socket and the guest's files must be reachable.
-    for p in [env.path(), h.dir.path()] {
+    for p in [env.path(), h.dir.path(), &h.dir.path().join("nbd")] {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
 
