@@ -118,6 +118,11 @@ pub async fn main(args: Vec<String>) -> i32 {
             print!("{USAGE}");
             Ok(Outcome::Done)
         }
+        // Ours first, then virsh's own (every other verb is virsh's).
+        "--help" | "-h" | "help" if args.is_empty() => {
+            println!("{USAGE}");
+            Ok(Outcome::PassThrough)
+        }
         "pool-create" | "pool-define" => pool_create(&g, &verb, &args).await,
         "pool-destroy" => pool_destroy(&g, &args).await,
         "pool-undefine" => pool_undefine(&g, &args).await,
