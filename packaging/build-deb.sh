@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Debian packages with cargo-deb: hlfs (target/debian/hlfs_VERSION-1_ARCH.deb: hlfsd,
 # hlfs, their man pages, the shell completions) and hlfs-libvirt (hlfs-virsh, which links
-# libvirt0, its publication unit and the XML schemas): release binaries, then
+# libvirt0, its man page, its publication unit and the XML schemas): release binaries, then
 # `cargo deb --no-build` for each. Prints the path of each .deb on stdout, hlfs first.
 # Needs cargo-deb (scripts/setup-test.sh installs it).
 set -euo pipefail
@@ -15,6 +15,19 @@ rm -rf "$extra" && mkdir -p "$extra"
 "$rel/hlfs" man >"$extra/hlfs.1"
 "$rel/examples/hlfsd_man" >"$extra/hlfsd.8"
 gzip -9n "$extra/hlfs.1" "$extra/hlfsd.8"
+# hlfs-virsh's man page: its own usage text (`hlfs-virsh hlfs-help`), so that it cannot go stale.
+{
+    echo '.TH HLFS-VIRSH 1 "" "hlfs-libvirt" "User Commands"'
+    echo '.SH NAME'
+    echo 'hlfs-virsh \- virsh for HLFS pools, volumes and domain disks'
+    echo '.SH DESCRIPTION'
+    echo '.nf'
+    "$rel/hlfs-virsh" hlfs-help | sed -e 's/\\/\\e/g' -e "s/^\([.']\)/\\\\\&\1/"
+    echo '.fi'
+    echo '.SH SEE ALSO'
+    echo 'virsh(1), hlfs(1), hlfsd(8), /usr/share/doc/hlfs-libvirt/libvirt.md'
+} >"$extra/hlfs-virsh.1"
+gzip -9n "$extra/hlfs-virsh.1"
 "$rel/hlfs" completions bash >"$extra/hlfs.bash"
 "$rel/hlfs" completions zsh >"$extra/_hlfs"
 "$rel/hlfs" completions fish >"$extra/hlfs.fish"

@@ -241,7 +241,7 @@ libcontents=$(dpkg-deb -c "$libdeb")
 for f in ./usr/bin/hlfs-virsh ./usr/lib/systemd/system/hlfs-virsh-publish.service \
     ./usr/share/hlfs/schemas/hlfs-domain.rng ./usr/share/hlfs/schemas/hlfs-storagepool.rng \
     ./usr/share/hlfs/schemas/hlfs-storagevol.rng ./usr/share/doc/hlfs-libvirt/copyright \
-    ./usr/share/doc/hlfs-libvirt/libvirt.md; do
+    ./usr/share/doc/hlfs-libvirt/libvirt.md ./usr/share/man/man1/hlfs-virsh.1.gz; do
     grep -q " $f\$" <<<"$libcontents" || fail "hlfs-libvirt lacks $f"
 done
 ! grep -q "hlfs-virsh" <<<"$contents" || fail "the hlfs package holds hlfs-virsh"
