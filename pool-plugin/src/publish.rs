@@ -126,10 +126,11 @@ pub fn libvirt_pools(
     Ok(out)
 }
 
-/// Carries out `actions`; returns what was done, one line each. A failing step is logged and
-/// the others still run (the next pass retries it).
-pub fn apply(conn: &virt::connect::Connect, actions: &[Action]) -> Vec<String> {
+/// Carries out `actions`; returns what was done, one line each, and how many steps failed. A
+/// failing step is logged and the others still run (the next pass retries it).
+pub fn apply(conn: &virt::connect::Connect, actions: &[Action]) -> (Vec<String>, usize) {
     let mut done = Vec::new();
+    let mut failed = 0;
     for a in actions {
         let r: Result<Option<String>, virt::error::Error> = (|| match a {
             Action::Define { name, target } => {
@@ -175,10 +176,13 @@ pub fn apply(conn: &virt::connect::Connect, actions: &[Action]) -> Vec<String> {
                 done.push(line);
             }
             Ok(None) => {}
-            Err(e) => warn!(action = ?a, "libvirt: {e}"),
+            Err(e) => {
+                failed += 1;
+                warn!(action = ?a, "libvirt: {e}");
+            }
         }
     }
-    done
+    (done, failed)
 }
 
 /// Options of `hlfs-virsh publish`.
@@ -205,7 +209,10 @@ pub async fn sync_once(agent: &Agent, o: &PublishOptions) -> Result<Vec<String>,
         .map_err(|e| format!("cannot connect to libvirt: {e}"))?;
     let lv = libvirt_pools(&conn).map_err(|e| format!("libvirt: {e}"))?;
     let actions = plan(&hlfs, &lv, &mount);
-    Ok(apply(&conn, &actions))
+    match apply(&conn, &actions) {
+        (done, 0) => Ok(done),
+        (_, n) => Err(format!("{n} libvirt step(s) failed")),
+    }
 }
 
 /// `hlfs-virsh publish`: keeps libvirt in step with hlfsd until killed (or one pass, `once`).
@@ -255,16 +262,22 @@ async fn follow(agent: &Agent, o: &PublishOptions) -> Result<(), String> {
     // Any call makes a p2p connection "ready" for signals (docs/dbus.md).
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     loop {
-        match sync_once(agent, o).await {
-            Ok(_) => {}
-            Err(e) => warn!("{e}"),
-        }
+        // A pass that failed (libvirtd down or restarting) is retried soon, not in 30 s: a
+        // restarted libvirtd is re-synced within seconds.
+        let retry = match sync_once(agent, o).await {
+            Ok(_) => Duration::from_secs(3600),
+            Err(e) => {
+                warn!("{e}; retrying in 2 s");
+                Duration::from_secs(2)
+            }
+        };
         // Also proves the connection is alive: a dead hlfsd ends this pass.
         agent.pools().await.map_err(|e| e.message())?;
         tokio::select! {
             a = added.next() => { if a.is_none() { return Err("hlfsd closed the connection".into()); } }
             r = removed.next() => { if r.is_none() { return Err("hlfsd closed the connection".into()); } }
             _ = tick.tick() => {}
+            _ = tokio::time::sleep(retry) => {}
         }
         // Signals come in bursts (a pool and its volumes): let them settle.
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -75,14 +75,20 @@ impl Drop for TempDir {
 }
 
 /// A binary of the workspace that this package does not build (hlfsd, hlfs): next to the test's
-/// own target directory, built on demand.
+/// own target directory, built on demand (once: a stale one is used as it is).
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     // target/<profile>/deps/test-hash -> target/<profile>/NAME
     let p = exe.parent().and_then(Path::parent).unwrap().join(name);
     if !p.is_file() {
+        let package = if name == "hlfs" {
+            "hlfs-cli"
+        } else {
+            "hlfs-agent"
+        };
+        // The tests' own profile: its dependencies are built already.
         let status = Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
-            .args(["build", "-p", "hlfs-agent", "--bin", name])
+            .args(["build", "--profile", "test", "-p", package, "--bin", name])
             .current_dir(repo())
             .status()
             .expect("cargo build");
@@ -304,28 +310,67 @@ pub fn data(name: &str, dir: &Path) -> String {
 pub struct Libvirtd {
     pub sandbox: TempDir,
     pub uri: String,
+    /// A directory whose later mounts on the host libvirtd sees (`LIBVIRT_SHARED_DIR`).
+    pub shared: Option<PathBuf>,
+    user: String,
 }
 
 impl Libvirtd {
     pub fn start() -> Libvirtd {
-        Libvirtd::start_as("root")
+        Libvirtd::launch("root", false)
     }
 
     /// As [`Libvirtd::start`], with QEMU run as `user` (and its group of the same name).
     pub fn start_as(user: &str) -> Libvirtd {
+        Libvirtd::launch(user, false)
+    }
+
+    /// As [`Libvirtd::start`], with [`Libvirtd::shared`]: a FUSE view mounted under it by a
+    /// daemon on the host is visible to libvirtd and its guests.
+    pub fn start_sharing() -> Libvirtd {
+        Libvirtd::launch("root", true)
+    }
+
+    fn launch(user: &str, shared: bool) -> Libvirtd {
         require_tool("virsh");
         let sandbox = TempDir::new("libvirt");
-        let out = run(Command::new("bash")
-            .arg(repo().join("scripts/libvirt/start-libvirtd.sh"))
-            .env("LIBVIRT_SANDBOX", sandbox.path())
-            .env("QEMU_USER", user)
-            .env("QEMU_GROUP", user));
-        assert!(out.contains("LIBVIRT_DEFAULT_URI"), "{out}");
         let uri = format!(
             "qemu:///system?socket={}/sock/libvirt-sock",
             sandbox.path().display()
         );
-        Libvirtd { sandbox, uri }
+        let shared = shared.then(|| sandbox.path().join("shared"));
+        let lv = Libvirtd {
+            sandbox,
+            uri,
+            shared,
+            user: user.to_string(),
+        };
+        lv.run_start();
+        lv
+    }
+
+    fn run_start(&self) {
+        let mut c = Command::new("bash");
+        c.arg(repo().join("scripts/libvirt/start-libvirtd.sh"))
+            .env("LIBVIRT_SANDBOX", self.sandbox.path())
+            .env("QEMU_USER", &self.user)
+            .env("QEMU_GROUP", &self.user);
+        if let Some(d) = &self.shared {
+            c.env("LIBVIRT_SHARED_DIR", d);
+        }
+        let out = run(&mut c);
+        assert!(out.contains("LIBVIRT_DEFAULT_URI"), "{out}");
+    }
+
+    /// Stops libvirtd and starts it again on the same state (and the same shared mount).
+    pub fn restart(&self) {
+        let _ = try_run(
+            Command::new("bash")
+                .arg(repo().join("scripts/libvirt/stop-libvirtd.sh"))
+                .env("LIBVIRT_SANDBOX", self.sandbox.path())
+                .env("KEEP_SHARED", "1"),
+        );
+        self.run_start();
     }
 
     /// Stock virsh on this libvirtd.
