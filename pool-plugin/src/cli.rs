@@ -87,6 +87,8 @@ fn globals(args: Vec<String>) -> Result<Globals, String> {
 
 /// Runs virsh with `args` in place of this process.
 fn virsh(g: &Globals) -> i32 {
+    // What this process printed must come out before virsh replaces it.
+    let _ = std::io::Write::flush(&mut std::io::stdout());
     let err = std::process::Command::new(std::env::var_os("HLFS_VIRSH").unwrap_or("virsh".into()))
         .args(&g.virsh_args)
         .args(&g.rest)
@@ -110,6 +112,10 @@ pub async fn main(args: Vec<String>) -> i32 {
         }
     };
     let Some(verb) = g.rest.first().cloned() else {
+        // `hlfs-virsh --help`: ours first, then virsh's.
+        if g.virsh_args.iter().any(|a| a == "--help" || a == "-h") {
+            println!("{USAGE}");
+        }
         return virsh(&g);
     };
     let args: Vec<String> = g.rest[1..].to_vec();
@@ -119,7 +125,7 @@ pub async fn main(args: Vec<String>) -> i32 {
             Ok(Outcome::Done)
         }
         // Ours first, then virsh's own (every other verb is virsh's).
-        "--help" | "-h" | "help" if args.is_empty() => {
+        "help" if args.is_empty() => {
             println!("{USAGE}");
             Ok(Outcome::PassThrough)
         }
