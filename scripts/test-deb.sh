@@ -4,7 +4,9 @@
 # unit with systemd-analyze (verify, and an exposure of at most 4.0), starts the packaged
 # /usr/sbin/hlfsd with the packaged configuration by hand on a system bus of its own, checks who
 # may do what (a member of group hlfs manages volumes with no flags, a non-member only reads,
-# import/export files are the caller's), then removes and purges the package.
+# import/export files are the caller's), then removes and purges the package. The second
+# package, hlfs-libvirt (hlfs-virsh), is checked too: lintian, its files, that only it needs
+# libvirt0, install, `hlfs-virsh --help`, purge.
 #
 # Run as root. The daemon and its bus run in a private mount namespace with /run/hlfs,
 # /var/lib/hlfs and /run/dbus on tmpfs, so that nothing of the host's is touched.
@@ -190,14 +192,17 @@ fi
 for u in "$MEMBER" "$OTHER"; do
     if getent passwd "$u" >/dev/null; then userdel "$u" 2>/dev/null || true; fi
 done
-if dpkg-query -W -f='${Status}' hlfs 2>/dev/null | grep -q "install ok installed"; then
-    fail "package hlfs is installed already: this test installs and purges it"
-fi
+for p in hlfs hlfs-libvirt; do
+    if dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        fail "package $p is installed already: this test installs and purges it"
+    fi
+done
 work=$(mktemp -d /tmp/hlfs-deb-test.XXXXXX)
 chmod 0755 "$work"
 had_group=no
 getent group hlfs >/dev/null && had_group=yes
 cleanup() {
+    dpkg -P hlfs-libvirt >/dev/null 2>&1 || true
     dpkg -P hlfs >/dev/null 2>&1 || true
     for u in "$MEMBER" "$OTHER"; do userdel "$u" >/dev/null 2>&1 || true; done
     # Debian keeps a system group at purge; this test leaves the host as it found it.
@@ -207,9 +212,11 @@ cleanup() {
 trap cleanup EXIT
 
 start=$(date +%s)
-deb=$(bash packaging/build-deb.sh)
-[ -f "$deb" ] || fail "no package built"
-ok "built $deb in $(($(date +%s) - start)) s ($(stat -c %s "$deb") bytes)"
+debs=$(bash packaging/build-deb.sh)
+deb=$(sed -n 1p <<<"$debs")
+libdeb=$(sed -n 2p <<<"$debs")
+[ -f "$deb" ] && [ -f "$libdeb" ] || fail "no packages built: $debs"
+ok "built $deb and $libdeb in $(($(date +%s) - start)) s ($(stat -c %s "$deb") and $(stat -c %s "$libdeb") bytes)"
 
 contents=$(dpkg-deb -c "$deb")
 for f in ./usr/sbin/hlfsd ./usr/bin/hlfs ./usr/lib/systemd/system/hlfsd.service \
@@ -229,6 +236,24 @@ lint=$(lintian --fail-on error "$deb" 2>&1 | grep -v "running with root privileg
     fail "lintian reports errors: $lint"
 ok "lintian: no errors${lint:+ ($(tr '\n' ';' <<<"$lint"))}"
 
+# hlfs-libvirt: hlfs-virsh, its unit and the schemas; libvirt0 is its dependency, not hlfs's.
+libcontents=$(dpkg-deb -c "$libdeb")
+for f in ./usr/bin/hlfs-virsh ./usr/lib/systemd/system/hlfs-virsh-publish.service \
+    ./usr/share/hlfs/schemas/hlfs-domain.rng ./usr/share/hlfs/schemas/hlfs-storagepool.rng \
+    ./usr/share/hlfs/schemas/hlfs-storagevol.rng ./usr/share/doc/hlfs-libvirt/copyright \
+    ./usr/share/doc/hlfs-libvirt/libvirt.md ./usr/share/man/man1/hlfs-virsh.1.gz; do
+    grep -q " $f\$" <<<"$libcontents" || fail "hlfs-libvirt lacks $f"
+done
+! grep -q "hlfs-virsh" <<<"$contents" || fail "the hlfs package holds hlfs-virsh"
+libdeps=$(dpkg-deb -f "$libdeb" Depends)
+grep -q "libvirt0" <<<"$libdeps" && grep -Eq "(^|, )hlfs($|,| )" <<<"$libdeps" ||
+    fail "hlfs-libvirt depends on: $libdeps (want libvirt0 and hlfs)"
+! grep -q "libvirt" <<<"$(dpkg-deb -f "$deb" Depends)" || fail "hlfs depends on libvirt"
+ok "hlfs-libvirt holds hlfs-virsh, its unit, the schemas; Depends: $libdeps"
+lint=$(lintian --fail-on error "$libdeb" 2>&1 | grep -v "running with root privileges") ||
+    fail "lintian reports errors on hlfs-libvirt: $lint"
+ok "lintian hlfs-libvirt: no errors${lint:+ ($(tr '\n' ';' <<<"$lint"))}"
+
 had_data_dir=no
 [ -e /var/lib/hlfs ] && had_data_dir=yes
 DEBIAN_FRONTEND=noninteractive dpkg -i "$deb" >"$work/dpkg-i.log" 2>&1 || {
@@ -239,10 +264,19 @@ getent group hlfs >/dev/null || fail "group hlfs was not created"
 [ -x /usr/sbin/hlfsd ] && [ -x /usr/bin/hlfs ] || fail "binaries missing after dpkg -i"
 [ "$(stat -c %a /var/lib/hlfs)" = 700 ] || fail "/var/lib/hlfs is not 0700"
 ok "dpkg -i: group hlfs, binaries, /var/lib/hlfs 0700"
-
-unit=/usr/lib/systemd/system/hlfsd.service
 man_opt=()
 man -w hlfsd >/dev/null 2>&1 || man_opt=(--man=no) # man-db absent or man pages excluded
+DEBIAN_FRONTEND=noninteractive dpkg -i "$libdeb" >"$work/dpkg-i-lib.log" 2>&1 || {
+    cat "$work/dpkg-i-lib.log" >&2
+    fail "dpkg -i hlfs-libvirt failed"
+}
+help=$(/usr/bin/hlfs-virsh --help 2>&1) || fail "hlfs-virsh --help failed: $help"
+grep -q "publish" <<<"$help" || fail "hlfs-virsh --help does not list its verbs: $help"
+systemd-analyze verify "${man_opt[@]}" /usr/lib/systemd/system/hlfs-virsh-publish.service ||
+    fail "systemd-analyze verify hlfs-virsh-publish.service"
+ok "dpkg -i hlfs-libvirt: hlfs-virsh --help runs, the publication unit verifies"
+
+unit=/usr/lib/systemd/system/hlfsd.service
 systemd-analyze verify "${man_opt[@]}" "$unit" || fail "systemd-analyze verify $unit"
 ok "systemd-analyze verify ${man_opt[*]} $unit"
 exposure=$(systemd-analyze security --offline=true "$unit" 2>&1 | sed -n 's/.*Overall exposure level for hlfsd.service: \([0-9.]*\).*/\1/p')
@@ -261,6 +295,9 @@ unshare --mount --propagation private bash "$0" --inside "$work" ||
     fail "the packaged daemon's checks failed (see above)"
 passed=$((passed + $(cat "$work/inside-passed")))
 
+dpkg -P hlfs-libvirt >"$work/dpkg-p-lib.log" 2>&1 || { cat "$work/dpkg-p-lib.log" >&2; fail "dpkg -P hlfs-libvirt failed"; }
+[ ! -e /usr/bin/hlfs-virsh ] && [ ! -e /usr/share/hlfs/schemas ] || fail "hlfs-libvirt files left after purge"
+ok "dpkg -P hlfs-libvirt removes its files"
 dpkg -r hlfs >"$work/dpkg-r.log" 2>&1 || { cat "$work/dpkg-r.log" >&2; fail "dpkg -r failed"; }
 [ ! -e /usr/sbin/hlfsd ] && [ ! -e /usr/bin/hlfs ] && [ ! -e "$unit" ] || fail "files left after dpkg -r"
 [ -f /etc/hlfs/hlfsd.toml ] || fail "dpkg -r removed the conffile (only purge may)"

@@ -178,6 +178,12 @@ impl Service {
         &self.mgr
     }
 
+    /// The Unix socket NBD is served on; D-Bus `NbdSocket` (clients such as the libvirt plugin
+    /// put it in domain XML instead of guessing it).
+    pub fn nbd_socket(&self) -> &std::path::Path {
+        &self.nbd_socket
+    }
+
     /// Where the FUSE view is mounted (empty: not mounted); D-Bus `FuseMountpoint`.
     pub fn fuse_mountpoint(&self) -> String {
         lock(&self.fuse_mountpoint).clone()

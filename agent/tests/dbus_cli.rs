@@ -90,6 +90,18 @@ fn busctl_on_the_p2p_socket_introspects_calls_and_gets_named_errors() {
         &["Size"],
     ));
     assert_eq!(size.trim(), "t 8388608");
+    // Where NBD is served: what the libvirt plugin puts into domain XML.
+    let sock = ok(&busctl(
+        &a,
+        &[
+            "get-property",
+            "org.hlfs.Hlfs1",
+            "/org/hlfs/Hlfs1",
+            "org.hlfs.Manager1",
+            "NbdSocket",
+        ],
+    ));
+    assert_eq!(sock.trim(), format!("s \"{}\"", d.socket.display()));
 
     let pool_dir = d.dir.path().join("p2");
     let uri = format!("local://{}", pool_dir.display());

@@ -34,6 +34,9 @@ pub trait Manager1 {
     /// it is not mounted.
     #[zbus(property)]
     fn fuse_mountpoint(&self) -> zbus::Result<String>;
+    /// The Unix socket hlfsd serves NBD on (absolute path): what domain XML names.
+    #[zbus(property)]
+    fn nbd_socket(&self) -> zbus::Result<String>;
 }
 
 /// `org.hlfs.Pool1` at [`crate::paths::pool`].

@@ -35,20 +35,28 @@ impl Agent {
         Ok(Agent { conn, endpoint })
     }
 
-    /// hlfsd's NBD socket: `explicit`, else `$HLFS_NBD_SOCKET`, else `nbd.sock` beside the
-    /// D-Bus socket that answered (both live in hlfsd's runtime directory), else the system
-    /// daemon's `/run/hlfs/nbd.sock`.
-    pub fn nbd_socket(&self, explicit: Option<&Path>) -> PathBuf {
+    /// hlfsd's NBD socket: `explicit`, else `$HLFS_NBD_SOCKET`, else what hlfsd says it
+    /// serves NBD on (Manager1 `NbdSocket`). An hlfsd too old to say is an error naming the
+    /// option, rather than a guess that would put a wrong path into a domain.
+    pub async fn nbd_socket(&self, explicit: Option<&Path>) -> Result<PathBuf> {
         if let Some(p) = explicit {
-            return p.to_path_buf();
+            return Ok(p.to_path_buf());
         }
         if let Some(p) = std::env::var_os("HLFS_NBD_SOCKET").filter(|s| !s.is_empty()) {
-            return PathBuf::from(p);
+            return Ok(PathBuf::from(p));
         }
-        match &self.endpoint {
-            Endpoint::Socket(p) => p.with_file_name("nbd.sock"),
-            Endpoint::Bus(_) => Path::new(socket::SYSTEM_RUNTIME_DIR).join("nbd.sock"),
+        let s = self.manager().await?.nbd_socket().await.map_err(|e| {
+            HlfsError::NotSupported(format!(
+                "hlfsd did not say where it serves NBD (Manager1 NbdSocket: {e}); \
+                 give --nbd-socket PATH"
+            ))
+        })?;
+        if s.is_empty() {
+            return Err(HlfsError::Unavailable(
+                "hlfsd serves no NBD Unix socket (Manager1 NbdSocket is empty)".into(),
+            ));
         }
+        Ok(PathBuf::from(s))
     }
 
     /// Where hlfsd's FUSE view is mounted (Manager1 `FuseMountpoint`), `None` when it is not

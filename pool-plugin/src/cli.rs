@@ -87,6 +87,8 @@ fn globals(args: Vec<String>) -> Result<Globals, String> {
 
 /// Runs virsh with `args` in place of this process.
 fn virsh(g: &Globals) -> i32 {
+    // What this process printed must come out before virsh replaces it.
+    let _ = std::io::Write::flush(&mut std::io::stdout());
     let err = std::process::Command::new(std::env::var_os("HLFS_VIRSH").unwrap_or("virsh".into()))
         .args(&g.virsh_args)
         .args(&g.rest)
@@ -110,6 +112,10 @@ pub async fn main(args: Vec<String>) -> i32 {
         }
     };
     let Some(verb) = g.rest.first().cloned() else {
+        // `hlfs-virsh --help`: ours first, then virsh's.
+        if g.virsh_args.iter().any(|a| a == "--help" || a == "-h") {
+            println!("{USAGE}");
+        }
         return virsh(&g);
     };
     let args: Vec<String> = g.rest[1..].to_vec();
@@ -117,6 +123,11 @@ pub async fn main(args: Vec<String>) -> i32 {
         "hlfs-help" => {
             print!("{USAGE}");
             Ok(Outcome::Done)
+        }
+        // Ours first, then virsh's own (every other verb is virsh's).
+        "help" if args.is_empty() => {
+            println!("{USAGE}");
+            Ok(Outcome::PassThrough)
         }
         "pool-create" | "pool-define" => pool_create(&g, &verb, &args).await,
         "pool-destroy" => pool_destroy(&g, &args).await,
@@ -532,7 +543,9 @@ async fn domain(g: &Globals, verb: &str, args: &[String]) -> Result<Outcome, Str
     let (pools, nbd) = match agent(g).await {
         Ok(a) => (
             a.pools().await.map_err(|e| e.message())?,
-            a.nbd_socket(g.nbd_socket.as_deref()),
+            a.nbd_socket(g.nbd_socket.as_deref())
+                .await
+                .map_err(|e| e.message())?,
         ),
         Err(e) if text.contains("hlfs") || verb == "translate" => return Err(e),
         Err(_) => (PoolTable::default(), PathBuf::new()),

@@ -17,7 +17,7 @@ use crate::xmldoc::{line_of, XmlError};
 use hlfs_client::names::{Location, PoolRef};
 use quick_xml::events::{BytesEnd, BytesStart, BytesText, Event};
 use quick_xml::{Reader, Writer};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// hlfsd's pools as `(name, uri)`, to resolve HLFS URIs to NBD export names.
 #[derive(Debug, Clone, Default)]
@@ -347,11 +347,6 @@ fn rewrite_disk(
             readonly,
         },
     )))
-}
-
-/// hlfsd's NBD socket, when not told: `nbd.sock` beside the D-Bus socket it answered on.
-pub fn nbd_socket_beside(dbus_socket: &Path) -> PathBuf {
-    dbus_socket.with_file_name("nbd.sock")
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use crate::agent::Agent;
 use crate::domain_xml::PoolTable;
 use crate::xmldoc;
 use futures_util::StreamExt;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tracing::{info, warn};
@@ -51,8 +52,16 @@ pub fn pool_dir(mount: &Path, name: &str) -> PathBuf {
     mount.join("pools").join(name)
 }
 
-/// What to do so that libvirt has exactly one published pool per HLFS pool.
-pub fn plan(hlfs: &PoolTable, libvirt: &[LibvirtPool], mount: &Path) -> Vec<Action> {
+/// What to do so that libvirt has exactly one published pool per HLFS pool. A published-looking
+/// pool with no HLFS pool is withdrawn if it is active or was an HLFS pool in `known` (what this
+/// publisher has seen): an inactive one it never saw may be a user's `pool-define-as` waiting
+/// for its `pool-build`, which makes the HLFS pool.
+pub fn plan(
+    hlfs: &PoolTable,
+    libvirt: &[LibvirtPool],
+    mount: &Path,
+    known: &HashSet<String>,
+) -> Vec<Action> {
     let ours =
         |p: &LibvirtPool| p.pool_type == "dir" && Path::new(&p.target) == pool_dir(mount, &p.name);
     let mut actions = Vec::new();
@@ -79,7 +88,7 @@ pub fn plan(hlfs: &PoolTable, libvirt: &[LibvirtPool], mount: &Path) -> Vec<Acti
         }
     }
     for p in libvirt {
-        if ours(p) && hlfs.by_name(&p.name).is_none() {
+        if ours(p) && hlfs.by_name(&p.name).is_none() && (p.active || known.contains(&p.name)) {
             actions.push(Action::Remove {
                 name: p.name.clone(),
                 active: p.active,
@@ -126,10 +135,11 @@ pub fn libvirt_pools(
     Ok(out)
 }
 
-/// Carries out `actions`; returns what was done, one line each. A failing step is logged and
-/// the others still run (the next pass retries it).
-pub fn apply(conn: &virt::connect::Connect, actions: &[Action]) -> Vec<String> {
+/// Carries out `actions`; returns what was done, one line each, and how many steps failed. A
+/// failing step is logged and the others still run (the next pass retries it).
+pub fn apply(conn: &virt::connect::Connect, actions: &[Action]) -> (Vec<String>, usize) {
     let mut done = Vec::new();
+    let mut failed = 0;
     for a in actions {
         let r: Result<Option<String>, virt::error::Error> = (|| match a {
             Action::Define { name, target } => {
@@ -175,10 +185,13 @@ pub fn apply(conn: &virt::connect::Connect, actions: &[Action]) -> Vec<String> {
                 done.push(line);
             }
             Ok(None) => {}
-            Err(e) => warn!(action = ?a, "libvirt: {e}"),
+            Err(e) => {
+                failed += 1;
+                warn!(action = ?a, "libvirt: {e}");
+            }
         }
     }
-    done
+    (done, failed)
 }
 
 /// Options of `hlfs-virsh publish`.
@@ -193,7 +206,11 @@ pub struct PublishOptions {
 }
 
 /// One pass: returns what was done, or why nothing could be.
-pub async fn sync_once(agent: &Agent, o: &PublishOptions) -> Result<Vec<String>, String> {
+pub async fn sync_once(
+    agent: &Agent,
+    o: &PublishOptions,
+    known: &mut HashSet<String>,
+) -> Result<Vec<String>, String> {
     let mount = match &o.mountpoint {
         Some(m) => m.clone(),
         None => agent.fuse_mountpoint().await.ok_or(
@@ -204,8 +221,12 @@ pub async fn sync_once(agent: &Agent, o: &PublishOptions) -> Result<Vec<String>,
     let conn = virt::connect::Connect::open(o.libvirt_uri.as_deref())
         .map_err(|e| format!("cannot connect to libvirt: {e}"))?;
     let lv = libvirt_pools(&conn).map_err(|e| format!("libvirt: {e}"))?;
-    let actions = plan(&hlfs, &lv, &mount);
-    Ok(apply(&conn, &actions))
+    let actions = plan(&hlfs, &lv, &mount, known);
+    known.extend(hlfs.pools.iter().map(|(n, _)| n.clone()));
+    match apply(&conn, &actions) {
+        (done, 0) => Ok(done),
+        (_, n) => Err(format!("{n} libvirt step(s) failed")),
+    }
 }
 
 /// `hlfs-virsh publish`: keeps libvirt in step with hlfsd until killed (or one pass, `once`).
@@ -214,11 +235,13 @@ pub async fn run(o: PublishOptions) -> Result<(), String> {
         let agent = Agent::connect(o.dbus_socket.as_deref())
             .await
             .map_err(|e| e.message())?;
-        for line in sync_once(&agent, &o).await? {
+        for line in sync_once(&agent, &o, &mut HashSet::new()).await? {
             println!("{line}");
         }
         return Ok(());
     }
+    // HLFS pools seen, kept across reconnections (see `plan`).
+    let mut known = HashSet::new();
     loop {
         let agent = match Agent::connect(o.dbus_socket.as_deref()).await {
             Ok(a) => a,
@@ -228,7 +251,7 @@ pub async fn run(o: PublishOptions) -> Result<(), String> {
                 continue;
             }
         };
-        if let Err(e) = follow(&agent, &o).await {
+        if let Err(e) = follow(&agent, &o, &mut known).await {
             warn!("{e}; reconnecting");
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -236,7 +259,11 @@ pub async fn run(o: PublishOptions) -> Result<(), String> {
 }
 
 /// Syncs on every ObjectManager signal and every 30 s while the connection lasts.
-async fn follow(agent: &Agent, o: &PublishOptions) -> Result<(), String> {
+async fn follow(
+    agent: &Agent,
+    o: &PublishOptions,
+    known: &mut HashSet<String>,
+) -> Result<(), String> {
     let om = zbus::fdo::ObjectManagerProxy::builder(&agent.conn)
         .destination(hlfs_client::paths::SERVICE)
         .and_then(|b| b.path(hlfs_client::paths::ROOT))
@@ -255,16 +282,22 @@ async fn follow(agent: &Agent, o: &PublishOptions) -> Result<(), String> {
     // Any call makes a p2p connection "ready" for signals (docs/dbus.md).
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     loop {
-        match sync_once(agent, o).await {
-            Ok(_) => {}
-            Err(e) => warn!("{e}"),
-        }
+        // A pass that failed (libvirtd down or restarting) is retried soon, not in 30 s: a
+        // restarted libvirtd is re-synced within seconds.
+        let retry = match sync_once(agent, o, known).await {
+            Ok(_) => Duration::from_secs(3600),
+            Err(e) => {
+                warn!("{e}; retrying in 2 s");
+                Duration::from_secs(2)
+            }
+        };
         // Also proves the connection is alive: a dead hlfsd ends this pass.
         agent.pools().await.map_err(|e| e.message())?;
         tokio::select! {
             a = added.next() => { if a.is_none() { return Err("hlfsd closed the connection".into()); } }
             r = removed.next() => { if r.is_none() { return Err("hlfsd closed the connection".into()); } }
             _ = tick.tick() => {}
+            _ = tokio::time::sleep(retry) => {}
         }
         // Signals come in bursts (a pool and its volumes): let them settle.
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -301,9 +334,13 @@ mod tests {
             lp("gone", "dir", "/m/pools/gone", true, true),
             lp("default", "dir", "/var/lib/libvirt/images", true, true),
             lp("x", "logical", "/m/pools/x", true, true),
+            // pool-define-as, pool-build to come: not withdrawn until seen as an HLFS pool.
+            lp("fresh", "dir", "/m/pools/fresh", false, false),
+            lp("old", "dir", "/m/pools/old", false, true),
         ];
-        let a = plan(&hlfs, &lv, m);
-        assert_eq!(a.len(), 4, "{a:?}");
+        let known: HashSet<String> = ["old".to_string()].into();
+        let a = plan(&hlfs, &lv, m, &known);
+        assert_eq!(a.len(), 5, "{a:?}");
         assert_eq!(
             a[0],
             Action::Define {
@@ -325,6 +362,13 @@ mod tests {
             Action::Remove {
                 name: "gone".into(),
                 active: true
+            }
+        );
+        assert_eq!(
+            a[4],
+            Action::Remove {
+                name: "old".into(),
+                active: false
             }
         );
         assert!(dir_pool_xml("a", Path::new("/m/pools/a")).contains("<path>/m/pools/a</path>"));

@@ -1,11 +1,15 @@
-//! Real libvirtd (started by scripts/libvirt/start-libvirtd.sh, no systemd) with a real hlfsd:
-//! TCG guests boot from an HLFS volume with the seeds' domain XML and from a snapshot, each
-//! leaving a marker that the test reads back over NBD; `define` goes through libvirt; and
-//! publication puts HLFS pools into libvirt as autostarted dir pools, following hlfsd's signals.
-//! Heavy (two guest boots): kept to this one test.
+//! Real libvirtd (started by scripts/libvirt/start-libvirtd.sh, no systemd) with a real hlfsd
+//! whose FUSE view libvirtd sees: TCG guests boot from an HLFS volume with the seeds' domain XML
+//! and from a snapshot, each leaving a marker that the test reads back over NBD; `define` goes
+//! through libvirt; publication puts HLFS pools into libvirt as autostarted dir pools on the FUSE
+//! view, where stock virsh's volume verbs work (each checked against `hlfs --json volume list`
+//! or the data read back), following hlfsd's signals and surviving restarts of libvirtd and
+//! hlfsd; and virt-install creates a volume in a published pool and starts a domain on it.
+//! Heavy (two guest boots, one libvirtd restart): kept to this one test.
 
 mod common;
 use common::*;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -57,7 +61,12 @@ fn read_export(h: &Hlfsd, export: &str, dest: &Path) -> Vec<u8> {
 fn guests_boot_from_hlfs_and_pools_are_published() {
     require_tool("qemu-system-x86_64");
     require_tool("debugfs");
-    let mut h = Hlfsd::start("libvirt");
+    require_tool("virt-install");
+    // libvirtd first: hlfsd's FUSE view goes under its shared directory, where libvirtd sees it.
+    let lv = Libvirtd::start_sharing();
+    let mnt = lv.shared.clone().unwrap().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mut h = Hlfsd::start_with("libvirt", "", Some(&mnt));
     let env = TempDir::new("env");
     let dir = env.path().join("testenv");
     let guest = env.path().join("testenv-guest");
@@ -70,7 +79,6 @@ fn guests_boot_from_hlfs_and_pools_are_published() {
     run(Command::new("bash")
         .arg(repo().join("scripts/libvirt/make-guest.sh"))
         .arg(&guest));
-    let lv = Libvirtd::start();
 
     // The seeds' pool and volume, the guest's root filesystem copied in over NBD.
     run(hv(&h, &lv).arg("pool-create").arg(write("seed-pool.xml")));
@@ -136,17 +144,13 @@ fn guests_boot_from_hlfs_and_pools_are_published() {
     );
     run(lv.virsh().args(["undefine", "hlfs-seed"]));
 
-    // 4. Publication, following hlfsd's signals. Without the FUSE view (another issue) a plain
-    //    directory stands in for its mount point.
-    let mnt = TempDir::new("mnt");
-    for p in ["testenv", "second"] {
-        std::fs::create_dir_all(mnt.path().join("pools").join(p)).unwrap();
-    }
-    // A libvirt pool of another kind with an HLFS pool's name is left alone.
+    // 4. Publication on hlfsd's FUSE view (FuseMountpoint): stock virsh on HLFS pools.
+    let publog = files.path().join("publish.log");
     let publisher = hv(&h, &lv)
-        .args(["publish", "--mountpoint"])
-        .arg(mnt.path())
+        .arg("publish")
+        .env("HLFS_LOG", "debug")
         .stdin(Stdio::null())
+        .stderr(std::fs::File::create(&publog).unwrap())
         .spawn()
         .unwrap();
     let publisher = KillOnDrop(publisher);
@@ -155,31 +159,165 @@ fn guests_boot_from_hlfs_and_pools_are_published() {
         while !f() {
             assert!(
                 t0.elapsed() < Duration::from_secs(60),
-                "timed out waiting for {what}"
+                "timed out waiting for {what}; publisher:\n{}",
+                std::fs::read_to_string(&publog).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(250));
         }
     };
-    let pool_list = || run(lv.virsh().args(["pool-list", "--all", "--name"]));
-    wait_for("testenv published", &|| {
-        pool_list().lines().any(|l| l.trim() == "testenv")
-    });
-    let info = run(lv.virsh().args(["pool-info", "testenv"]));
-    assert!(
-        info.contains("running") && info.contains("Autostart:      yes"),
-        "{info}"
-    );
+    let virsh = |args: &[&str]| run(lv.virsh().args(args));
+    let running = |pool: &str| {
+        let (ok, info, _) = outputs(lv.virsh().args(["pool-info", pool]));
+        ok && info.contains("running")
+    };
+    wait_for("testenv published", &|| running("testenv"));
+    let info = virsh(&["pool-info", "testenv"]);
+    assert!(info.contains("Autostart:      yes"), "{info}");
     assert!(info.contains("Persistent:     yes"), "{info}");
-    let x = run(lv.virsh().args(["pool-dumpxml", "testenv"]));
+    let x = virsh(&["pool-dumpxml", "testenv"]);
     assert!(
         x.contains(&format!(
             "<path>{}</path>",
-            mnt.path().join("pools/testenv").display()
+            mnt.join("pools/testenv").display()
         )),
         "{x}"
     );
+    // What hlfsd has (`hlfs --json volume list`) and what libvirt lists.
+    let dbus_socket = h.dbus_socket(); // the same after hlfsd restarts
+    let hlfs = || {
+        let mut c = Command::new(workspace_bin("hlfs"));
+        c.arg("--socket").arg(&dbus_socket);
+        c
+    };
+    let hlfs_vols = |pool: &str| -> BTreeMap<String, u64> {
+        let out = run(hlfs().args(["--json", "volume", "list"]));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["pool"] == pool)
+            .map(|r| {
+                (
+                    r["name"].as_str().unwrap().to_string(),
+                    r["size"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    // Empty while the pool is not active (a wait_for then waits for the publisher to start it).
+    let virsh_vols = |pool: &str| -> Vec<String> {
+        let (_, out, _) = outputs(lv.virsh().args(["vol-list", pool]));
+        out.lines()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect()
+    };
+    let same_lists = |pool: &str| {
+        let h = hlfs_vols(pool).into_keys().collect::<Vec<_>>();
+        let v = virsh_vols(pool);
+        assert_eq!(v, h, "virsh vol-list {pool} against hlfs volume list");
+    };
+    same_lists("testenv");
+    assert_eq!(virsh_vols("testenv"), ["out", "testfs"]);
+    let capacity = |vol: &str| -> u64 {
+        let info = virsh(&["vol-info", "--bytes", "--pool", "testenv", vol]);
+        info.lines()
+            .find_map(|l| l.strip_prefix("Capacity:"))
+            .and_then(|c| c.trim().trim_end_matches(" bytes").parse().ok())
+            .unwrap_or_else(|| panic!("no capacity in {info}"))
+    };
+    assert_eq!(capacity("testfs"), hlfs_vols("testenv")["testfs"]);
 
-    // A new HLFS pool appears in libvirt by itself; forgetting it withdraws it.
+    // vol-create-as, vol-upload, vol-download, vol-resize, vol-clone, vol-wipe, vol-delete.
+    virsh(&["vol-create-as", "testenv", "web", "16M", "--format", "raw"]);
+    assert_eq!(hlfs_vols("testenv").get("web"), Some(&(16 << 20)));
+    let pattern: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let up = files.path().join("up.bin");
+    std::fs::write(&up, &pattern).unwrap();
+    virsh(&[
+        "vol-upload",
+        "--pool",
+        "testenv",
+        "web",
+        up.to_str().unwrap(),
+    ]);
+    let back = read_export(&h, "testenv/web", &files.path().join("web.img"));
+    assert_eq!(back.len(), 16 << 20);
+    assert!(
+        back[..1 << 20] == pattern[..],
+        "vol-upload: other bytes over NBD"
+    );
+    assert!(back[1 << 20..].iter().all(|&b| b == 0));
+    let down = files.path().join("down.bin");
+    virsh(&[
+        "vol-download",
+        "--pool",
+        "testenv",
+        "web",
+        down.to_str().unwrap(),
+    ]);
+    let d = std::fs::read(&down).unwrap();
+    assert_eq!(d.len(), 16 << 20);
+    assert!(d[..1 << 20] == pattern[..], "vol-download: other bytes");
+    virsh(&["vol-resize", "--pool", "testenv", "web", "32M"]);
+    assert_eq!(hlfs_vols("testenv")["web"], 32 << 20);
+    assert_eq!(capacity("web"), 32 << 20);
+    virsh(&["vol-clone", "--pool", "testenv", "web", "web2"]);
+    assert_eq!(hlfs_vols("testenv").get("web2"), Some(&(32 << 20)));
+    let c = read_export(&h, "testenv/web2", &files.path().join("web2.img"));
+    assert!(c[..1 << 20] == pattern[..], "vol-clone: other bytes");
+    virsh(&["vol-wipe", "--pool", "testenv", "web2"]);
+    let w = read_export(&h, "testenv/web2", &files.path().join("web2.img"));
+    assert_eq!(w.len(), 32 << 20);
+    assert!(w.iter().all(|&b| b == 0), "vol-wipe left data");
+    virsh(&["vol-delete", "--pool", "testenv", "web2"]);
+    assert!(!hlfs_vols("testenv").contains_key("web2"));
+    same_lists("testenv");
+
+    // A volume made with hlfs appears in libvirt after the publisher's refresh.
+    run(hlfs().args(["volume", "create", "testenv/cli1", "8M"]));
+    wait_for("cli1 in virsh vol-list", &|| {
+        virsh_vols("testenv").iter().any(|v| v == "cli1")
+    });
+    same_lists("testenv");
+
+    // virsh pool-define-as + pool-build on the view creates an HLFS pool, which stays published.
+    let built = mnt.join("pools/built");
+    virsh(&[
+        "pool-define-as",
+        "built",
+        "dir",
+        "--target",
+        built.to_str().unwrap(),
+    ]);
+    // libvirt's pool-build is mkdir, then chmod to the pool's mode (0711 by default), and rmdir
+    // if that fails. The FUSE view refuses chmod on a pool directory (EPERM) today, so nothing
+    // is made: a known gap of the FUSE view (agent/src/fuse), said out loud here; once it
+    // accepts the chmod, the pool must be made and published.
+    let (ok, _, err) = outputs(lv.virsh().args(["pool-build", "built"]));
+    let hlfs_pools = || run(hlfs().args(["--json", "pool", "list"]));
+    if ok {
+        let out = hlfs_pools();
+        assert!(out.contains("\"built\""), "{out}");
+        wait_for("built started and autostarted", &|| {
+            running("built") && virsh(&["pool-info", "built"]).contains("Autostart:      yes")
+        });
+    } else {
+        assert!(
+            err.contains(&format!("cannot set mode of '{}'", built.display())),
+            "pool-build: {err}"
+        );
+        let out = hlfs_pools();
+        assert!(!out.contains("\"built\""), "{out}");
+        eprintln!(
+            "KNOWN GAP: virsh pool-build on the FUSE view: {}",
+            err.trim()
+        );
+        let _ = outputs(lv.virsh().args(["pool-undefine", "built"]));
+    }
+
+    // libvirtd restarted, and an HLFS pool added while it was down: re-synced.
     let second = files.path().join("second.xml");
     std::fs::write(
         &second,
@@ -189,48 +327,85 @@ fn guests_boot_from_hlfs_and_pools_are_published() {
         ),
     )
     .unwrap();
+    run(Command::new("bash")
+        .arg(repo().join("scripts/libvirt/stop-libvirtd.sh"))
+        .env("LIBVIRT_SANDBOX", lv.sandbox.path())
+        .env("KEEP_SHARED", "1"));
     run(hv(&h, &lv).arg("pool-define").arg(&second));
-    wait_for("second published", &|| {
-        pool_list().lines().any(|l| l.trim() == "second")
+    lv.restart();
+    wait_for("second published after libvirtd restarted", &|| {
+        running("second")
     });
+    assert!(running("testenv"));
+    same_lists("testenv");
+
+    // hlfsd restarted: its view goes away (libvirt's refresh fails and stops the pool), and
+    // the pools come back active when it returns.
+    h.stop();
+    let (ok, _, _) = outputs(lv.virsh().args(["pool-refresh", "testenv"]));
+    assert!(!ok, "refreshed a pool whose FUSE view is gone");
+    h.spawn();
+    wait_for("testenv active again after hlfsd restarted", &|| {
+        running("testenv") && virsh_vols("testenv").iter().any(|v| v == "testfs")
+    });
+    same_lists("testenv");
+    wait_for("second active again", &|| running("second"));
+
+    // A pool hlfsd forgets is withdrawn from libvirt.
     run(hv(&h, &lv).args(["pool-undefine", "second"]));
     wait_for("second withdrawn", &|| {
-        !pool_list().lines().any(|l| l.trim() == "second")
+        !virsh(&["pool-list", "--all", "--name"])
+            .lines()
+            .any(|l| l.trim() == "second")
     });
-    // hlfsd restarted: the publisher reconnects and follows again; the pool stays published.
-    h.stop();
-    h.spawn();
-    let third = files.path().join("third.xml");
-    std::fs::write(
-        &third,
-        format!(
-            "<pool type='hlfs'><name>third</name><source><name>local://{}</name></source></pool>",
-            env.path().join("third").display()
-        ),
-    )
-    .unwrap();
-    std::fs::create_dir_all(mnt.path().join("pools/third")).unwrap();
-    run(hv(&h, &lv).arg("pool-define").arg(&third));
-    wait_for("third published after hlfsd restarted", &|| {
-        pool_list().lines().any(|l| l.trim() == "third")
-    });
-    let info = run(lv.virsh().args(["pool-info", "testenv"]));
-    assert!(info.contains("running"), "{info}");
-    drop(publisher);
 
-    // libvirtd restarted: the published pool is still there, autostarted.
-    lv.stop();
-    let lv2 = Libvirtd {
-        sandbox: TempDir(lv.sandbox.0.clone()),
-        uri: lv.uri.clone(),
-    };
-    let _lv = std::mem::ManuallyDrop::new(lv);
-    run(Command::new("bash")
-        .arg(repo().join("scripts/libvirt/start-libvirtd.sh"))
-        .env("LIBVIRT_SANDBOX", lv2.sandbox.path()));
-    let info = run(lv2.virsh().args(["pool-info", "testenv"]));
-    assert!(
-        info.contains("running") && info.contains("Autostart:      yes"),
-        "{info}"
+    // 5. virt-install (virt-manager's library) makes a volume in a published pool and starts a
+    //    domain on it, unmodified. format=raw: a qcow2 file grows by writing past its end,
+    //    which the FUSE view refuses (docs/fuse.md).
+    let (ok, out, err) = outputs(
+        tool("virt-install")
+            .args(["--connect", &lv.uri, "--name", "hlfs-vi", "--memory", "128"])
+            .args([
+                "--vcpus",
+                "1",
+                "--import",
+                "--virt-type",
+                "qemu",
+                "--os-variant",
+                "generic",
+            ])
+            .args(["--disk", "pool=testenv,size=1,format=raw,bus=virtio"])
+            .args(["--graphics", "none", "--network", "none", "--noautoconsole"]),
     );
+    assert!(ok, "virt-install failed:\n{out}\n{err}");
+    assert!(
+        format!("{out}{err}").contains("Domain creation completed"),
+        "{out}\n{err}"
+    );
+    assert_eq!(virsh(&["domstate", "hlfs-vi"]).trim(), "running");
+    let vols = hlfs_vols("testenv");
+    assert_eq!(vols.get("hlfs-vi.img"), Some(&(1 << 30)), "{vols:?}");
+    let blk = virsh(&["domblklist", "hlfs-vi"]);
+    let disk = mnt.join("pools/testenv/hlfs-vi.img");
+    assert!(
+        blk.lines()
+            .any(|l| l.split_whitespace().eq(["vda", disk.to_str().unwrap()])),
+        "{blk}"
+    );
+    virsh(&["destroy", "hlfs-vi"]);
+    virsh(&["undefine", "hlfs-vi"]);
+    virsh(&["vol-delete", "--pool", "testenv", "hlfs-vi.img"]);
+    assert!(!hlfs_vols("testenv").contains_key("hlfs-vi.img"));
+    drop(publisher);
+    eprintln!(
+        "publisher's warnings:\n{}",
+        std::fs::read_to_string(&publog)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("WARN"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // hlfsd goes before libvirtd (its view is under libvirtd's shared directory).
+    drop(h);
 }

@@ -197,6 +197,13 @@ fn domain_xml_translation_keeps_everything_else_and_validates() {
 #[test]
 fn other_verbs_and_other_pools_go_to_stock_virsh() {
     let h = Hlfsd::start("pass");
+    // --help: hlfs-virsh's verbs, then virsh's own help.
+    let out = run(h.virsh().arg("--help"));
+    let (ours, theirs) = (
+        out.find("publish [--once]").expect(&out),
+        out.find("virsh [options]").expect(&out),
+    );
+    assert!(ours < theirs, "{out}");
     // libvirt's test driver needs no daemon.
     let out = run(h.virsh().args(["-c", "test:///default", "list", "--all"]));
     assert!(out.contains("test"), "{out}");

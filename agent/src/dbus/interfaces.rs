@@ -149,6 +149,17 @@ impl Manager1 {
     async fn fuse_mountpoint(&self) -> String {
         self.ctx.svc.fuse_mountpoint()
     }
+
+    /// The Unix socket NBD is served on (absolute path): what QEMU and libvirt domain XML
+    /// connect to, so that clients need not guess it.
+    #[zbus(property(emits_changed_signal = "const"))]
+    async fn nbd_socket(&self) -> String {
+        let p = self.ctx.svc.nbd_socket();
+        std::path::absolute(p)
+            .unwrap_or_else(|_| p.to_path_buf())
+            .to_string_lossy()
+            .into_owned()
+    }
 }
 
 /// `org.hlfs.Pool1`: one per pool.

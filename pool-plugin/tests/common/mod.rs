@@ -75,14 +75,20 @@ impl Drop for TempDir {
 }
 
 /// A binary of the workspace that this package does not build (hlfsd, hlfs): next to the test's
-/// own target directory, built on demand.
+/// own target directory, built on demand (once: a stale one is used as it is).
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     // target/<profile>/deps/test-hash -> target/<profile>/NAME
     let p = exe.parent().and_then(Path::parent).unwrap().join(name);
     if !p.is_file() {
+        let package = if name == "hlfs" {
+            "hlfs-cli"
+        } else {
+            "hlfs-agent"
+        };
+        // The tests' own profile: its dependencies are built already.
         let status = Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
-            .args(["build", "-p", "hlfs-agent", "--bin", name])
+            .args(["build", "--profile", "test", "-p", package, "--bin", name])
             .current_dir(repo())
             .status()
             .expect("cargo build");
@@ -96,13 +102,26 @@ pub fn workspace_bin(name: &str) -> PathBuf {
 pub struct Hlfsd {
     pub dir: TempDir,
     child: Option<Child>,
+    /// Written to `DIR/hlfsd.toml` and given with `--config` when not empty.
+    pub config: String,
+    /// Where hlfsd mounts its FUSE view (`--fuse-mount`); None: `--no-fuse`.
+    pub fuse_mount: Option<PathBuf>,
 }
 
 impl Hlfsd {
+    /// hlfsd without a FUSE view.
     pub fn start(tag: &str) -> Hlfsd {
+        Hlfsd::start_with(tag, "", None)
+    }
+
+    /// hlfsd with the configuration file `config` (if not empty) and its FUSE view mounted on
+    /// `fuse_mount` (if given).
+    pub fn start_with(tag: &str, config: &str, fuse_mount: Option<&Path>) -> Hlfsd {
         let mut h = Hlfsd {
             dir: TempDir::new(tag),
             child: None,
+            config: config.to_string(),
+            fuse_mount: fuse_mount.map(Path::to_path_buf),
         };
         h.spawn();
         h
@@ -110,14 +129,24 @@ impl Hlfsd {
 
     pub fn spawn(&mut self) {
         let log = std::fs::File::create(self.dir.path().join("hlfsd.log")).unwrap();
-        let child = Command::new(workspace_bin("hlfsd"))
+        let mut cmd = Command::new(workspace_bin("hlfsd"));
+        if !self.config.is_empty() {
+            let f = self.dir.path().join("hlfsd.toml");
+            std::fs::write(&f, &self.config).unwrap();
+            cmd.arg("--config").arg(f);
+        }
+        match &self.fuse_mount {
+            Some(m) => cmd.arg("--fuse-mount").arg(m),
+            None => cmd.arg("--no-fuse"),
+        };
+        let child = cmd
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
             .arg("--runtime-dir")
             .arg(self.dir.path().join("run"))
-            // Publication is tested on a directory standing in for the FUSE view (--mountpoint);
-            // hlfsd's own view would be published too.
-            .arg("--no-fuse")
+            // Not beside dbus.sock: hlfs-virsh must ask hlfsd (Manager1 NbdSocket), not guess.
+            .arg("--nbd-socket")
+            .arg(self.nbd_socket())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -155,7 +184,7 @@ impl Hlfsd {
     }
 
     pub fn nbd_socket(&self) -> PathBuf {
-        self.dir.path().join("run/nbd.sock")
+        self.dir.path().join("nbd/hlfs-nbd.sock")
     }
 
     /// `nbd+unix:///EXPORT?socket=...`
@@ -216,6 +245,19 @@ impl Drop for Hlfsd {
     }
 }
 
+/// The gid of `group` on the host; panics (naming the setup script) if it does not exist.
+pub fn host_group_id(group: &str) -> u32 {
+    let (ok, out, _) = outputs(tool("getent").args(["group", group]));
+    assert!(
+        ok,
+        "group {group} does not exist on this host (scripts/setup-test.sh creates it)"
+    );
+    out.split(':')
+        .nth(2)
+        .and_then(|g| g.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no gid in {out:?}"))
+}
+
 /// stdout and stderr of a command that may fail.
 pub fn outputs(cmd: &mut Command) -> (bool, String, String) {
     let o = try_run(cmd);
@@ -268,28 +310,67 @@ pub fn data(name: &str, dir: &Path) -> String {
 pub struct Libvirtd {
     pub sandbox: TempDir,
     pub uri: String,
+    /// A directory whose later mounts on the host libvirtd sees (`LIBVIRT_SHARED_DIR`).
+    pub shared: Option<PathBuf>,
+    user: String,
 }
 
 impl Libvirtd {
     pub fn start() -> Libvirtd {
-        Libvirtd::start_as("root")
+        Libvirtd::launch("root", false)
     }
 
     /// As [`Libvirtd::start`], with QEMU run as `user` (and its group of the same name).
     pub fn start_as(user: &str) -> Libvirtd {
+        Libvirtd::launch(user, false)
+    }
+
+    /// As [`Libvirtd::start`], with [`Libvirtd::shared`]: a FUSE view mounted under it by a
+    /// daemon on the host is visible to libvirtd and its guests.
+    pub fn start_sharing() -> Libvirtd {
+        Libvirtd::launch("root", true)
+    }
+
+    fn launch(user: &str, shared: bool) -> Libvirtd {
         require_tool("virsh");
         let sandbox = TempDir::new("libvirt");
-        let out = run(Command::new("bash")
-            .arg(repo().join("scripts/libvirt/start-libvirtd.sh"))
-            .env("LIBVIRT_SANDBOX", sandbox.path())
-            .env("QEMU_USER", user)
-            .env("QEMU_GROUP", user));
-        assert!(out.contains("LIBVIRT_DEFAULT_URI"), "{out}");
         let uri = format!(
             "qemu:///system?socket={}/sock/libvirt-sock",
             sandbox.path().display()
         );
-        Libvirtd { sandbox, uri }
+        let shared = shared.then(|| sandbox.path().join("shared"));
+        let lv = Libvirtd {
+            sandbox,
+            uri,
+            shared,
+            user: user.to_string(),
+        };
+        lv.run_start();
+        lv
+    }
+
+    fn run_start(&self) {
+        let mut c = Command::new("bash");
+        c.arg(repo().join("scripts/libvirt/start-libvirtd.sh"))
+            .env("LIBVIRT_SANDBOX", self.sandbox.path())
+            .env("QEMU_USER", &self.user)
+            .env("QEMU_GROUP", &self.user);
+        if let Some(d) = &self.shared {
+            c.env("LIBVIRT_SHARED_DIR", d);
+        }
+        let out = run(&mut c);
+        assert!(out.contains("LIBVIRT_DEFAULT_URI"), "{out}");
+    }
+
+    /// Stops libvirtd and starts it again on the same state (and the same shared mount).
+    pub fn restart(&self) {
+        let _ = try_run(
+            Command::new("bash")
+                .arg(repo().join("scripts/libvirt/stop-libvirtd.sh"))
+                .env("LIBVIRT_SANDBOX", self.sandbox.path())
+                .env("KEEP_SHARED", "1"),
+        );
+        self.run_start();
     }
 
     /// Stock virsh on this libvirtd.
