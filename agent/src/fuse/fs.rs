@@ -476,24 +476,29 @@ impl HlfsFs {
         if !writable {
             return Err(Errno::EBADF);
         }
-        let size = vol.read(|v| v.size()).ok_or_else(|| closing(vol))?;
-        // A volume file does not grow by writing (as a block device): a write at or past the
-        // end is refused with EFBIG, one across it is cut short at the end.
-        if offset >= size && !data.is_empty() {
-            return Err(Errno::EFBIG);
-        }
-        let n = (data.len() as u64).min(size - offset.min(size)) as usize;
-        let data = &data[..n];
+        // A write past the end grows the volume, as a regular file grows: image formats that
+        // append (qcow2, vmdk, vhdx as files, what virt-manager creates by default) need it,
+        // and a thin volume grows for free (the gap reads as zeros, stores nothing).
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|e| *e <= hlfs_engine::MAX_SIZE)
+            .ok_or(Errno::EFBIG)?;
         let enc = encoder.encode(offset, data);
         let r = vol
-            .with(|v| match enc {
-                Some(e) => v.write_encoded(e),
-                None => v.write(offset, data),
+            .with(|v| {
+                // Under the volume's lock: two writers growing at once both land.
+                if end > v.size() {
+                    v.resize(end)?;
+                }
+                match enc {
+                    Some(e) => v.write_encoded(e),
+                    None => v.write(offset, data),
+                }
             })
             .ok_or_else(|| closing(vol))?;
         vol.mark_changed();
         r.map_err(|e| engine_errno("write", vol, e))?;
-        Ok(n as u32)
+        Ok(data.len() as u32)
     }
 
     fn do_fsync(&self, fh: FileHandle) -> Result<(), Errno> {
