@@ -205,12 +205,15 @@ impl HlfsFs {
         self.svc.manager().volume(pool, name).map_err(|e| errno(&e))
     }
 
+    /// Whether `pool/name` is a volume: O(1) in the pool's size (no listing).
     fn volume_exists(&self, pool: &str, name: &str) -> Result<bool, Errno> {
-        let vols = self
-            .rt
-            .block_on(self.svc.volumes(pool))
-            .map_err(|e| errno(&e))?;
-        Ok(vols.iter().any(|v| v == name))
+        if crate::names::check_name("volume", name).is_err() {
+            return Ok(false);
+        }
+        self.svc
+            .manager()
+            .has_volume(pool, name)
+            .map_err(|e| errno(&e))
     }
 
     fn dir_attr(&self, n: &Node) -> FileAttr {
