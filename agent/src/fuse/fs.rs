@@ -31,6 +31,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 const TTL: Duration = Duration::from_secs(1);
 /// Largest write request the kernel sends (with FUSE_MAX_PAGES).
 pub const MAX_WRITE: u32 = 1 << 20;
+/// How volume files are opened: no page cache in the kernel (it would go stale when an NBD
+/// client writes the volume), and direct writes from several threads of one process (qemu's
+/// `aio=threads`, fio's psync jobs) in parallel instead of one at a time under the kernel's
+/// inode lock: the volume's own lock orders them, and a write that grows the file still takes
+/// the kernel's lock (kernel 6.2+; older kernels ignore the flag).
+const OPEN_FLAGS: FopenFlags =
+    FopenFlags::FOPEN_DIRECT_IO.union(FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES);
 /// Bytes of the extent map looked at per step of SEEK_DATA/SEEK_HOLE.
 const SEEK_WINDOW: u64 = 1 << 32;
 
@@ -721,7 +728,7 @@ impl HlfsFs {
             }
             _ => return Err(Errno::EISDIR),
         };
-        Ok((self.add_handle(open), FopenFlags::FOPEN_DIRECT_IO))
+        Ok((self.add_handle(open), OPEN_FLAGS))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -952,7 +959,7 @@ impl fuser::Filesystem for HlfsFs {
         reply: ReplyCreate,
     ) {
         match self.do_create(req, parent, name, mode, umask, flags) {
-            Ok((a, fh)) => reply.created(&TTL, &a, Generation(0), fh, FopenFlags::FOPEN_DIRECT_IO),
+            Ok((a, fh)) => reply.created(&TTL, &a, Generation(0), fh, OPEN_FLAGS),
             Err(e) => reply.error(e),
         }
     }
