@@ -3,12 +3,12 @@
 # against the same hlfsd's NBD export and against nbdkit's file plugin (fio's nbd engine), one
 # run, same disk. Needs root (the view mounts directly) or fusermount3.
 # Usage: [HLFSD=path] scripts/bench-fuse.sh [--size 1G] [--runtime 15] [--dir DIR]
-#          [--only seqwrite1M,...] [--lookup N]
+#          [--only seqwrite1M,...] [--fuse-first] [--lookup N]
 # Prints a Markdown table (IOPS for 4K, MiB/s for 1M) with the FUSE / NBD ratios.
 # --lookup N instead times name lookups in a pool of N volumes (no fio): N files created through
 # the view, then `stat` of each (a fresh lookup of an open volume) and of N missing names.
 set -euo pipefail
-SIZE=1G; RUNTIME=15; DIR=${BENCH_DIR:-/var/tmp/hlfs-bench-fuse}; ONLY=; LOOKUP=
+SIZE=1G; RUNTIME=15; DIR=${BENCH_DIR:-/var/tmp/hlfs-bench-fuse}; ONLY=; LOOKUP=; FUSE_FIRST=
 while [ $# -gt 0 ]; do
   case "$1" in
     --size) SIZE=$2; shift 2;;
@@ -16,6 +16,9 @@ while [ $# -gt 0 ]; do
     --dir) DIR=$2; shift 2;;
     --only) ONLY=$2; shift 2;;
     --lookup) LOOKUP=$2; shift 2;;
+    # The second of two jobs on one daemon runs while the first one's segments are sealed
+    # and synced: compare both orders.
+    --fuse-first) FUSE_FIRST=1; shift;;
     *) echo "unknown option $1" >&2; exit 2;;
   esac
 done
@@ -57,6 +60,9 @@ run_fio() { # label, fio target arguments...
     local name=${t%%|*} args=${t#*|}
     # --only: the tests named (the reads need the sequential write first).
     if [ -n "$ONLY" ] && [[ ",$ONLY," != *",$name,"* ]]; then continue; fi
+    # Dirty pages left by the previous job would be written back during this one (and throttle
+    # it): each job starts with the page cache clean, whichever server ran before.
+    sync
     # shellcheck disable=SC2086
     fio --name="$name" "$@" --size="$SIZE" --direct=1 $args \
         --output-format=json --output="$DIR/$label-$name.json" >/dev/null
@@ -110,8 +116,13 @@ echo "hlfsd: NBD export, then the FUSE view of the same daemon" >&2
   --fuse-mount "$MNT" --create-volume "default/nbd:$SIZE" --create-volume "default/fuse:$SIZE" \
   >/dev/null 2>"$DIR/hlfsd.log" & PID=$!
 wait_sock "$SOCK"
-run_fio hlfs-nbd --ioengine=nbd --uri="nbd+unix:///default/nbd?socket=$SOCK"
-run_fio hlfs-fuse --ioengine=libaio --filename="$MNT/pools/default/fuse"
+if [ -n "$FUSE_FIRST" ]; then
+  run_fio hlfs-fuse --ioengine=libaio --filename="$MNT/pools/default/fuse"
+  run_fio hlfs-nbd --ioengine=nbd --uri="nbd+unix:///default/nbd?socket=$SOCK"
+else
+  run_fio hlfs-nbd --ioengine=nbd --uri="nbd+unix:///default/nbd?socket=$SOCK"
+  run_fio hlfs-fuse --ioengine=libaio --filename="$MNT/pools/default/fuse"
+fi
 stop
 
 python3 - "$RESULTS" <<'PY'
