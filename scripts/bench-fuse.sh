@@ -16,8 +16,7 @@ while [ $# -gt 0 ]; do
     --dir) DIR=$2; shift 2;;
     --only) ONLY=$2; shift 2;;
     --lookup) LOOKUP=$2; shift 2;;
-    # The second of two jobs on one daemon runs while the first one's segments are sealed
-    # and synced: compare both orders.
+    # Which hlfsd path runs first (the page cache and the disk are not quite the same after).
     --fuse-first) FUSE_FIRST=1; shift;;
     *) echo "unknown option $1" >&2; exit 2;;
   esac
@@ -111,19 +110,19 @@ nbdkit --foreground -U "$SOCK" file file="$DIR/disk.img" & PID=$!
 wait_sock "$SOCK"; run_fio nbdkit-file --ioengine=nbd --uri="nbd+unix:///?socket=$SOCK"
 stop; rm -f "$DIR/disk.img"
 
-echo "hlfsd: NBD export, then the FUSE view of the same daemon" >&2
-"$HLFSD" --data-dir "$DIR/hlfs-data" --runtime-dir "$DIR/hlfs-run" --nbd-socket "$SOCK" \
-  --fuse-mount "$MNT" --create-volume "default/nbd:$SIZE" --create-volume "default/fuse:$SIZE" \
-  >/dev/null 2>"$DIR/hlfsd.log" & PID=$!
-wait_sock "$SOCK"
-if [ -n "$FUSE_FIRST" ]; then
-  run_fio hlfs-fuse --ioengine=libaio --filename="$MNT/pools/default/fuse"
-  run_fio hlfs-nbd --ioengine=nbd --uri="nbd+unix:///default/nbd?socket=$SOCK"
-else
-  run_fio hlfs-nbd --ioengine=nbd --uri="nbd+unix:///default/nbd?socket=$SOCK"
-  run_fio hlfs-fuse --ioengine=libaio --filename="$MNT/pools/default/fuse"
-fi
-stop
+# Each path gets a freshly started hlfsd on the same data directory, so that neither runs while
+# the other's writes are still being sealed and synced (what the second of two jobs on one
+# daemon meets); both volumes exist from the first start.
+start_hlfsd() {
+  "$HLFSD" --data-dir "$DIR/hlfs-data" --runtime-dir "$DIR/hlfs-run" --nbd-socket "$SOCK" \
+    --fuse-mount "$MNT" --create-volume "default/nbd:$SIZE" --create-volume "default/fuse:$SIZE" \
+    >/dev/null 2>>"$DIR/hlfsd.log" & PID=$!
+  wait_sock "$SOCK"
+}
+run_nbd() { start_hlfsd; run_fio hlfs-nbd --ioengine=nbd --uri="nbd+unix:///default/nbd?socket=$SOCK"; stop; }
+run_fuse() { start_hlfsd; run_fio hlfs-fuse --ioengine=libaio --filename="$MNT/pools/default/fuse"; stop; }
+echo "hlfsd: NBD export and FUSE view, one daemon start each" >&2
+if [ -n "$FUSE_FIRST" ]; then run_fuse; run_nbd; else run_nbd; run_fuse; fi
 
 python3 - "$RESULTS" <<'PY'
 import sys
