@@ -267,6 +267,16 @@ impl Manager {
         self.pool(pool)?.list_volumes()
     }
 
+    /// Whether `pool/volume` exists, without listing the pool: an open volume answers from
+    /// memory, another costs one look at its superblock (what the FUSE view's `lookup` needs
+    /// per call, whatever the size of the pool).
+    pub fn has_volume(&self, pool: &str, volume: &str) -> Result<bool> {
+        if lock(&self.open).contains_key(&(pool.to_string(), volume.to_string())) {
+            return Ok(true);
+        }
+        self.pool(pool)?.has_volume(volume)
+    }
+
     /// Space and layout figures of `pool/volume` (opening it on first use).
     pub fn stat(&self, pool: &str, volume: &str) -> Result<Stat> {
         self.volume(pool, volume)?

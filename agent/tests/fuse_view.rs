@@ -293,17 +293,125 @@ fn qemu_img_create_convert_compare_and_sparse_copies() {
     run("qemu-img", &["compare", "-f", "raw", "-F", "raw", s, rs]);
     run("qemu-img", &["resize", "-q", "-f", "raw", rs, "24M"]);
     assert_eq!(fs::metadata(&r).unwrap().len(), 24 << 20);
-    // An image format that grows its file by writing (qcow2 as a file) is refused clearly:
-    // volume files grow only by truncate or fallocate (docs/fuse.md). EFBIG is what qemu-img
-    // words as "image size is too large".
-    let q = v.vol("disk.qcow2");
-    let e = try_run(
-        "qemu-img",
-        &["create", "-f", "qcow2", q.to_str().unwrap(), "16M"],
+}
+
+/// Runs qemu-io with `cmds` on `target` (an image or `--image-opts` string) and checks that
+/// every command did what it said: qemu-io reports a failed pattern check on stdout.
+fn qemu_io(args: &[&str], cmds: &[&str]) -> String {
+    let mut a: Vec<&str> = args.to_vec();
+    for c in cmds {
+        a.extend(["-c", c]);
+    }
+    let out = String::from_utf8(run("qemu-io", &a).stdout).unwrap();
+    assert!(
+        !out.contains("failed") && out.matches(" bytes at offset ").count() == cmds.len(),
+        "qemu-io {args:?} {cmds:?}:\n{out}"
     );
-    assert!(!e.status.success());
-    let msg = String::from_utf8_lossy(&e.stderr);
-    assert!(msg.contains("too large"), "{msg}");
+    out
+}
+
+/// virt-manager's default volume kind: `virsh vol-create-as --format qcow2` on a dir pool runs
+/// `qemu-img create -f qcow2`, which writes its metadata past the end of the new file. A write
+/// past the end grows the volume (as a regular file grows), so qcow2 works inside volume files,
+/// and the volume's bytes are the same over NBD.
+#[test]
+fn qcow2_images_grow_inside_volume_files() {
+    let v = View::start("fuse-qcow2", &[]);
+    let q = v.vol("vm.qcow2");
+    let qs = q.to_str().unwrap();
+    // What libvirt runs for a qcow2 volume on a dir pool, then its mode, then its probe.
+    run(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "-o", "compat=1.1", qs, "64M"],
+    );
+    fs::set_permissions(&q, fs::Permissions::from_mode(0o600)).unwrap();
+    let grown = fs::metadata(&q).unwrap().len();
+    assert!(
+        grown > 0 && grown < 1 << 20,
+        "qcow2 metadata only, thin: {grown}"
+    );
+    let mut probe = vec![0u8; 112 * 1024];
+    let n = File::open(&q).unwrap().read(&mut probe).unwrap();
+    assert_eq!(&probe[..4], b"QFI\xfb", "qcow2 magic");
+    assert_eq!(n as u64, grown.min(probe.len() as u64));
+    let info: serde_json::Value =
+        serde_json::from_slice(&run("qemu-img", &["info", "--output=json", qs]).stdout).unwrap();
+    assert_eq!(info["format"], "qcow2", "{info}");
+    assert_eq!(info["virtual-size"], 64 << 20, "{info}");
+    // The volume is the file: hlfs sees the size the writes gave it.
+    let size_of = |name: &str| {
+        volume_list(&v.d)
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .map(|r| r["size"].as_u64().unwrap())
+    };
+    assert_eq!(size_of("vm.qcow2"), Some(grown));
+
+    // Guest-like I/O through qcow2: clusters are allocated at the end of the file.
+    qemu_io(
+        &["-f", "qcow2", qs],
+        &[
+            "write -P 0x5a 1M 3M",
+            "write -P 0xa5 40M 1M",
+            "write -z 48M 1M",
+        ],
+    );
+    qemu_io(
+        &["-f", "qcow2", qs],
+        &[
+            "read -P 0x5a 1M 3M",
+            "read -P 0 8M 1M",
+            "read -P 0xa5 40M 1M",
+            "read -P 0 48M 1M",
+        ],
+    );
+    let check = run("qemu-img", &["check", "-f", "qcow2", qs]);
+    let msg = String::from_utf8_lossy(&check.stdout);
+    assert!(msg.contains("No errors were found"), "{msg}");
+    let len = fs::metadata(&q).unwrap().len();
+    assert!(len >= grown + (4 << 20), "the file grew by the data: {len}");
+    assert_eq!(size_of("vm.qcow2"), Some(len));
+
+    // One engine: the volume's bytes over NBD are the file's bytes, and qemu reads the qcow2
+    // image over NBD as through the file.
+    let out = v.d.dir.path().join("qcow2-over-nbd.raw");
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            &v.d.uri("default/vm.qcow2"),
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(fs::read(&out).unwrap() == fs::read(&q).unwrap());
+    let opts = format!(
+        "driver=qcow2,file.driver=nbd,file.path={},file.export=default/vm.qcow2",
+        v.d.socket.display()
+    );
+    qemu_io(
+        &["--image-opts", &opts],
+        &["read -P 0x5a 1M 3M", "read -P 0xa5 40M 1M"],
+    );
+
+    // A write far past the end leaves a hole, not stored zeros; the gap reads as zeros.
+    let f = OpenOptions::new().read(true).write(true).open(&q).unwrap();
+    use std::os::unix::fs::FileExt;
+    let far = len + (100 << 20);
+    f.write_all_at(&[9u8; 4096], far).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), far + 4096);
+    assert_eq!(seek(&f, len as i64, libc::SEEK_DATA), Ok(far as i64));
+    let mut gap = vec![1u8; 64 << 10];
+    f.read_exact_at(&mut gap, len + (50 << 20)).unwrap();
+    assert!(gap.iter().all(|b| *b == 0));
+    // Past the largest volume: EFBIG.
+    let e = f.write_at(b"x", i64::MAX as u64 - 1).unwrap_err();
+    assert_eq!(errno(&e), libc::EFBIG, "{e}");
 }
 
 #[test]
@@ -698,15 +806,12 @@ fn modes_and_owners_are_stored_enforced_and_kept() {
     f.set_len(0).unwrap();
     assert_eq!(fs::metadata(&path).unwrap().len(), 0);
     f.set_len(4096).unwrap();
-    // Writes past the end are refused (volume files grow only by truncate or fallocate).
+    // Writes past the end grow the file, as on any file system.
     use std::os::unix::fs::FileExt;
-    let e = f.write_at(b"x", 4096).unwrap_err();
-    assert_eq!(errno(&e), libc::EFBIG);
-    assert_eq!(
-        f.write_at(&[1u8; 100], 4050).unwrap(),
-        46,
-        "a write across the end is cut short"
-    );
+    assert_eq!(f.write_at(b"x", 4096).unwrap(), 1);
+    assert_eq!(fs::metadata(&path).unwrap().len(), 4097);
+    assert_eq!(f.write_at(&[1u8; 100], 4050).unwrap(), 100);
+    assert_eq!(fs::metadata(&path).unwrap().len(), 4150);
     let mut buf = [0u8; 10];
     let f = File::open(&path).unwrap();
     assert_eq!(

@@ -31,6 +31,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 const TTL: Duration = Duration::from_secs(1);
 /// Largest write request the kernel sends (with FUSE_MAX_PAGES).
 pub const MAX_WRITE: u32 = 1 << 20;
+/// How volume files are opened: no page cache in the kernel (it would go stale when an NBD
+/// client writes the volume), and direct writes from several threads of one process (qemu's
+/// `aio=threads`, fio's psync jobs) in parallel instead of one at a time under the kernel's
+/// inode lock: the volume's own lock orders them, and a write that grows the file still takes
+/// the kernel's lock (kernel 6.2+; older kernels ignore the flag).
+const OPEN_FLAGS: FopenFlags =
+    FopenFlags::FOPEN_DIRECT_IO.union(FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES);
 /// Bytes of the extent map looked at per step of SEEK_DATA/SEEK_HOLE.
 const SEEK_WINDOW: u64 = 1 << 32;
 
@@ -205,12 +212,15 @@ impl HlfsFs {
         self.svc.manager().volume(pool, name).map_err(|e| errno(&e))
     }
 
+    /// Whether `pool/name` is a volume: O(1) in the pool's size (no listing).
     fn volume_exists(&self, pool: &str, name: &str) -> Result<bool, Errno> {
-        let vols = self
-            .rt
-            .block_on(self.svc.volumes(pool))
-            .map_err(|e| errno(&e))?;
-        Ok(vols.iter().any(|v| v == name))
+        if crate::names::check_name("volume", name).is_err() {
+            return Ok(false);
+        }
+        self.svc
+            .manager()
+            .has_volume(pool, name)
+            .map_err(|e| errno(&e))
     }
 
     fn dir_attr(&self, n: &Node) -> FileAttr {
@@ -476,24 +486,29 @@ impl HlfsFs {
         if !writable {
             return Err(Errno::EBADF);
         }
-        let size = vol.read(|v| v.size()).ok_or_else(|| closing(vol))?;
-        // A volume file does not grow by writing (as a block device): a write at or past the
-        // end is refused with EFBIG, one across it is cut short at the end.
-        if offset >= size && !data.is_empty() {
-            return Err(Errno::EFBIG);
-        }
-        let n = (data.len() as u64).min(size - offset.min(size)) as usize;
-        let data = &data[..n];
+        // A write past the end grows the volume, as a regular file grows: image formats that
+        // append (qcow2, vmdk, vhdx as files, what virt-manager creates by default) need it,
+        // and a thin volume grows for free (the gap reads as zeros, stores nothing).
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|e| *e <= hlfs_engine::MAX_SIZE)
+            .ok_or(Errno::EFBIG)?;
         let enc = encoder.encode(offset, data);
         let r = vol
-            .with(|v| match enc {
-                Some(e) => v.write_encoded(e),
-                None => v.write(offset, data),
+            .with(|v| {
+                // Under the volume's lock: two writers growing at once both land.
+                if end > v.size() {
+                    v.resize(end)?;
+                }
+                match enc {
+                    Some(e) => v.write_encoded(e),
+                    None => v.write(offset, data),
+                }
             })
             .ok_or_else(|| closing(vol))?;
         vol.mark_changed();
         r.map_err(|e| engine_errno("write", vol, e))?;
-        Ok(n as u32)
+        Ok(data.len() as u32)
     }
 
     fn do_fsync(&self, fh: FileHandle) -> Result<(), Errno> {
@@ -713,7 +728,7 @@ impl HlfsFs {
             }
             _ => return Err(Errno::EISDIR),
         };
-        Ok((self.add_handle(open), FopenFlags::FOPEN_DIRECT_IO))
+        Ok((self.add_handle(open), OPEN_FLAGS))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -944,7 +959,7 @@ impl fuser::Filesystem for HlfsFs {
         reply: ReplyCreate,
     ) {
         match self.do_create(req, parent, name, mode, umask, flags) {
-            Ok((a, fh)) => reply.created(&TTL, &a, Generation(0), fh, FopenFlags::FOPEN_DIRECT_IO),
+            Ok((a, fh)) => reply.created(&TTL, &a, Generation(0), fh, OPEN_FLAGS),
             Err(e) => reply.error(e),
         }
     }

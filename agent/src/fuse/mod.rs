@@ -83,19 +83,22 @@ impl FuseView {
             fuser::MountOption::NoSuid,
             fuser::MountOption::NoAtime,
         ];
-        if !root {
-            // fusermount3 detaches the mount by itself when this process dies.
-            options.push(fuser::MountOption::AutoUnmount);
-        }
         let mut config = fuser::Config::default();
-        config.mount_options = options;
         // Root's view serves every user (libvirt, qemu as their own users; the permissions
-        // above decide); a user's view serves that user and root.
+        // above decide). A user's view serves that user alone, unless /etc/fuse.conf lets
+        // users pass allow_other (`user_allow_other`): then root too, and fusermount3 stays
+        // to unmount the view if hlfsd dies (auto_unmount needs allow_other). Without it, a
+        // view left by a killed daemon is cleared at the next start.
         config.acl = if root {
             fuser::SessionACL::All
-        } else {
+        } else if mountpoint::users_may_allow_other() {
+            options.push(fuser::MountOption::AutoUnmount);
             fuser::SessionACL::RootAndOwner
+        } else {
+            fuser::SessionACL::Owner
         };
+        tracing::debug!(acl = ?config.acl, "FUSE view: who may use it");
+        config.mount_options = options;
         config.n_threads = Some(THREADS);
         config.clone_fd = true;
         let session = fuser::Session::new(fs, path, &config)

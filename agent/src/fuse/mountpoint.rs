@@ -24,6 +24,13 @@ pub fn unusable() -> Option<String> {
     None
 }
 
+/// Whether `/etc/fuse.conf` lets users mount with `allow_other` (`user_allow_other`):
+/// fusermount3 refuses the option to a user otherwise.
+pub fn users_may_allow_other() -> bool {
+    std::fs::read_to_string("/etc/fuse.conf")
+        .is_ok_and(|c| c.lines().any(|l| l.trim() == "user_allow_other"))
+}
+
 /// The setuid mount helper, if installed.
 fn fusermount() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;

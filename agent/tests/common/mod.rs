@@ -61,6 +61,8 @@ pub struct Daemon {
     pub nofile: Option<u64>,
     /// The runtime directory (sockets): `DIR/run`, or one given to [`Daemon::start_in`].
     pub run_dir: PathBuf,
+    /// `(uid, gid)` the daemon runs as (None: the test's own user).
+    pub run_as: Option<(u32, u32)>,
     starts: u32,
 }
 
@@ -113,6 +115,28 @@ impl Daemon {
             socket,
             nofile,
             run_dir,
+            run_as: None,
+            starts: 0,
+        };
+        d.spawn();
+        d
+    }
+
+    /// As [`Daemon::start`], run as user `uid`/`gid` (no supplementary groups) in a
+    /// directory that user owns, with `HOME` there: what an unprivileged user's hlfsd is.
+    pub fn start_as(tag: &str, uid: u32, gid: u32, extra: &[&str]) -> Daemon {
+        let dir = TempDir::new(tag);
+        std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+        let run_dir = dir.path().join("run");
+        let mut d = Daemon {
+            env: vec![("HOME".into(), dir.path().display().to_string())],
+            dir,
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            socket: run_dir.join("nbd.sock"),
+            nofile: None,
+            run_dir,
+            run_as: Some((uid, gid)),
             starts: 0,
         };
         d.spawn();
@@ -148,6 +172,11 @@ impl Daemon {
         let stdout = std::fs::File::create(self.stdout_path()).unwrap();
         let stderr = std::fs::File::create(self.stderr_path()).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_hlfsd"));
+        if let Some((uid, gid)) = self.run_as {
+            use std::os::unix::process::CommandExt;
+            // std drops the supplementary groups too when a root parent sets the uid.
+            cmd.uid(uid).gid(gid);
+        }
         if let Some(n) = self.nofile {
             use std::os::unix::process::CommandExt;
             // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
