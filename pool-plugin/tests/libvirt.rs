@@ -292,30 +292,14 @@ fn guests_boot_from_hlfs_and_pools_are_published() {
         built.to_str().unwrap(),
     ]);
     // libvirt's pool-build is mkdir, then chmod to the pool's mode (0711 by default), and rmdir
-    // if that fails. The FUSE view refuses chmod on a pool directory (EPERM) today, so nothing
-    // is made: a known gap of the FUSE view (agent/src/fuse), said out loud here; once it
-    // accepts the chmod, the pool must be made and published.
+    // if that fails: the view accepts the chmod of a pool directory.
     let (ok, _, err) = outputs(lv.virsh().args(["pool-build", "built"]));
-    let hlfs_pools = || run(hlfs().args(["--json", "pool", "list"]));
-    if ok {
-        let out = hlfs_pools();
-        assert!(out.contains("\"built\""), "{out}");
-        wait_for("built started and autostarted", &|| {
-            running("built") && virsh(&["pool-info", "built"]).contains("Autostart:      yes")
-        });
-    } else {
-        assert!(
-            err.contains(&format!("cannot set mode of '{}'", built.display())),
-            "pool-build: {err}"
-        );
-        let out = hlfs_pools();
-        assert!(!out.contains("\"built\""), "{out}");
-        eprintln!(
-            "KNOWN GAP: virsh pool-build on the FUSE view: {}",
-            err.trim()
-        );
-        let _ = outputs(lv.virsh().args(["pool-undefine", "built"]));
-    }
+    assert!(ok, "pool-build: {err}");
+    let out = run(hlfs().args(["--json", "pool", "list"]));
+    assert!(out.contains("\"built\""), "{out}");
+    wait_for("built started and autostarted", &|| {
+        running("built") && virsh(&["pool-info", "built"]).contains("Autostart:      yes")
+    });
 
     // libvirtd restarted, and an HLFS pool added while it was down: re-synced.
     let second = files.path().join("second.xml");
@@ -360,8 +344,8 @@ fn guests_boot_from_hlfs_and_pools_are_published() {
     });
 
     // 5. virt-install (virt-manager's library) makes a volume in a published pool and starts a
-    //    domain on it, unmodified. format=raw: a qcow2 file grows by writing past its end,
-    //    which the FUSE view refuses (docs/fuse.md).
+    //    domain on it, unmodified: with its default format, qcow2, whose file grows by writing
+    //    past its end (the FUSE view grows the volume, docs/fuse.md).
     let (ok, out, err) = outputs(
         tool("virt-install")
             .args(["--connect", &lv.uri, "--name", "hlfs-vi", "--memory", "128"])
@@ -374,7 +358,7 @@ fn guests_boot_from_hlfs_and_pools_are_published() {
                 "--os-variant",
                 "generic",
             ])
-            .args(["--disk", "pool=testenv,size=1,format=raw,bus=virtio"])
+            .args(["--disk", "pool=testenv,size=1,bus=virtio"])
             .args(["--graphics", "none", "--network", "none", "--noautoconsole"]),
     );
     assert!(ok, "virt-install failed:\n{out}\n{err}");
@@ -383,19 +367,31 @@ fn guests_boot_from_hlfs_and_pools_are_published() {
         "{out}\n{err}"
     );
     assert_eq!(virsh(&["domstate", "hlfs-vi"]).trim(), "running");
-    let vols = hlfs_vols("testenv");
-    assert_eq!(vols.get("hlfs-vi.img"), Some(&(1 << 30)), "{vols:?}");
     let blk = virsh(&["domblklist", "hlfs-vi"]);
-    let disk = mnt.join("pools/testenv/hlfs-vi.img");
-    assert!(
-        blk.lines()
-            .any(|l| l.split_whitespace().eq(["vda", disk.to_str().unwrap()])),
+    let disk = blk
+        .lines()
+        .find_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+            ["vda", path] => Some(std::path::PathBuf::from(path)),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no vda in:\n{blk}"));
+    assert_eq!(
+        disk.parent(),
+        Some(mnt.join("pools/testenv").as_path()),
         "{blk}"
+    );
+    let name = disk.file_name().unwrap().to_str().unwrap().to_string();
+    assert!(hlfs_vols("testenv").contains_key(&name), "{name}");
+    let xml = virsh(&["vol-dumpxml", "--pool", "testenv", &name]);
+    assert!(xml.contains("<format type='qcow2'/>"), "{xml}");
+    assert!(
+        xml.contains("<capacity unit='bytes'>1073741824</capacity>"),
+        "{xml}"
     );
     virsh(&["destroy", "hlfs-vi"]);
     virsh(&["undefine", "hlfs-vi"]);
-    virsh(&["vol-delete", "--pool", "testenv", "hlfs-vi.img"]);
-    assert!(!hlfs_vols("testenv").contains_key("hlfs-vi.img"));
+    virsh(&["vol-delete", "--pool", "testenv", &name]);
+    assert!(!hlfs_vols("testenv").contains_key(&name));
     drop(publisher);
     eprintln!(
         "publisher's warnings:\n{}",

@@ -764,6 +764,12 @@ impl HlfsFs {
             }
             Node::Snapshot(..) if size.is_some() || changes_owner => return Err(Errno::EROFS),
             _ if size.is_some() => return Err(Errno::EISDIR),
+            // libvirt's pool-build makes the directory, then sets its mode (0711 by default)
+            // and removes it again if that fails. Who may use a pool is the daemon's rule
+            // (root and group hlfs), not a directory mode, so it is accepted and not kept.
+            Node::Pool(pool) if changes_owner => {
+                tracing::debug!(pool = %pool, ?mode, ?uid, ?gid, "FUSE view: mode or owner of a pool directory accepted, not kept");
+            }
             _ if changes_owner => return Err(Errno::EPERM),
             // Times: accepted and not kept (`touch` on a volume file works).
             _ => {}
