@@ -250,7 +250,7 @@ fn namenode_restart_mid_write_loses_nothing() {
     let uri = d.uri("h/v");
     let a = image(dir.path(), "a.raw", 64 << 20, 0, 48 << 20, 3);
     let src = a.to_str().expect("utf-8").to_string();
-    let mut writer = Command::new("qemu-img")
+    let writer = Command::new("qemu-img")
         .args(["convert", "-n", "-f", "raw", "-O", "raw", &src, &uri])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
