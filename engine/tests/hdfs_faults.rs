@@ -67,7 +67,6 @@ fn datanode_killed_does_not_stop_the_volume() {
     let jopts = JournalOptions {
         max_bytes: 128 << 20,
         stall_timeout: Duration::from_secs(120),
-        replay_timeout: Duration::from_secs(120),
         drain_timeout: Duration::from_secs(120),
     };
     let jb = Arc::new(JournaledBackend::open(hdfs(&url), &journal, jopts).expect("journal"));
@@ -143,7 +142,6 @@ fn namenode_down_for_long_gives_clear_errors() {
     let jopts = JournalOptions {
         max_bytes: 16 << 20,
         stall_timeout: Duration::from_secs(3),
-        replay_timeout: Duration::from_secs(3),
         drain_timeout: Duration::from_secs(2),
     };
     let hopts = HdfsOptions {
@@ -296,4 +294,123 @@ fn datanode_lost_uploads_go_on_without_it() {
     // The remote alone (no journal) holds every flushed byte, still without the DataNode.
     check_remote(&url, &model);
     down.restart();
+}
+
+/// Issue 15: a stop never takes longer than its bound, even with a DataNode dead and the
+/// NameNode gone (uploads pending); with journal entries left, the lease stays this host's:
+/// the same host's next opener (here: this process, its lease ended) gets the volume at once,
+/// with every flushed byte readable while the journal is still being replayed; another host
+/// is refused (it would open the volume without the journal's writes).
+#[test]
+fn stop_with_journal_pending_is_bounded_and_this_host_reopens_at_once() {
+    let Some(base) = hdfs_url("stop_with_journal_pending_is_bounded_and_this_host_reopens_at_once")
+    else {
+        return;
+    };
+    let _g = exclusive();
+    let url = volume_url(&base, "stoppending");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = dir.path().join("journal");
+    let op_timeout = Duration::from_secs(10);
+    let hopts = HdfsOptions {
+        op_timeout,
+        ..test_options()
+    };
+    let jopts = |drain: Duration| JournalOptions {
+        max_bytes: 64 << 20,
+        drain_timeout: drain,
+        ..journal_options()
+    };
+    let open = |drain: Duration| {
+        let raw = Arc::new(HdfsBackend::connect_with(&url, hopts.clone()).expect("connect"));
+        Arc::new(JournaledBackend::open(raw, &journal, jopts(drain)).expect("open journal"))
+    };
+    let opts = CreateOptions {
+        size: SIZE,
+        segment_size: 1 << 20,
+        checkpoint_interval: 8 << 20,
+        ..Default::default()
+    };
+    let jb = open(op_timeout / 2);
+    let mut v = Volume::create(jb.clone(), &opts, &OpenOptions::default()).expect("create");
+    let mut model = vec![0u8; SIZE as usize];
+    let mut rng = Rng::new(16);
+    write_some(&mut v, &mut model, &mut rng, 200);
+    jb.drain(Duration::from_secs(60)).expect("drain");
+    let dn = kill_node("datanode0");
+    write_some(&mut v, &mut model, &mut rng, 200);
+    // The NameNode goes too: what is written now stays in the journal.
+    let nn = kill_node("namenode");
+    write_some(&mut v, &mut model, &mut rng, 200);
+    let t0 = Instant::now();
+    v.close().expect("close");
+    drop(jb);
+    let stop = t0.elapsed();
+    eprintln!("stop with a DataNode and the NameNode down: {stop:?}");
+    assert!(stop <= op_timeout, "stop took {stop:?}");
+    assert!(journal_backlog(&journal) > 0, "nothing left to replay");
+    nn.restart_expecting(2);
+
+    // This host (this process, whose lease ended) reopens at once: no lease recovery wait,
+    // and the journal is replayed behind the volume's back.
+    let t0 = Instant::now();
+    let jb = open(op_timeout / 2);
+    let mut v = Volume::open(jb.clone(), &OpenOptions::default()).expect("reopen");
+    let reopen = t0.elapsed();
+    eprintln!("reopen with the journal pending and a DataNode down: {reopen:?}");
+    assert!(reopen <= Duration::from_secs(5), "reopen took {reopen:?}");
+    assert!(read_all(&mut v) == model, "flushed data lost");
+    let t1 = Instant::now();
+    jb.drain(Duration::from_secs(60))
+        .expect("the replay finishes with a DataNode down");
+    eprintln!("background replay done in {:?}", t1.elapsed());
+
+    v.close().expect("close");
+    drop(jb);
+
+    // A stop with the NameNode up but uploads left (a budget too short for them): the lease is
+    // left marked as this host's.
+    let jb = open(Duration::from_secs(1));
+    let mut v = Volume::open(jb.clone(), &OpenOptions::default()).expect("reopen");
+    write_some(&mut v, &mut model, &mut rng, 600);
+    v.close().expect("close");
+    let t0 = Instant::now();
+    drop(jb);
+    eprintln!("stop with a 1 s budget: {:?}", t0.elapsed());
+    assert!(t0.elapsed() <= Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert!(journal_backlog(&journal) > 0, "nothing left to replay");
+    let raw = Arc::new(HdfsBackend::connect_with(&url, hopts.clone()).expect("connect"));
+    let mark = String::from_utf8(raw.read_all("writer.holder").expect("holder")).expect("utf8");
+    assert!(mark.contains("\npending: journal "), "{mark:?}");
+    // Another host is refused, naming the host that holds the journal.
+    let me = mark.lines().next().expect("holder line").to_string();
+    raw.delete("writer.holder").expect("delete holder");
+    let mut w = raw.create("writer.holder").expect("forge holder");
+    w.append(mark.replace(" on ", " on another-host.example ").as_bytes())
+        .expect("append");
+    w.finish().expect("close");
+    drop(w);
+    let e = raw
+        .lease("other")
+        .expect_err("another host takes a lease left pending");
+    let msg = e.to_string();
+    eprintln!("another host: {msg}");
+    assert!(msg.contains("stopped with journal"), "{msg}");
+    raw.delete("writer.holder").expect("delete holder");
+    let mut w = raw.create("writer.holder").expect("restore holder");
+    w.append(mark.as_bytes()).expect("append");
+    w.finish().expect("close");
+    drop(w);
+    assert!(me.contains(&format!("pid {}", std::process::id())), "{me}");
+    let t0 = Instant::now();
+    let jb = open(Duration::from_secs(60));
+    let mut v = Volume::open(jb.clone(), &OpenOptions::default()).expect("reopen");
+    eprintln!("reopen after a stop with uploads left: {:?}", t0.elapsed());
+    assert!(t0.elapsed() <= Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert!(read_all(&mut v) == model, "flushed data lost");
+    v.close().expect("close");
+    drop(jb);
+    assert_eq!(journal_backlog(&journal), 0, "journal not drained at close");
+    check_remote(&url, &model);
+    dn.restart();
 }

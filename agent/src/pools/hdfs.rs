@@ -32,9 +32,10 @@ pub struct HdfsSettings {
     /// An unavailable pool is not retried more often than this: calls in between fail at once
     /// with the last error instead of each waiting `connect_timeout`.
     pub retry_after: Duration,
-    /// How long closing a volume waits for its journal to upload (what is left stays in the
-    /// journal and is replayed at the next open). Short, so that a shutdown with HDFS down is
-    /// not held up.
+    /// Bound on closing a volume: it waits for its journal to upload for most of it, then
+    /// gives up the HDFS calls in flight and leaves the lease to this host (what is left stays
+    /// in the journal and is replayed at the next open). Short, so that a shutdown with HDFS
+    /// down is not held up; never more than `op_timeout`.
     pub drain_timeout: Duration,
 }
 
@@ -62,7 +63,7 @@ impl HdfsSettings {
     fn journal_options(&self) -> JournalOptions {
         JournalOptions {
             max_bytes: self.journal_bytes,
-            drain_timeout: self.drain_timeout,
+            drain_timeout: self.drain_timeout.min(self.op_timeout),
             ..JournalOptions::default()
         }
     }

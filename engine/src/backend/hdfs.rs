@@ -26,13 +26,14 @@ use super::{check_object_name, Backend, Lease, ObjectInfo, ObjectWriter};
 use crate::error::{Error, Result};
 use bytes::Bytes;
 use hdfs_native::{Client, ClientBuilder, HdfsError, WriteOptions};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::runtime::Runtime;
+use tokio::sync::watch;
 
 /// The lease file, held open for append by the writer.
 const LOCK_OBJECT: &str = "writer.lock";
@@ -89,6 +90,9 @@ pub struct HdfsBackend {
     /// unfinished last block, so a read of such an object (the engine reads the superblock
     /// before dropping its writer) is served from this copy.
     open_small: OpenSmall,
+    /// Set by `interrupt`: every call in flight or to come fails at once (a closing volume
+    /// does not wait `op_timeout` on a call to a dead node).
+    stop: watch::Sender<bool>,
 }
 
 type OpenSmall = Arc<Mutex<HashMap<String, Vec<u8>>>>;
@@ -160,6 +164,45 @@ fn is_busy(e: &HdfsError) -> bool {
     }
 }
 
+/// The end of a bounded, interruptible wait on HDFS.
+enum Waited<T> {
+    Done(T),
+    TimedOut,
+    Interrupted,
+}
+
+/// Blocks on `fut` inside the runtime, bounded by `t`, and given up as soon as `stop` is set.
+fn block_bounded<F: Future>(
+    rt: &Runtime,
+    t: Duration,
+    stop: &watch::Receiver<bool>,
+    fut: F,
+) -> Waited<F::Output> {
+    let mut stop = stop.clone();
+    let stopped = async move {
+        if stop.wait_for(|s| *s).await.is_err() {
+            // The backend is gone: nothing can interrupt any more.
+            std::future::pending::<()>().await;
+        }
+    };
+    rt.block_on(async move {
+        tokio::select! {
+            r = tokio::time::timeout(t, fut) => match r {
+                Ok(v) => Waited::Done(v),
+                Err(_) => Waited::TimedOut,
+            },
+            () = stopped => Waited::Interrupted,
+        }
+    })
+}
+
+fn interrupted(op: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Interrupted,
+        format!("{op} abandoned: the volume is closing"),
+    )
+}
+
 /// Blocks on `fut` inside the runtime (timers need its context), bounded by `t`.
 fn block_timeout<F: Future>(
     rt: &Runtime,
@@ -220,6 +263,7 @@ impl HdfsBackend {
             opts,
             readers: Mutex::new(HashMap::new()),
             open_small: Arc::new(Mutex::new(HashMap::new())),
+            stop: watch::channel(false).0,
         };
         let root = b.root.clone();
         let client = b.client.clone();
@@ -357,10 +401,11 @@ impl HdfsBackend {
         F: Future<Output = std::result::Result<T, HdfsError>>,
     {
         let t = self.opts.op_timeout;
-        match block_timeout(&self.rt, t, fut) {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(map_err(op, what(), e)),
-            Err(_) => Err(Error::io(op, what(), timed_out(op, t))),
+        match block_bounded(&self.rt, t, &self.stop.subscribe(), fut) {
+            Waited::Done(Ok(v)) => Ok(v),
+            Waited::Done(Err(e)) => Err(map_err(op, what(), e)),
+            Waited::TimedOut => Err(Error::io(op, what(), timed_out(op, t))),
+            Waited::Interrupted => Err(Error::io(op, what(), interrupted(op))),
         }
     }
 
@@ -434,7 +479,7 @@ impl HdfsBackend {
         let client = self.recovery.clone();
         let p = path.to_string();
         let t = self.opts.recovery_timeout;
-        let r = block_timeout(&self.rt, t, async move {
+        let r = block_bounded(&self.rt, t, &self.stop.subscribe(), async move {
             let mut delay = 50;
             loop {
                 match client.recover_lease(&p).await {
@@ -450,12 +495,17 @@ impl HdfsBackend {
         });
         let what = || format!("{}{path}", self.base);
         match r {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(map_err("recover lease of", what(), e)),
-            Err(_) => Err(Error::io(
+            Waited::Done(Ok(())) => Ok(()),
+            Waited::Done(Err(e)) => Err(map_err("recover lease of", what(), e)),
+            Waited::TimedOut => Err(Error::io(
                 "recover lease of",
                 what(),
                 timed_out("lease recovery", t),
+            )),
+            Waited::Interrupted => Err(Error::io(
+                "recover lease of",
+                what(),
+                interrupted("lease recovery"),
             )),
         }
     }
@@ -480,7 +530,7 @@ impl HdfsBackend {
     }
 
     /// Who holds the lease, and how long since their last heartbeat.
-    fn holder(&self) -> Result<(String, Option<Duration>)> {
+    fn holder(&self) -> Result<Holder> {
         let path = format!("{}/{HOLDER_OBJECT}", self.root);
         let client = &self.client;
         let st = match self.run(
@@ -489,7 +539,13 @@ impl HdfsBackend {
             client.get_file_info(&path),
         ) {
             Ok(st) => st,
-            Err(Error::NotFound(_)) => return Ok(("another HDFS client".into(), None)),
+            Err(Error::NotFound(_)) => {
+                return Ok(Holder {
+                    who: "another HDFS client".into(),
+                    pending: None,
+                    age: None,
+                })
+            }
             Err(e) => return Err(e),
         };
         let text = match self.read_all_path(HOLDER_OBJECT, &path) {
@@ -497,12 +553,19 @@ impl HdfsBackend {
             Err(_) => String::new(),
         };
         let age = Duration::from_millis(now_ms().saturating_sub(st.modification_time));
-        let who = if text.is_empty() {
-            "another HDFS client".to_string()
-        } else {
-            text
+        let mut lines = text.lines();
+        let who = match lines.next() {
+            Some(w) if !w.trim().is_empty() => w.trim().to_string(),
+            _ => "another HDFS client".to_string(),
         };
-        Ok((who, Some(age)))
+        let pending = lines
+            .find_map(|l| l.strip_prefix(PENDING_MARK))
+            .map(|p| p.trim().to_string());
+        Ok(Holder {
+            who,
+            pending,
+            age: Some(age),
+        })
     }
 
     fn read_all_path(&self, name: &str, path: &str) -> Result<Vec<u8>> {
@@ -557,26 +620,33 @@ impl HdfsBackend {
     }
 }
 
-/// Whether a holder named `pid N (...) on HOST` is a process on this host that is gone.
-fn holder_is_dead_here(holder: &str) -> bool {
-    let Some(rest) = holder.strip_prefix("pid ") else {
-        return false;
-    };
-    let Some(pid) = rest
-        .split_whitespace()
-        .next()
-        .and_then(|p| p.parse::<u32>().ok())
-    else {
-        return false;
-    };
-    let Some(host) = rest.rsplit(" on ").next() else {
-        return false;
-    };
+/// The pid and host of a holder named `pid N (...) on HOST`.
+fn parse_holder(holder: &str) -> Option<(u32, &str)> {
+    let rest = holder.strip_prefix("pid ")?;
+    let pid = rest.split_whitespace().next()?.parse::<u32>().ok()?;
+    let host = rest.rsplit(" on ").next()?.trim();
+    Some((pid, host))
+}
+
+/// Whether a holder named `pid N (...) on HOST` runs (or ran) on this host.
+fn holder_is_here(holder: &str) -> bool {
     let me = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    if host.trim() != me.trim() || me.trim().is_empty() {
+    parse_holder(holder).is_some_and(|(_, host)| !me.trim().is_empty() && host == me.trim())
+}
+
+/// Whether a holder named `pid N (...) on HOST` is a process on this host that is gone (or
+/// this process, which no longer holds the lease of `location`).
+fn holder_is_dead_here(holder: &str, location: &str) -> bool {
+    let Some((pid, _)) = parse_holder(holder) else {
+        return false;
+    };
+    if !holder_is_here(holder) {
         return false;
     }
-    pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    if pid == std::process::id() {
+        return !live_leases().contains(location);
+    }
+    !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 fn map_err(op: &'static str, what: String, e: HdfsError) -> Error {
@@ -611,6 +681,8 @@ struct HdfsWriter {
     broken: bool,
     /// Where this writer keeps a copy of a small object (None: not kept).
     small: Option<(OpenSmall, String)>,
+    /// The backend's interrupt (see `HdfsBackend::interrupt`).
+    stop: watch::Receiver<bool>,
 }
 
 impl HdfsWriter {
@@ -635,16 +707,20 @@ impl HdfsWriter {
             return Err(Error::io(op, what, io::Error::other("file already closed")));
         };
         let t = self.timeout;
-        let r = block_timeout(&self.rt, t, f(w));
+        let r = block_bounded(&self.rt, t, &self.stop, f(w));
         match r {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
+            Waited::Done(Ok(v)) => Ok(v),
+            Waited::Done(Err(e)) => {
                 self.broken = true;
                 Err(map_err(op, what, e))
             }
-            Err(_) => {
+            Waited::TimedOut => {
                 self.broken = true;
                 Err(Error::io(op, what, timed_out(op, t)))
+            }
+            Waited::Interrupted => {
+                self.broken = true;
+                Err(Error::io(op, what, interrupted(op)))
             }
         }
     }
@@ -673,6 +749,12 @@ impl ObjectWriter for HdfsWriter {
     fn sync(&mut self) -> Result<()> {
         self.call("hsync", |w| Box::pin(w.hsync()))
     }
+
+    fn finish(&mut self) -> Result<()> {
+        self.call("close", |w| Box::pin(w.close()))?;
+        self.w = None;
+        Ok(())
+    }
 }
 
 impl Drop for HdfsWriter {
@@ -680,7 +762,7 @@ impl Drop for HdfsWriter {
         if let Some((map, name)) = self.small.take() {
             map.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
         }
-        if self.broken {
+        if self.broken || self.w.is_none() {
             return;
         }
         // Close, so the file's last block is finalized and readable.
@@ -697,6 +779,8 @@ struct HdfsLease {
     client: Client,
     root: String,
     url: String,
+    /// What `writer.holder` says.
+    holder: String,
 }
 
 impl std::fmt::Debug for HdfsLease {
@@ -705,24 +789,54 @@ impl std::fmt::Debug for HdfsLease {
     }
 }
 
-impl Lease for HdfsLease {}
-
-impl Drop for HdfsLease {
-    fn drop(&mut self) {
+impl Lease for HdfsLease {
+    /// Stops the heartbeat and closes the lock file; then deletes the lock files (released),
+    /// or, with `pending`, rewrites `writer.holder` with a second line `pending: ...`, which
+    /// makes openers on other hosts refuse the volume while this host's next opener takes it
+    /// at once (its holder is a process of this host that is gone). All within `within`.
+    fn release(&mut self, pending: Option<&str>, within: Duration) {
         self.stop.store(true, Ordering::SeqCst);
         let Some(task) = self.task.take() else { return };
         let client = self.client.clone();
         let lock = format!("{}/{LOCK_OBJECT}", self.root);
         let holder = format!("{}/{HOLDER_OBJECT}", self.root);
-        let r = block_timeout(&self.rt, Duration::from_secs(10), async move {
+        let mark = pending.map(|p| format!("{}\n{PENDING_MARK}{p}\n", self.holder));
+        let r = block_timeout(&self.rt, within, async move {
+            if let Some(mark) = mark {
+                // The mark first: it matters more than a clean close of the lock file.
+                let mut w = client
+                    .create(&holder, WriteOptions::default().overwrite(true))
+                    .await?;
+                w.write_bytes(Bytes::from(mark)).await?;
+                w.close().await?;
+                let _ = task.await;
+                return Ok(true);
+            }
             // The heartbeat task owns the lock writer and closes it when told to stop.
             let _ = task.await;
             client.delete(&holder, false).await?;
             client.delete(&lock, false).await
         });
-        if !matches!(r, Ok(Ok(_))) {
-            tracing::warn!(volume = %self.url, "releasing the HDFS lease failed; the next opener will take it over");
+        live_leases().remove(&self.url);
+        match (r, pending) {
+            (Ok(Ok(_)), None) => {}
+            (Ok(Ok(_)), Some(p)) => {
+                tracing::info!(volume = %self.url, pending = %p, "HDFS lease left to this host: writes not yet uploaded");
+            }
+            (r, _) => {
+                let why = match r {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within {:.1} s", within.as_secs_f64()),
+                };
+                tracing::warn!(volume = %self.url, error = %why, "releasing the HDFS lease failed; this host's next opener takes it over at once, another host's once its heartbeat is stale");
+            }
         }
+    }
+}
+
+impl Drop for HdfsLease {
+    fn drop(&mut self) {
+        self.release(None, Duration::from_secs(10));
     }
 }
 
@@ -745,6 +859,7 @@ impl Backend for HdfsBackend {
             timeout: self.opts.op_timeout,
             broken: false,
             small: Some((self.open_small.clone(), name.to_string())),
+            stop: self.stop.subscribe(),
         }))
     }
 
@@ -774,17 +889,26 @@ impl Backend for HdfsBackend {
         }
         let t = self.opts.op_timeout;
         let what_s = what();
-        let res = block_timeout(&self.rt, t, r.read_range_buf(buf, offset as usize));
+        let res = block_bounded(
+            &self.rt,
+            t,
+            &self.stop.subscribe(),
+            r.read_range_buf(buf, offset as usize),
+        );
         match res {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => {
+            Waited::Done(Ok(())) => Ok(()),
+            Waited::Done(Err(e)) => {
                 // A stale reader (block moved, DataNode gone): drop it so the next read re-asks.
                 self.readers_lock().remove(name);
                 Err(map_err("read", what_s, e))
             }
-            Err(_) => {
+            Waited::TimedOut => {
                 self.readers_lock().remove(name);
                 Err(Error::io("read", what_s, timed_out("read", t)))
+            }
+            Waited::Interrupted => {
+                self.readers_lock().remove(name);
+                Err(Error::io("read", what_s, interrupted("read")))
             }
         }
     }
@@ -828,29 +952,69 @@ impl Backend for HdfsBackend {
     }
 
     fn lease(&self, holder: &str) -> Result<Box<dyn Lease>> {
+        self.take_lease(holder, true)
+    }
+}
+
+impl HdfsBackend {
+    /// Takes the writer lease (see the module documentation). `recover_files`: after an
+    /// unclean end of the last holder, close every file it left open before returning (a
+    /// journal in front recovers the files it appends to itself, in the background).
+    fn take_lease(&self, holder: &str, recover_files: bool) -> Result<Box<dyn Lease>> {
         let mut attempts = 0;
+        let lock_path = format!("{}/{LOCK_OBJECT}", self.root);
+        // Taken over from a holder that is gone: files may be left open.
+        let mut took_over = false;
         let (writer, unclean) = loop {
             attempts += 1;
-            if let Some(got) = self.try_take_lock()? {
-                break got;
+            if let Some((mut w, unclean)) = self.try_take_lock()? {
+                if unclean {
+                    let h = self.holder()?;
+                    if let Some(e) = self.pending_elsewhere(&h) {
+                        // Give the lock file back as it was.
+                        let _ = block_timeout(&self.rt, self.opts.op_timeout, w.close());
+                        return Err(e);
+                    }
+                }
+                break (w, unclean || took_over);
             }
-            let (who, age) = self.holder()?;
-            let dead = holder_is_dead_here(&who);
-            let stale = age.is_some_and(|a| a > self.opts.lease_stale_after);
+            let h = self.holder()?;
+            if let Some(e) = self.pending_elsewhere(&h) {
+                return Err(e);
+            }
+            let dead = holder_is_dead_here(&h.who, &self.location());
+            let stale = h.age.is_some_and(|a| a > self.opts.lease_stale_after);
             if !(dead || stale) || attempts > 3 {
-                let seen = age.map_or(String::new(), |a| {
+                let seen = h.age.map_or(String::new(), |a| {
                     format!(" (last heartbeat {:.1} s ago)", a.as_secs_f64())
                 });
                 return Err(Error::Locked {
                     volume: self.location(),
-                    holder: format!("{who}{seen}"),
+                    holder: format!("{}{seen}", h.who),
                 });
             }
-            tracing::warn!(volume = %self.location(), holder = %who, "taking over the lease of a writer that is gone (HDFS lease recovery)");
-            self.recover(&format!("{}/{LOCK_OBJECT}", self.root))?;
+            if dead {
+                // A process of this host that no longer runs: nothing to fence, and deleting
+                // the lock file ends its HDFS lease at once (recovering it would wait for a
+                // block recovery, which a dead DataNode in the pipeline can stretch to minutes).
+                tracing::warn!(volume = %self.location(), holder = %h.who, "taking over the lease of a process of this host that is gone");
+                let client = &self.client;
+                match self.run(
+                    "delete",
+                    || self.url_of(LOCK_OBJECT),
+                    client.delete(&lock_path, false),
+                ) {
+                    Ok(_) | Err(Error::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            } else {
+                tracing::warn!(volume = %self.location(), holder = %h.who, "taking over the lease of a writer that is gone (HDFS lease recovery)");
+                self.recover(&lock_path)?;
+            }
+            took_over = true;
         };
         self.write_holder(holder)?;
-        if unclean {
+        if unclean && recover_files {
             // The last writer died: close the files it left open at their durable length.
             self.recover_all()?;
         }
@@ -888,6 +1052,7 @@ impl Backend for HdfsBackend {
                 let _ = tokio::time::timeout(t, writer.close()).await;
             })
         };
+        live_leases().insert(self.location());
         Ok(Box::new(HdfsLease {
             rt: self.rt.clone(),
             stop,
@@ -895,11 +1060,56 @@ impl Backend for HdfsBackend {
             client: self.client.clone(),
             root: self.root.clone(),
             url: self.location(),
+            holder: holder.to_string(),
         }))
+    }
+
+    /// The refusal to give a volume whose last holder, on another host, stopped with writes
+    /// not yet on HDFS (its journal): only that host can open the volume without losing them.
+    fn pending_elsewhere(&self, h: &Holder) -> Option<Error> {
+        let pending = h.pending.as_ref()?;
+        if holder_is_here(&h.who) {
+            return None;
+        }
+        Some(Error::Locked {
+            volume: self.location(),
+            holder: format!(
+                "{}, which stopped with {pending} (open the volume on that host: its journal holds writes not yet on HDFS)",
+                h.who
+            ),
+        })
     }
 }
 
+/// The lease holder as `writer.holder` names it.
+struct Holder {
+    /// `pid N (EXE) on HOST`.
+    who: String,
+    /// Set when the holder stopped with data not yet on HDFS (see `Lease::release`).
+    pending: Option<String>,
+    /// Since the last heartbeat.
+    age: Option<Duration>,
+}
+
+/// Marks, in `writer.holder`, a lease left to its host (a second line).
+const PENDING_MARK: &str = "pending: ";
+
+/// Volumes (locations) whose lease a live `HdfsLease` of this process holds: a holder naming
+/// this process is gone if its lease is not in here (a volume closed, then opened again).
+fn live_leases() -> std::sync::MutexGuard<'static, BTreeSet<String>> {
+    static LIVE: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    LIVE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl AppendBackend for HdfsBackend {
+    fn interrupt(&self) {
+        self.stop.send_replace(true);
+    }
+
+    fn journal_lease(&self, holder: &str) -> Result<Box<dyn Lease>> {
+        self.take_lease(holder, false)
+    }
+
     fn open_append(&self, name: &str) -> Result<(Box<dyn ObjectWriter>, u64)> {
         let path = self.path(name)?;
         self.readers_lock().remove(name);
@@ -929,6 +1139,7 @@ impl AppendBackend for HdfsBackend {
                 timeout: self.opts.op_timeout,
                 broken: false,
                 small: None,
+                stop: self.stop.subscribe(),
             }),
             len,
         ))

@@ -35,6 +35,12 @@ pub trait ObjectWriter: Send {
     }
     /// Makes every appended byte durable (fsync / hsync).
     fn sync(&mut self) -> Result<()>;
+    /// Ends the writing of the object, its bytes durable and readable by anyone (an HDFS file
+    /// is closed, its last block finalized), and says whether that worked: dropping a writer
+    /// cannot. Nothing may be appended after. Default: `sync`.
+    fn finish(&mut self) -> Result<()> {
+        self.sync()
+    }
     /// A handle that makes the bytes appended so far durable without this writer, so that a
     /// volume can release its lock while the disk syncs (group commit). None: only `sync` can.
     fn syncer(&mut self) -> Option<Arc<dyn Syncer>> {
@@ -84,7 +90,16 @@ impl Capabilities {
 }
 
 /// Proof of the single-writer lease; dropping it releases the lease.
-pub trait Lease: Send + Debug {}
+pub trait Lease: Send + Debug {
+    /// Ends the lease within `within`. `pending` describes data this host still holds for the
+    /// volume and has not stored (a write journal not yet uploaded): then the lease is not
+    /// released but left marked as this host's, so that only this host's next opener takes it
+    /// over (another host would open the volume without that data). Dropping the lease is
+    /// `release(None, ..)` with the backend's own bound.
+    fn release(&mut self, pending: Option<&str>, within: std::time::Duration) {
+        let _ = (pending, within);
+    }
+}
 
 /// A namespace of append-only objects (one per volume).
 pub trait Backend: Send + Sync + Debug {

@@ -37,7 +37,6 @@ pub fn journal_options() -> JournalOptions {
     JournalOptions {
         max_bytes: 16 << 20,
         stall_timeout: Duration::from_secs(60),
-        replay_timeout: Duration::from_secs(60),
         drain_timeout: Duration::from_secs(60),
     }
 }
@@ -68,12 +67,18 @@ pub fn exclusive() -> HdfsGuard {
 
 /// Runs `scripts/hdfs/node.sh ARGS` (stop/start one HDFS daemon of the test cluster).
 pub fn node(args: &[&str]) {
+    node_expecting(args, None);
+}
+
+/// `node.sh ARGS`, where `wait-ready` waits for `live` DataNodes (not all of them: some are
+/// down on purpose).
+pub fn node_expecting(args: &[&str], live: Option<usize>) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/hdfs/node.sh");
-    let st = Command::new("bash")
-        .arg(&script)
-        .args(args)
-        .status()
-        .expect("run node.sh");
+    let mut cmd = Command::new("bash");
+    if let Some(n) = live {
+        cmd.env("HDFS_NUM_DATANODES", n.to_string());
+    }
+    let st = cmd.arg(&script).args(args).status().expect("run node.sh");
     assert!(st.success(), "node.sh {args:?} failed");
 }
 
@@ -115,6 +120,14 @@ pub fn kill_node(name: &'static str) -> NodeDown {
 }
 
 impl NodeDown {
+    /// Starts the daemon again now, and waits until the NameNode is ready and sees `live`
+    /// DataNodes (others are down on purpose).
+    pub fn restart_expecting(mut self, live: usize) {
+        self.1 = true;
+        node(&["start", self.0]);
+        node_expecting(&["wait-ready"], Some(live));
+    }
+
     /// Starts the daemon again now, and waits until the NameNode is ready and sees every
     /// DataNode.
     pub fn restart(mut self) {

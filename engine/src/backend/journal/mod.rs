@@ -10,13 +10,16 @@
 //!   rest from the remote. `list` answers from the journal's own view of all objects.
 //! - **Back-pressure**: when the journal holds `max_bytes`, appends wait for uploads; after
 //!   `stall_timeout` without room they fail with an error naming the last upload error.
-//! - **Replay**: opening replays every journal entry to the remote before anything else.
-//!   Replay is idempotent: the remote object's length tells what was already uploaded, so an
-//!   append is skipped, cut or applied whole. A `progress` file records, before each remote
-//!   delete, where replay must start, so a replay never re-applies appends of an object that a
-//!   later delete removed (and that may have been created anew since).
+//! - **Replay**: opening loads the journal files into the view (reads of their data are served
+//!   from them at once) and queues their entries ahead of new writes; the uploader replays them
+//!   in the background while the volume serves I/O. Replay is idempotent: the remote object's
+//!   length tells what was already uploaded, so an append is skipped, cut or applied whole. A
+//!   `progress` file records, before each remote delete, where replay of deletes must start.
 //! - **Leases**: the journal directory is locked with `flock` and the remote's writer lease is
-//!   taken before replay; both are held until the backend is dropped.
+//!   taken before loading; both are held until the backend is dropped.
+//! - **Stop**: dropping the backend waits up to `drain_timeout` for uploads, then abandons the
+//!   remote calls in flight; with journal entries left, the remote lease is left marked as this
+//!   host's (`Lease::release`), so that this host's next opener takes it over at once.
 
 mod entry;
 mod local_remote;
@@ -39,7 +42,6 @@ use entry::{
     decode_entry, encode_entry, journal_name, parse_journal_name, ENTRY_HEADER, KIND_APPEND,
     KIND_CREATE, KIND_DELETE,
 };
-use upload::Uploader;
 const PROGRESS: &str = "progress";
 const LOCK: &str = "lock";
 
@@ -48,6 +50,17 @@ const LOCK: &str = "lock";
 pub trait AppendBackend: Backend {
     /// Opens an existing object for appending; returns the writer and the object's length.
     fn open_append(&self, name: &str) -> Result<(Box<dyn ObjectWriter>, u64)>;
+    /// Makes every call in flight or to come fail at once, for good: a closing journal gives
+    /// up its uploads (kept in the journal) rather than wait out a call to a dead node.
+    /// Default: nothing (calls that end quickly by themselves).
+    fn interrupt(&self) {}
+    /// The writer lease for a journal in front. Unlike `lease`, files that a writer that is
+    /// gone left open need not be closed first: the journal closes those it appends to (in the
+    /// background), and every other file was closed before its journal file was released.
+    /// Default: `lease`.
+    fn journal_lease(&self, holder: &str) -> Result<Box<dyn Lease>> {
+        self.lease(holder)
+    }
 }
 
 /// Settings of a journal.
@@ -58,10 +71,9 @@ pub struct JournalOptions {
     pub max_bytes: u64,
     /// How long an append waits for room before failing. Default 60 s.
     pub stall_timeout: Duration,
-    /// How long opening retries replay while the remote fails. Default 60 s.
-    pub replay_timeout: Duration,
-    /// How long dropping the backend waits for uploads to finish (what is left stays in the
-    /// journal and is replayed at the next open). Default 30 s.
+    /// Bound on dropping the backend (a stop): it waits for uploads to finish for most of it,
+    /// then abandons the remote calls in flight and ends the remote lease in what is left;
+    /// what is not uploaded stays in the journal and is replayed at the next open. Default 30 s.
     pub drain_timeout: Duration,
 }
 
@@ -70,7 +82,6 @@ impl Default for JournalOptions {
         JournalOptions {
             max_bytes: 256 << 20,
             stall_timeout: Duration::from_secs(60),
-            replay_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(30),
         }
     }
@@ -183,8 +194,9 @@ fn sync_dir(dir: &Path) -> Result<()> {
 
 impl JournaledBackend {
     /// Opens the journal in `dir` (created if missing) in front of `remote`: locks the
-    /// directory, takes the remote's writer lease, replays whatever the journal still holds to
-    /// the remote, and starts the uploader.
+    /// directory, takes the remote's writer lease, loads whatever the journal still holds (its
+    /// reads are served from the journal) and starts the uploader, which replays it to the
+    /// remote in the background. Needs the remote to answer (lease, listing), not to upload.
     pub fn open(
         remote: Arc<dyn AppendBackend>,
         dir: impl AsRef<Path>,
@@ -199,7 +211,9 @@ impl JournaledBackend {
         }
         fs::create_dir_all(&dir).map_err(|e| io_err("create directory", &dir, e))?;
         let dir_lock = lock_dir(&dir, &remote.location())?;
-        let remote_lease = remote.lease(&this_process())?;
+        let t0 = Instant::now();
+        let remote_lease = remote.journal_lease(&this_process())?;
+        let listed = remote.list()?;
         let file_bytes = (opts.max_bytes / 8).max(4 << 20);
         let inner = Arc::new(Inner {
             remote,
@@ -221,25 +235,12 @@ impl JournaledBackend {
             work: Condvar::new(),
             room: Condvar::new(),
         });
-        let next_file = inner.replay()?;
+        let next_file = inner.load(listed)?;
         {
-            let listed = inner.remote.list()?;
             let mut st = inner.lock();
-            for o in listed {
-                let id = st.next_id;
-                st.next_id += 1;
-                st.objects.insert(
-                    o.name,
-                    Obj {
-                        id,
-                        len: o.len,
-                        remote_len: o.len,
-                        chunks: BTreeMap::new(),
-                    },
-                );
-            }
             inner.new_file(&mut st, next_file)?;
         }
+        tracing::info!(remote = %inner.remote.location(), journal = %inner.dir.display(), elapsed = ?t0.elapsed(), "journal open");
         let up = inner.clone();
         let uploader = std::thread::Builder::new()
             .name("hlfs-journal-upload".into())
@@ -732,13 +733,29 @@ impl Backend for JournaledBackend {
     }
 }
 
+/// Of a stop's budget, what is kept for ending the remote lease.
+fn release_reserve(budget: Duration) -> Duration {
+    (budget / 2).min(Duration::from_secs(5))
+}
+
 impl Drop for JournaledBackend {
+    /// A stop, bounded by `drain_timeout`: uploads for most of it, then the remote calls in
+    /// flight are abandoned, the uploader stopped, and the remote lease released or, with
+    /// journal entries left, left marked as this host's.
     fn drop(&mut self) {
-        if let Err(e) = self.inner.drain(self.inner.opts.drain_timeout) {
+        let t0 = Instant::now();
+        let budget = self.inner.opts.drain_timeout;
+        let reserve = release_reserve(budget);
+        let drained = self.inner.drain(budget.saturating_sub(reserve));
+        if let Err(e) = &drained {
             tracing::warn!(error = %e, "journal not fully uploaded at close; it is replayed at the next open");
         }
         self.inner.lock().shutdown = true;
         self.inner.work.notify_all();
+        if drained.is_err() {
+            // Whatever the uploader waits on (a call to a dead DataNode or NameNode) ends now.
+            self.inner.remote.interrupt();
+        }
         let h = self
             .uploader
             .lock()
@@ -747,5 +764,27 @@ impl Drop for JournaledBackend {
         if let Some(h) = h {
             let _ = h.join();
         }
+        let pending = {
+            let st = self.inner.lock();
+            let left = st
+                .queue
+                .iter()
+                .filter(|i| !matches!(i, Item::Rotate { .. } | Item::Close { .. }))
+                .count();
+            (st.journal_bytes > 0).then(|| {
+                format!(
+                    "journal {} ({} entries, {} KiB not uploaded)",
+                    self.inner.dir.display(),
+                    left,
+                    st.journal_bytes >> 10
+                )
+            })
+        };
+        let left = budget.saturating_sub(t0.elapsed()).max(reserve);
+        self._remote_lease
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .release(pending.as_deref(), left);
+        tracing::info!(remote = %self.inner.remote.location(), elapsed = ?t0.elapsed(), pending = pending.is_some(), "journal closed");
     }
 }

@@ -111,6 +111,9 @@ impl Inner {
                     if o.dirty {
                         o.w.sync()?;
                     }
+                    // Closed for sure before the remote serves its reads (an error: the
+                    // appends are retried, skipped by length, and the close again).
+                    o.w.finish()?;
                     let len = o.len;
                     drop(o);
                     self.publish(&name, id, len);
@@ -130,12 +133,11 @@ impl Inner {
                 }
             }
             Item::Rotate { file_no } => {
-                up.sync_all()?;
-                for (name, o) in up.open.drain() {
-                    let (id, len) = (o.id, o.len);
-                    drop(o);
-                    self.publish(&name, id, len);
-                }
+                // Every object the file holds data of is durable and closed on the remote
+                // before the file goes: so an object the journal holds nothing of is closed
+                // (what opening after a crash relies on). An error: retried from the file's
+                // first item.
+                up.finish_all(self)?;
                 let mut st = self.lock();
                 st.cursor += 1;
                 let c = st.cursor;
@@ -229,13 +231,22 @@ impl Uploader {
         inner.lock().cursor = 0;
     }
 
-    pub(super) fn close_all(&mut self, inner: &Inner) {
-        if self.sync_all().is_ok() {
-            for (name, o) in self.open.drain() {
-                let (id, len) = (o.id, o.len);
-                drop(o);
-                inner.publish(&name, id, len);
+    /// Makes every open object durable and closes it; each closed one is published.
+    pub(super) fn finish_all(&mut self, inner: &Inner) -> Result<()> {
+        self.sync_all()?;
+        let names: Vec<String> = self.open.keys().cloned().collect();
+        for name in names {
+            if let Some(mut o) = self.open.remove(&name) {
+                o.w.finish()?;
+                inner.publish(&name, o.id, o.len);
             }
+        }
+        Ok(())
+    }
+
+    pub(super) fn close_all(&mut self, inner: &Inner) {
+        if let Err(e) = self.finish_all(inner) {
+            tracing::warn!(remote = %inner.remote.location(), error = %e, "closing remote objects at stop failed; the next opener closes them");
         }
     }
 }
