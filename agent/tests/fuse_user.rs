@@ -124,20 +124,8 @@ fn a_users_hlfsd_mounts_through_fusermount3_for_that_user_alone() {
     ));
     let back = as_user(uid, gid, &["head", "-c", "1048576", v]);
     assert!(back.status.success() && back.stdout == data, "read back");
-    let out = d.dir.path().join("over-nbd.raw");
-    run(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &d.uri("default/vm"),
-            out.to_str().unwrap(),
-        ],
-    );
-    assert!(fs::read(&out).unwrap()[..1 << 20] == data[..]);
+    let over_nbd = d.read_over_nbd("default/vm");
+    assert!(over_nbd[..1 << 20] == data[..]);
 
     // Another user reads nothing: not the volume, not even the directory.
     for args in [&["cat", v][..], &["ls", m]] {

@@ -154,20 +154,7 @@ fn libvirt_create_sequence_makes_a_volume_that_hlfs_and_nbd_see() {
     let mut f = OpenOptions::new().write(true).open(&path).unwrap();
     use std::os::unix::fs::FileExt;
     f.write_all_at(&data, 1 << 20).unwrap();
-    let out = v.d.dir.path().join("over-nbd.raw");
-    run(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &v.d.uri("default/vm1.img"),
-            out.to_str().unwrap(),
-        ],
-    );
-    let got = fs::read(&out).unwrap();
+    let got = v.d.read_over_nbd("default/vm1.img");
     assert_eq!(&got[1 << 20..(1 << 20) + data.len()], &data[..]);
     run(
         "qemu-io",
@@ -376,20 +363,8 @@ fn qcow2_images_grow_inside_volume_files() {
 
     // One engine: the volume's bytes over NBD are the file's bytes, and qemu reads the qcow2
     // image over NBD as through the file.
-    let out = v.d.dir.path().join("qcow2-over-nbd.raw");
-    run(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &v.d.uri("default/vm.qcow2"),
-            out.to_str().unwrap(),
-        ],
-    );
-    assert!(fs::read(&out).unwrap() == fs::read(&q).unwrap());
+    let over_nbd = v.d.read_over_nbd("default/vm.qcow2");
+    assert!(over_nbd == fs::read(&q).unwrap());
     let opts = format!(
         "driver=qcow2,file.driver=nbd,file.path={},file.export=default/vm.qcow2",
         v.d.socket.display()

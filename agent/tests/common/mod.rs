@@ -243,6 +243,28 @@ impl Daemon {
         format!("nbd+unix:///{export}?socket={}", self.socket.display())
     }
 
+    /// The bytes of export `export`, read over NBD by `qemu-img convert` (into a file of the
+    /// daemon's directory, named after the export).
+    pub fn read_over_nbd(&self, export: &str) -> Vec<u8> {
+        let out = self
+            .dir
+            .path()
+            .join(format!("{}.over-nbd.raw", export.replace('/', "_")));
+        run(
+            "qemu-img",
+            &[
+                "convert",
+                "-f",
+                "raw",
+                "-O",
+                "raw",
+                &self.uri(export),
+                out.to_str().unwrap(),
+            ],
+        );
+        std::fs::read(&out).unwrap()
+    }
+
     /// Whether the daemon process is still running.
     pub fn alive(&mut self) -> bool {
         match self.child.as_mut() {
