@@ -22,13 +22,16 @@ use std::sync::{Arc, Condvar, Mutex};
 /// the kernel's dirty limits bound the rest.)
 pub(crate) const MAX_PENDING_SEALS: usize = 64;
 
+/// How a seal's sync ended: the error's OS code (if any) and its text.
+type Outcome = std::result::Result<(), (Option<i32>, String)>;
+
 /// One sealed segment's sync, running on its thread.
 pub(crate) struct SealSync {
     pub seq: u32,
     /// What is known durable of the segment (shared with flushes that synced part of it).
     pub sync: Arc<SyncState>,
     /// None while running; then the outcome (the error's OS code and text).
-    done: Mutex<Option<std::result::Result<(), (Option<i32>, String)>>>,
+    done: Mutex<Option<Outcome>>,
     cv: Condvar,
 }
 
