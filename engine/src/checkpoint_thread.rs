@@ -89,6 +89,8 @@ impl Volume {
     /// Saves the map at the current segment boundary (no segment may be open) and prunes all
     /// but the previous checkpoint, which stays as a fallback should the new one be damaged.
     pub(crate) fn write_checkpoint(&mut self) -> Result<()> {
+        // It describes the segments before it: all of them durable first.
+        self.wait_seals()?;
         // Ids stay in order: one on its thread lands first.
         self.land_checkpoint(true)?;
         let (id, next, gen, bytes) = self.encode_checkpoint();
@@ -99,6 +101,7 @@ impl Volume {
 
     /// `write_checkpoint`, with the writing and syncing on a thread.
     pub(crate) fn begin_checkpoint(&mut self) -> Result<()> {
+        self.wait_seals()?;
         self.land_checkpoint(true)?;
         let (id, next, gen, bytes) = self.encode_checkpoint();
         let backend = self.backend.clone();

@@ -17,6 +17,7 @@ pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
 mod recovery;
+mod seal_sync;
 mod seg_numbers;
 mod segbuf;
 mod snapshot;

@@ -126,6 +126,10 @@ impl Volume {
     /// Acknowledged writes that are not on disk are reported by the next flush. On an error
     /// (the disk is still full), nothing changes: the volume stays failed and reads go on.
     pub(crate) fn reload(&mut self) -> Result<()> {
+        // Seals still syncing finish first; a failed one is recorded in `health.uncertain`.
+        while !self.seals.is_empty() {
+            let _ = self.reap_seals(true);
+        }
         self.cancel_job();
         self.abandon_checkpoint();
         self.cleaner.pass = None;
@@ -285,6 +289,10 @@ impl Volume {
         let mut seq = start;
         let mut unsealed = false;
         let mut replayed = Vec::new();
+        let mut stream = Stream {
+            last: vol.serial,
+            ..Default::default()
+        };
         while let Some(&len) = segments.get(&seq) {
             let len = match uncertain {
                 Some((s, n)) if s == seq => len.min(n),
@@ -292,13 +300,21 @@ impl Volume {
             };
             // A reader skips unsealed segments: the writer's open one, and the cleaner's open
             // one, which may precede sealed segments and whose copies no map points at yet.
-            if let Some(sealed) = vol.replay_segment(seq, len, &mut report)? {
-                unsealed |= !sealed;
-                report.segments_replayed += 1;
-                vol.ckpt.since += len;
-                replayed.push(seq);
+            match vol.replay_segment(seq, len, &mut report, &mut stream)? {
+                Some(sealed) => {
+                    unsealed |= !sealed;
+                    report.segments_replayed += 1;
+                    vol.ckpt.since += len;
+                    replayed.push(seq);
+                }
+                None => stream.broken = true,
             }
             seq += 1;
+        }
+        if stream.cut {
+            // The segments cut off must never be replayed again: a checkpoint covers them.
+            unsealed = true;
+            tracing::warn!(volume = %vol.loc, last_serial = stream.last, "log cut after a torn segment: later records of the writer are not a continuation and were dropped");
         }
         if let Some((&later, _)) = segments.range(seq..).next().filter(|_| !vol.read_only) {
             return Err(Error::corrupt(
@@ -368,6 +384,7 @@ impl Volume {
             map: state.map,
             segs: state.segs,
             open: None,
+            seals: Default::default(),
             next_seq: Arc::new(crate::seg_numbers::SegNumbers::new(start)),
             ckpt: crate::checkpoint_thread::Checkpoints {
                 kept: checkpoints,
@@ -427,11 +444,14 @@ impl Volume {
 
     /// Replays one segment; returns whether it was sealed (replayed from its footer), or None
     /// if it is unsealed and the volume is open read-only (its writer may still be appending).
+    /// A segment that is not sealed, unless it holds only the cleaner's copies, ends the
+    /// writer's stream as far as `stream` can trust it (see [`Stream`]).
     fn replay_segment(
         &mut self,
         seq: u32,
         len: u64,
         report: &mut RecoveryReport,
+        stream: &mut Stream,
     ) -> Result<Option<bool>> {
         let name = segment_name(seq);
         if len > u64::from(self.meta.segment_size) * 2 {
@@ -444,7 +464,9 @@ impl Volume {
         }
         if let Some(f) = self.read_footer(seq, len, &mut report.bytes_read)? {
             for (rec_off, hdr, meta) in self.footer_records(seq, &f)? {
-                self.apply_record(seq, rec_off, &hdr, meta)?;
+                if stream.admits(&hdr) {
+                    self.apply_record(seq, rec_off, &hdr, meta)?;
+                }
             }
             report.segments_from_footer += 1;
             report.records_replayed += u64::from(f.count);
@@ -463,8 +485,11 @@ impl Volume {
         self.segs.entry(seq).or_default().bytes = len;
         if !segment_header_ok(&buf, &self.meta.uuid, seq) {
             tracing::warn!(volume = %self.loc, segment = %name, "segment header torn or damaged; segment treated as empty");
+            stream.broken = true;
             return Ok(Some(false));
         }
+        // Only copies (the cleaner's segment): the writer's stream goes on past it.
+        let mut copies_only = None;
         let mut pos = SEG_HEADER_LEN;
         // Records of a group are applied only once its last record is found intact.
         let mut group: Vec<(usize, RecordHeader, Vec<u8>)> = Vec::new();
@@ -484,11 +509,17 @@ impl Volume {
             pos = body_start + body.len();
             if hdr.flags & FLAG_CONTINUED == 0 {
                 for (at, h, u) in group.drain(..) {
-                    self.apply_record(seq, at as u64, &h, &u)?;
-                    report.records_replayed += 1;
+                    copies_only = Some(copies_only.unwrap_or(true) && h.kind == RecordKind::Copy);
+                    if stream.admits(&h) {
+                        self.apply_record(seq, at as u64, &h, &u)?;
+                        report.records_replayed += 1;
+                    }
                 }
                 applied_to = pos;
             }
+        }
+        if copies_only != Some(true) {
+            stream.broken = true;
         }
         let pos = applied_to;
         if pos < buf.len() {
@@ -593,6 +624,37 @@ impl Volume {
             return Err(bad("footer does not describe the segment"));
         }
         Ok(out)
+    }
+}
+
+/// The writer's record stream as replay finds it. Its records carry consecutive serials (given
+/// at commit, see `Volume::commit_group`); the cleaner's copies carry none of their own. Since
+/// a full segment's seal no longer waits for its sync (see seal_sync.rs), a crash can leave a
+/// sealed segment torn or empty while segments after it reached the disk: after a segment that
+/// is not sealed and intact (`broken`), a record of the writer is applied only if it continues
+/// the serials exactly, and the first one that does not ends the stream (`cut`): what is
+/// applied stays a prefix of the writer's operations. The cleaner's copies commute with every
+/// record and are applied regardless.
+#[derive(Debug, Default)]
+pub(crate) struct Stream {
+    /// Serial of the last writer record applied (or of the checkpoint's state).
+    pub last: u64,
+    pub broken: bool,
+    pub cut: bool,
+}
+
+impl Stream {
+    /// Whether `hdr`'s record is to be applied (and, for the writer's, counts it).
+    fn admits(&mut self, hdr: &RecordHeader) -> bool {
+        if hdr.kind == RecordKind::Copy {
+            return true;
+        }
+        if self.cut || (self.broken && hdr.serial != self.last + 1) {
+            self.cut = true;
+            return false;
+        }
+        self.last = self.last.max(hdr.serial);
+        true
     }
 }
 

@@ -21,6 +21,9 @@ pub const MAX_SIZE: u64 = 1 << 60;
 const MAX_RECORD_BYTES: usize = 1024 * 1024;
 /// Buffered bytes that trigger an append to the backend without a flush.
 const APPEND_BATCH: usize = 512 * 1024;
+/// Sealed-segment bytes, in checkpoint intervals, after which a checkpoint due no longer waits
+/// for a seal's sync to finish by itself but waits for it.
+const CHECKPOINT_PUT_OFF: u64 = 4;
 /// Bytes one backend read may bring in for a run of units (direct or buffered).
 const MAX_RUN_BYTES: u32 = 4 << 20;
 
@@ -105,15 +108,22 @@ pub struct RecoveryReport {
     pub elapsed: Duration,
 }
 
-/// What remains of a flush once its data is with the backend: a disk sync that needs no lock on
-/// the volume (see `Volume::flush_begin`).
+/// What remains of a flush once its data is with the backend: disk syncs that need no lock on
+/// the volume (see `Volume::flush_begin`): those of segments sealed before it (still running on
+/// their threads) and that of the open segment.
 #[must_use = "a flush is not durable until its wait returns"]
-pub struct FlushWait(Option<(Arc<dyn crate::backend::Syncer>, u64, Arc<SyncState>)>);
+pub struct FlushWait {
+    seals: Vec<Arc<crate::seal_sync::SealSync>>,
+    open: Option<(Arc<dyn crate::backend::Syncer>, u64, Arc<SyncState>)>,
+}
 
 impl FlushWait {
     /// Blocks until every byte handed over before `flush_begin` returned is durable.
     pub fn wait(self) -> Result<()> {
-        match self.0 {
+        for s in &self.seals {
+            s.wait()?;
+        }
+        match self.open {
             Some((s, upto, state)) => {
                 let r = s.sync();
                 state.synced(upto, r.is_ok());
@@ -298,6 +308,9 @@ pub struct Volume {
     pub(crate) map: ExtentMap,
     pub(crate) segs: BTreeMap<u32, SegStat>,
     pub(crate) open: Option<OpenSeg>,
+    /// The writer's sealed segments whose sync still runs on its thread, oldest first (see
+    /// seal_sync.rs).
+    pub(crate) seals: std::collections::VecDeque<Arc<crate::seal_sync::SealSync>>,
     /// Shared with the cleaner's copy thread, which creates segments too.
     pub(crate) next_seq: Arc<crate::seg_numbers::SegNumbers>,
     /// Checkpoints kept, written and being written (see checkpoint_thread.rs).
@@ -846,13 +859,13 @@ impl Volume {
         }
     }
 
-    /// Numbers an encoded record and stages it.
+    /// Stages an encoded record (numbered when it is committed).
     fn stage_pending(&mut self, p: Pending) {
-        self.serial += 1;
         let hdr = RecordHeader {
             kind: p.kind,
             flags: 0,
-            serial: self.serial,
+            // Numbered when committed (see `commit_group`).
+            serial: 0,
             arg: p.arg,
             nblocks: p.nblocks,
             body_len: p.body.len() as u32,
@@ -909,7 +922,7 @@ impl Volume {
             if o.sealing
                 || (o.records > 0 && o.buf.len() + o.footer.len() + need + TRAILER_LEN > seg_size)
             {
-                self.seal()?;
+                self.seal_full()?;
             }
         }
         if self.open.is_none() {
@@ -928,6 +941,11 @@ impl Volume {
             let Some(o) = self.open.as_mut() else {
                 return Err(Error::Invalid("no open segment".into()));
             };
+            // Serials are given here, to records that go into the log, and to no others: the
+            // writer's records carry consecutive serials, so recovery can tell a gap (a torn
+            // segment the seal did not wait for) from a continuation.
+            self.serial += 1;
+            rec.hdr.serial = self.serial;
             let rec_off = o.buf.len();
             let mut hdr = Vec::with_capacity(RECORD_HEADER_LEN);
             rec.hdr.encode(&mut hdr);
@@ -1143,8 +1161,24 @@ impl Volume {
         Ok(())
     }
 
-    /// Writes the footer, makes the segment durable and closes it; checkpoints when due.
+    /// Writes the footer, makes the segment durable and closes it, after every segment sealed
+    /// before it is durable too; checkpoints when due.
     pub(crate) fn seal(&mut self) -> Result<()> {
+        self.seal_with(false)?;
+        self.wait_seals()
+    }
+
+    /// Seals the open segment because the next record group does not fit: on a local disk its
+    /// sync runs on a thread while writes go on in the next segment (see seal_sync.rs).
+    fn seal_full(&mut self) -> Result<()> {
+        self.seal_with(self.backend.capabilities().in_process)
+    }
+
+    /// Writes the footer and closes the open segment; syncs it here, or (`defer`) hands the
+    /// sync to a thread that a flush, checkpoint or synchronous seal waits for.
+    fn seal_with(&mut self, defer: bool) -> Result<()> {
+        // A failed sync of an earlier seal fails this write before it changes anything.
+        self.reap_seals(false)?;
         let Some(o) = self.open.as_mut() else {
             return Ok(());
         };
@@ -1156,40 +1190,88 @@ impl Volume {
             o.sealing = true;
         }
         self.append_pending()?;
+        if defer {
+            while self.seals.len() >= crate::seal_sync::MAX_PENDING_SEALS {
+                self.reap_oldest_seal()?;
+            }
+        }
         let Some(mut o) = self.open.take() else {
             return Ok(());
         };
-        let r = o.writer().sync();
-        let upto = o.buf.len() as u64;
-        o.sync.synced(upto, r.is_ok());
-        // A flush's sync of this segment failed: this one may be reported good although the
-        // kernel dropped pages (the error is reported once per file).
-        let r = r.and_then(|()| match o.sync.failed() {
-            true => Err(Error::io(
-                "fdatasync",
-                segment_name(o.seq),
-                std::io::Error::other("an earlier sync of this segment failed"),
-            )),
-            false => Ok(()),
-        });
-        if let Err(e) = r {
-            self.health.uncertain = Some((o.seq, o.sync.durable()));
-            // Reads go on from memory until the volume recovers.
-            *o.writer.get_mut().unwrap_or_else(|p| p.into_inner()) = Box::new(ClosedWriter);
-            self.open = Some(o);
-            return Err(e);
-        }
         let bytes = o.buf.len() as u64;
+        if defer {
+            let writer = std::mem::replace(
+                o.writer.get_mut().unwrap_or_else(|p| p.into_inner()),
+                Box::new(ClosedWriter),
+            );
+            let s = crate::seal_sync::SealSync::start(o.seq, writer, o.sync.clone(), bytes);
+            self.seals.push_back(s);
+        } else {
+            let r = o.writer().sync();
+            o.sync.synced(bytes, r.is_ok());
+            // A flush's sync of this segment failed: this one may be reported good although
+            // the kernel dropped pages (the error is reported once per file).
+            let r = r.and_then(|()| match o.sync.failed() {
+                true => Err(Error::io(
+                    "fdatasync",
+                    segment_name(o.seq),
+                    std::io::Error::other("an earlier sync of this segment failed"),
+                )),
+                false => Ok(()),
+            });
+            if let Err(e) = r {
+                self.health.uncertain = Some((o.seq, o.sync.durable()));
+                // Reads go on from memory until the volume recovers.
+                *o.writer.get_mut().unwrap_or_else(|p| p.into_inner()) = Box::new(ClosedWriter);
+                self.open = Some(o);
+                return Err(e);
+            }
+        }
         self.segs.entry(o.seq).or_default().bytes = bytes;
         self.ckpt.since += bytes;
-        tracing::debug!(volume = %self.loc, seq = o.seq, bytes, "sealed segment");
+        tracing::debug!(volume = %self.loc, seq = o.seq, bytes, deferred = defer, "sealed segment");
         if self.ckpt.since >= self.meta.checkpoint_interval {
-            // Only replay time depends on it: a failure (a full disk) leaves it for the next seal.
-            if let Err(e) = self.write_checkpoint() {
-                tracing::warn!(volume = %self.loc, error = %e, "checkpoint after a seal failed; retried at the next seal");
+            // A checkpoint waits for every seal's sync: while they run, it is put off to a
+            // later seal (up to a few intervals), so that the write path does not wait for them.
+            let ready = self.seals.iter().all(|s| s.is_done());
+            if ready || self.ckpt.since >= CHECKPOINT_PUT_OFF * self.meta.checkpoint_interval {
+                // A seal's failed sync fails the volume; the checkpoint's own failure does not.
+                self.wait_seals()?;
+                // Only replay time depends on it: a failure (a full disk) leaves it for the
+                // next seal.
+                if let Err(e) = self.write_checkpoint() {
+                    tracing::warn!(volume = %self.loc, error = %e, "checkpoint after a seal failed; retried at the next seal");
+                }
             }
         }
         self.maybe_clean()
+    }
+
+    /// Collects the seals whose sync has returned (all of them, waiting, if `block`). The first
+    /// failed one is returned as the error, and recorded: recovery reads that segment only up
+    /// to what an earlier sync covered, and cuts the log there.
+    pub(crate) fn reap_seals(&mut self, block: bool) -> Result<()> {
+        while self.seals.front().is_some_and(|s| block || s.is_done()) {
+            self.reap_oldest_seal()?;
+        }
+        Ok(())
+    }
+
+    fn reap_oldest_seal(&mut self) -> Result<()> {
+        let Some(s) = self.seals.pop_front() else {
+            return Ok(());
+        };
+        s.wait().inspect_err(|_| {
+            if self.health.uncertain.is_none() {
+                self.health.uncertain = Some((s.seq, s.sync.durable()));
+            }
+        })
+    }
+
+    /// Waits until every sealed segment is durable (before a checkpoint describes them, a
+    /// snapshot relies on them, or a close).
+    pub(crate) fn wait_seals(&mut self) -> Result<()> {
+        self.reap_seals(true)
     }
 
     /// Makes every acknowledged write durable.
@@ -1213,20 +1295,28 @@ impl Volume {
                 no_space: false,
             });
         }
-        let r = self.append_pending();
+        let r = self.append_pending().and_then(|()| self.reap_seals(false));
         self.fail(r)?;
+        let seals: Vec<_> = self.seals.iter().cloned().collect();
         let Some(o) = self.open.as_mut() else {
-            return Ok(FlushWait(None));
+            return Ok(FlushWait { seals, open: None });
         };
         let upto = o.buf.len() as u64;
         match o.writer().syncer() {
-            Some(s) => Ok(FlushWait(Some((s, upto, o.sync.clone())))),
+            Some(s) => Ok(FlushWait {
+                seals,
+                open: Some((s, upto, o.sync.clone())),
+            }),
             None => {
                 // This backend cannot sync from outside its writer: sync now, under the lock.
                 let r = o.writer().sync();
                 o.sync.synced(upto, r.is_ok());
+                let r = r.and_then(|()| self.wait_seals());
                 self.fail(r)?;
-                Ok(FlushWait(None))
+                Ok(FlushWait {
+                    seals: Vec::new(),
+                    open: None,
+                })
             }
         }
     }
@@ -1237,6 +1327,8 @@ impl Volume {
         // A sync error is never `transient`, whatever an append left.
         if r.is_err() {
             self.health.transient = false;
+            // A seal's failed sync: recorded for recovery (its error is the flush's already).
+            let _ = self.reap_seals(false);
         }
         self.fail(r)
     }
