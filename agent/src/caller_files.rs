@@ -31,6 +31,9 @@ pub struct CallerFile {
     fd: OwnedFd,
     /// The path the caller gave (for messages).
     pub path: String,
+    /// Whose file it is: an unfinished export is removed with these rights.
+    caller: Caller,
+    access: Access,
 }
 
 impl CallerFile {
@@ -67,8 +70,40 @@ pub fn clear_cloexec(fd: i32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Opens `path` for `caller` with the caller's rights. A caller who is the daemon's own user
-/// needs no change of identity (a user's own daemon cannot change it anyway).
+/// Runs `f` with `caller`'s file-system identity, on a thread of its own that ends right after
+/// (not one of tokio's pooled threads, which would keep the identity). A caller who is the
+/// daemon's own user needs no change of identity (a user's own daemon cannot change it anyway).
+async fn as_caller<T: Send + 'static>(
+    caller: &Caller,
+    what: &str,
+    f: impl FnOnce() -> std::result::Result<T, OpenError> + Send + 'static,
+) -> Result<std::result::Result<T, OpenError>> {
+    let uid = caller.uid;
+    let same_user = uid == crate::paths::euid();
+    let groups = if same_user {
+        Vec::new()
+    } else {
+        groups_of(caller)
+    };
+    let what = what.to_string();
+    tokio::task::spawn_blocking(move || -> Result<_> {
+        let t = std::thread::Builder::new()
+            .name("hlfs-caller-file".into())
+            .spawn(move || {
+                if !same_user {
+                    become_caller(uid, &groups)?;
+                }
+                f()
+            })
+            .map_err(|e| Error::io("start a thread for", &what, e))?;
+        t.join()
+            .map_err(|_| Error::Busy(format!("{what} failed (thread panicked)")))
+    })
+    .await
+    .map_err(|e| Error::Busy(format!("internal task failed: {e}")))?
+}
+
+/// Opens `path` for `caller` with the caller's rights.
 pub async fn open(caller: &Caller, path: &str, access: Access) -> Result<CallerFile> {
     if !Path::new(path).is_absolute() {
         return Err(Error::invalid(
@@ -80,34 +115,13 @@ pub async fn open(caller: &Caller, path: &str, access: Access) -> Result<CallerF
     let c_path = CString::new(Path::new(path).as_os_str().as_bytes())
         .map_err(|_| Error::invalid("image path", path, "contains a NUL byte"))?;
     let uid = caller.uid;
-    let caller = caller.clone();
-    let same_user = caller.uid == crate::paths::euid();
-    let groups = if same_user {
-        Vec::new()
-    } else {
-        groups_of(&caller)
-    };
-    let owned_path = path.to_string();
-    // A thread of its own (not one of tokio's pooled threads, which would keep the identity).
-    let r = tokio::task::spawn_blocking(move || -> Result<_> {
-        let t = std::thread::Builder::new()
-            .name("hlfs-caller-open".into())
-            .spawn(move || {
-                if !same_user {
-                    become_caller(caller.uid, &groups)?;
-                }
-                open_raw(&c_path, access)
-            })
-            .map_err(|e| Error::io("start a thread for", &owned_path, e))?;
-        t.join()
-            .map_err(|_| Error::Busy(format!("opening {owned_path} failed (thread panicked)")))
-    })
-    .await
-    .map_err(|e| Error::Busy(format!("internal task failed: {e}")))??;
+    let r = as_caller(caller, path, move || open_raw(&c_path, access)).await?;
     match r {
         Ok(fd) => Ok(CallerFile {
             fd,
             path: path.to_string(),
+            caller: caller.clone(),
+            access,
         }),
         Err(OpenError::Identity(e)) => Err(Error::PermissionDenied(format!(
             "cannot act as uid {uid} to open {path}: {e}"
@@ -131,6 +145,57 @@ pub async fn open(caller: &Caller, path: &str, access: Access) -> Result<CallerF
                 e,
             ),
         }),
+    }
+}
+
+/// Removes the image an export created and did not finish (failed or cancelled): it is
+/// emptied through the job's own descriptor, then unlinked with the caller's rights only if
+/// the caller's path still names that very file (never a file put there meanwhile). Returns
+/// whether it is gone; a file it may not remove is left empty, and a warning says so.
+pub async fn remove_unfinished(file: CallerFile) -> bool {
+    if file.access != Access::CreateNew {
+        return false;
+    }
+    let CallerFile {
+        fd, path, caller, ..
+    } = file;
+    let Ok(c_path) = CString::new(Path::new(&path).as_os_str().as_bytes()) else {
+        return false;
+    };
+    let r = as_caller(&caller, &path, move || {
+        let f = std::fs::File::from(fd);
+        f.set_len(0).map_err(OpenError::Open)?;
+        let ours = f.metadata().map_err(OpenError::Open)?;
+        let named = std::fs::symlink_metadata(std::ffi::OsStr::from_bytes(c_path.as_bytes()))
+            .map_err(OpenError::Open)?;
+        use std::os::unix::fs::MetadataExt;
+        if (named.dev(), named.ino()) != (ours.dev(), ours.ino()) {
+            return Ok(false);
+        }
+        // SAFETY: c_path is a NUL-terminated string.
+        if unsafe { libc::unlink(c_path.as_ptr()) } != 0 {
+            return Err(OpenError::Open(std::io::Error::last_os_error()));
+        }
+        Ok(true)
+    })
+    .await;
+    match r {
+        Ok(Ok(true)) => true,
+        Ok(Ok(false)) => {
+            tracing::warn!(
+                path,
+                "unfinished export: the path names another file now; left alone"
+            );
+            false
+        }
+        Ok(Err(OpenError::Identity(e) | OpenError::Open(e))) => {
+            tracing::warn!(path, error = %e, "unfinished export: could not remove the image (left empty)");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(path, error = %e, "unfinished export: could not remove the image");
+            false
+        }
     }
 }
 

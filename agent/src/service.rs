@@ -858,8 +858,14 @@ impl Service {
         self.spawn_job(&job.clone(), async move {
             // The caller's file stays open until qemu-img is done with it.
             let r = job.run_qemu_img(&svc, args, Some(&file)).await;
-            drop(file);
-            if !matches!(r, Ok(JobState::Done)) && job.kind == JobKind::Import {
+            let finished = matches!(r, Ok(JobState::Done));
+            if !finished && job.kind == JobKind::Export {
+                // A failed or cancelled export leaves no half-written image behind.
+                caller_files::remove_unfinished(file).await;
+            } else {
+                drop(file);
+            }
+            if !finished && job.kind == JobKind::Import {
                 // A failed or cancelled import leaves no half-filled volume behind, and is
                 // seen to end only once the volume is gone.
                 svc.remove_failed_import(&job.pool, &job.volume).await;

@@ -1454,3 +1454,63 @@ fn job_list_and_cancel() {
         "{e}"
     );
 }
+
+/// An export that fails (here: its destination's file system fills up) leaves no half-written
+/// image behind, and the job is seen to end only once the file is gone.
+#[test]
+fn a_failed_export_leaves_no_file_behind() {
+    let d = Daemon::start("export-fails", &["--create-volume", "default/vm1:8M"]);
+    run(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x5a 0 6M",
+            &d.uri("default/vm1"),
+        ],
+    );
+    let small = d.dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let st = std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=1m",
+            "tmpfs",
+            small.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    if !st.success() {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _u = Unmount(small.clone());
+    let dest = small.join("vm1.raw");
+    let out = hlfs(
+        &d,
+        false,
+        &["export", "default/vm1", dest.to_str().unwrap()],
+    );
+    assert!(!out.status.success(), "an export into 1 MiB succeeded");
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(msg.contains(dest.to_str().unwrap()), "{msg}");
+    assert!(!dest.exists(), "the unfinished export is still there");
+    assert_eq!(std::fs::read_dir(&small).unwrap().count(), 0);
+    // The same export where there is room works.
+    let room = d.dir.path().join("vm1.raw");
+    ok(&hlfs(
+        &d,
+        false,
+        &["export", "default/vm1", room.to_str().unwrap()],
+    ));
+    assert_eq!(std::fs::metadata(&room).unwrap().len(), 8 << 20);
+}
