@@ -268,4 +268,43 @@ mod tests {
         assert_eq!(on_disk, whole);
         assert_eq!(s.pending_bytes(), 0);
     }
+
+    /// A large body kept as slices of two buffers (unit headers, the caller's data): every
+    /// slice is served where it lies, the pending parts are the bytes in order, and an
+    /// append cut short inside a slice leaves exactly the rest pending.
+    #[test]
+    fn sliced_bodies_keep_their_buffers_and_their_order() {
+        let data = Arc::new(
+            (0..64 << 10)
+                .map(|i| (i * 7 + 3) as u8)
+                .collect::<Vec<u8>>(),
+        );
+        let side = Arc::new((0..64).map(|i| 200 - i as u8).collect::<Vec<u8>>());
+        let mut s = SegBuf::default();
+        s.extend(b"record header");
+        let mut body = Body::default();
+        let mut whole = b"record header".to_vec();
+        let mut units = Vec::new();
+        for u in 0..8 {
+            body.push(&side, u * 8..u * 8 + 8);
+            body.push(&data, u * 8192..u * 8192 + 8192);
+            units.push((whole.len(), u));
+            whole.extend_from_slice(&side[u * 8..u * 8 + 8]);
+            whole.extend_from_slice(&data[u * 8192..u * 8192 + 8192]);
+        }
+        assert_eq!(body.len(), 8 * (8 + 8192));
+        s.push(body);
+        assert_eq!(s.len(), whole.len());
+        for (off, u) in units {
+            assert_eq!(s.get(off, 8), Some(&side[u * 8..u * 8 + 8]));
+            assert_eq!(s.get(off + 8, 8192), Some(&data[u * 8192..u * 8192 + 8192]));
+        }
+        // The data was not copied: the segment holds the caller's buffer.
+        assert!(Arc::strong_count(&data) > 1);
+        assert_eq!(s.pending().concat(), whole);
+        s.mark_appended_to(13 + 8 + 100);
+        assert_eq!(s.pending().concat(), whole[13 + 8 + 100..]);
+        s.mark_appended();
+        assert_eq!(s.pending_bytes(), 0);
+    }
 }
