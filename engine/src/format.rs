@@ -385,6 +385,20 @@ pub fn append_unit_crc(out: &mut Vec<u8>, lba: u64, data: &[u8], compress: bool)
     (stored, crc_math::concat(head, tail, shift))
 }
 
+/// The header (`stored | crc`) of a raw unit holding `data` for blocks from `lba`, and the
+/// CRC-32C of header and data together (what `append_unit_crc` returns), computed over `data`
+/// in place: the encoder writes the unit as this header and the caller's bytes, uncopied.
+pub fn raw_unit_header(lba: u64, data: &[u8]) -> ([u8; UNIT_HEADER_LEN], u32) {
+    let tail = crc32c::crc32c(data);
+    let shift = crc_math::zeros_cached(data.len());
+    let crc = crc_math::concat(crc32c::crc32c(&lba.to_le_bytes()), tail, shift);
+    let mut hdr = [0u8; UNIT_HEADER_LEN];
+    hdr[..4].copy_from_slice(&(data.len() as u32).to_le_bytes());
+    hdr[4..].copy_from_slice(&crc.to_le_bytes());
+    let head = crc32c::crc32c(&hdr);
+    (hdr, crc_math::concat(head, tail, shift))
+}
+
 /// CRC-32C of concatenations from the CRCs of their pieces (as zlib's crc32_combine, with the
 /// operator for the second piece's length computed once and reused): lets a writer checksum
 /// each byte once although a unit and the record around it each carry a CRC.

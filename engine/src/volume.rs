@@ -264,7 +264,7 @@ impl Drop for Scratch {
 /// A record built by an operation and not yet appended.
 pub(crate) struct Staged {
     hdr: RecordHeader,
-    body: Vec<u8>,
+    body: crate::segbuf::Body,
     /// What the footer keeps besides the header (see `format::footer_meta_len`).
     meta: Vec<u8>,
 }
@@ -645,20 +645,21 @@ impl Volume {
         let stored_len = (x.stored & !UNIT_COMPRESSED) as usize;
         let total = UNIT_HEADER_LEN + stored_len;
         let obj = segment_name(x.seg);
-        let owned;
-        let raw: &[u8] = match &self.open {
-            Some(o) if o.seq == x.seg => o
+        if let Some(o) = self.open.as_ref().filter(|o| o.seq == x.seg) {
+            // The header and the bytes may be separate parts (a large body keeps its slices).
+            let off = x.off as usize;
+            let past = || self.unit_corrupt(x, "extent points past the open segment");
+            let hdr = o.buf.get(off, UNIT_HEADER_LEN).ok_or_else(past)?;
+            let data = o
                 .buf
-                .get(x.off as usize, total)
-                .ok_or_else(|| self.unit_corrupt(x, "extent points past the open segment"))?,
-            _ => {
-                let mut b = vec![0u8; total];
-                self.backend.read_at(&obj, u64::from(x.off), &mut b)?;
-                owned = b;
-                &owned
-            }
-        };
-        self.decode_unit(ulba, x, raw, true)
+                .get(off + UNIT_HEADER_LEN, stored_len)
+                .ok_or_else(past)?;
+            self.check_unit(ulba, x, hdr, data)?;
+            return self.decode_stored(x, data, true);
+        }
+        let mut raw = vec![0u8; total];
+        self.backend.read_at(&obj, u64::from(x.off), &mut raw)?;
+        self.decode_unit(ulba, x, &raw, true)
     }
 
     /// Verifies a unit and decodes it directly into `out` if its decoded size is exactly
@@ -726,6 +727,11 @@ impl Volume {
     /// Verifies and decodes a unit's stored bytes (header included); caches the result.
     fn decode_unit(&self, ulba: u64, x: Extent, raw: &[u8], cache: bool) -> Result<Arc<Vec<u8>>> {
         let data = self.verify_unit(ulba, x, raw)?;
+        self.decode_stored(x, data, cache)
+    }
+
+    /// Decodes a verified unit's stored bytes; caches the result.
+    fn decode_stored(&self, x: Extent, data: &[u8], cache: bool) -> Result<Arc<Vec<u8>>> {
         let decoded: Arc<Vec<u8>> = if x.stored & UNIT_COMPRESSED != 0 {
             self.decoded_len(x, data)?;
             Arc::new(
@@ -854,7 +860,8 @@ impl Volume {
 
     /// Stages whole blocks: all-zero units become zero records (thin), the rest write records.
     fn stage_blocks(&mut self, lba: u64, data: &[u8]) {
-        for p in self.encoder().blocks(lba, data) {
+        let buf = Arc::new(data.to_vec());
+        for p in self.encoder().blocks(lba, &buf, 0..data.len()) {
             self.stage_pending(p);
         }
     }
@@ -891,7 +898,7 @@ impl Volume {
             arg,
             nblocks,
             body_crc: crc32c::crc32c(&body),
-            body,
+            body: crate::segbuf::Body::flat(body),
             meta,
         });
     }
@@ -1186,7 +1193,7 @@ impl Volume {
             let start = o.buf.len() as u64;
             let mut footer = std::mem::take(&mut o.footer);
             format::encode_trailer(&mut footer, start, o.records);
-            o.buf.push(footer);
+            o.buf.push(crate::segbuf::Body::flat(footer));
             o.sealing = true;
         }
         self.append_pending()?;

@@ -243,6 +243,15 @@ fn apply(
     }
 }
 
+/// Encodes a WRITE's payload, handing its buffer to the records (the engine writes it to the
+/// segment file from there, uncopied); a write that is not block-aligned keeps its payload.
+fn encode_job(enc: &Encoder, job: &mut Job) {
+    match enc.encode_owned(job.req.offset, std::mem::take(&mut job.data)) {
+        Ok(e) => job.encoded = Some(e),
+        Err(data) => job.data = data,
+    }
+}
+
 /// Runs a small request on the reader task, when the volume's I/O is local, nothing is
 /// queued and the lock is free: a write without FUA is a memory copy in the engine and a read
 /// a lookup and a unit from the page cache, cheaper than the wake-ups of a hand-off to a
@@ -270,10 +279,9 @@ fn run_inline(shared: &Shared, mut job: Job) -> Option<Job> {
         };
     }
     if r.kind == CMD_WRITE {
-        job.encoded = shared
-            .encoder
-            .as_ref()
-            .and_then(|e| e.encode(job.req.offset, &job.data));
+        if let Some(e) = &shared.encoder {
+            encode_job(e, &mut job);
+        }
     }
     let Some(res) = c
         .volume
@@ -301,7 +309,7 @@ fn run_mutations(shared: &Shared, run: Vec<Job>) {
     if let Some(enc) = &shared.encoder {
         for j in run.iter_mut().filter(|j| j.req.kind == CMD_WRITE) {
             if j.encoded.is_none() {
-                j.encoded = enc.encode(j.req.offset, &j.data);
+                encode_job(enc, j);
             }
         }
     }

@@ -726,9 +726,10 @@ impl HdfsWriter {
     }
 }
 
-impl ObjectWriter for HdfsWriter {
-    fn append(&mut self, data: &[u8]) -> Result<()> {
-        let bytes = Bytes::copy_from_slice(data);
+impl HdfsWriter {
+    /// One append call for `data`, whatever it was gathered from.
+    fn append_bytes(&mut self, data: Bytes) -> Result<()> {
+        let bytes = data.clone();
         self.call("append", move |w| {
             Box::pin(async move { w.write_bytes(bytes).await.map(|_| ()) })
         })?;
@@ -736,7 +737,7 @@ impl ObjectWriter for HdfsWriter {
         if let Some((map, name)) = &self.small {
             let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
             if self.written as usize <= SMALL_COPY {
-                m.entry(name.clone()).or_default().extend_from_slice(data);
+                m.entry(name.clone()).or_default().extend_from_slice(&data);
             } else {
                 m.remove(name);
                 drop(m);
@@ -744,6 +745,24 @@ impl ObjectWriter for HdfsWriter {
             }
         }
         Ok(())
+    }
+}
+
+impl ObjectWriter for HdfsWriter {
+    fn append(&mut self, data: &[u8]) -> Result<()> {
+        self.append_bytes(Bytes::copy_from_slice(data))
+    }
+
+    /// One call for all the parts, copied once into the buffer the client sends.
+    fn append_parts(&mut self, parts: &[&[u8]]) -> Result<()> {
+        if parts.is_empty() {
+            return Ok(());
+        }
+        let mut b = bytes::BytesMut::with_capacity(parts.iter().map(|p| p.len()).sum());
+        for p in parts {
+            b.extend_from_slice(p);
+        }
+        self.append_bytes(b.freeze())
     }
 
     fn sync(&mut self) -> Result<()> {

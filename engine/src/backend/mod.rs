@@ -27,11 +27,15 @@ pub trait ObjectWriter: Send {
     /// Appends bytes to the end of the object.
     fn append(&mut self, data: &[u8]) -> Result<()>;
     /// Appends several buffers, in order (one vectored write where the backend has one).
+    /// Default: one `append` of their concatenation, since a large record body arrives as
+    /// many slices (8-byte unit headers between the units' bytes) and a backend without a
+    /// vectored write would otherwise pay a call per slice.
     fn append_parts(&mut self, parts: &[&[u8]]) -> Result<()> {
-        for p in parts {
-            self.append(p)?;
+        match parts {
+            [] => Ok(()),
+            [one] => self.append(one),
+            _ => self.append(&parts.concat()),
         }
-        Ok(())
     }
     /// Makes every appended byte durable (fsync / hsync).
     fn sync(&mut self) -> Result<()>;
