@@ -67,6 +67,29 @@ fn lay_out(files: &Files, seq: u32, off: usize, dst: &Path) {
     }
 }
 
+/// A 512 KiB volume in `dir` (64 KiB segments, a checkpoint every 192 KiB) on a backend that
+/// records every operation into `log`, injects `fault`s and makes each sync take `slow_sync`.
+fn recorded_volume(
+    dir: &Path,
+    log: &Arc<Mutex<Vec<BOp>>>,
+    fault: Faults,
+    slow_sync: std::time::Duration,
+) -> Volume {
+    let backend = Arc::new(Recording {
+        inner: LocalBackend::new(dir).expect("backend"),
+        log: log.clone(),
+        fault,
+        slow_sync,
+    });
+    let opts = CreateOptions {
+        size: 512 * 1024,
+        segment_size: 64 * 1024,
+        checkpoint_interval: 192 * 1024,
+        ..Default::default()
+    };
+    Volume::create(backend, &opts, &OpenOptions::default()).expect("create")
+}
+
 #[test]
 fn log_cut_at_every_record_boundary_and_random_offsets() {
     for seed in 1..=3u64 {
@@ -333,20 +356,13 @@ fn crash_at_every_backend_operation(inline: bool) {
     for seed in 1..=2u64 {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = Arc::new(Mutex::new(Vec::new()));
-        let backend = Arc::new(Recording {
-            inner: LocalBackend::new(dir.path()).expect("backend"),
-            log: log.clone(),
-            fault: Faults::default(),
-            slow_sync: Default::default(),
-        });
         let size = 512 * 1024;
-        let opts = CreateOptions {
-            size,
-            segment_size: 64 * 1024,
-            checkpoint_interval: 192 * 1024,
-            ..Default::default()
-        };
-        let mut v = Volume::create(backend, &opts, &OpenOptions::default()).expect("create");
+        let mut v = recorded_volume(
+            dir.path(),
+            &log,
+            Faults::default(),
+            std::time::Duration::ZERO,
+        );
         v.set_clean_policy(Some(CleanPolicy {
             max_live_ratio: 0.95,
             max_segments: 3,
@@ -465,20 +481,8 @@ fn crash_at_every_backend_operation_around_write_errors() {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = Arc::new(Mutex::new(Vec::new()));
         let fault = Faults::default();
-        let backend = Arc::new(Recording {
-            inner: LocalBackend::new(dir.path()).expect("backend"),
-            log: log.clone(),
-            fault: fault.clone(),
-            slow_sync: Default::default(),
-        });
         let size = 512 * 1024;
-        let opts = CreateOptions {
-            size,
-            segment_size: 64 * 1024,
-            checkpoint_interval: 192 * 1024,
-            ..Default::default()
-        };
-        let mut v = Volume::create(backend, &opts, &OpenOptions::default()).expect("create");
+        let mut v = recorded_volume(dir.path(), &log, fault.clone(), std::time::Duration::ZERO);
         let mut rng = Rng::new(seed);
         let mut model = vec![0u8; size as usize];
         // A branch of history: the backend operations recorded when it began, its images
@@ -641,20 +645,13 @@ fn crash_with_seals_off_the_write_path_cut_at_arbitrary_points() {
     for seed in 1..=2u64 {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = Arc::new(Mutex::new(Vec::new()));
-        let backend = Arc::new(Recording {
-            inner: LocalBackend::new(dir.path()).expect("backend"),
-            log: log.clone(),
-            fault: Faults::default(),
-            slow_sync: std::time::Duration::from_millis(3),
-        });
         let size = 512 * 1024;
-        let opts = CreateOptions {
-            size,
-            segment_size: 64 * 1024,
-            checkpoint_interval: 192 * 1024,
-            ..Default::default()
-        };
-        let mut v = Volume::create(backend, &opts, &OpenOptions::default()).expect("create");
+        let mut v = recorded_volume(
+            dir.path(),
+            &log,
+            Faults::default(),
+            std::time::Duration::from_millis(3),
+        );
         let mut rng = Rng::new(seed + 100);
         let mut model = vec![0u8; size as usize];
         let mut images = vec![common::hash(&model)];
