@@ -656,6 +656,16 @@ impl HlfsFs {
         }
     }
 
+    /// The pool whose directory is `dir`, where volumes are created and deleted: EROFS in the
+    /// snapshot tree, EPERM anywhere else.
+    fn pool_dir(&self, dir: INodeNo) -> Result<String, Errno> {
+        match self.node(dir)? {
+            Node::Pool(pool) => Ok(pool),
+            Node::SnapPool(_) | Node::SnapVolume(..) | Node::Snapshots => Err(Errno::EROFS),
+            _ => Err(Errno::EPERM),
+        }
+    }
+
     fn do_create(
         &self,
         req: &Request,
@@ -665,12 +675,7 @@ impl HlfsFs {
         umask: u32,
         flags: i32,
     ) -> Result<(FileAttr, FileHandle), Errno> {
-        let Node::Pool(pool) = self.node(parent)? else {
-            return Err(match self.node(parent)? {
-                Node::SnapPool(_) | Node::SnapVolume(..) | Node::Snapshots => Errno::EROFS,
-                _ => Errno::EPERM,
-            });
-        };
+        let pool = self.pool_dir(parent)?;
         let name = new_name("volume", name)?;
         let admin = self.admin(req)?;
         self.rt
@@ -778,13 +783,7 @@ impl HlfsFs {
     }
 
     fn do_unlink(&self, req: &Request, parent: INodeNo, name: &OsStr) -> Result<(), Errno> {
-        let node = self.node(parent)?;
-        let Node::Pool(pool) = node else {
-            return Err(match node {
-                Node::SnapPool(_) | Node::SnapVolume(..) | Node::Snapshots => Errno::EROFS,
-                _ => Errno::EPERM,
-            });
-        };
+        let pool = self.pool_dir(parent)?;
         let name = name_str(name).ok_or(Errno::ENOENT)?;
         if !self.volume_exists(&pool, name)? {
             return Err(Errno::ENOENT);
