@@ -60,6 +60,19 @@ fn bus_get(addr: &str, path: &str, iface: &str, properties: &[&str]) -> Output {
     busctl(addr, &a)
 }
 
+/// A peer-to-peer D-Bus connection to the daemon's own socket (no bus daemon).
+async fn p2p(d: &Daemon) -> zbus::Connection {
+    zbus::connection::Builder::unix_stream(
+        tokio::net::UnixStream::connect(d.dbus_socket())
+            .await
+            .unwrap(),
+    )
+    .p2p()
+    .build()
+    .await
+    .unwrap()
+}
+
 #[test]
 fn busctl_on_the_p2p_socket_introspects_calls_and_gets_named_errors() {
     let d = Daemon::start("dbus-p2p", &["--create-volume", "default/vm1:8M"]);
@@ -238,15 +251,7 @@ fn named_errors_and_properties_changed_over_zbus() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let conn = zbus::connection::Builder::unix_stream(
-            tokio::net::UnixStream::connect(d.dbus_socket())
-                .await
-                .unwrap(),
-        )
-        .p2p()
-        .build()
-        .await
-        .unwrap();
+        let conn = p2p(&d).await;
         fn name<T: std::fmt::Debug>(r: Result<T, HlfsError>) -> String {
             match r {
                 Err(e) => e.error_name(),
@@ -306,15 +311,7 @@ fn named_errors_and_properties_changed_over_zbus() {
         );
 
         // A second client watches PropertiesChanged while the first resizes.
-        let watcher = zbus::connection::Builder::unix_stream(
-            tokio::net::UnixStream::connect(d.dbus_socket())
-                .await
-                .unwrap(),
-        )
-        .p2p()
-        .build()
-        .await
-        .unwrap();
+        let watcher = p2p(&d).await;
         // Hello (as bus clients send) makes the connection ready for signals at once.
         let hello = watcher
             .call_method(
@@ -1294,15 +1291,7 @@ fn nbd_writes_emit_properties_changed_for_the_volume() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let watcher = zbus::connection::Builder::unix_stream(
-            tokio::net::UnixStream::connect(d.dbus_socket())
-                .await
-                .unwrap(),
-        )
-        .p2p()
-        .build()
-        .await
-        .unwrap();
+        let watcher = p2p(&d).await;
         // Hello makes the connection ready for signals; the Ping's reply says it is.
         watcher
             .call_method(
