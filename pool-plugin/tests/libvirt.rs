@@ -67,18 +67,9 @@ fn guests_boot_from_hlfs_and_pools_are_published() {
     let mnt = lv.shared.clone().unwrap().join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
     let mut h = Hlfsd::start_with("libvirt", "", Some(&mnt));
-    let env = TempDir::new("env");
-    let dir = env.path().join("testenv");
-    let guest = env.path().join("testenv-guest");
-    let files = TempDir::new("files");
-    let write = |name: &str| {
-        let p = files.path().join(name);
-        std::fs::write(&p, data(name, &dir)).unwrap();
-        p
-    };
-    run(Command::new("bash")
-        .arg(repo().join("scripts/libvirt/make-guest.sh"))
-        .arg(&guest));
+    let seeds = SeedEnv::new();
+    let (env, guest, files) = (&seeds.env, &seeds.guest, &seeds.files);
+    let write = |name: &str| seeds.write(name);
 
     // The seeds' pool and volume, the guest's root filesystem copied in over NBD.
     run(hv(&h, &lv).arg("pool-create").arg(write("seed-pool.xml")));

@@ -7,7 +7,6 @@
 mod common;
 use common::*;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 #[test]
@@ -16,18 +15,9 @@ fn a_guest_runs_as_libvirt_qemu_once_the_socket_is_its_group_s() {
     require_tool("debugfs");
     let qemu_gid = host_group_id("libvirt-qemu");
     let mut h = Hlfsd::start_with("qemuuser", "[nbd]\nsocket_mode = \"0600\"\n", None);
-    let env = TempDir::new("env");
-    let dir = env.path().join("testenv");
-    let guest = env.path().join("testenv-guest");
-    let files = TempDir::new("files");
-    let write = |name: &str| {
-        let p = files.path().join(name);
-        std::fs::write(&p, data(name, &dir)).unwrap();
-        p
-    };
-    run(Command::new("bash")
-        .arg(repo().join("scripts/libvirt/make-guest.sh"))
-        .arg(&guest));
+    let seeds = SeedEnv::new();
+    let (env, guest, files) = (&seeds.env, &seeds.guest, &seeds.files);
+    let write = |name: &str| seeds.write(name);
     let lv = Libvirtd::start_as("libvirt-qemu");
     let hv = |h: &Hlfsd| {
         let mut c = h.virsh();

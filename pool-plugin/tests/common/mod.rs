@@ -305,6 +305,40 @@ pub fn data(name: &str, dir: &Path) -> String {
         .replace("/tmp/testenv", &dir.to_string_lossy())
 }
 
+/// The seeds' environment for a guest test: `dir` (the pool the seeds' XML names
+/// `/tmp/testenv`), a guest built by scripts/libvirt/make-guest.sh in `guest`, and `files` for
+/// what the test writes.
+pub struct SeedEnv {
+    pub env: TempDir,
+    pub dir: PathBuf,
+    pub guest: PathBuf,
+    pub files: TempDir,
+}
+
+impl SeedEnv {
+    pub fn new() -> SeedEnv {
+        let env = TempDir::new("env");
+        let dir = env.path().join("testenv");
+        let guest = env.path().join("testenv-guest");
+        run(Command::new("bash")
+            .arg(repo().join("scripts/libvirt/make-guest.sh"))
+            .arg(&guest));
+        SeedEnv {
+            env,
+            dir,
+            guest,
+            files: TempDir::new("files"),
+        }
+    }
+
+    /// Test file `name` of tests/data ([`data`], pointing at `dir`) written into `files`.
+    pub fn write(&self, name: &str) -> PathBuf {
+        let p = self.files.path().join(name);
+        std::fs::write(&p, data(name, &self.dir)).unwrap();
+        p
+    }
+}
+
 /// libvirtd + virtlogd started by scripts/libvirt/start-libvirtd.sh in a private mount
 /// namespace; stopped (by PID) on drop.
 pub struct Libvirtd {
