@@ -394,6 +394,11 @@ pub(crate) struct ReplicatedBlockWriter {
 
     current_packet: WritePacket,
     pipeline: Option<Pipeline>,
+    // HLFS patch: whether an append's pipeline was ever set up. Until it was, the replicas may
+    // still be FINALIZED, and a recovery must say PIPELINE_SETUP_APPEND_RECOVERY (as the Java
+    // client's getRecoveryStage does): a DataNode asked for streaming recovery of a finalized
+    // replica refuses and closes the connection, which used to fail the append.
+    append_pending: bool,
     status: hdfs::HdfsFileStatusProto,
     config: Arc<Configuration>,
     replace_datanode: ReplaceDatanodeOnFailure,
@@ -424,6 +429,7 @@ impl ReplicatedBlockWriter {
             &server_defaults,
             None,
             None,
+            false,
             &config,
             &handle,
         )
@@ -472,6 +478,7 @@ impl ReplicatedBlockWriter {
             server_defaults,
             cipher: crypto.as_ref().map(|c| c.make_cipher()),
             current_packet,
+            append_pending: pipeline.is_none(),
             pipeline,
             status: status.clone(),
             replace_datanode: config.get_replace_datanode_on_failure_policy(),
@@ -576,6 +583,7 @@ impl ReplicatedBlockWriter {
                 &self.server_defaults,
                 Some(updated_block.block.b.generation_stamp),
                 Some(bytes_acked),
+                self.append_pending,
                 &self.config,
                 &self.handle,
             )
@@ -583,6 +591,7 @@ impl ReplicatedBlockWriter {
             {
                 Ok(pipeline) => {
                     self.block.b.generation_stamp = updated_block.block.b.generation_stamp;
+                    self.append_pending = false;
                     break pipeline;
                 }
                 Err((Some(bad), e)) if bad < self.block.locs.len() && self.block.locs.len() > 1 => {
@@ -628,6 +637,7 @@ impl ReplicatedBlockWriter {
         server_defaults: &hdfs::FsServerDefaultsProto,
         new_gs: Option<u64>,
         bytes_acked: Option<u64>,
+        append_recovery: bool,
         config: &Configuration,
         handle: &Handle,
     ) -> std::result::Result<Pipeline, (Option<usize>, HdfsError)> {
@@ -655,7 +665,9 @@ impl ReplicatedBlockWriter {
             bytes_per_checksum: server_defaults.bytes_per_checksum,
         };
 
-        let stage = if new_gs.is_some() {
+        let stage = if new_gs.is_some() && append_recovery {
+            hdfs::op_write_block_proto::BlockConstructionStage::PipelineSetupAppendRecovery as i32
+        } else if new_gs.is_some() {
             hdfs::op_write_block_proto::BlockConstructionStage::PipelineSetupStreamingRecovery
                 as i32
         } else if block.b.num_bytes() > 0 {
