@@ -20,8 +20,13 @@ use crate::hdfs::protocol::{LeaseTracker, NamenodeProtocol};
 use crate::proto::hdfs;
 use crate::{HdfsError, Result};
 
-const COMPLETE_RETRY_DELAY_MS: u64 = 500;
-const COMPLETE_RETRIES: u32 = 5;
+// HLFS patch: `complete` answers false until the DataNodes have reported the last block, which
+// takes milliseconds; a first wait of 500 ms (then 1, 2, 4 s) made a close that just missed the
+// report take half a second or more. Start at 25 ms, double up to 1 s, and give up after the
+// same overall budget as before (15.5 s).
+const COMPLETE_RETRY_DELAY_MS: u64 = 25;
+const COMPLETE_RETRY_MAX_DELAY_MS: u64 = 1000;
+const COMPLETE_RETRY_BUDGET: Duration = Duration::from_millis(15_500);
 
 fn io_error(error: HdfsError) -> io::Error {
     io::Error::other(error)
@@ -338,11 +343,7 @@ impl FileWriter {
             } else {
                 // The last block is full, so create a new block to write to
                 let previous = Some(last_block.b);
-                let block = self
-                    .protocol
-                    .add_block(&self.src, previous.clone(), self.status.file_id, &[])
-                    .await?
-                    .block;
+                let block = self.add_block_avoiding_failed(previous.clone()).await?;
                 (block, previous, true)
             }
         } else {
@@ -355,10 +356,8 @@ impl FileWriter {
             };
 
             let block = self
-                .protocol
-                .add_block(&self.src, extended_block.clone(), self.status.file_id, &[])
-                .await?
-                .block;
+                .add_block_avoiding_failed(extended_block.clone())
+                .await?;
             (block, extended_block, true)
         };
 
@@ -389,6 +388,9 @@ impl FileWriter {
                     return Ok(());
                 }
                 Err(e) if fresh && excluded.len() > before && excluded.len() < 4 => {
+                    for node in &excluded[before..] {
+                        self.protocol.note_failed_datanode(node);
+                    }
                     log::warn!(
                         "Abandoning block {} of {}: {}; allocating another without {} datanode(s)",
                         new_block.b.block_id,
@@ -408,6 +410,35 @@ impl FileWriter {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// HLFS patch: allocates a block without the DataNodes that failed a pipeline of this
+    /// client lately; if the NameNode cannot place it without them, with them.
+    async fn add_block_avoiding_failed(
+        &self,
+        previous: Option<hdfs::ExtendedBlockProto>,
+    ) -> Result<hdfs::LocatedBlockProto> {
+        let failed = self.protocol.recently_failed_datanodes();
+        if !failed.is_empty() {
+            match self
+                .protocol
+                .add_block(&self.src, previous.clone(), self.status.file_id, &failed)
+                .await
+            {
+                Ok(r) => return Ok(r.block),
+                Err(e) => log::warn!(
+                    "Allocating a block of {} without {} recently failed datanode(s): {}; trying with them",
+                    self.src,
+                    failed.len(),
+                    e
+                ),
+            }
+        }
+        Ok(self
+            .protocol
+            .add_block(&self.src, previous, self.status.file_id, &[])
+            .await?
+            .block)
     }
 
     async fn get_block_writer(&mut self) -> Result<&mut BlockWriter> {
@@ -463,8 +494,8 @@ impl FileWriter {
             };
 
             let mut retry_delay = COMPLETE_RETRY_DELAY_MS;
-            let mut retries = 0;
-            while retries < COMPLETE_RETRIES {
+            let started = std::time::Instant::now();
+            while started.elapsed() < COMPLETE_RETRY_BUDGET {
                 let successful = self
                     .protocol
                     .complete(&self.src, extended_block.clone(), self.status.file_id)
@@ -483,8 +514,7 @@ impl FileWriter {
                 };
                 sleep.await;
 
-                retry_delay *= 2;
-                retries += 1;
+                retry_delay = (retry_delay * 2).min(COMPLETE_RETRY_MAX_DELAY_MS);
             }
             Err(HdfsError::OperationFailed(
                 "Failed to complete file in time".to_string(),

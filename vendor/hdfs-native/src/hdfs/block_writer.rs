@@ -441,6 +441,7 @@ impl ReplicatedBlockWriter {
                     "Write pipeline setup for block {} failed at datanode {:?}: {}",
                     block.b.block_id, block.locs[bad].id.xfer_port, e
                 );
+                protocol.note_failed_datanode(&block.locs[bad]);
                 if block.b.num_bytes() == 0 {
                     excluded.push(block.locs[bad].clone());
                     return Err(e);
@@ -599,6 +600,7 @@ impl ReplicatedBlockWriter {
                         "Pipeline recovery of block {} failed at datanode {}: {}; going on without it",
                         self.block.b.block_id, self.block.locs[bad].id.xfer_port, e
                     );
+                    self.protocol.note_failed_datanode(&self.block.locs[bad]);
                     self.block.locs.remove(bad);
                     if bad < self.block.storage_i_ds.len() {
                         self.block.storage_i_ds.remove(bad);

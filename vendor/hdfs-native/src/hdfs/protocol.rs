@@ -35,7 +35,17 @@ pub(crate) struct NamenodeProtocol {
     // We need a sync mutex for these
     server_defaults: tokio::sync::Mutex<Option<FsServerDefaultsProto>>,
     encryption_key: tokio::sync::Mutex<Option<DataEncryptionKeyProto>>,
+    // HLFS patch: DataNodes that failed a write pipeline recently, left out of new blocks of
+    // every file of this client (the Java client keeps such a list per stream); see
+    // `note_failed_datanode`.
+    failed_datanodes: Mutex<Vec<(hdfs::DatanodeInfoProto, std::time::Instant)>>,
 }
+
+/// HLFS patch: how long a DataNode that failed a write pipeline is left out of new blocks. The
+/// NameNode keeps placing a dead DataNode until it declares it dead (about 10.5 minutes by
+/// default); without this, every new block of every file paid a failed pipeline setup and an
+/// `abandonBlock` first. Short enough that a restarted DataNode gets new blocks again soon.
+const FAILED_DATANODE_MEMORY: Duration = Duration::from_secs(120);
 
 impl NamenodeProtocol {
     pub(crate) fn new(proxy: NameServiceProxy, handle: Handle) -> Self {
@@ -48,7 +58,31 @@ impl NamenodeProtocol {
             lease_renewer: Mutex::new(None),
             server_defaults: tokio::sync::Mutex::new(None),
             encryption_key: tokio::sync::Mutex::new(None),
+            failed_datanodes: Mutex::new(Vec::new()),
         }
+    }
+
+    /// HLFS patch: remembers a DataNode that failed a write pipeline (see
+    /// `FAILED_DATANODE_MEMORY`).
+    pub(crate) fn note_failed_datanode(&self, node: &hdfs::DatanodeInfoProto) {
+        let mut failed = self
+            .failed_datanodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        failed.retain(|(n, _)| n.id.datanode_uuid != node.id.datanode_uuid);
+        failed.push((node.clone(), now));
+    }
+
+    /// HLFS patch: the DataNodes that failed a write pipeline within `FAILED_DATANODE_MEMORY`,
+    /// to exclude from a new block.
+    pub(crate) fn recently_failed_datanodes(&self) -> Vec<hdfs::DatanodeInfoProto> {
+        let mut failed = self
+            .failed_datanodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        failed.retain(|(_, at)| at.elapsed() < FAILED_DATANODE_MEMORY);
+        failed.iter().map(|(n, _)| n.clone()).collect()
     }
 
     async fn call<Req, Res>(
