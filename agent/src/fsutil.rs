@@ -178,3 +178,34 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// Space of a file system, in bytes: what `statfs` reports for a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    pub total: u64,
+    pub free: u64,
+    /// Free to unprivileged users (less than `free` by the root reserve on ext4).
+    pub avail: u64,
+}
+
+/// The space of the local file system holding `dir` (`statvfs`).
+pub fn space_of(dir: &Path) -> Result<Space> {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).map_err(|_| {
+        Error::io(
+            "statfs",
+            dir,
+            std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        )
+    })?;
+    // SAFETY: zeroed is a valid statvfs; c is a NUL-terminated path and st a valid out-pointer.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(Error::io("statfs", dir, std::io::Error::last_os_error()));
+    }
+    let f = st.f_frsize;
+    Ok(Space {
+        total: st.f_blocks.saturating_mul(f),
+        free: st.f_bfree.saturating_mul(f),
+        avail: st.f_bavail.saturating_mul(f),
+    })
+}

@@ -223,6 +223,11 @@ impl Manager {
         Ok(self.pool(name)?.status())
     }
 
+    /// Space of the file system holding pool `name` (one question to its store).
+    pub fn pool_space(&self, name: &str) -> Result<crate::fsutil::Space> {
+        self.pool(name)?.space()
+    }
+
     /// Every volume as `POOL/VOLUME`, for NBD_OPT_LIST. Unreadable pools are skipped (logged).
     pub fn exports(&self) -> Vec<String> {
         let pools: Vec<Pool> = lock(&self.registry).pools().cloned().collect();

@@ -261,6 +261,13 @@ impl Service {
         })
     }
 
+    /// Space of the file system holding pool `name`: the directory's file system for a local
+    /// pool, the HDFS cluster's raw capacity and free bytes for an HDFS pool.
+    pub async fn pool_space(&self, name: &str) -> Result<crate::fsutil::Space> {
+        let (mgr, n) = (self.mgr.clone(), name.to_string());
+        blocking(move || mgr.pool_space(&n)).await
+    }
+
     pub async fn pool(&self, name: &str) -> Result<PoolInfo> {
         let (mgr, n) = (self.mgr.clone(), name.to_string());
         blocking(move || {

@@ -491,3 +491,79 @@ fn namenode_down_at_restart_then_back() {
     ok(&hlfs(&d, &["volume", "delete", "h/v"]));
     ok(&hlfs(&d, &["pool", "delete", "h"]));
 }
+
+/// The NameNode's own count of the cluster's raw capacity and free bytes (its JMX page).
+fn namenode_capacity() -> (u64, u64) {
+    let port = std::env::var("HDFS_NN_HTTP_PORT").unwrap_or_else(|_| "9870".into());
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import json,sys,urllib.request\n\
+             u='http://127.0.0.1:%s/jmx?qry=Hadoop:service=NameNode,name=FSNamesystemState'%sys.argv[1]\n\
+             b=json.load(urllib.request.urlopen(u,timeout=10))['beans'][0]\n\
+             print(b['CapacityTotal'],b['CapacityRemaining'])",
+            &port,
+        ])
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "NameNode JMX: {out:?}");
+    let s = String::from_utf8_lossy(&out.stdout);
+    let mut it = s
+        .split_whitespace()
+        .map(|x| x.parse::<u64>().expect("number"));
+    (it.next().expect("total"), it.next().expect("remaining"))
+}
+
+/// `statfs` (df, libvirt's pool-info on a dir pool) of an HDFS pool's directory in the FUSE
+/// view is the cluster's space, one NameNode call: it used to open every volume of the pool
+/// to add up their sizes (slow with many volumes, and not the space HDFS has).
+#[test]
+fn statfs_of_an_hdfs_pool_in_the_fuse_view_is_the_clusters_space() {
+    let Some(url) = hdfs_url("statfs_of_an_hdfs_pool_in_the_fuse_view_is_the_clusters_space")
+    else {
+        return;
+    };
+    let _g = shared();
+    let purl = pool_url(&url, "statfs");
+    let dir = TempDir::new("hdfs-statfs-m");
+    let mnt = dir.path().join("mnt");
+    let m = mnt.to_str().expect("utf-8 path").to_string();
+    let mut d = Daemon::start("hdfs-statfs", &["--fuse-mount", &m]);
+    ok(&hlfs(&d, &["pool", "create", "h", &purl]));
+    ok(&hlfs(&d, &["volume", "create", "h/a", "16M"]));
+    ok(&hlfs(&d, &["volume", "create", "h/b", "8M"]));
+    let pool = mnt.join("pools/h");
+    let c = std::ffi::CString::new(pool.to_str().expect("utf-8 path")).expect("path");
+    // SAFETY: zeroed is a valid statvfs; c is a NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let t = Instant::now();
+    assert_eq!(
+        unsafe { libc::statvfs(c.as_ptr(), &mut st) },
+        0,
+        "statvfs {pool:?}"
+    );
+    let took = t.elapsed();
+    let (total, remaining) = namenode_capacity();
+    let f = st.f_frsize;
+    eprintln!(
+        "statfs of an HDFS pool: {:?}; {} of {} bytes free (NameNode: {remaining} of {total})",
+        took,
+        st.f_bavail * f,
+        st.f_blocks * f
+    );
+    assert_eq!(
+        st.f_blocks * f,
+        total / f * f,
+        "total is the cluster's capacity"
+    );
+    let free = st.f_bavail * f;
+    assert!(
+        free.abs_diff(remaining) <= remaining / 20 + (64 << 20),
+        "free {free} is not the cluster's remaining {remaining}"
+    );
+    assert_eq!(st.f_bfree, st.f_bavail);
+    d.terminate();
+    let c = std::ffi::CString::new(m).expect("path");
+    // SAFETY: a valid path; failure (already unmounted by the clean stop) is fine.
+    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+}

@@ -415,46 +415,15 @@ impl HlfsFs {
         Ok(out)
     }
 
-    /// statfs of a pool: its file system for a local pool; for an HDFS pool, the volumes'
-    /// capacity as the total and what they have not allocated as free.
+    /// `(total, free, avail)` bytes for `statfs`: of the data directory's file system at the
+    /// root, of the pool's store (local file system or HDFS cluster) inside a pool.
     fn statfs_of(&self, pool: Option<&str>) -> Result<(u64, u64, u64), Errno> {
-        let local = match pool {
-            None => Some(self.data_dir.clone()),
-            Some(p) => match self
-                .svc
-                .pool_uri(p)
-                .ok()
-                .and_then(|u| PoolUri::parse(&u).ok())
-            {
-                Some(PoolUri::Local(d)) => Some(d),
-                _ => None,
-            },
-        };
-        if let Some(dir) = local {
-            let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
-                .map_err(|_| Errno::EINVAL)?;
-            let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-            // SAFETY: c is a valid path and st a valid out-pointer.
-            if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-                return Err(Errno::from(std::io::Error::last_os_error()));
-            }
-            let f = st.f_frsize;
-            return Ok((st.f_blocks * f, st.f_bfree * f, st.f_bavail * f));
+        let sp = match pool {
+            None => crate::fsutil::space_of(&self.data_dir),
+            Some(p) => self.rt.block_on(self.svc.pool_space(p)),
         }
-        let p = pool.unwrap_or_default();
-        let (mut total, mut used) = (0u64, 0u64);
-        for v in self
-            .rt
-            .block_on(self.svc.volumes(p))
-            .map_err(|e| errno(&e))?
-        {
-            if let Ok(i) = self.rt.block_on(self.svc.volume(p, &v)) {
-                total = total.saturating_add(i.size);
-                used = used.saturating_add(i.allocated);
-            }
-        }
-        let free = total.saturating_sub(used);
-        Ok((total, free, free))
+        .map_err(|e| errno(&e))?;
+        Ok((sp.total, sp.free, sp.avail))
     }
 
     /// Resizes a volume through the service (so D-Bus announces it).

@@ -293,6 +293,18 @@ impl PoolStore for HdfsStore {
         })
     }
 
+    fn space(&self) -> Result<crate::fsutil::Space> {
+        let (total, free) = self
+            .dir()?
+            .space()
+            .map_err(|e| Error::engine(format!("space of pool {}", self.pool), e))?;
+        Ok(crate::fsutil::Space {
+            total,
+            free,
+            avail: free,
+        })
+    }
+
     fn remove_if_empty(&self) -> Result<()> {
         // Stray entries keep the HDFS directory (false), as for a local pool.
         self.dir()?

@@ -203,6 +203,10 @@ impl PoolStore for LocalStore {
         })
     }
 
+    fn space(&self) -> Result<crate::fsutil::Space> {
+        crate::fsutil::space_of(&self.dir)
+    }
+
     fn remove_if_empty(&self) -> Result<()> {
         let dir = &self.dir;
         match fs::remove_dir(dir) {

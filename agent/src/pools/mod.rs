@@ -70,6 +70,9 @@ pub(crate) trait PoolStore: Send + Sync + std::fmt::Debug {
     fn create(&self, name: &str, what: &str, make: MakeVolume<'_>) -> Result<OpenedVolume>;
     /// Opens volume `name` for writing.
     fn open(&self, name: &str, open: &OpenOptions) -> Result<OpenedVolume>;
+    /// Space of the file system holding the pool (for `statfs`): a question to the store,
+    /// never to each volume.
+    fn space(&self) -> Result<crate::fsutil::Space>;
     /// Removes the pool's directory if no volume is left in it.
     fn remove_if_empty(&self) -> Result<()>;
     /// Deletes volume `name` under its writer lease (`busy` says who holds it otherwise).
@@ -143,6 +146,11 @@ impl Pool {
     pub fn has_volume(&self, name: &str) -> Result<bool> {
         check_name("volume", name)?;
         self.store.has_volume(name)
+    }
+
+    /// Space of the file system holding the pool (see [`PoolStore::space`]).
+    pub fn space(&self) -> Result<crate::fsutil::Space> {
+        self.store.space()
     }
 
     /// Names of the volumes in the pool, sorted. Entries that are not valid volume names (stray

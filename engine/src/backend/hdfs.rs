@@ -313,6 +313,18 @@ impl HdfsBackend {
         Ok(format!("{}/{name}", self.root))
     }
 
+    /// The file system's raw capacity and free bytes (all replicas counted, as `hdfs dfs -df`
+    /// and fuse-dfs show them): one NameNode call, whatever the number of volumes.
+    pub fn space(&self) -> Result<(u64, u64)> {
+        let client = &self.client;
+        let st = self.run(
+            "statfs",
+            || format!("{}{}", self.base, self.root),
+            client.get_fs_stats(&self.root),
+        )?;
+        Ok((st.capacity, st.remaining))
+    }
+
     /// Names of the subdirectories of this backend's directory, sorted.
     pub fn list_dirs(&self) -> Result<Vec<String>> {
         let mut out: Vec<String> = self

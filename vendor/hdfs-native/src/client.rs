@@ -1113,6 +1113,18 @@ impl Client {
         Ok(result)
     }
 
+    /// HLFS patch: capacity, use and free space of the file system that holds `path`, as the
+    /// NameNode counts them over its live DataNodes (what `df` of an HDFS mount shows).
+    pub async fn get_fs_stats(&self, path: &str) -> Result<FsStats> {
+        let (link, _) = self.mount_table.resolve(path);
+        let r = link.protocol.get_fs_stats().await?;
+        Ok(FsStats {
+            capacity: r.capacity,
+            used: r.used,
+            remaining: r.remaining,
+        })
+    }
+
     /// Gets a content summary for a file or directory rooted at `path`.
     pub async fn get_content_summary(&self, path: &str) -> Result<ContentSummary> {
         let (link, resolved_path) = self.mount_table.resolve(path);
@@ -1496,6 +1508,17 @@ impl FileStatus {
             blocksize: value.blocksize,
         }
     }
+}
+
+/// HLFS patch: a file system's space, from `getFsStats`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsStats {
+    /// Raw capacity of the live DataNodes, in bytes.
+    pub capacity: u64,
+    /// Bytes used by HDFS blocks (all replicas).
+    pub used: u64,
+    /// Bytes still free for blocks.
+    pub remaining: u64,
 }
 
 #[derive(Debug)]

@@ -467,6 +467,12 @@ impl NamenodeProtocol {
         self.call("setReplication", message, true).await
     }
 
+    /// HLFS patch: the file system's capacity and use (`hdfs dfsadmin -report`'s totals).
+    pub(crate) async fn get_fs_stats(&self) -> Result<hdfs::GetFsStatsResponseProto> {
+        self.call("getFsStats", hdfs::GetFsStatusRequestProto {}, false)
+            .await
+    }
+
     pub(crate) async fn get_content_summary(
         &self,
         path: &str,
