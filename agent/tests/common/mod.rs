@@ -9,21 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// Panics unless `name` is on PATH: tests never skip silently.
-pub fn require_tool(name: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path) {
-        let p = dir.join(name);
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!(
-        "required tool `{name}` is not installed (Debian: qemu-utils for qemu-img/qemu-io/qemu-nbd, \
-         libnbd-bin for nbdinfo/nbdcopy, fio for fio)"
-    );
-}
-
 /// Runs a tool and returns its output, panicking with its stderr if it fails.
 pub fn run(tool: &str, args: &[&str]) -> Output {
     let out = try_run(tool, args);
@@ -47,7 +32,8 @@ pub fn try_run(tool: &str, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {tool}: {e}"))
 }
 
-pub use hlfs_test_support::TempDir;
+#[allow(unused_imports)] // each test binary uses some of them
+pub use hlfs_test_support::{err, ok, require_tool, TempDir};
 
 /// A running hlfsd.
 pub struct Daemon {
@@ -359,29 +345,6 @@ pub fn nbd_map(uri: &str) -> Vec<(u64, u64, bool)> {
         .collect()
 }
 
-/// The stdout of a command that must have succeeded (the test fails with its output if not).
-pub fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed ({}):\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// The stderr of a command that must have failed.
-pub fn err(o: &Output) -> String {
-    assert!(
-        !o.status.success(),
-        "unexpectedly succeeded:\n{}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// `hlfs --json` output, parsed.
 /// The string field `key` of every object of the JSON array `v` (panics where one is missing:
 /// a test's failure).
 pub fn strings<'a>(v: &'a serde_json::Value, key: &str) -> Vec<&'a str> {
@@ -392,6 +355,7 @@ pub fn strings<'a>(v: &'a serde_json::Value, key: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// `hlfs --json` output, parsed.
 pub fn json(o: &Output) -> serde_json::Value {
     serde_json::from_str(&ok(o)).expect("hlfs --json output is JSON")
 }
