@@ -8,8 +8,7 @@
 mod common;
 
 use common::*;
-use hlfs_test_support::hdfs_url;
-use std::fs::File;
+use hlfs_test_support::{exclusive, hdfs_url, journal_backlog, node_expecting};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -17,31 +16,9 @@ use std::time::{Duration, Instant};
 /// Bound on any HDFS call of the daemons under test (`[hdfs] op_timeout`).
 const OP_TIMEOUT: u64 = 10;
 
-/// Exclusive hold on the test HDFS (see the engine's `hdfs_util`).
-struct HdfsGuard(#[allow(dead_code)] File);
-
-fn exclusive() -> HdfsGuard {
-    use std::os::fd::AsRawFd;
-    extern "C" {
-        fn flock(fd: i32, op: i32) -> i32;
-    }
-    let f = File::create(std::env::temp_dir().join("hlfs-hdfs-tests.lock")).expect("guard file");
-    // SAFETY: flock on a valid descriptor; LOCK_EX = 2.
-    let rc = unsafe { flock(f.as_raw_fd(), 2) };
-    assert_eq!(rc, 0, "flock");
-    HdfsGuard(f)
-}
-
 /// Runs `scripts/hdfs/node.sh ARGS`; `wait-ready` waits for `live` DataNodes.
 fn node(args: &[&str], live: usize) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/hdfs/node.sh");
-    let st = Command::new("bash")
-        .arg(&script)
-        .args(args)
-        .env("HDFS_NUM_DATANODES", live.to_string())
-        .status()
-        .expect("run node.sh");
-    assert!(st.success(), "node.sh {args:?} failed");
+    node_expecting(args, Some(live));
 }
 
 /// HDFS daemons killed with SIGKILL; started again (all DataNodes live) when dropped, also
@@ -167,16 +144,7 @@ fn restart_until_served(d: &mut Daemon, export: &str) -> Duration {
 }
 
 fn journal_bytes(d: &Daemon) -> u64 {
-    let dir = d.data_dir().join("journal/h/v");
-    std::fs::read_dir(&dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter(|e| e.file_name().to_string_lossy().starts_with("journal-"))
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
+    journal_backlog(&d.data_dir().join("journal/h/v"))
 }
 
 /// hlfsd and a DataNode killed together (a host losing power with the cluster degraded):

@@ -7,47 +7,15 @@ mod common;
 
 use common::*;
 use hlfs_engine::backend::HdfsBackend;
-use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use hlfs_test_support::hdfs_url;
+use hlfs_test_support::{hdfs_url, node, shared};
 
 /// A fresh pool directory URL on the test HDFS.
 fn pool_url(base: &str, test: &str) -> String {
     hlfs_test_support::unique_url(base, "hlfs-agent-test", test)
-}
-
-/// Shared hold on the test HDFS (the engine's fault tests, which stop HDFS daemons, take it
-/// exclusively), so that no HDFS daemon is down while these tests run.
-struct HdfsGuard(#[allow(dead_code)] File);
-
-fn guard(exclusive: bool) -> HdfsGuard {
-    use std::os::fd::AsRawFd;
-    extern "C" {
-        fn flock(fd: i32, op: i32) -> i32;
-    }
-    let f = File::create(std::env::temp_dir().join("hlfs-hdfs-tests.lock")).expect("guard file");
-    // SAFETY: flock on a valid descriptor; LOCK_SH = 1, LOCK_EX = 2.
-    let rc = unsafe { flock(f.as_raw_fd(), if exclusive { 2 } else { 1 }) };
-    assert_eq!(rc, 0, "flock");
-    HdfsGuard(f)
-}
-
-fn shared() -> HdfsGuard {
-    guard(false)
-}
-
-/// Runs `scripts/hdfs/node.sh ARGS` (stops and starts one daemon of the test HDFS).
-fn node(args: &[&str]) {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/hdfs/node.sh");
-    let st = Command::new("bash")
-        .arg(&script)
-        .args(args)
-        .status()
-        .expect("run node.sh");
-    assert!(st.success(), "node.sh {args:?} failed");
 }
 
 /// The test HDFS's NameNode, killed; started again when dropped (also when the test fails).
@@ -436,7 +404,7 @@ fn namenode_down_at_restart_then_back() {
         return;
     };
     // Stops the NameNode: no other HDFS test may run meanwhile.
-    let _g = guard(true);
+    let _g = hlfs_test_support::exclusive();
     let purl = pool_url(&url, "nndown");
     let dir = TempDir::new("hdfs-nndown-cfg");
     let cfg = config(&dir, "[hdfs]\nconnect_timeout = 3\nop_timeout = 10\n");

@@ -4,9 +4,7 @@
 pub mod kill;
 
 use hlfs_engine::backend::{HdfsBackend, HdfsOptions, JournalOptions, JournaledBackend};
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,42 +43,8 @@ pub fn journaled(url: &str, journal: &Path) -> Arc<JournaledBackend> {
     Arc::new(JournaledBackend::open(hdfs(url), journal, journal_options()).expect("open journal"))
 }
 
-/// Shared (normal tests) or exclusive (tests that stop HDFS nodes) hold on the test HDFS, so
-/// that a fault test never runs while another HDFS test does.
-pub struct HdfsGuard(File);
-
-fn guard_file() -> PathBuf {
-    std::env::temp_dir().join("hlfs-hdfs-tests.lock")
-}
-
-pub fn shared() -> HdfsGuard {
-    let f = File::create(guard_file()).expect("guard file");
-    f.lock_shared().expect("flock");
-    HdfsGuard(f)
-}
-
-pub fn exclusive() -> HdfsGuard {
-    let f = File::create(guard_file()).expect("guard file");
-    f.lock().expect("flock");
-    HdfsGuard(f)
-}
-
-/// Runs `scripts/hdfs/node.sh ARGS` (stop/start one HDFS daemon of the test cluster).
-pub fn node(args: &[&str]) {
-    node_expecting(args, None);
-}
-
-/// `node.sh ARGS`, where `wait-ready` waits for `live` DataNodes (not all of them: some are
-/// down on purpose).
-pub fn node_expecting(args: &[&str], live: Option<usize>) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/hdfs/node.sh");
-    let mut cmd = Command::new("bash");
-    if let Some(n) = live {
-        cmd.env("HDFS_NUM_DATANODES", n.to_string());
-    }
-    let st = cmd.arg(&script).args(args).status().expect("run node.sh");
-    assert!(st.success(), "node.sh {args:?} failed");
-}
+#[allow(unused_imports)] // each test binary uses some of them
+pub use hlfs_test_support::{exclusive, journal_backlog, node, node_expecting, shared};
 
 /// A remote backend from a string: `hdfs://...` or a local directory path.
 pub fn remote(spec: &str) -> Arc<dyn hlfs_engine::backend::AppendBackend> {
@@ -95,19 +59,6 @@ pub fn journaled_remote(spec: &str, journal: &Path) -> Arc<JournaledBackend> {
     Arc::new(
         JournaledBackend::open(remote(spec), journal, journal_options()).expect("open journal"),
     )
-}
-
-/// Bytes in the journal files of `dir` (what a crash left to replay).
-pub fn journal_backlog(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter(|e| e.file_name().to_string_lossy().starts_with("journal-"))
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 /// A daemon of the test HDFS killed with SIGKILL; started again when dropped (even when the
