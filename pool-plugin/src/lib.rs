@@ -4,12 +4,14 @@
 //!   carried out through hlfsd by `hlfs-virsh pool-create`, `vol-create`, ...;
 //! - [`domain_xml`]: domain XML with `protocol='hlfs'` disks rewritten into stock NBD disks on
 //!   hlfsd's socket (`hlfs-virsh define|create|translate`);
-//! - [`publish`]: every HLFS pool published as a libvirt `dir` pool on its FUSE-view directory.
+//! - [`publish`]: every HLFS pool published as a libvirt `dir` pool on its FUSE-view directory,
+//!   kept so on hlfsd's signals and libvirt's pool events ([`libvirt_events`]).
 //!
 //! hlfsd is reached with `hlfs-client` ([`agent`]), libvirt with the `virt` crate.
 
 pub mod agent;
 pub mod domain_xml;
+pub mod libvirt_events;
 pub mod pool_xml;
 pub mod publish;
 pub mod units;

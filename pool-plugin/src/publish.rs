@@ -6,8 +6,9 @@
 //! binary carries the agent and libvirt code, the lookups and the error handling that the verbs
 //! already use, and there is a single thing to install. It compares hlfsd's pools with libvirt's
 //! ([`plan`]), carries out the difference, and does it again on every ObjectManager signal
-//! (pools and volumes added or removed: a pool refresh), every 30 s, and after reconnecting to
-//! hlfsd or libvirtd. It only ever touches libvirt pools it would create: type `dir` with target
+//! (pools and volumes added or removed: a pool refresh), on every libvirt storage pool event
+//! (a pool stopped, undefined or defined by someone else: [`crate::libvirt_events`]), every
+//! 30 s, and after reconnecting to hlfsd or libvirtd. It only ever touches libvirt pools it would create: type `dir` with target
 //! exactly `MOUNT/pools/NAME`; a libvirt pool of the same name that is anything else is left
 //! alone and reported.
 
@@ -18,6 +19,7 @@ use futures_util::StreamExt;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::{info, warn};
 
 /// A libvirt pool as publication sees it.
@@ -242,6 +244,13 @@ pub async fn run(o: PublishOptions) -> Result<(), String> {
     }
     // HLFS pools seen, kept across reconnections (see `plan`).
     let mut known = HashSet::new();
+    let mut events = match crate::libvirt_events::follow(o.libvirt_uri.clone()) {
+        Ok(rx) => Some(rx),
+        Err(e) => {
+            warn!("{e}; following libvirt by the periodic check only");
+            None
+        }
+    };
     loop {
         let agent = match Agent::connect(o.dbus_socket.as_deref()).await {
             Ok(a) => a,
@@ -251,18 +260,34 @@ pub async fn run(o: PublishOptions) -> Result<(), String> {
                 continue;
             }
         };
-        if let Err(e) = follow(&agent, &o, &mut known).await {
+        if let Err(e) = follow(&agent, &o, &mut known, &mut events).await {
             warn!("{e}; reconnecting");
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 }
 
-/// Syncs on every ObjectManager signal and every 30 s while the connection lasts.
+/// The next libvirt pool event; never, without the event thread.
+async fn libvirt_event(
+    events: &mut Option<UnboundedReceiver<crate::libvirt_events::PoolsChanged>>,
+) {
+    match events {
+        Some(rx) => {
+            if rx.recv().await.is_none() {
+                *events = None;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Syncs on every ObjectManager signal, every libvirt pool event and every 30 s while the
+/// connection lasts.
 async fn follow(
     agent: &Agent,
     o: &PublishOptions,
     known: &mut HashSet<String>,
+    events: &mut Option<UnboundedReceiver<crate::libvirt_events::PoolsChanged>>,
 ) -> Result<(), String> {
     let om = zbus::fdo::ObjectManagerProxy::builder(&agent.conn)
         .destination(hlfs_client::paths::SERVICE)
@@ -296,6 +321,7 @@ async fn follow(
         tokio::select! {
             a = added.next() => { if a.is_none() { return Err("hlfsd closed the connection".into()); } }
             r = removed.next() => { if r.is_none() { return Err("hlfsd closed the connection".into()); } }
+            _ = libvirt_event(events) => {}
             _ = tick.tick() => {}
             _ = tokio::time::sleep(retry) => {}
         }

@@ -173,6 +173,19 @@ fn guests_boot_from_hlfs_and_pools_are_published() {
         )),
         "{x}"
     );
+    // Stopped behind the publisher's back (virsh pool-destroy, virt-manager's stop button):
+    // libvirt's pool event has it started again at once, not at the next 30 s check.
+    virsh(&["pool-destroy", "testenv"]);
+    let t = Instant::now();
+    wait_for("testenv started again after pool-destroy", &|| {
+        running("testenv")
+    });
+    let log = std::fs::read_to_string(&publog).unwrap_or_default();
+    assert!(
+        t.elapsed() < Duration::from_secs(10) && log.contains("libvirt storage pool event"),
+        "testenv started again after {:?}, not on libvirt's event:\n{log}",
+        t.elapsed()
+    );
     // What hlfsd has (`hlfs --json volume list`) and what libvirt lists.
     let dbus_socket = h.dbus_socket(); // the same after hlfsd restarts
     let hlfs = || {
