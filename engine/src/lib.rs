@@ -9,6 +9,7 @@ mod checkpoint_thread;
 mod clean_pass;
 mod cleaner;
 mod clone;
+mod direct_read;
 mod encode;
 pub mod error;
 mod exclusive;
