@@ -18,6 +18,7 @@ pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
 mod recovery;
+mod relayout;
 mod seal_sync;
 mod seg_numbers;
 mod segbuf;

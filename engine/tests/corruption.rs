@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{open, Op, Rng};
+use common::{open, CountedReads, Op, Rng};
 use hlfs_engine::Volume;
 use std::path::Path;
 use std::sync::Arc;
@@ -245,64 +245,6 @@ fn failing_chunks(v: &Volume, model: &[u8], chunk: usize, what: &str) -> usize {
     bad
 }
 
-/// The local backend, counting the reads of segment data (a pass-through, not a fake: every
-/// byte comes from the files).
-#[derive(Debug)]
-struct CountedReads {
-    disk: hlfs_engine::LocalBackend,
-    reads: std::sync::atomic::AtomicUsize,
-}
-
-impl CountedReads {
-    fn count(&self) {
-        self.reads
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-    fn reads(&self) -> usize {
-        self.reads.load(std::sync::atomic::Ordering::Relaxed)
-    }
-}
-
-impl hlfs_engine::Backend for CountedReads {
-    fn location(&self) -> String {
-        self.disk.location()
-    }
-    fn capabilities(&self) -> hlfs_engine::backend::Capabilities {
-        self.disk.capabilities()
-    }
-    fn create(
-        &self,
-        name: &str,
-    ) -> hlfs_engine::Result<Box<dyn hlfs_engine::backend::ObjectWriter>> {
-        self.disk.create(name)
-    }
-    fn read_at(&self, name: &str, offset: u64, buf: &mut [u8]) -> hlfs_engine::Result<()> {
-        self.count();
-        self.disk.read_at(name, offset, buf)
-    }
-    fn read_vectored_at(
-        &self,
-        name: &str,
-        offset: u64,
-        bufs: &mut [&mut [u8]],
-    ) -> hlfs_engine::Result<()> {
-        self.count();
-        self.disk.read_vectored_at(name, offset, bufs)
-    }
-    fn read_all(&self, name: &str) -> hlfs_engine::Result<Vec<u8>> {
-        self.disk.read_all(name)
-    }
-    fn list(&self) -> hlfs_engine::Result<Vec<hlfs_engine::backend::ObjectInfo>> {
-        self.disk.list()
-    }
-    fn delete(&self, name: &str) -> hlfs_engine::Result<()> {
-        self.disk.delete(name)
-    }
-    fn lease(&self, holder: &str) -> hlfs_engine::Result<Box<dyn hlfs_engine::backend::Lease>> {
-        self.disk.lease(holder)
-    }
-}
-
 /// Units close to each other in one segment are read with one backend read, the bytes between
 /// them (other blocks' units) into a scratch buffer: blocks 0-7 were written interleaved with
 /// blocks 100-107, so reading blocks 0-7 reads 100-106 as gaps. Every unit read is still
@@ -338,10 +280,7 @@ fn units_read_together_across_a_gap_verify_each_unit_and_ignore_the_gap() {
             .expect("block in the segment")
     };
     let open_counted = |path: &Path| {
-        let b = Arc::new(CountedReads {
-            disk: hlfs_engine::LocalBackend::new(path).expect("backend"),
-            reads: Default::default(),
-        });
+        let b = Arc::new(CountedReads::new(path));
         let v = Volume::open(b.clone(), &hlfs_engine::OpenOptions::default()).expect("open");
         (v, b)
     };
