@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# A/B of two hlfsd builds (issue 16): runs alternate base and new, each on a fresh data
-# directory and a fresh volume, with fio's nbd engine over a Unix socket.
+# A/B of two hlfsd builds (issue 16): runs alternate base and new (ABBA: base first in odd
+# rounds, new first in even ones), each on a fresh data directory and a fresh volume, with
+# fio's nbd engine over a Unix socket.
 # Usage: scripts/bench-ab.sh --base BIN --new BIN [--job seqwrite|randfilled] [--rounds 2]
 #        [--size 1G] [--dir DIR] [--sync] [--count-syscalls]
 # Jobs: `seqwrite` = 1M writes at QD8 over the volume; `randfilled` = 4K random writes at QD32
-# over the volume (fio's random map: every block once), then 1M sequential reads at QD8 (only
-# the read is the figure; the fill's IOPS are printed too). `--sync` runs `sync` before each
+# over the volume (fio's random map: every block once), then 1M sequential reads at QD8 of the
+# whole volume, three times over (the figure; the fill's IOPS are printed too). `--sync` runs `sync` before each
 # fio job. `--count-syscalls` counts hlfsd's preadv and pread64 calls during the measured job
 # (perf stat on the syscall tracepoints; needs perf and root).
 # Prints one line per run: round, build, job, figure (MiB/s), and the syscalls if counted.
@@ -64,7 +65,8 @@ measured() { # name args...
 }
 
 for round in $(seq "$ROUNDS"); do
-  for build in base new; do
+  order="base new"; [ $((round % 2)) = 0 ] && order="new base"
+  for build in $order; do
     bin=$BASE; [ $build = new ] && bin=$NEW
     rm -rf "$DIR"; mkdir -p "$DIR"
     "$bin" --no-fuse --data-dir "$DIR/data" --runtime-dir "$DIR/run" --nbd-socket "$SOCK" \
@@ -78,7 +80,7 @@ for round in $(seq "$ROUNDS"); do
       randfilled)
         set -- $(fio_run randfill --rw=randwrite --bs=4k --iodepth=32)
         fill=$2
-        set -- $(measured seqread --rw=read --bs=1M --iodepth=8)
+        set -- $(measured seqread --rw=read --bs=1M --iodepth=8 --loops=3)
         echo "round $round $build randfill4K ${fill} IOPS, seqread1M-randfilled ${1} MiB/s ${*:3}";;
     esac
     stop
