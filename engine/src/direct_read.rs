@@ -1,9 +1,9 @@
 //! Direct reads of whole units: the units a read covers whole, uncompressed, in sealed
 //! segments are sorted by where they lie and read with as few vectored reads as possible, their
 //! data straight into the caller's buffer and checked there. Units close to each other in one
-//! segment (what a random fill leaves in a small volume, or rewrites of a region) share one read:
-//! the bytes between them go to a scratch buffer and are never looked at, so damage there fails
-//! no read that does not cover it.
+//! segment (data written in small requests, a random fill of a small region, data relaid by
+//! `relayout.rs`) share one read: the bytes between them go to a scratch buffer and are never
+//! looked at, so damage there fails no read that does not cover it.
 
 use crate::error::Result;
 use crate::extent_map::Piece;
@@ -11,9 +11,10 @@ use crate::format::{segment_name, UNIT_COMPRESSED, UNIT_HEADER_LEN};
 use crate::volume::{Scratch, Volume, MAX_RUN_BYTES};
 
 /// Largest stretch of unwanted bytes between two units still read in the same call (into a
-/// scratch buffer) rather than with a call of its own: reading 64 KiB more from the page cache
-/// costs about what a `preadv` and its page-cache lookup cost.
-pub(crate) const MAX_GAP_BYTES: u32 = 64 << 10;
+/// scratch buffer) rather than with a call of its own. Measured (`examples/gap-read.rs`,
+/// docs/benchmarks.md): a call costs about what copying 16-24 KiB from the page cache does;
+/// grouping across 29 KiB gaps already read slower than a call per unit.
+pub(crate) const MAX_GAP_BYTES: u32 = 16 << 10;
 
 /// A unit to read whole: where it lies and which piece of the read it serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -172,7 +173,7 @@ mod tests {
 
     #[test]
     fn groups_are_one_segment_in_order_with_bounded_gaps_and_span() {
-        // Three units in segment 2 (the third 64 KiB + 1 past the second), two in segment 1
+        // Three units in segment 2 (the third 64 KiB + 1 past the second, beyond the gap given), two in segment 1
         // back to back, one overlapping its neighbour (never joined).
         let mut u = vec![
             w(2, 10_000, 4104, 0),

@@ -63,8 +63,8 @@ fn relayout_makes_a_random_fill_read_sequentially_and_changes_no_data() {
     );
     let relaid = read_back(&v, &disk, &model, "after relayout");
     // Before, a chunk's 64 units lie in all 8 segments, about 8 to a segment and 32 KiB apart
-    // (grouped by the read into a dozen calls); after, in order, 48 bytes apart, in one or two
-    // segments: a call or two per chunk.
+    // (a few close enough to share a call: about 40 calls); after, in order, 48 bytes apart, in
+    // one or two segments: a call or two per chunk.
     eprintln!("backend reads of the volume: {scattered} before relayout, {relaid} after");
     assert!(scattered >= 64, "{scattered} reads before relayout");
     assert!(
