@@ -2,12 +2,13 @@
 # A/B of two hlfsd builds (issue 16): runs alternate base and new (ABBA: base first in odd
 # rounds, new first in even ones), each on a fresh data directory and a fresh volume, with
 # fio's nbd engine over a Unix socket.
-# Usage: scripts/bench-ab.sh --base BIN --new BIN [--job seqwrite|randfilled] [--rounds 2]
-#        [--size 1G] [--dir DIR] [--sync] [--count-syscalls]
+# Usage: scripts/bench-ab.sh --base BIN --new BIN [--job seqwrite|randfilled|seqfilled4k]
+#        [--rounds 2] [--size 1G] [--dir DIR] [--sync] [--count-syscalls]
 # Jobs: `seqwrite` = 1M writes at QD8 over the volume; `randfilled` = 4K random writes at QD32
 # over the volume (fio's random map: every block once), then 1M sequential reads at QD8 of the
-# whole volume, three times over (the figure; the fill's IOPS are printed too). `--sync` runs `sync` before each
-# fio job. `--count-syscalls` counts hlfsd's preadv and pread64 calls during the measured job
+# whole volume, three times over (the figure; the fill's IOPS are printed too); `seqfilled4k`
+# = the same after a sequential fill in 4K writes at QD32 (each write a record of its own).
+# `--sync` runs `sync` before each fio job. `--count-syscalls` counts hlfsd's preadv and pread64 calls during the measured job
 # (perf stat on the syscall tracepoints; needs perf and root).
 # Prints one line per run: round, build, job, figure (MiB/s), and the syscalls if counted.
 set -euo pipefail
@@ -26,7 +27,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ -x "$BASE" ] && [ -x "$NEW" ] || { echo "--base and --new must be hlfsd binaries" >&2; exit 2; }
-case "$JOB" in seqwrite|randfilled) ;; *) echo "--job is seqwrite or randfilled" >&2; exit 2;; esac
+case "$JOB" in seqwrite|randfilled|seqfilled4k) ;; *) echo "--job is seqwrite, randfilled or seqfilled4k" >&2; exit 2;; esac
 for t in fio python3; do
   command -v $t >/dev/null || { echo "bench-ab: $t is not installed" >&2; exit 1; }
 done
@@ -82,6 +83,11 @@ for round in $(seq "$ROUNDS"); do
         fill=$2
         set -- $(measured seqread --rw=read --bs=1M --iodepth=8 --loops=3)
         echo "round $round $build randfill4K ${fill} IOPS, seqread1M-randfilled ${1} MiB/s ${*:3}";;
+      seqfilled4k)
+        set -- $(fio_run seqfill --rw=write --bs=4k --iodepth=32)
+        fill=$2
+        set -- $(measured seqread --rw=read --bs=1M --iodepth=8 --loops=3)
+        echo "round $round $build seqfill4K ${fill} IOPS, seqread1M-seqfilled4k ${1} MiB/s ${*:3}";;
     esac
     stop
   done
