@@ -8,8 +8,9 @@
 # over the volume (fio's random map: every block once), then 1M sequential reads at QD8 of the
 # whole volume, three times over (the figure; the fill's IOPS are printed too); `seqfilled4k`
 # = the same after a sequential fill in 4K writes at QD32 (each write a record of its own).
-# `--sync` runs `sync` before each fio job. `--count-syscalls` counts hlfsd's preadv and pread64 calls during the measured job
-# (perf stat on the syscall tracepoints; needs perf and root).
+# `--sync` runs `sync` before each fio job. `--count-syscalls` counts hlfsd's preadv and
+# pread64 calls during the measured job (perf stat on the syscall tracepoints; needs perf and
+# root).
 # Prints one line per run: round, build, job, figure (MiB/s), and the syscalls if counted.
 set -euo pipefail
 JOB=seqwrite; ROUNDS=2; SIZE=1G; DIR=/var/tmp/hlfs-bench-ab; SYNC=0; COUNT=0; BASE=; NEW=
