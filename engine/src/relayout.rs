@@ -24,9 +24,10 @@ impl Volume {
     /// order, unless it is laid out in order already (half or more of its units follow the
     /// previous one in the same segment): returns what was copied, nothing then. The writer's
     /// open segment is sealed first if it holds units of the range; holes and a clone's base
-    /// data stay as they are. Runs to the end
-    /// under `&mut self` (like [`Volume::clean`]); call it on idle volumes, range by range.
+    /// data stay as they are. Runs to the end under `&mut self` (like [`Volume::clean`]): call
+    /// it on idle volumes, range by range.
     pub fn relayout(&mut self, offset: u64, len: u64) -> Result<CleanReport> {
+        let _span = tracing::info_span!("relayout", volume = %self.loc, offset, len).entered();
         self.writable()?;
         let mut report = CleanReport::default();
         if let Some(r) = self.finish_job(true)? {
@@ -49,7 +50,7 @@ impl Volume {
         let Some(pass) = self.plan_relayout(offset, len) else {
             return Ok(report);
         };
-        tracing::info!(volume = %self.loc, offset, len, units = pass.units.len(), "relayout");
+        tracing::info!(units = pass.units.len(), "relayout planned");
         self.cleaner.pass = Some(pass);
         report.add(&self.step(&policy, u64::MAX, true)?);
         Ok(report)
