@@ -1371,6 +1371,13 @@ impl Volume {
         sealed + open_bytes + self.cleaner.reclaim.zombie_bytes()
     }
 
+    /// The serial of the writer's last record: it moves with every write, trim, zeroing,
+    /// snapshot or rollback and with nothing the cleaner or a relayout does, so that an
+    /// idle-time task can tell whether anyone used the volume since it last looked.
+    pub fn log_serial(&self) -> u64 {
+        self.serial
+    }
+
     /// Space and layout figures.
     pub fn stat(&self) -> Stat {
         let (written, live) = self
