@@ -5,11 +5,16 @@
 //! The pass copies on the engine's copy thread at no more than the configured bytes per second
 //! (a token bucket kept across passes), without the volume: writes and reads go on meanwhile,
 //! and on HDFS the victims' reads do not hold the lock either.
+//!
+//! Optionally (`relayout_idle`), a volume nobody has written for that long is relaid out: one
+//! 64 MiB range per tick, in order, rewritten in LBA order (`Volume::relayout`, under the lock
+//! for that range), until the whole volume has been swept; a write starts the wait again.
+//! Cleaning goes first: no relayout while the volume is over its threshold.
 
 use crate::manager::SharedVolume;
 use hlfs_engine::{Stat, Volume};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// `[cleaner]` keys of the background cleaner.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,6 +27,8 @@ pub struct BackgroundSettings {
     pub interval: Duration,
     /// Largest burst of copying above the rate (the token bucket's size).
     pub step_bytes: u64,
+    /// Relay out a volume nobody wrote for this long (None: never).
+    pub relayout_idle: Option<Duration>,
 }
 
 impl Default for BackgroundSettings {
@@ -31,6 +38,7 @@ impl Default for BackgroundSettings {
             reclaimable_ratio: 0.5,
             interval: Duration::from_millis(100),
             step_bytes: 1 << 20,
+            relayout_idle: None,
         }
     }
 }
@@ -43,6 +51,52 @@ pub struct TickReport {
     pub segments_deleted: u32,
     /// The volume was over its threshold (or a pass was under way) at the tick.
     pub over_threshold: bool,
+    /// Bytes a relayout of an idle volume copied.
+    pub bytes_relaid: u64,
+}
+
+/// Bytes of the volume one tick relays out at most (the lock is held for that long).
+const RELAYOUT_RANGE: u64 = 64 << 20;
+
+/// Where the idle-time relayout of a volume stands.
+#[derive(Debug, Clone, Default)]
+struct RelayoutState {
+    /// The volume's `log_serial` when last looked at, and since when it has not moved.
+    seen: Option<(u64, Instant)>,
+    /// The next range of a sweep in progress.
+    next: u64,
+    /// The whole volume was swept since the last write.
+    done: bool,
+}
+
+impl RelayoutState {
+    /// Under the volume's lock, when it is not being cleaned: relays out the next range if the
+    /// volume has been idle for `idle`. Returns the bytes copied.
+    fn tick(&mut self, v: &mut Volume, idle: Duration, now: Instant) -> hlfs_engine::Result<u64> {
+        let serial = v.log_serial();
+        match self.seen {
+            Some((s, since)) if s == serial => {
+                if self.done || now.saturating_duration_since(since) < idle {
+                    return Ok(0);
+                }
+            }
+            _ => {
+                *self = RelayoutState {
+                    seen: Some((serial, now)),
+                    ..RelayoutState::default()
+                };
+                return Ok(0);
+            }
+        }
+        let r = v.relayout(self.next, RELAYOUT_RANGE)?;
+        self.next = self.next.saturating_add(RELAYOUT_RANGE);
+        if self.next >= v.size() {
+            self.done = true;
+            self.next = 0;
+            tracing::info!(volume = v.location(), "idle volume relaid out");
+        }
+        Ok(r.bytes_copied)
+    }
 }
 
 /// The decisions of the background cleaner of one volume, apart from threads and locks so that
@@ -54,6 +108,7 @@ pub struct Worker {
     budget: u64,
     /// Ticks to skip after a tick that found nothing to clean.
     idle: u32,
+    relayout: RelayoutState,
 }
 
 /// What one step under the lock did: (over the threshold, bytes copied, segments deleted,
@@ -69,6 +124,7 @@ impl Worker {
             settings,
             budget,
             idle: 0,
+            relayout: RelayoutState::default(),
         }
     }
 
@@ -93,10 +149,15 @@ impl Worker {
         }
         let mut rep = TickReport::default();
         let (rate, burst) = (self.settings.rate, self.settings.step_bytes.max(MIN_BURST));
+        let mut relayout = std::mem::take(&mut self.relayout);
+        let mut relaid = 0;
         let me = &*self;
         let mut step = |v: &mut Volume| {
             let go = v.cleaning_in_progress() || me.over_threshold(&v.stat());
             if !go {
+                if let Some(idle) = me.settings.relayout_idle {
+                    relaid = relayout.tick(v, idle, Instant::now())?;
+                }
                 return Ok((false, 0, 0, true));
             }
             let r = v.clean_background(rate, burst)?;
@@ -109,7 +170,10 @@ impl Worker {
                 && r.segments_deleted == 0;
             Ok((true, r.bytes_copied, r.segments_deleted, idle))
         };
-        let Some(r) = run(&mut step) else {
+        let r = run(&mut step);
+        self.relayout = relayout;
+        rep.bytes_relaid = relaid;
+        let Some(r) = r else {
             return Ok(None);
         };
         let (go, copied, deleted, idle) = r?;
@@ -135,7 +199,7 @@ impl Worker {
             let res = self.tick(|step| v.with(|vol| step(vol)));
             match res {
                 Ok(Some(r)) => {
-                    if r.steps > 0 {
+                    if r.steps > 0 || r.bytes_relaid > 0 {
                         tracing::debug!(volume = v.name(), ?r, "background cleaning");
                     }
                 }
@@ -242,6 +306,7 @@ mod tests {
             reclaimable_ratio: 0.3,
             interval: Duration::from_millis(20),
             step_bytes: 256 * 1024,
+            relayout_idle: None,
         };
         let mut w = Worker::new(settings.clone(), budget);
         assert!(w.over_threshold(&before), "test needs garbage: {before:?}");
@@ -292,6 +357,85 @@ mod tests {
         let mut got = vec![0u8; img.len()];
         v.read(0, &mut got).expect("read");
         assert!(got == img, "data differs after background cleaning");
+    }
+
+    /// Every block of the volume written once, in a scrambled order (so that reads of it are
+    /// scattered over the segments); returns the image.
+    fn scattered_fill(v: &mut Volume, seed: u64) -> Vec<u8> {
+        let mut img = vec![0u8; 8 << 20];
+        for i in 0..2048u64 {
+            let b = (i * 1237) % 2048; // 1237 is prime to 2048: each block once
+            let d = pattern(b + seed);
+            v.write(b * 4096, &d).expect("write");
+            img[(b * 4096) as usize..(b * 4096 + 4096) as usize].copy_from_slice(&d);
+        }
+        v.flush().expect("flush");
+        img
+    }
+
+    #[test]
+    fn an_idle_volume_is_relaid_out_and_a_write_restarts_the_wait() {
+        let dir = TempDir::new("relayout");
+        let mut v = volume(dir.path());
+        let img = scattered_fill(&mut v, 7);
+        let idle = Duration::from_millis(300);
+        let settings = BackgroundSettings {
+            relayout_idle: Some(idle),
+            ..BackgroundSettings::default()
+        };
+        let mut w = Worker::new(settings, 100 << 20);
+        let mut tick = |v: &mut Volume| w.tick(|step| Some(step(v))).expect("tick").expect("open");
+        // The first look starts the wait; nothing happens before the volume has been idle.
+        let t0 = Instant::now();
+        assert_eq!(tick(&mut v), TickReport::default());
+        assert_eq!(
+            tick(&mut v).bytes_relaid,
+            0,
+            "relaid out before the idle time"
+        );
+        std::thread::sleep(idle);
+        let r = tick(&mut v);
+        assert!(t0.elapsed() >= idle);
+        // One tick covers the 8 MiB volume (64 MiB per tick): every block copied.
+        assert!(r.bytes_relaid >= 8 << 20, "{r:?}");
+        assert_eq!(
+            tick(&mut v).bytes_relaid,
+            0,
+            "a swept volume is swept again"
+        );
+        let mut got = vec![0u8; img.len()];
+        v.read(0, &mut got).expect("read");
+        assert!(got == img, "data differs after the relayout");
+        // Laid out in order now: a relayout of it has nothing to do.
+        assert_eq!(v.relayout(0, 8 << 20).expect("relayout").bytes_copied, 0);
+        // Writes start the wait again: the next sweep comes only after the idle time, and
+        // after the cleaning the rewrite calls for (half the log is garbage now).
+        let img = scattered_fill(&mut v, 5000);
+        let t1 = Instant::now();
+        let (mut relaid, mut cleaned) = (0, false);
+        while relaid == 0 {
+            let r = tick(&mut v);
+            assert!(
+                r.bytes_relaid == 0 || t1.elapsed() >= idle,
+                "relaid out {:?} after writes",
+                t1.elapsed()
+            );
+            assert!(
+                r.bytes_relaid == 0 || !r.over_threshold,
+                "relaid out while over the cleaning threshold"
+            );
+            cleaned |= r.over_threshold;
+            relaid = r.bytes_relaid;
+            assert!(t1.elapsed() < Duration::from_secs(30), "no second sweep");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            cleaned,
+            "the rewrite left nothing to clean: the test needs it"
+        );
+        v.read(0, &mut got).expect("read");
+        assert!(got == img, "data differs after the second sweep");
+        assert_eq!(v.relayout(0, 8 << 20).expect("relayout").bytes_copied, 0);
     }
 
     #[test]

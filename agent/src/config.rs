@@ -145,6 +145,9 @@ pub struct CleanerSection {
     /// Background cleaner: size of the token bucket that paces copying at `rate`, i.e. the
     /// largest burst of copying above the rate (at least 64K is used). Default 1M.
     pub step: Option<SizeValue>,
+    /// Background cleaner: relay out a volume (rewrite its data in LBA order, 64 MiB per
+    /// tick) once nobody has written it for this many milliseconds. Default 0: never.
+    pub relayout_idle_ms: Option<u64>,
 }
 
 /// A size written as a number of bytes or as text with a suffix.
@@ -396,6 +399,10 @@ impl Settings {
                                 .and_then(|c| c.interval_ms)
                                 .map_or(bd.interval, std::time::Duration::from_millis),
                             step_bytes: size(c.and_then(|c| c.step.as_ref()), bd.step_bytes)?,
+                            relayout_idle: c
+                                .and_then(|c| c.relayout_idle_ms)
+                                .filter(|ms| *ms > 0)
+                                .map(std::time::Duration::from_millis),
                         };
                         if !(b.reclaimable_ratio > 0.0 && b.reclaimable_ratio <= 1.0) {
                             return Err(bad("reclaimable_ratio must be in (0, 1]"));
@@ -699,6 +706,13 @@ mod cleaner_tests {
             (b.rate, b.reclaimable_ratio, b.interval.as_millis()),
             (8 << 20, 0.3, 50)
         );
+        assert_eq!(b.relayout_idle, None, "relayout is off by default");
+        let b = resolve_with("[cleaner]\nrelayout_idle_ms = 30000\n")
+            .expect("relayout")
+            .cleaner
+            .and_then(|c| c.background)
+            .expect("background on");
+        assert_eq!(b.relayout_idle, Some(std::time::Duration::from_secs(30)));
         assert!(resolve_with("[cleaner]\nbackground = false\n")
             .expect("no background")
             .cleaner
@@ -831,7 +845,7 @@ mod packaged_config_tests {
         let empty = ConfigFile::default();
         assert_eq!(format!("{as_shipped:?}"), format!("{empty:?}").replace(
             "cleaner: None, hdfs: None, limits: None",
-            "cleaner: Some(CleanerSection { enabled: None, space_overhead: None, max_live_ratio: None, max_segments_per_pass: None, background: None, rate: None, reclaimable_ratio: None, interval_ms: None, step: None }), hdfs: Some(HdfsSection { journal_size: None, connect_timeout: None, op_timeout: None }), limits: Some(LimitsSection { nbd_connections: None, nbd_connections_per_peer: None, nbd_root_reserve: None, nbd_in_flight: None, nbd_in_flight_per_peer: None, nbd_in_flight_root_reserve: None, nbd_idle_timeout: None, dbus_connections: None, dbus_connections_per_uid: None, dbus_root_reserve: None, dbus_idle_timeout: None, dbus_auth_timeout: None, open_segment_files: None })",
+            "cleaner: Some(CleanerSection { enabled: None, space_overhead: None, max_live_ratio: None, max_segments_per_pass: None, background: None, rate: None, reclaimable_ratio: None, interval_ms: None, step: None, relayout_idle_ms: None }), hdfs: Some(HdfsSection { journal_size: None, connect_timeout: None, op_timeout: None }), limits: Some(LimitsSection { nbd_connections: None, nbd_connections_per_peer: None, nbd_root_reserve: None, nbd_in_flight: None, nbd_in_flight_per_peer: None, nbd_in_flight_root_reserve: None, nbd_idle_timeout: None, dbus_connections: None, dbus_connections_per_uid: None, dbus_root_reserve: None, dbus_idle_timeout: None, dbus_auth_timeout: None, open_segment_files: None })",
         ).replace("fuse: None", "fuse: Some(FuseSection { mountpoint: None, enabled: None })"));
         let all = ConfigFile::parse(&uncommented(true), Path::new("hlfsd.toml"))
             .expect("uncommented, it parses");

@@ -119,6 +119,9 @@ pub(crate) struct Pass {
     pub(crate) limiter: Option<crate::cleaner::RateLimiter>,
     /// ...unless someone waits for the pass (writes over their limit, close, `clean`).
     pub(crate) unthrottle: Arc<AtomicBool>,
+    /// Every copy goes to this stream (a relayout keeps its units in one stream, in the order
+    /// planned); None: each unit's own (heat, origin).
+    pub(crate) fixed_stream: Option<usize>,
 }
 
 impl Pass {
@@ -143,6 +146,7 @@ impl Pass {
             bytes_copied: 0,
             limiter: None,
             unthrottle: Arc::default(),
+            fixed_stream: None,
         }
     }
 
@@ -173,10 +177,13 @@ impl Pass {
                 Some(f) => f(&self.units[self.next]),
                 None => Some(self.units[self.next].live.clone()),
             };
-            let Some(live) = live else {
+            let Some(mut live) = live else {
                 self.next += 1;
                 continue;
             };
+            if let Some(s) = self.fixed_stream {
+                live.stream = s;
+            }
             let at = self.read_unit()?;
             let (key, ulba, stored) = {
                 let u = &self.units[self.next];
@@ -213,8 +220,8 @@ impl Pass {
     }
 
     /// Where the stored bytes (header included) of unit `units[next]` are in the window, which
-    /// reads up to `READ_WINDOW` bytes of the victim's planned units at once (the units are in
-    /// segment order).
+    /// reads up to `READ_WINDOW` bytes of the victim's planned units at once (a cleaning pass
+    /// plans them in segment order; a relayout, in LBA order, mostly reads one at a time).
     fn read_unit(&mut self) -> Result<std::ops::Range<usize>> {
         let ((seg, off), stored) = (self.units[self.next].key, self.units[self.next].stored);
         let total = |st: u32| UNIT_HEADER_LEN as u32 + (st & !UNIT_COMPRESSED);
@@ -230,7 +237,7 @@ impl Pass {
             for u in &self.units[self.next + 1..] {
                 let ((s, o), st) = (u.key, u.stored);
                 let e = o.saturating_add(total(st));
-                if s != seg || e - off > READ_WINDOW {
+                if s != seg || o < off || e - off > READ_WINDOW {
                     break;
                 }
                 end = end.max(e);

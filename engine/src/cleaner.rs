@@ -70,7 +70,7 @@ pub struct CleanReport {
 }
 
 impl CleanReport {
-    fn add(&mut self, o: &CleanReport) {
+    pub(crate) fn add(&mut self, o: &CleanReport) {
         self.segments_cleaned += o.segments_cleaned;
         self.segments_deleted += o.segments_deleted;
         self.units_copied += o.units_copied;
@@ -694,7 +694,12 @@ impl Volume {
     }
 
     /// `eager`: an on-demand pass, which deletes every emptied segment before it returns.
-    fn step(&mut self, policy: &CleanPolicy, max_bytes: u64, eager: bool) -> Result<CleanReport> {
+    pub(crate) fn step(
+        &mut self,
+        policy: &CleanPolicy,
+        max_bytes: u64,
+        eager: bool,
+    ) -> Result<CleanReport> {
         let was = std::mem::replace(&mut self.cleaner.running, true);
         let mut report = CleanReport::default();
         let r = self.step_inner(policy, max_bytes, eager, &mut report);
@@ -778,7 +783,7 @@ impl Volume {
 
     /// Who references unit `(seg, off)` (first block `ulba`) now, and where its copy goes;
     /// None if nobody does.
-    fn unit_liveness(&self, (seg, off): UnitKey, ulba: u64) -> Option<Liveness> {
+    pub(crate) fn unit_liveness(&self, (seg, off): UnitKey, ulba: u64) -> Option<Liveness> {
         let ub = self.unit_blocks();
         let refs = |m: &crate::extent_map::ExtentMap| -> Vec<(u64, u64)> {
             m.lookup(ulba, ub)

@@ -9,6 +9,7 @@ mod checkpoint_thread;
 mod clean_pass;
 mod cleaner;
 mod clone;
+mod direct_read;
 mod encode;
 pub mod error;
 mod exclusive;
@@ -17,6 +18,7 @@ pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
 mod recovery;
+mod relayout;
 mod seal_sync;
 mod seg_numbers;
 mod segbuf;

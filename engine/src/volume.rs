@@ -25,7 +25,7 @@ const APPEND_BATCH: usize = 512 * 1024;
 /// for a seal's sync to finish by itself but waits for it.
 const CHECKPOINT_PUT_OFF: u64 = 4;
 /// Bytes one backend read may bring in for a run of units (direct or buffered).
-const MAX_RUN_BYTES: u32 = 4 << 20;
+pub(crate) const MAX_RUN_BYTES: u32 = 4 << 20;
 
 /// How to create a volume.
 #[derive(Debug, Clone)]
@@ -221,13 +221,13 @@ thread_local! {
 }
 
 /// A run buffer borrowed from this thread's `SCRATCH`, given back when dropped.
-struct Scratch {
+pub(crate) struct Scratch {
     buf: Vec<u8>,
     len: usize,
 }
 
 impl Scratch {
-    fn take(len: usize) -> Scratch {
+    pub(crate) fn take(len: usize) -> Scratch {
         let mut buf = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
         if buf.len() < len {
             buf.resize(len, 0);
@@ -458,13 +458,14 @@ impl Volume {
         self.read_map(&self.map, offset, buf)
     }
 
-    fn cache(&self) -> MutexGuard<'_, ReadCache> {
+    pub(crate) fn cache(&self) -> MutexGuard<'_, ReadCache> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reads through any map (the head's or a snapshot's); no size check. Units that lie next
-    /// to each other in a sealed segment (what a sequential write leaves) are fetched with one
-    /// backend read.
+    /// Reads through any map (the head's or a snapshot's); no size check. Whole units of sealed
+    /// segments go direct (`direct_read.rs`: units close together in a segment share one
+    /// backend read); the rest (partial or compressed units, the open segment, holes) here,
+    /// units back to back in a sealed segment still fetched with one backend read.
     pub(crate) fn read_map(&self, map: &ExtentMap, offset: u64, buf: &mut [u8]) -> Result<()> {
         if buf.is_empty() {
             return Ok(());
@@ -474,14 +475,18 @@ impl Volume {
         let first = offset / bs;
         let last = end.div_ceil(bs);
         let pieces = map.lookup(first, last - first);
+        let served = self.read_direct(&pieces, offset, buf)?;
         let mut i = 0;
         while i < pieces.len() {
-            let direct = self.read_direct(&pieces[i..], offset, buf)?;
-            if direct > 0 {
-                i += direct;
+            if served[i] {
+                i += 1;
                 continue;
             }
-            let run = self.fetch_run(&pieces[i..])?;
+            let stop = served[i..]
+                .iter()
+                .position(|s| *s)
+                .map_or(pieces.len(), |k| i + k);
+            let run = self.fetch_run(&pieces[i..stop])?;
             for piece in &pieces[i..i + run.pieces] {
                 let pstart = piece.lba * bs;
                 let pend = (piece.lba + piece.len) * bs;
@@ -527,71 +532,6 @@ impl Volume {
             i += run.pieces;
         }
         Ok(())
-    }
-
-    /// Serves the longest run at the start of `pieces` of whole, uncompressed units back to back
-    /// in one sealed segment, each wanted whole, with one vectored read: the unit headers land
-    /// aside, the data straight in `buf`, and is verified there (no copy, no allocation of the
-    /// unit, no read-cache churn). Returns the pieces served; 0 if there is no such unit or it
-    /// is a single cached one (the general path serves it).
-    fn read_direct(
-        &self,
-        pieces: &[crate::extent_map::Piece],
-        offset: u64,
-        buf: &mut [u8],
-    ) -> Result<usize> {
-        let bs = self.bs();
-        let end = offset + buf.len() as u64;
-        let open_seq = self.open.as_ref().map(|o| o.seq);
-        let (mut n, mut bytes, mut next) = (0usize, 0u64, None);
-        for p in pieces {
-            let Some(x) = p.ext else { break };
-            let whole = x.stored & UNIT_COMPRESSED == 0
-                && x.skip == 0
-                && u64::from(x.stored) == p.len * bs
-                && u64::from(x.len) == p.len
-                && p.lba * bs >= offset
-                && (p.lba + p.len) * bs <= end;
-            let after = next.is_none_or(|(seg, off)| seg == x.seg && off == x.off);
-            bytes += UNIT_HEADER_LEN as u64 + u64::from(x.stored);
-            if !whole
-                || !after
-                || x.seg == crate::clone::ZERO_SEG
-                || Some(x.seg) == open_seq
-                || bytes > u64::from(MAX_RUN_BYTES)
-            {
-                break;
-            }
-            next = Some((x.seg, x.off + UNIT_HEADER_LEN as u32 + x.stored));
-            n += 1;
-        }
-        let Some(first) = pieces.first().and_then(|p| p.ext) else {
-            return Ok(0);
-        };
-        // A lone unit goes direct too (what a sequential read of randomly written data is made
-        // of), unless it is cached: a copy from memory beats a read.
-        if n == 0 || (n == 1 && self.cache().peek((first.seg, first.off))) {
-            return Ok(0);
-        }
-        let run = &pieces[..n];
-        let mut hdrs = vec![0u8; UNIT_HEADER_LEN * n];
-        let start = (run[0].lba * bs - offset) as usize;
-        let len = (run.iter().map(|p| p.len).sum::<u64>() * bs) as usize;
-        let mut outs: Vec<&mut [u8]> = Vec::with_capacity(2 * n);
-        let mut rest = &mut buf[start..start + len];
-        for (h, p) in hdrs.chunks_mut(UNIT_HEADER_LEN).zip(run) {
-            let (out, r) = rest.split_at_mut((p.len * bs) as usize);
-            rest = r;
-            outs.push(h);
-            outs.push(out);
-        }
-        self.backend
-            .read_vectored_at(&segment_name(first.seg), u64::from(first.off), &mut outs)?;
-        for (pair, p) in outs.chunks(2).zip(run) {
-            let Some(x) = p.ext else { continue };
-            self.check_unit(p.lba, x, pair[0], pair[1])?;
-        }
-        Ok(n)
     }
 
     /// Decides how many pieces from the start of `pieces` to serve together: a run of units
@@ -713,7 +653,7 @@ impl Volume {
     }
 
     /// Checks a unit header (8 bytes) and its stored bytes against the extent and the CRC.
-    fn check_unit(&self, ulba: u64, x: Extent, hdr: &[u8], data: &[u8]) -> Result<()> {
+    pub(crate) fn check_unit(&self, ulba: u64, x: Extent, hdr: &[u8], data: &[u8]) -> Result<()> {
         let word = |i: usize| u32::from_le_bytes([hdr[i], hdr[i + 1], hdr[i + 2], hdr[i + 3]]);
         if word(0) != x.stored {
             return Err(self.unit_corrupt(x, "unit header does not match the extent map"));
@@ -1429,6 +1369,13 @@ impl Volume {
             .map(|(_, s)| s.bytes)
             .sum();
         sealed + open_bytes + self.cleaner.reclaim.zombie_bytes()
+    }
+
+    /// The serial of the writer's last record: it moves with every write, trim, zeroing,
+    /// snapshot or rollback and with nothing the cleaner or a relayout does, so that an
+    /// idle-time task can tell whether anyone used the volume since it last looked.
+    pub fn log_serial(&self) -> u64 {
+        self.serial
     }
 
     /// Space and layout figures.

@@ -3,9 +3,10 @@
 
 mod common;
 
-use common::{open, Op, Rng};
+use common::{open, CountedReads, Op, Rng};
 use hlfs_engine::Volume;
 use std::path::Path;
+use std::sync::Arc;
 
 fn copy_dir(src: &Path, dst: &Path) {
     for e in std::fs::read_dir(src).expect("ls") {
@@ -242,4 +243,91 @@ fn failing_chunks(v: &Volume, model: &[u8], chunk: usize, what: &str) -> usize {
         }
     }
     bad
+}
+
+/// Units close to each other in one segment are read with one backend read, the bytes between
+/// them (other blocks' units) into a scratch buffer: blocks 0-7 were written interleaved with
+/// blocks 100-107, so reading blocks 0-7 reads 100-106 as gaps. Every unit read is still
+/// checked (a flipped bit in block 3 fails the read of 0-7, and only reads covering block 3),
+/// and damage in a gap fails only the reads that cover it (a flipped bit in block 103 fails the
+/// read of 100-107, not that of 0-7, which returns its data).
+#[test]
+fn units_read_together_across_a_gap_verify_each_unit_and_ignore_the_gap() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bs = 4096usize;
+    let mut v = common::create(dir.path(), 1 << 20, 1 << 20, 1 << 30);
+    let mut model = vec![0u8; 1 << 20];
+    Rng::new(33).fill_random(&mut model);
+    for i in 0..8 {
+        for b in [i, 100 + i] {
+            v.write((b * bs) as u64, &model[b * bs..(b + 1) * bs])
+                .expect("write");
+        }
+    }
+    v.close().expect("close");
+    let seg = std::fs::read_dir(dir.path())
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("seg-"))
+        .expect("a segment");
+    let seg_bytes = std::fs::read(dir.path().join(&seg)).expect("read segment");
+    // Where block `b`'s data lies in the segment (random data: found once).
+    let at = |b: usize| {
+        let want = &model[b * bs..(b + 1) * bs];
+        seg_bytes
+            .windows(bs)
+            .position(|w| w == want)
+            .expect("block in the segment")
+    };
+    let open_counted = |path: &Path| {
+        let b = Arc::new(CountedReads::new(path));
+        let v = Volume::open(b.clone(), &hlfs_engine::OpenOptions::default()).expect("open");
+        (v, b)
+    };
+    let read = |v: &Volume, from: usize, blocks: usize| {
+        let mut buf = vec![0u8; blocks * bs];
+        v.read((from * bs) as u64, &mut buf).map(|()| buf)
+    };
+    let want = |from: usize, blocks: usize| model[from * bs..(from + blocks) * bs].to_vec();
+
+    // Undamaged: blocks 0-7 in one backend read (their gaps hold blocks 100-106), 100-107 too.
+    let (clean, counted) = open_counted(dir.path());
+    let before = counted.reads();
+    assert!(read(&clean, 0, 8).expect("read 0-7") == want(0, 8));
+    assert_eq!(
+        counted.reads() - before,
+        1,
+        "blocks 0-7 not read in one call"
+    );
+    let before = counted.reads();
+    assert!(read(&clean, 100, 8).expect("read 100-107") == want(100, 8));
+    assert_eq!(
+        counted.reads() - before,
+        1,
+        "blocks 100-107 not read in one call"
+    );
+    drop(clean);
+
+    for (victim, bad_read, good_read) in [(3, 0, 100), (103, 100, 0)] {
+        let work = tempfile::tempdir().expect("tempdir");
+        copy_dir(dir.path(), work.path());
+        let mut bytes = seg_bytes.clone();
+        bytes[at(victim) + 1000] ^= 0x10;
+        std::fs::write(work.path().join(&seg), &bytes).expect("write segment");
+        let (v, _) = open_counted(work.path());
+        let e = read(&v, bad_read, 8).expect_err("a damaged unit was served");
+        assert!(e.to_string().contains("seg-"), "block {victim}: {e}");
+        assert!(
+            read(&v, victim, 1).is_err(),
+            "block {victim} alone was served"
+        );
+        assert!(
+            read(&v, good_read, 8).expect("the read across the damaged gap") == want(good_read, 8),
+            "block {victim} damaged: the read of {good_read}.. returned wrong data"
+        );
+        // Every block but the damaged one still reads, alone and in pairs.
+        for b in (0..8).chain(100..108).filter(|&b| b != victim) {
+            assert!(read(&v, b, 1).expect("an undamaged block") == want(b, 1));
+        }
+    }
 }

@@ -761,3 +761,137 @@ fn crash_with_seals_off_the_write_path_cut_at_arbitrary_points() {
     );
     eprintln!("{overlaps} appends during an earlier seal's sync; {cuts_seen} recoveries short of the last write");
 }
+
+/// A relayout (the head rewritten in LBA order through the cleaner's copies) between writes and
+/// flushes, crashed at every backend operation, as a kill (with the last append torn or not)
+/// and as a power loss: the recovered image is always the state after a prefix of the
+/// operations holding every flushed one (a relayout changes no data, so any crash inside it
+/// must give the image of just before it), and the volume keeps working and cleaning.
+#[test]
+fn crash_at_every_backend_operation_during_relayout() {
+    let bs = 4096usize;
+    for seed in 1..=2u64 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut v = recorded_volume(
+            dir.path(),
+            &log,
+            Faults::default(),
+            std::time::Duration::ZERO,
+        );
+        let size = v.size() as usize;
+        let mut rng = Rng::new(100 + seed);
+        let mut model = vec![0u8; size];
+        let mut h = History {
+            images: vec![common::hash(&model)],
+            flushes: Vec::new(),
+            log: log.clone(),
+        };
+        // Every block once, in random order, then random operations.
+        let mut order: Vec<usize> = (0..size / bs).collect();
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        for (i, b) in order.into_iter().enumerate() {
+            let op = Op::Write {
+                off: (b * bs) as u64,
+                len: bs as u64,
+                seed: seed * 1000 + i as u64,
+            };
+            h.apply(op, &mut v, &mut model);
+        }
+        h.apply(Op::Flush, &mut v, &mut model);
+        for _ in 0..30 {
+            let op = Op::random(&mut rng, size as u64, 20_000);
+            if !matches!(op, Op::Resize { .. }) {
+                h.apply(op, &mut v, &mut model);
+            }
+        }
+        let before = log.lock().expect("log").len();
+        let r = v.relayout(0, size as u64).expect("relayout");
+        let during = log.lock().expect("log")[before..].to_vec();
+        assert!(
+            r.bytes_copied > 0,
+            "seed {seed}: relayout copied nothing: {r:?}"
+        );
+        // (Deletions run on the volume's deleter thread: they are in the log later.)
+        assert!(
+            r.segments_deleted > 0,
+            "seed {seed}: relayout deleted no emptied segment: {r:?}"
+        );
+        // The image of just before the relayout counts as the state after it.
+        h.images.push(common::hash(&model));
+        for _ in 0..30 {
+            let op = Op::random(&mut rng, size as u64, 20_000);
+            if !matches!(op, Op::Resize { .. }) {
+                h.apply(op, &mut v, &mut model);
+            }
+        }
+        v.crash();
+        let log = log.lock().expect("log").clone();
+        let created = log
+            .iter()
+            .position(|o| matches!(o, BOp::Sync(n) if n == format::META_OBJECT))
+            .expect("superblock synced")
+            + 1;
+        let mut checked = 0;
+        for n in created..=log.len() {
+            let torn = match &log[n - 1] {
+                BOp::Append(_, d) if d.len() > 1 => Some(rng.below(d.len() as u64) as usize),
+                _ => None,
+            };
+            let inside = n > before && n <= before + during.len();
+            let variants: &[(Option<usize>, bool)] = if inside || n % 2 == 0 {
+                &[(None, false), (torn, false), (None, true)]
+            } else {
+                &[(None, false), (None, true)]
+            };
+            for &(torn, power) in variants {
+                let what = format!("seed {seed}: after {n} backend ops (relayout: {before}..{}, torn {torn:?}, power {power})", before + during.len());
+                let files = state_after(&log, n, torn, power);
+                let dst = tempfile::tempdir().expect("tempdir");
+                for (name, data) in &files {
+                    std::fs::write(dst.path().join(name), data).expect("write");
+                }
+                let mut r = open(dst.path()).unwrap_or_else(|e| panic!("{what}: recover: {e}"));
+                let img = read_all(&mut r);
+                let got = common::hash(&img);
+                let must = h
+                    .flushes
+                    .iter()
+                    .filter(|(at, _)| *at <= n)
+                    .map(|(_, k)| *k)
+                    .max()
+                    .unwrap_or(0);
+                assert!(
+                    h.images.iter().skip(must).any(|x| *x == got),
+                    "{what}: image is not the state after any prefix >= {must} ops"
+                );
+                common::write_then_clean_all(&mut r, &img, 9, &what);
+                r.crash();
+                checked += 1;
+            }
+        }
+        assert!(checked > 100, "too few crash points: {checked}");
+    }
+}
+
+/// The images after each operation (index: operations applied) and the flushes: (backend
+/// operations recorded when the flush returned, operations it covers).
+struct History {
+    images: Vec<u64>,
+    flushes: Vec<(usize, usize)>,
+    log: Arc<Mutex<Vec<BOp>>>,
+}
+
+impl History {
+    fn apply(&mut self, op: Op, v: &mut Volume, model: &mut Vec<u8>) {
+        op.apply_volume(v).expect("op");
+        op.apply_model(model);
+        self.images.push(common::hash(model));
+        if matches!(op, Op::Flush) {
+            let at = self.log.lock().expect("log").len();
+            self.flushes.push((at, self.images.len() - 1));
+        }
+    }
+}

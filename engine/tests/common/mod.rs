@@ -48,6 +48,71 @@ impl hlfs_engine::Backend for SlowCopyReads {
     }
 }
 
+/// The local backend, counting the reads of segment data (a pass-through, not a fake: every
+/// byte comes from the files).
+#[derive(Debug)]
+pub struct CountedReads {
+    disk: LocalBackend,
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+impl CountedReads {
+    pub fn new(dir: &Path) -> Self {
+        CountedReads {
+            disk: LocalBackend::new(dir).expect("backend"),
+            reads: Default::default(),
+        }
+    }
+    fn count(&self) {
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    /// Reads of objects so far (`read_at` and `read_vectored_at` calls).
+    pub fn reads(&self) -> usize {
+        self.reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl hlfs_engine::Backend for CountedReads {
+    fn location(&self) -> String {
+        self.disk.location()
+    }
+    fn capabilities(&self) -> hlfs_engine::backend::Capabilities {
+        self.disk.capabilities()
+    }
+    fn create(
+        &self,
+        name: &str,
+    ) -> hlfs_engine::Result<Box<dyn hlfs_engine::backend::ObjectWriter>> {
+        self.disk.create(name)
+    }
+    fn read_at(&self, name: &str, offset: u64, buf: &mut [u8]) -> hlfs_engine::Result<()> {
+        self.count();
+        self.disk.read_at(name, offset, buf)
+    }
+    fn read_vectored_at(
+        &self,
+        name: &str,
+        offset: u64,
+        bufs: &mut [&mut [u8]],
+    ) -> hlfs_engine::Result<()> {
+        self.count();
+        self.disk.read_vectored_at(name, offset, bufs)
+    }
+    fn read_all(&self, name: &str) -> hlfs_engine::Result<Vec<u8>> {
+        self.disk.read_all(name)
+    }
+    fn list(&self) -> hlfs_engine::Result<Vec<hlfs_engine::backend::ObjectInfo>> {
+        self.disk.list()
+    }
+    fn delete(&self, name: &str) -> hlfs_engine::Result<()> {
+        self.disk.delete(name)
+    }
+    fn lease(&self, holder: &str) -> hlfs_engine::Result<Box<dyn hlfs_engine::backend::Lease>> {
+        self.disk.lease(holder)
+    }
+}
+
 pub fn backend(dir: &Path) -> Arc<LocalBackend> {
     Arc::new(LocalBackend::new(dir).expect("backend"))
 }
