@@ -422,18 +422,10 @@ fn crash_at_every_backend_operation(inline: bool) {
             inline || interleaved > 10,
             "segments never interleaved ({interleaved})"
         );
-        // Creation itself is not atomic: crash points start once the superblock is durable.
-        let created = log
-            .iter()
-            .position(|o| matches!(o, BOp::Sync(n) if n == format::META_OBJECT))
-            .expect("superblock synced")
-            + 1;
+        let created = first_crash_point(&log);
         let mut checked = 0;
         for n in created..=log.len() {
-            let torn = match &log[n - 1] {
-                BOp::Append(_, d) if d.len() > 1 => Some(rng.below(d.len() as u64) as usize),
-                _ => None,
-            };
+            let torn = torn_point(&log, n, &mut rng);
             let variants: &[(Option<usize>, bool)] = if n % 2 == 0 {
                 &[(None, false), (torn, false), (None, true)]
             } else {
@@ -441,21 +433,13 @@ fn crash_at_every_backend_operation(inline: bool) {
             };
             for &(torn, power) in variants {
                 let files = state_after(&log, n, torn, power);
-                let dst = tempfile::tempdir().expect("tempdir");
-                for (name, data) in &files {
-                    std::fs::write(dst.path().join(name), data).expect("write");
-                }
+                let dst = materialize(&files);
                 let mut r = open(dst.path()).unwrap_or_else(|e| {
                     panic!("seed {seed}: recover after {n} backend ops (torn {torn:?}, power {power}): {e}")
                 });
                 let img = read_all(&mut r);
                 let h = common::hash(&img);
-                let must = flushes
-                    .iter()
-                    .filter(|(at, _)| *at <= n)
-                    .map(|(_, k)| *k)
-                    .max()
-                    .unwrap_or(0);
+                let must = flushed_by(&flushes, n);
                 assert!(
                     images.iter().skip(must).any(|x| *x == h),
                     "seed {seed}: after {n} backend ops (torn {torn:?}, power {power}): image is not the state after any prefix >= {must} ops"
@@ -572,23 +556,13 @@ fn crash_at_every_backend_operation_around_write_errors() {
         assert_eq!(reloads, failed_syncs);
         v.crash();
         let log = log.lock().expect("log").clone();
-        let created = log
-            .iter()
-            .position(|o| matches!(o, BOp::Sync(n) if n == format::META_OBJECT))
-            .expect("superblock synced")
-            + 1;
+        let created = first_crash_point(&log);
         let mut checked = 0;
         for n in created..=log.len() {
-            let torn = match &log[n - 1] {
-                BOp::Append(_, d) if d.len() > 1 => Some(rng.below(d.len() as u64) as usize),
-                _ => None,
-            };
+            let torn = torn_point(&log, n, &mut rng);
             for &(torn, power) in &[(None, false), (torn, false), (None, true)] {
                 let files = state_after(&log, n, torn, power);
-                let dst = tempfile::tempdir().expect("tempdir");
-                for (name, data) in &files {
-                    std::fs::write(dst.path().join(name), data).expect("write");
-                }
+                let dst = materialize(&files);
                 let what =
                     format!("seed {seed}: after {n} backend ops (torn {torn:?}, power {power})");
                 let mut r = open(dst.path()).unwrap_or_else(|e| panic!("{what}: recover: {e}"));
@@ -596,13 +570,7 @@ fn crash_at_every_backend_operation_around_write_errors() {
                 // The branch that was current: crash states during a recovery (before its
                 // checkpoint is durable) belong to the branch before it.
                 let b = branches.iter().rev().find(|b| b.from <= n).expect("branch");
-                let must = b
-                    .flushes
-                    .iter()
-                    .filter(|(at, _)| *at <= n)
-                    .map(|(_, k)| *k)
-                    .max()
-                    .unwrap_or(0);
+                let must = flushed_by(&b.flushes, n);
                 assert!(
                     b.images.iter().skip(must).any(|x| *x == h),
                     "{what}: image is not the state after any prefix >= {must} ops of its branch"
@@ -613,6 +581,45 @@ fn crash_at_every_backend_operation_around_write_errors() {
         }
         assert!(checked > 100, "too few crash points: {checked}");
     }
+}
+
+/// The first crash point worth checking: creation itself is not atomic, so crash points start
+/// once the superblock is durable.
+fn first_crash_point(log: &[BOp]) -> usize {
+    log.iter()
+        .position(|o| matches!(o, BOp::Sync(n) if n == format::META_OBJECT))
+        .expect("superblock synced")
+        + 1
+}
+
+/// A random point to tear the `n`-th recorded operation at, if it is an append of 2 bytes or
+/// more.
+fn torn_point(log: &[BOp], n: usize, rng: &mut Rng) -> Option<usize> {
+    match &log[n - 1] {
+        BOp::Append(_, d) if d.len() > 1 => Some(rng.below(d.len() as u64) as usize),
+        _ => None,
+    }
+}
+
+/// The objects `files` written into a fresh directory, for a recovery to open.
+fn materialize(files: &Files) -> tempfile::TempDir {
+    let dst = tempfile::tempdir().expect("tempdir");
+    for (name, data) in files {
+        std::fs::write(dst.path().join(name), data).expect("write");
+    }
+    dst
+}
+
+/// How many operations the flushes returned by backend operation `n` cover: a recovered image
+/// must be the state after at least that many (`flushes`: (backend operations recorded when
+/// the flush returned, operations it covers)).
+fn flushed_by(flushes: &[(usize, usize)], n: usize) -> usize {
+    flushes
+        .iter()
+        .filter(|(at, _)| *at <= n)
+        .map(|(_, k)| *k)
+        .max()
+        .unwrap_or(0)
 }
 
 /// The objects after the first `n` recorded operations as a power loss leaves them when the
@@ -695,11 +702,7 @@ fn crash_with_seals_off_the_write_path_cut_at_arbitrary_points() {
                 _ => {}
             }
         }
-        let created = log
-            .iter()
-            .position(|o| matches!(o, BOp::Sync(n) if n == format::META_OBJECT))
-            .expect("superblock synced")
-            + 1;
+        let created = first_crash_point(&log);
         let mut checked = 0;
         for n in created..=log.len() {
             let mut states = vec![
@@ -713,22 +716,14 @@ fn crash_with_seals_off_the_write_path_cut_at_arbitrary_points() {
                 ));
             }
             for (how, files) in states {
-                let dst = tempfile::tempdir().expect("tempdir");
-                for (name, data) in &files {
-                    std::fs::write(dst.path().join(name), data).expect("write");
-                }
+                let dst = materialize(&files);
                 let what = format!("seed {seed}: after {n} backend ops ({how})");
                 let mut r = open(dst.path()).unwrap_or_else(|e| panic!("{what}: recover: {e}"));
                 let mut img = vec![0u8; r.size() as usize];
                 r.read(0, &mut img)
                     .unwrap_or_else(|e| panic!("{what}: read after recovery: {e}"));
                 let h = common::hash(&img);
-                let must = flushes
-                    .iter()
-                    .filter(|(at, _)| *at <= n)
-                    .map(|(_, k)| *k)
-                    .max()
-                    .unwrap_or(0);
+                let must = flushed_by(&flushes, n);
                 let found = images.iter().skip(must).position(|x| *x == h);
                 assert!(
                     found.is_some(),
@@ -829,17 +824,10 @@ fn crash_at_every_backend_operation_during_relayout() {
         }
         v.crash();
         let log = log.lock().expect("log").clone();
-        let created = log
-            .iter()
-            .position(|o| matches!(o, BOp::Sync(n) if n == format::META_OBJECT))
-            .expect("superblock synced")
-            + 1;
+        let created = first_crash_point(&log);
         let mut checked = 0;
         for n in created..=log.len() {
-            let torn = match &log[n - 1] {
-                BOp::Append(_, d) if d.len() > 1 => Some(rng.below(d.len() as u64) as usize),
-                _ => None,
-            };
+            let torn = torn_point(&log, n, &mut rng);
             let inside = n > before && n <= before + during.len();
             let variants: &[(Option<usize>, bool)] = if inside || n % 2 == 0 {
                 &[(None, false), (torn, false), (None, true)]
@@ -849,20 +837,11 @@ fn crash_at_every_backend_operation_during_relayout() {
             for &(torn, power) in variants {
                 let what = format!("seed {seed}: after {n} backend ops (relayout: {before}..{}, torn {torn:?}, power {power})", before + during.len());
                 let files = state_after(&log, n, torn, power);
-                let dst = tempfile::tempdir().expect("tempdir");
-                for (name, data) in &files {
-                    std::fs::write(dst.path().join(name), data).expect("write");
-                }
+                let dst = materialize(&files);
                 let mut r = open(dst.path()).unwrap_or_else(|e| panic!("{what}: recover: {e}"));
                 let img = read_all(&mut r);
                 let got = common::hash(&img);
-                let must = h
-                    .flushes
-                    .iter()
-                    .filter(|(at, _)| *at <= n)
-                    .map(|(_, k)| *k)
-                    .max()
-                    .unwrap_or(0);
+                let must = flushed_by(&h.flushes, n);
                 assert!(
                     h.images.iter().skip(must).any(|x| *x == got),
                     "{what}: image is not the state after any prefix >= {must} ops"
