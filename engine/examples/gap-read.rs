@@ -7,15 +7,16 @@
 //! Usage: cargo run --release --no-default-features -p hlfs-engine --example gap-read
 //! -- [DIR] [MIB_PER_STREAM]
 
-use hlfs_engine::{CreateOptions, LocalBackend, OpenOptions, Volume};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
 type R<T> = Result<T, Box<dyn std::error::Error>>;
 
+#[path = "support/fresh_volume.rs"]
+mod fresh_volume;
 #[path = "support/rng.rs"]
 mod rng;
+use fresh_volume::fresh_volume;
 use rng::Rng;
 
 fn main() -> R<()> {
@@ -28,16 +29,7 @@ fn main() -> R<()> {
     for k in [0u64, 1, 2, 3, 7, 11, 14, 15, 16, 24] {
         let streams = k + 1;
         let size = streams * n * 4096;
-        let _ = std::fs::remove_dir_all(&dir);
-        let opts = CreateOptions {
-            size,
-            ..Default::default()
-        };
-        let mut v = Volume::create(
-            Arc::new(LocalBackend::new(&dir)?),
-            &opts,
-            &OpenOptions::default(),
-        )?;
+        let mut v = fresh_volume(&dir, size)?;
         for i in 0..n {
             for s in 0..streams {
                 rng.fill_random(&mut block);

@@ -6,15 +6,17 @@
 //! Usage: cargo run --release --no-default-features -p hlfs-engine --example relayout-read
 //! -- [DIR] [SIZE_MIB] [RANGE_MIB]
 
-use hlfs_engine::{CreateOptions, LocalBackend, OpenOptions, Volume};
+use hlfs_engine::Volume;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
 type R<T> = Result<T, Box<dyn std::error::Error>>;
 
+#[path = "support/fresh_volume.rs"]
+mod fresh_volume;
 #[path = "support/rng.rs"]
 mod rng;
+use fresh_volume::fresh_volume;
 use rng::Rng;
 
 /// Reads the whole volume in 1 MiB requests; MiB/s.
@@ -33,16 +35,7 @@ fn main() -> R<()> {
     let size_mib: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1024);
     let range_mib: u64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(64);
     let size = size_mib << 20;
-    let _ = std::fs::remove_dir_all(&dir);
-    let opts = CreateOptions {
-        size,
-        ..Default::default()
-    };
-    let mut v = Volume::create(
-        Arc::new(LocalBackend::new(&dir)?),
-        &opts,
-        &OpenOptions::default(),
-    )?;
+    let mut v = fresh_volume(&dir, size)?;
     let mut rng = Rng::new(0x16);
     let blocks = size / 4096;
     let mut order: Vec<u64> = (0..blocks).collect();

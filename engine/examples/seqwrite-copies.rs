@@ -7,15 +7,17 @@
 //! Usage: cargo run --release --no-default-features -p hlfs-engine --example seqwrite-copies
 //! -- [DIR] [SIZE_MIB] [ROUNDS]
 
-use hlfs_engine::{CreateOptions, EncodedWrite, Encoder, LocalBackend, OpenOptions, Volume};
+use hlfs_engine::{EncodedWrite, Encoder};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
 type R<T> = Result<T, Box<dyn std::error::Error>>;
 
+#[path = "support/fresh_volume.rs"]
+mod fresh_volume;
 #[path = "support/rng.rs"]
 mod rng;
+use fresh_volume::fresh_volume;
 use rng::Rng;
 
 /// The request's buffer handed to the encoder.
@@ -42,16 +44,7 @@ fn main() -> R<()> {
     let mut src = vec![0u8; 1 << 20];
     Rng(0x5eed_0016).fill_random(&mut src);
     for round in 0..rounds {
-        let _ = std::fs::remove_dir_all(&dir);
-        let opts = CreateOptions {
-            size,
-            ..Default::default()
-        };
-        let mut v = Volume::create(
-            Arc::new(LocalBackend::new(&dir)?),
-            &opts,
-            &OpenOptions::default(),
-        )?;
+        let mut v = fresh_volume(&dir, size)?;
         let enc = v.encoder();
         let (t, c) = (Instant::now(), cpu_secs());
         for i in 0..size_mib {
