@@ -29,9 +29,8 @@ while [ $# -gt 0 ]; do
 done
 [ -x "$BASE" ] && [ -x "$NEW" ] || { echo "--base and --new must be hlfsd binaries" >&2; exit 2; }
 case "$JOB" in seqwrite|randfilled|seqfilled4k) ;; *) echo "--job is seqwrite, randfilled or seqfilled4k" >&2; exit 2;; esac
-for t in fio python3; do
-  command -v $t >/dev/null || { echo "bench-ab: $t is not installed" >&2; exit 1; }
-done
+. "$(dirname "$0")/bench-lib.sh"
+bench_require bench-ab fio python3
 SOCK=$DIR/nbd.sock
 PID=
 stop() { if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; PID=; fi; }

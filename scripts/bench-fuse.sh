@@ -21,15 +21,10 @@ while [ $# -gt 0 ]; do
     *) echo "unknown option $1" >&2; exit 2;;
   esac
 done
-for t in fio nbdkit python3; do
-  command -v $t >/dev/null || { echo "bench-fuse: $t is not installed" >&2; exit 1; }
-done
+. "$(dirname "$0")/bench-lib.sh"
+bench_require bench-fuse fio nbdkit python3
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-# HLFSD=path/to/hlfsd uses that binary instead of building one.
-if [ -z "${HLFSD:-}" ]; then
-  cargo build --release --bin hlfsd --manifest-path "$ROOT/Cargo.toml" >&2
-  HLFSD=${CARGO_TARGET_DIR:-$ROOT/target}/release/hlfsd
-fi
+bench_hlfsd "$ROOT"
 SOCK=$DIR/nbd.sock
 MNT=$DIR/mnt
 # A view left mounted by an earlier run must go before anything is removed: rm -rf through a
@@ -43,7 +38,6 @@ stop() {
   rm -f "$SOCK"
 }
 trap stop EXIT
-wait_sock() { for _ in $(seq 400); do [ -S "$1" ] && return 0; sleep 0.05; done; echo "no socket $1" >&2; exit 1; }
 
 # name|fio-args (direct I/O; the sequential writes lay the data down for the reads)
 TESTS=(

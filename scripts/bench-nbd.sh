@@ -20,20 +20,15 @@ while [ $# -gt 0 ]; do
     *) echo "unknown option $1" >&2; exit 2;;
   esac
 done
-for t in fio qemu-img qemu-nbd nbdkit python3; do
-  command -v $t >/dev/null || { echo "bench-nbd: $t is not installed" >&2; exit 1; }
-done
+. "$(dirname "$0")/bench-lib.sh"
+bench_require bench-nbd fio qemu-img qemu-nbd nbdkit python3
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-if [ -z "${HLFSD:-}" ]; then # HLFSD=path compares another build without rebuilding
-  cargo build --release --bin hlfsd --manifest-path "$ROOT/Cargo.toml" >&2
-  HLFSD=${CARGO_TARGET_DIR:-$ROOT/target}/release/hlfsd
-fi
+bench_hlfsd "$ROOT"
 rm -rf "$DIR"; mkdir -p "$DIR"
 SOCK=$DIR/nbd.sock
 PID=
 stop() { if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; PID=; fi; rm -f "$SOCK"; }
 trap stop EXIT
-wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done; echo "no socket $1" >&2; exit 1; }
 
 # name:fio-args (common: nbd engine, direct, size, time-based except for the sequential fill)
 TESTS=(

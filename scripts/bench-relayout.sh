@@ -17,20 +17,15 @@ while [ $# -gt 0 ]; do
     *) echo "unknown option $1" >&2; exit 2;;
   esac
 done
-for t in fio nbdkit python3; do
-  command -v $t >/dev/null || { echo "bench-relayout: $t is not installed" >&2; exit 1; }
-done
+. "$(dirname "$0")/bench-lib.sh"
+bench_require bench-relayout fio nbdkit python3
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-if [ -z "${HLFSD:-}" ]; then
-  cargo build --release --bin hlfsd --manifest-path "$ROOT/Cargo.toml" >&2
-  HLFSD=${CARGO_TARGET_DIR:-$ROOT/target}/release/hlfsd
-fi
+bench_hlfsd "$ROOT"
 rm -rf "$DIR"; mkdir -p "$DIR"
 SOCK=$DIR/nbd.sock
 PID=
 stop() { if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; PID=; fi; rm -f "$SOCK"; }
 trap stop EXIT
-wait_sock() { for _ in $(seq 200); do [ -S "$SOCK" ] && return 0; sleep 0.05; done; echo "no socket" >&2; exit 1; }
 fio_mib() { # uri name args...: prints MiB/s of the job's direction
   local uri=$1 name=$2; shift 2
   fio --name="$name" --ioengine=nbd --uri="$uri" --size="$SIZE" "$@" \
@@ -47,7 +42,7 @@ READ=(--rw=read --bs=1M --iodepth=8 --loops=3)
 
 truncate -s "$SIZE" "$DIR/disk.img"
 nbdkit --foreground -U "$SOCK" file file="$DIR/disk.img" & PID=$!
-wait_sock
+wait_sock "$SOCK"
 URI="nbd+unix:///?socket=$SOCK"
 fio_mib "$URI" nbdkit-fill "${FILL[@]}" >/dev/null
 nbdkit=$(fio_mib "$URI" nbdkit-read "${READ[@]}")
@@ -56,7 +51,7 @@ stop; rm -f "$DIR/disk.img"
 printf '[cleaner]\nrelayout_idle_ms = %s\n' "$IDLE" > "$DIR/hlfsd.toml"
 "$HLFSD" --config "$DIR/hlfsd.toml" --no-fuse --data-dir "$DIR/hlfs-data" --runtime-dir "$DIR/hlfs-run" \
   --nbd-socket "$SOCK" --create-volume "default/bench:$SIZE" >/dev/null 2>"$DIR/hlfsd.log" & PID=$!
-wait_sock
+wait_sock "$SOCK"
 URI="nbd+unix:///default/bench?socket=$SOCK"
 fio_mib "$URI" hlfs-fill "${FILL[@]}" >/dev/null
 before=$(fio_mib "$URI" hlfs-read-before "${READ[@]}")
