@@ -20,6 +20,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// How long a delete or a rollback waits for the users of a volume that are going away.
+pub const SETTLE_USERS: Duration = Duration::from_secs(2);
+
 /// One open volume shared by all its users. `None` once closed at shutdown. Readers share the
 /// lock (the engine reads through `&Volume`); everything else takes it exclusively.
 #[derive(Debug)]
@@ -356,6 +359,21 @@ impl Manager {
             .map_or(0, |v| Arc::strong_count(v) - 1)
     }
 
+    /// As [`Self::users`], after waiting up to [`SETTLE_USERS`] for it to reach 0: a client
+    /// that has just gone (an NBD client sends its disconnect and exits without waiting for
+    /// the server to drop the connection) or a background cleaner tick holds the volume a few
+    /// milliseconds more, and `qemu-io ...; hlfs volume delete` must not fail on that. Blocks.
+    pub fn users_settled(&self, pool: &str, volume: &str) -> usize {
+        let deadline = std::time::Instant::now() + SETTLE_USERS;
+        loop {
+            let n = self.users(pool, volume);
+            if n == 0 || std::time::Instant::now() >= deadline {
+                return n;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// `(pool, volume)` of every open volume whose data NBD clients changed since the last
     /// call, clearing the flags. Done under the map's lock without handing out the volumes:
     /// an extra reference would count as a client in [`Self::users`] and make a concurrent
@@ -449,19 +467,28 @@ impl Manager {
     /// connection holds it) is closed first; one in use is refused.
     pub fn delete_volume(&self, pool: &str, volume: &str) -> Result<()> {
         let p = self.pool(pool)?;
-        let mut open = lock(&self.open);
         let key = (pool.to_string(), volume.to_string());
-        if let Some(v) = open.get(&key) {
+        // Users that are leaving get `SETTLE_USERS` (see `users_settled`); the check and the
+        // removal are under one hold of the map's lock, so no client attaches in between.
+        let deadline = std::time::Instant::now() + SETTLE_USERS;
+        let mut open = lock(&self.open);
+        loop {
             // One reference is the map's own; any other is a client.
-            let users = Arc::strong_count(v) - 1;
-            if users > 0 {
+            let users = open.get(&key).map_or(0, |v| Arc::strong_count(v) - 1);
+            if users == 0 {
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
                 return Err(Error::Busy(format!(
                     "volume {pool}/{volume} is in use by {users} client connection(s)"
                 )));
             }
-            if let Some(v) = open.remove(&key) {
-                v.close()?;
-            }
+            drop(open);
+            std::thread::sleep(Duration::from_millis(10));
+            open = lock(&self.open);
+        }
+        if let Some(v) = open.remove(&key) {
+            v.close()?;
         }
         p.delete_volume(volume)
     }

@@ -542,7 +542,8 @@ impl Service {
     /// Rolls back; refused while a client has the volume open (its cached view would lie).
     #[tracing::instrument(name = "call", skip_all, fields(op = "rollback", pool = pool, volume = volume, snapshot = name))]
     pub async fn rollback(&self, _: Admin, pool: &str, volume: &str, name: &str) -> Result<bool> {
-        let users = self.mgr.users(pool, volume);
+        let (mgr, p, v) = (self.mgr.clone(), pool.to_string(), volume.to_string());
+        let users = blocking(move || Ok(mgr.users_settled(&p, &v))).await?;
         if users > 0 {
             return Err(Error::Busy(format!(
                 "volume {pool}/{volume} is in use by {users} client connection(s); disconnect them before a rollback"
