@@ -27,3 +27,11 @@ wait_sock() {
   echo "no socket $1" >&2
   exit 1
 }
+
+# bench_server_trap: `stop` ends the server whose pid is in PID (if any) and removes SOCK; it
+# runs at exit, also on failure. Call after setting SOCK.
+bench_server_trap() {
+  PID=
+  stop() { if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; PID=; fi; rm -f "$SOCK"; }
+  trap stop EXIT
+}

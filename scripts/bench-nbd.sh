@@ -26,9 +26,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 bench_hlfsd "$ROOT"
 rm -rf "$DIR"; mkdir -p "$DIR"
 SOCK=$DIR/nbd.sock
-PID=
-stop() { if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; PID=; fi; rm -f "$SOCK"; }
-trap stop EXIT
+bench_server_trap
 
 # name:fio-args (common: nbd engine, direct, size, time-based except for the sequential fill)
 TESTS=(

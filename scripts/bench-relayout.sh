@@ -23,9 +23,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 bench_hlfsd "$ROOT"
 rm -rf "$DIR"; mkdir -p "$DIR"
 SOCK=$DIR/nbd.sock
-PID=
-stop() { if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; PID=; fi; rm -f "$SOCK"; }
-trap stop EXIT
+bench_server_trap
 fio_mib() { # uri name args...: prints MiB/s of the job's direction
   local uri=$1 name=$2; shift 2
   fio --name="$name" --ioengine=nbd --uri="$uri" --size="$SIZE" "$@" \

@@ -179,14 +179,7 @@ fn sequential_reads_of_randomly_written_units_verify_each_unit() {
     let mut model = vec![0u8; size as usize];
     let mut rng = Rng::new(21);
     rng.fill_random(&mut model);
-    let mut order: Vec<usize> = (0..size as usize / bs).collect();
-    for i in (1..order.len()).rev() {
-        order.swap(i, rng.below(i as u64 + 1) as usize);
-    }
-    for &b in &order {
-        v.write((b * bs) as u64, &model[b * bs..(b + 1) * bs])
-            .expect("write");
-    }
+    common::write_in_random_order(&mut v, &model, bs, &mut rng);
     v.close().expect("close");
     let segs: Vec<String> = std::fs::read_dir(dir.path())
         .expect("ls")

@@ -37,14 +37,7 @@ fn randomly_filled(dir: &std::path::Path, rng: &mut Rng) -> (Volume, Arc<Counted
     let mut v = Volume::create(disk.clone(), &opts, &OpenOptions::default()).expect("create");
     let mut model = vec![0u8; SIZE as usize];
     rng.fill_random(&mut model);
-    let mut order: Vec<usize> = (0..SIZE as usize / BS).collect();
-    for i in (1..order.len()).rev() {
-        order.swap(i, rng.below(i as u64 + 1) as usize);
-    }
-    for &b in &order {
-        v.write((b * BS) as u64, &model[b * BS..(b + 1) * BS])
-            .expect("write");
-    }
+    common::write_in_random_order(&mut v, &model, BS, rng);
     v.flush().expect("flush");
     (v, disk, model)
 }

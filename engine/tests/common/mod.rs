@@ -243,3 +243,16 @@ pub fn hash(img: &[u8]) -> u64 {
     img.hash(&mut h);
     h.finish()
 }
+
+/// Writes every `bs`-byte block of `model` into `v` once, in a random order: the layout a
+/// log-structured store reads back worst (each block in its own place in the log).
+pub fn write_in_random_order(v: &mut Volume, model: &[u8], bs: usize, rng: &mut Rng) {
+    let mut order: Vec<usize> = (0..model.len() / bs).collect();
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    for &b in &order {
+        v.write((b * bs) as u64, &model[b * bs..(b + 1) * bs])
+            .expect("write");
+    }
+}
