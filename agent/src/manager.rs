@@ -364,12 +364,28 @@ impl Manager {
     /// the server to drop the connection) or a background cleaner tick holds the volume a few
     /// milliseconds more, and `qemu-io ...; hlfs volume delete` must not fail on that. Blocks.
     pub fn users_settled(&self, pool: &str, volume: &str) -> usize {
+        self.settle_users(&(pool.to_string(), volume.to_string())).1
+    }
+
+    /// Waits up to [`SETTLE_USERS`] for volume `key` to have no users; returns the map, still
+    /// locked (so that no client attaches before the caller acts on the count), and the count.
+    #[allow(clippy::type_complexity)]
+    fn settle_users(
+        &self,
+        key: &(String, String),
+    ) -> (
+        MutexGuard<'_, BTreeMap<(String, String), Arc<SharedVolume>>>,
+        usize,
+    ) {
         let deadline = std::time::Instant::now() + SETTLE_USERS;
         loop {
-            let n = self.users(pool, volume);
-            if n == 0 || std::time::Instant::now() >= deadline {
-                return n;
+            let open = lock(&self.open);
+            // One reference is the map's own; any other is a client.
+            let users = open.get(key).map_or(0, |v| Arc::strong_count(v) - 1);
+            if users == 0 || std::time::Instant::now() >= deadline {
+                return (open, users);
             }
+            drop(open);
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -468,24 +484,11 @@ impl Manager {
     pub fn delete_volume(&self, pool: &str, volume: &str) -> Result<()> {
         let p = self.pool(pool)?;
         let key = (pool.to_string(), volume.to_string());
-        // Users that are leaving get `SETTLE_USERS` (see `users_settled`); the check and the
-        // removal are under one hold of the map's lock, so no client attaches in between.
-        let deadline = std::time::Instant::now() + SETTLE_USERS;
-        let mut open = lock(&self.open);
-        loop {
-            // One reference is the map's own; any other is a client.
-            let users = open.get(&key).map_or(0, |v| Arc::strong_count(v) - 1);
-            if users == 0 {
-                break;
-            }
-            if std::time::Instant::now() >= deadline {
-                return Err(Error::Busy(format!(
-                    "volume {pool}/{volume} is in use by {users} client connection(s)"
-                )));
-            }
-            drop(open);
-            std::thread::sleep(Duration::from_millis(10));
-            open = lock(&self.open);
+        let (mut open, users) = self.settle_users(&key);
+        if users > 0 {
+            return Err(Error::Busy(format!(
+                "volume {pool}/{volume} is in use by {users} client connection(s)"
+            )));
         }
         if let Some(v) = open.remove(&key) {
             v.close()?;
