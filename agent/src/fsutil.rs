@@ -188,20 +188,21 @@ pub struct Space {
     pub avail: u64,
 }
 
-/// The space of the local file system holding `dir` (`statvfs`).
-pub fn space_of(dir: &Path) -> Result<Space> {
-    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).map_err(|_| {
-        Error::io(
-            "statfs",
-            dir,
-            std::io::Error::from(std::io::ErrorKind::InvalidInput),
-        )
-    })?;
+/// `statvfs(3)` of `dir`.
+pub fn statvfs(dir: &Path) -> std::io::Result<libc::statvfs> {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     // SAFETY: zeroed is a valid statvfs; c is a NUL-terminated path and st a valid out-pointer.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(Error::io("statfs", dir, std::io::Error::last_os_error()));
+        return Err(std::io::Error::last_os_error());
     }
+    Ok(st)
+}
+
+/// The space of the local file system holding `dir`.
+pub fn space_of(dir: &Path) -> Result<Space> {
+    let st = statvfs(dir).map_err(|e| Error::io("statfs", dir, e))?;
     let f = st.f_frsize;
     Ok(Space {
         total: st.f_blocks.saturating_mul(f),

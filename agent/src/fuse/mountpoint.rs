@@ -113,14 +113,7 @@ pub fn prepare(dir: &Path) -> Result<()> {
 
 /// The error of statfs(2) on `dir`, if it fails.
 fn statfs_errno(dir: &Path) -> Option<i32> {
-    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
-    // SAFETY: zeroed is a valid statvfs; c is a valid NUL-terminated path.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: as above; statvfs writes only into st.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0 {
-        return None;
-    }
-    std::io::Error::last_os_error().raw_os_error()
+    crate::fsutil::statvfs(dir).err()?.raw_os_error()
 }
 
 /// Detaches the mount at `dir` (lazily: a process still inside it keeps its view until it
