@@ -916,7 +916,12 @@ impl Volume {
                 })
             })
             .collect();
-        let ctx = PassCtx {
+        Some(Pass::new(self.pass_ctx(), victims, units, newest))
+    }
+
+    /// What a copying pass (cleaning or relayout) needs of the volume, without the volume.
+    pub(crate) fn pass_ctx(&self) -> PassCtx {
+        PassCtx {
             backend: self.backend.clone(),
             numbers: self.next_seq.clone(),
             loc: self.loc.clone(),
@@ -926,8 +931,7 @@ impl Volume {
             segment_size: u64::from(self.meta.segment_size),
             compression: self.meta.compression,
             serial: self.serial,
-        };
-        Some(Pass::new(ctx, victims, units, newest))
+        }
     }
 
     /// Turns every sealed segment that nothing references (the pass's copies are applied) into

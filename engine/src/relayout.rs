@@ -8,7 +8,7 @@
 //! applies it again; see cleaner.rs), and the segments it empties go as the cleaner's do.
 //! Segments it leaves partly live are the cleaner's to reclaim later.
 
-use crate::clean_pass::{Pass, PassCtx, PlannedUnit};
+use crate::clean_pass::{Pass, PlannedUnit};
 use crate::cleaner::CleanReport;
 use crate::error::Result;
 use crate::format::{UNIT_COMPRESSED, UNIT_HEADER_LEN};
@@ -67,7 +67,6 @@ impl Volume {
     /// The head's units in the range, in LBA order, as a pass into one stream; None if there
     /// is nothing to gain.
     fn plan_relayout(&self, offset: u64, len: u64) -> Option<Pass> {
-        let bs = self.bs();
         let (first, n) = self.relayout_blocks(offset, len)?;
         let open = self.open.as_ref().map(|o| o.seq);
         let newest = self.next_seq.peek();
@@ -115,18 +114,7 @@ impl Volume {
             return None;
         }
         let victims: BTreeSet<u32> = units.iter().map(|u| u.key.0).collect();
-        let ctx = PassCtx {
-            backend: self.backend.clone(),
-            numbers: self.next_seq.clone(),
-            loc: self.loc.clone(),
-            uuid: self.meta.uuid,
-            block_size: bs,
-            unit_blocks: self.unit_blocks(),
-            segment_size: u64::from(self.meta.segment_size),
-            compression: self.meta.compression,
-            serial: self.serial,
-        };
-        let mut pass = Pass::new(ctx, victims, units, newest);
+        let mut pass = Pass::new(self.pass_ctx(), victims, units, newest);
         pass.fixed_stream = Some(RELAYOUT_STREAM);
         Some(pass)
     }
