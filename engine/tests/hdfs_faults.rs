@@ -431,7 +431,16 @@ fn stop_with_journal_pending_is_bounded_and_this_host_reopens_at_once() {
     // left marked as this host's.
     let jb = open(Duration::from_secs(1));
     let mut v = Volume::open(jb.clone(), &OpenOptions::default()).expect("reopen");
-    write_some(&mut v, &mut model, &mut rng, 600);
+    // 48 MiB in 1 MiB writes reach the journal far faster than HDFS (3 replicas) takes them,
+    // so uploads are left whatever the upload speed (600 small writes no longer were: since
+    // the upload fixes of issue 15 the uploader kept up with them).
+    for i in 0..48u64 {
+        let mut d = vec![0u8; 1 << 20];
+        rng.fill(&mut d);
+        let off = (i << 20) % SIZE;
+        v.write(off, &d).expect("write");
+        model[off as usize..off as usize + d.len()].copy_from_slice(&d);
+    }
     v.close().expect("close");
     let t0 = Instant::now();
     drop(jb);
